@@ -1,0 +1,7 @@
+"""Python SDK of convergent (numpy, grpcio, protobuf, tqdm; never torch)."""
+
+from convergent.client.client import Client
+from convergent.client.errors import ConvergentError
+from convergent.client.types import AnchorSetInfo, ModelInfo, ServerInfo
+
+__all__ = ["AnchorSetInfo", "Client", "ConvergentError", "ModelInfo", "ServerInfo"]

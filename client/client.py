@@ -1,0 +1,247 @@
+"""The convergent Python SDK: a thin, typed wrapper around the gRPC stubs (numpy in, numpy out).
+
+Never imports torch or the server; needs numpy, grpcio, protobuf and tqdm only.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TypeVar
+
+import grpc
+import numpy as np
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from convergent.client import errors
+from convergent.client.types import AnchorSetInfo, ModelInfo, ServerInfo
+from convergent.v1 import (
+    anchors_pb2,
+    anchors_pb2_grpc,
+    info_pb2,
+    info_pb2_grpc,
+    models_pb2,
+    models_pb2_grpc,
+    types_pb2,
+)
+from convergent.wire import encode_matrix, rows_per_chunk
+
+T = TypeVar("T")
+DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+# Calls that are safe to repeat: gRPC retries them on UNAVAILABLE with backoff.
+_IDEMPOTENT = {
+    "convergent.v1.ModelService": ("GetModel", "ListModels"),
+    "convergent.v1.AnchorService": ("CountAnchors", "ListAnchorSets"),
+    "convergent.v1.InfoService": ("GetServerInfo",),
+    "grpc.health.v1.Health": ("Check",),
+}
+_SERVICE_CONFIG = json.dumps(
+    {
+        "methodConfig": [
+            {
+                "name": [{"service": s, "method": m} for s, methods in _IDEMPOTENT.items() for m in methods],
+                "retryPolicy": {
+                    "maxAttempts": 4,
+                    "initialBackoff": "0.1s",
+                    "maxBackoff": "2s",
+                    "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["UNAVAILABLE"],
+                },
+            }
+        ]
+    }
+)
+
+
+def _model_info(pb: models_pb2.Model) -> ModelInfo:
+    return ModelInfo(name=pb.name, dim=pb.dim, version=pb.version, normalize=pb.normalize)
+
+
+class Client:
+    """Connection to one convergent server.
+
+    >>> with Client("127.0.0.1:50051") as c:
+    ...     c.register_model("facenet", dim=128)
+
+    ``timeout`` is the deadline in seconds of each call (uploads get more, in proportion to
+    their size). Every failed call raises a subclass of
+    :class:`convergent.client.errors.ConvergentError`.
+    """
+
+    def __init__(
+        self,
+        address: str = "127.0.0.1:50051",
+        api_key: str | None = None,
+        timeout: float = 30.0,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    ) -> None:
+        self.address = address
+        self.timeout = timeout
+        self._metadata: tuple[tuple[str, str], ...] = (
+            (("authorization", f"Bearer {api_key}"),) if api_key else ()
+        )
+        self._max_message_bytes = max_message_bytes
+        self._channel = grpc.insecure_channel(
+            address,
+            options=[
+                ("grpc.max_receive_message_length", max_message_bytes),
+                ("grpc.max_send_message_length", max_message_bytes),
+                ("grpc.enable_retries", 1),
+                ("grpc.service_config", _SERVICE_CONFIG),
+            ],
+        )
+        self._models = models_pb2_grpc.ModelServiceStub(self._channel)
+        self._anchors = anchors_pb2_grpc.AnchorServiceStub(self._channel)
+        self._info = info_pb2_grpc.InfoServiceStub(self._channel)
+        self._health = health_pb2_grpc.HealthStub(self._channel)
+        self._server_info: ServerInfo | None = None
+
+    # ----------------------------------------------------------------- plumbing
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _call(self, method: Callable[..., T], request: Any, timeout: float | None = None) -> T:
+        try:
+            return method(request, timeout=timeout or self.timeout, metadata=self._metadata)
+        except grpc.RpcError as exc:
+            raise errors.from_rpc_error(exc) from None
+
+    # ----------------------------------------------------------------- server
+    def health(self) -> bool:
+        """True if the server reports SERVING, False if NOT_SERVING; :class:`Unavailable` if unreachable."""
+        response = self._call(self._health.Check, health_pb2.HealthCheckRequest(service=""))
+        return response.status == health_pb2.HealthCheckResponse.SERVING
+
+    def wait_until_serving(self, timeout: float = 30.0) -> None:
+        """Poll :meth:`health` until SERVING; :class:`Unavailable` after ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if self.health():
+                    return
+            except errors.Unavailable:
+                pass
+            if time.monotonic() > deadline:
+                raise errors.Unavailable(f"{self.address} is not SERVING after {timeout:.0f} s")
+            time.sleep(0.1)
+
+    def server_info(self) -> ServerInfo:
+        """Version and limits of the server (cached after the first call)."""
+        if self._server_info is None:
+            pb = self._call(self._info.GetServerInfo, info_pb2.GetServerInfoRequest())
+            self._server_info = ServerInfo(
+                version=pb.version, api=pb.api,
+                max_receive_message_bytes=pb.max_receive_message_bytes,
+                max_send_message_bytes=pb.max_send_message_bytes,
+                max_vectors_per_message=pb.max_vectors_per_message,
+                max_dim=pb.max_dim, max_name_length=pb.max_name_length, max_page_size=pb.max_page_size,
+            )
+        return self._server_info
+
+    # ----------------------------------------------------------------- models
+    def register_model(self, name: str, dim: int, normalize: bool = True) -> ModelInfo:
+        """Register a model. ``normalize=True``: the server L2-normalises its vectors on every path."""
+        request = models_pb2.RegisterModelRequest(name=name, dim=dim, normalize=normalize)
+        return _model_info(self._call(self._models.RegisterModel, request))
+
+    def get_model(self, name: str) -> ModelInfo:
+        return _model_info(self._call(self._models.GetModel, models_pb2.GetModelRequest(name=name)))
+
+    def list_models(self) -> list[ModelInfo]:
+        """Every model, following pages."""
+        return [_model_info(m) for m in self._pages(self._models.ListModels, models_pb2.ListModelsRequest(), "models")]
+
+    def delete_model(self, name: str) -> int:
+        """Delete a model and its anchors; returns how many anchors were deleted."""
+        return self._call(self._models.DeleteModel, models_pb2.DeleteModelRequest(name=name)).deleted_anchors
+
+    def _pages(self, method: Callable[..., Any], request: Any, field: str) -> Iterator[Any]:
+        token = ""
+        while True:
+            request.page.CopyFrom(types_pb2.PageRequest(page_token=token))
+            response = self._call(method, request)
+            yield from getattr(response, field)
+            token = response.next_page_token
+            if not token:
+                return
+
+    # ----------------------------------------------------------------- anchors
+    def upload_anchors(
+        self,
+        model: str,
+        anchor_set: str,
+        ids: Sequence[str],
+        vectors: np.ndarray,
+        chunk_size: int = 512,
+        overwrite: bool = False,
+        progress: bool = False,
+    ) -> int:
+        """Stream ``vectors`` (n, dim) with their ``ids`` (n,) in one transaction.
+
+        Returns the number of anchors stored for (model, anchor set) after the commit.
+        Chunks hold at most ``chunk_size`` rows and are cut smaller when needed so that no
+        message exceeds the server's limit. Any float dtype is sent as float32. The upload
+        is idempotent (same ids and vectors store nothing new), so it is retried whole on
+        UNAVAILABLE.
+        """
+        ids = [str(i) for i in ids]
+        vectors = np.asarray(vectors)
+        if vectors.ndim != 2:
+            raise errors.InvalidArgument(f"vectors must be 2-D (n, dim), got shape {vectors.shape}")
+        if len(ids) != vectors.shape[0]:
+            raise errors.InvalidArgument(f"{len(ids)} ids for {vectors.shape[0]} vectors")
+        limit = min(self.server_info().max_receive_message_bytes, self._max_message_bytes)
+        rows = rows_per_chunk(vectors.shape[1], chunk_size, limit, ids)
+        rows = min(rows, self.server_info().max_vectors_per_message)
+        timeout = self.timeout + vectors.size * 4 / 5e6  # at least 5 MB/s
+
+        def requests() -> Iterator[anchors_pb2.UploadAnchorsRequest]:
+            starts = range(0, max(len(ids), 1), rows)
+            if progress:
+                from tqdm.auto import tqdm
+
+                starts = tqdm(starts, desc=f"upload {model}/{anchor_set}", unit="chunk")
+            for number, start in enumerate(starts):
+                request = anchors_pb2.UploadAnchorsRequest(
+                    ids=ids[start : start + rows], vectors=encode_matrix(vectors[start : start + rows])
+                )
+                if number == 0:
+                    request.model, request.anchor_set, request.overwrite = model, anchor_set, overwrite
+                yield request
+
+        for attempt in range(3):
+            try:
+                response = self._anchors.UploadAnchors(requests(), timeout=timeout, metadata=self._metadata)
+                return response.total
+            except grpc.RpcError as exc:
+                error = errors.from_rpc_error(exc)
+                if not isinstance(error, errors.Unavailable) or attempt == 2:
+                    raise error from None
+                time.sleep(0.2 * 2**attempt)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def count_anchors(self, model: str, anchor_set: str) -> int:
+        """Anchors of ``model`` in ``anchor_set`` (0 if the set holds none of that model)."""
+        request = anchors_pb2.CountAnchorsRequest(model=model, anchor_set=anchor_set)
+        return self._call(self._anchors.CountAnchors, request).count
+
+    def list_anchor_sets(self, model: str | None = None) -> list[AnchorSetInfo]:
+        """Every anchor set (only those holding ``model`` when given), following pages."""
+        request = anchors_pb2.ListAnchorSetsRequest(model=model or "")
+        return [
+            AnchorSetInfo(name=s.name, models={m.model: m.count for m in s.models}, data_version=s.data_version)
+            for s in self._pages(self._anchors.ListAnchorSets, request, "anchor_sets")
+        ]
+
+    def delete_anchors(self, model: str, anchor_set: str, ids: Sequence[str] | None = None) -> int:
+        """Delete ``ids`` (or every anchor) of ``model`` from the set; returns how many were deleted."""
+        request = anchors_pb2.DeleteAnchorsRequest(model=model, anchor_set=anchor_set, ids=list(ids or ()))
+        return self._call(self._anchors.DeleteAnchors, request).deleted

@@ -1,0 +1,36 @@
+"""Plain results of SDK calls (frozen dataclasses; no protobuf types leak to users)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """A registered model: ``dim`` floats per vector; ``normalize`` = server L2-normalises them."""
+
+    name: str
+    dim: int
+    version: int
+    normalize: bool
+
+
+@dataclass(frozen=True)
+class AnchorSetInfo:
+    """An anchor set: anchor count per model, and a version that grows with every change."""
+
+    name: str
+    models: dict[str, int] = field(default_factory=dict)
+    data_version: int = 0
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    version: str
+    api: str
+    max_receive_message_bytes: int
+    max_send_message_bytes: int
+    max_vectors_per_message: int
+    max_dim: int
+    max_name_length: int
+    max_page_size: int

@@ -1,0 +1,204 @@
+"""The ``convergent`` command line (typer). Heavy modules are imported inside commands."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+app = typer.Typer(
+    help="convergent: fit maps between embedding models' spaces and serve cross-model inference.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+models_app = typer.Typer(help="Register, list and delete models.", no_args_is_help=True)
+anchors_app = typer.Typer(help="Inspect and delete anchors.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+app.add_typer(anchors_app, name="anchors")
+
+Address = Annotated[str, typer.Option("--address", envvar="CONVERGENT_ADDRESS", help="server HOST:PORT")]
+ApiKey = Annotated[Optional[str], typer.Option("--api-key", envvar="CONVERGENT_API_KEY", help="API key")]
+DEFAULT_ADDRESS = "127.0.0.1:50051"
+
+
+def _client(address: str, api_key: str | None):  # noqa: ANN202
+    from convergent.client import Client
+
+    return Client(address, api_key=api_key)
+
+
+def _fail(error: Exception) -> None:
+    typer.echo(f"error: {error}", err=True)
+    raise typer.Exit(code=1)
+
+
+@app.command()
+def serve(
+    host: Annotated[Optional[str], typer.Option(help="address to bind [env CONVERGENT_HOST; 127.0.0.1]")] = None,
+    port: Annotated[Optional[int], typer.Option(help="port; 0 picks a free one [50051]")] = None,
+    data_dir: Annotated[Optional[Path], typer.Option(help="where the database lives [./convergent-data]")] = None,
+    reflection: Annotated[Optional[bool], typer.Option("--reflection/--no-reflection", help="gRPC reflection")] = None,
+    workers: Annotated[Optional[int], typer.Option(help="RPC threads [8]")] = None,
+    max_message_bytes: Annotated[Optional[int], typer.Option(help="max gRPC message size, both directions [64 MiB]")] = None,
+    log_level: Annotated[Optional[str], typer.Option(help="DEBUG, INFO, WARNING, ERROR")] = None,
+    log_format: Annotated[Optional[str], typer.Option(help="text or json")] = None,
+) -> None:
+    """Run the gRPC server until SIGTERM/SIGINT (settings also from CONVERGENT_* variables)."""
+    from pydantic import ValidationError
+
+    from convergent.server import logs
+    from convergent.server.rpc.app import serve as run_server
+    from convergent.server.settings import ServerSettings
+
+    flags = {
+        "host": host, "port": port, "data_dir": data_dir, "reflection": reflection, "workers": workers,
+        "log_level": log_level.upper() if log_level else None, "log_format": log_format,
+        "max_receive_message_bytes": max_message_bytes, "max_send_message_bytes": max_message_bytes,
+    }
+    try:
+        settings = ServerSettings(**{k: v for k, v in flags.items() if v is not None})
+    except ValidationError as exc:
+        _fail(exc)
+    logs.configure(settings.log_level, settings.log_format)
+    run_server(settings)
+
+
+@app.command()
+def health(address: Address = DEFAULT_ADDRESS, api_key: ApiKey = None) -> None:
+    """Exit 0 if the server is SERVING, 1 otherwise (for container health checks)."""
+    from convergent.client.errors import ConvergentError
+
+    try:
+        with _client(address, api_key) as client:
+            serving = client.health()
+    except ConvergentError as exc:
+        _fail(exc)
+    typer.echo("SERVING" if serving else "NOT_SERVING")
+    raise typer.Exit(code=0 if serving else 1)
+
+
+@models_app.command("list")
+def models_list(address: Address = DEFAULT_ADDRESS, api_key: ApiKey = None) -> None:
+    """List registered models."""
+    from convergent.client.errors import ConvergentError
+
+    try:
+        with _client(address, api_key) as client:
+            models = client.list_models()
+    except ConvergentError as exc:
+        _fail(exc)
+    typer.echo(f"{'name':<32} {'dim':>6} {'version':>8} normalize")
+    for m in models:
+        typer.echo(f"{m.name:<32} {m.dim:>6} {m.version:>8} {m.normalize}")
+
+
+@models_app.command("register")
+def models_register(
+    name: str,
+    dim: Annotated[int, typer.Option(help="vector dimension")],
+    normalize: Annotated[bool, typer.Option("--normalize/--raw", help="L2-normalise vectors server-side")] = True,
+    address: Address = DEFAULT_ADDRESS,
+    api_key: ApiKey = None,
+) -> None:
+    """Register a model."""
+    from convergent.client.errors import ConvergentError
+
+    try:
+        with _client(address, api_key) as client:
+            info = client.register_model(name, dim=dim, normalize=normalize)
+    except ConvergentError as exc:
+        _fail(exc)
+    typer.echo(f"registered {info.name} (dim {info.dim}, version {info.version}, normalize {info.normalize})")
+
+
+@models_app.command("delete")
+def models_delete(name: str, address: Address = DEFAULT_ADDRESS, api_key: ApiKey = None) -> None:
+    """Delete a model and all of its anchors."""
+    from convergent.client.errors import ConvergentError
+
+    try:
+        with _client(address, api_key) as client:
+            deleted = client.delete_model(name)
+    except ConvergentError as exc:
+        _fail(exc)
+    typer.echo(f"deleted {name} and {deleted} anchors")
+
+
+@anchors_app.command("list")
+def anchors_list(
+    model: Annotated[Optional[str], typer.Option(help="only sets holding this model")] = None,
+    address: Address = DEFAULT_ADDRESS,
+    api_key: ApiKey = None,
+) -> None:
+    """List anchor sets with their anchor count per model."""
+    from convergent.client.errors import ConvergentError
+
+    try:
+        with _client(address, api_key) as client:
+            sets = client.list_anchor_sets(model)
+    except ConvergentError as exc:
+        _fail(exc)
+    for s in sets:
+        counts = ", ".join(f"{m}={c}" for m, c in s.models.items()) or "(empty)"
+        typer.echo(f"{s.name} (version {s.data_version}): {counts}")
+
+
+@app.command()
+def upload(
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help=".npz file")],
+    model: Annotated[str, typer.Option(help="registered model the vectors come from")],
+    anchor_set: Annotated[str, typer.Option(help="anchor set to add them to")],
+    key: Annotated[Optional[str], typer.Option(help="array in the .npz (default: the model name, else the only 2-D array)")] = None,
+    ids_key: Annotated[str, typer.Option(help="array of ids (default 'ids'; row numbers if absent)")] = "ids",
+    chunk_size: Annotated[int, typer.Option(help="rows per message")] = 512,
+    overwrite: Annotated[bool, typer.Option(help="replace stored vectors of the same ids")] = False,
+    address: Address = DEFAULT_ADDRESS,
+    api_key: ApiKey = None,
+) -> None:
+    """Upload anchor embeddings from an .npz file, with a progress bar."""
+    import numpy as np
+
+    from convergent.client.errors import ConvergentError
+
+    with np.load(file, allow_pickle=False) as data:
+        names = list(data.keys())
+        if key is None:
+            matrices = [k for k in names if data[k].ndim == 2]
+            key = model if model in names else (matrices[0] if len(matrices) == 1 else None)
+            if key is None:
+                _fail(ValueError(f"{file} holds {matrices}: choose one with --key"))
+        if key not in names:
+            _fail(ValueError(f"{file} has no array {key!r} (it has {names})"))
+        vectors = data[key]
+        ids = [str(i) for i in data[ids_key]] if ids_key in names else [str(i) for i in range(len(vectors))]
+    try:
+        with _client(address, api_key) as client:
+            total = client.upload_anchors(
+                model, anchor_set=anchor_set, ids=ids, vectors=vectors, chunk_size=chunk_size,
+                overwrite=overwrite, progress=True,
+            )
+    except ConvergentError as exc:
+        _fail(exc)
+    typer.echo(f"uploaded {len(ids)} vectors of {model} to {anchor_set}; {total} stored")
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="folder for the report")] = Path("convergent-report"),
+    realdata: Annotated[Optional[Path], typer.Option(help="folder of real embeddings [../shared/realdata]")] = None,
+    quick: Annotated[bool, typer.Option(help="smaller run (used by the test suite)")] = False,
+    synthetic: Annotated[bool, typer.Option(help="ignore real data even when present")] = False,
+) -> None:
+    """Start an embedded server, play the parties, and print what happened."""
+    from convergent.demo import run_demo
+
+    run_demo(out=out, realdata=realdata, quick=quick, synthetic=synthetic)
+
+
+def main(argv: list[str] | None = None) -> None:
+    app(args=argv, prog_name="convergent")
+
+
+if __name__ == "__main__":
+    main()

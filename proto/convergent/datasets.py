@@ -1,0 +1,88 @@
+"""Data sets for the demo, tests and benchmarks (numpy only).
+
+* Real: ``shared/realdata`` beside the repository (see its README for terms). Faces: AT&T
+  photos embedded by dlib (128), FaceNet (128) and MobileFace (256); text: WordNet glosses
+  embedded by MiniLM-L6 (384) and mpnet (768). Never copy these into the repository.
+* Synthetic: shared latent identities seen through different random nonlinear encoders,
+  so the ground truth (which rows belong together) is known.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+REALDATA_ENV = "CONVERGENT_REALDATA"
+
+
+def find_realdata(explicit: Path | str | None = None) -> Path | None:
+    """The real-data folder: ``explicit``, else $CONVERGENT_REALDATA, else ``shared/realdata``
+    beside the repository checkout or beside the working directory; None if none exists."""
+    candidates: list[Path] = []
+    if explicit is not None:
+        return Path(explicit) if (Path(explicit) / "face_embeddings.npz").exists() else None
+    if os.environ.get(REALDATA_ENV):
+        candidates.append(Path(os.environ[REALDATA_ENV]))
+    repo_root = Path(__file__).resolve().parents[2]  # proto/convergent/datasets.py -> repo root
+    candidates += [repo_root.parent / "shared" / "realdata", Path.cwd().parent / "shared" / "realdata"]
+    for candidate in candidates:
+        if (candidate / "face_embeddings.npz").exists():
+            return candidate
+    return None
+
+
+@dataclass
+class EmbeddingSet:
+    """Several models' embeddings of the same items: ``vectors[model]`` is (n, d_model), row i
+    of every model is item ``ids[i]``; ``labels`` (n,) groups items (e.g. person), if known."""
+
+    name: str
+    ids: list[str]
+    vectors: dict[str, np.ndarray]
+    labels: np.ndarray | None = None
+    source: str = ""
+    notes: list[str] = field(default_factory=list)
+
+
+def load_faces(folder: Path) -> EmbeddingSet:
+    """AT&T faces (400 photos of 40 people) embedded by dlib, FaceNet and MobileFace."""
+    with np.load(folder / "face_embeddings.npz") as data:
+        vectors = {m: data[m].astype(np.float32) for m in ("dlib", "facenet", "mobileface")}
+        labels = data["labels"].astype(np.int64)
+    ids = [f"att-{i:03d}" for i in range(len(labels))]
+    return EmbeddingSet("att-faces", ids, vectors, labels, source=str(folder / "face_embeddings.npz"))
+
+
+def load_text(folder: Path, n: int | None = None) -> EmbeddingSet:
+    """WordNet noun glosses embedded by MiniLM-L6 (384) and mpnet (768); first ``n`` rows."""
+    with np.load(folder / "text" / "text_embeddings_2500.npz") as data:
+        rows = slice(0, n)
+        vectors = {m: data[m][rows].astype(np.float32) for m in ("minilm_l6", "mpnet")}
+        ids = [str(i) for i in data["ids"][rows]]
+    return EmbeddingSet("wordnet-glosses", ids, vectors, source=str(folder / "text"))
+
+
+def synthetic_identities(
+    n_people: int = 40,
+    photos_per_person: int = 10,
+    dims: dict[str, int] | None = None,
+    latent_dim: int = 24,
+    noise: float = 0.35,
+    seed: int = 0,
+) -> EmbeddingSet:
+    """People as latent vectors; each photo = person + noise; each model embeds a photo with
+    its own random two-layer tanh network. Rows of different models are the same photo."""
+    dims = dims or {"model-a": 64, "model-b": 96}
+    rng = np.random.default_rng(seed)
+    people = rng.standard_normal((n_people, latent_dim))
+    labels = np.repeat(np.arange(n_people), photos_per_person)
+    photos = people[labels] + noise * rng.standard_normal((len(labels), latent_dim))
+    vectors = {}
+    for name, dim in dims.items():
+        hidden = np.tanh(photos @ rng.standard_normal((latent_dim, 2 * dim)) / np.sqrt(latent_dim))
+        vectors[name] = (hidden @ rng.standard_normal((2 * dim, dim)) / np.sqrt(2 * dim)).astype(np.float32)
+    ids = [f"syn-{i:04d}" for i in range(len(labels))]
+    return EmbeddingSet("synthetic-identities", ids, vectors, labels, source=f"generated, seed {seed}")

@@ -1,0 +1,100 @@
+"""Wire conventions shared by the client and the server (numpy + protobuf only).
+
+* Matrices travel as :class:`convergent.v1.types_pb2.Matrix`: little-endian bytes, a
+  ``[rows, cols]`` shape and a dtype; decoding is one ``np.frombuffer``, no Python loop.
+* Names of models, anchor sets, galleries and tenants follow :data:`NAME_PATTERN`;
+  ``:`` is reserved for qualified names such as ``shared:<fit id>``.
+* Uploads are chunked by bytes so that no message exceeds the receiver's limit.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Sequence
+
+import numpy as np
+
+from convergent.v1 import types_pb2
+
+NAME_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,128}")
+MAX_NAME_LENGTH = 128
+REQUEST_ID_KEY = "x-request-id"
+
+_DTYPES: dict[int, np.dtype] = {
+    types_pb2.DTYPE_FLOAT32: np.dtype("<f4"),
+    types_pb2.DTYPE_FLOAT64: np.dtype("<f8"),
+    types_pb2.DTYPE_FLOAT16: np.dtype("<f2"),
+}
+
+
+class WireError(ValueError):
+    """A message does not follow the wire conventions (the server answers INVALID_ARGUMENT)."""
+
+
+def check_name(name: str, what: str = "name") -> str:
+    """Return ``name`` if it matches ``[A-Za-z0-9._-]{1,128}``, else raise :class:`WireError`."""
+    if not isinstance(name, str) or NAME_PATTERN.fullmatch(name) is None:
+        shown = name if isinstance(name, str) and len(name) <= 40 else f"{str(name)[:40]}..."
+        raise WireError(
+            f"invalid {what} {shown!r}: use 1-{MAX_NAME_LENGTH} characters of A-Z a-z 0-9 . _ -"
+        )
+    return name
+
+
+def encode_matrix(array: np.ndarray) -> types_pb2.Matrix:
+    """Encode a 2-D float array as a float32 :class:`Matrix` (any float or int dtype is cast)."""
+    array = np.asarray(array)
+    if array.ndim != 2:
+        raise WireError(f"expected a 2-D array (rows, dim), got shape {array.shape}")
+    if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
+        raise WireError(f"expected a numeric array, got dtype {array.dtype}")
+    data = np.ascontiguousarray(array, dtype="<f4")
+    return types_pb2.Matrix(
+        data=data.tobytes(), shape=list(data.shape), dtype=types_pb2.DTYPE_FLOAT32
+    )
+
+
+def decode_matrix(message: types_pb2.Matrix, *, what: str = "vectors") -> np.ndarray:
+    """Decode a :class:`Matrix` into a read-only ``(rows, cols)`` array of its own dtype.
+
+    Raises :class:`WireError` for an unknown dtype, a shape that is not 2-D, or a byte
+    count that does not equal rows * cols * itemsize (ragged or truncated data).
+    Finiteness is not checked here; callers that need it use :func:`check_finite`.
+    """
+    dtype = _DTYPES.get(message.dtype)
+    if dtype is None:
+        raise WireError(
+            f"{what}: unsupported dtype {message.dtype} (send DTYPE_FLOAT32, FLOAT64 or FLOAT16)"
+        )
+    shape = tuple(int(s) for s in message.shape)
+    if len(shape) != 2:
+        raise WireError(f"{what}: shape must be [rows, cols], got {list(shape)}")
+    rows, cols = shape
+    expected = rows * cols * dtype.itemsize
+    if len(message.data) != expected:
+        raise WireError(
+            f"{what}: {len(message.data)} bytes do not hold shape {list(shape)} of "
+            f"{dtype.name} ({expected} bytes expected)"
+        )
+    return np.frombuffer(message.data, dtype=dtype).reshape(rows, cols)
+
+
+def check_finite(array: np.ndarray, what: str = "vectors") -> None:
+    """Raise :class:`WireError` naming the first row that holds NaN or Inf."""
+    finite = np.isfinite(array)
+    if not finite.all():
+        bad_row = int(np.flatnonzero(~finite.all(axis=1))[0])
+        raise WireError(f"{what}: row {bad_row} contains NaN or Inf")
+
+
+def rows_per_chunk(dim: int, requested: int, max_message_bytes: int, ids: Sequence[str] = ()) -> int:
+    """How many rows of ``dim`` float32 values (plus their ids) fit one message.
+
+    Keeps each message under half of ``max_message_bytes`` (room for protobuf framing
+    and the other fields), and never more than ``requested`` rows.
+    """
+    if requested <= 0:
+        raise ValueError("chunk_size must be positive")
+    id_bytes = max((len(i.encode()) for i in ids), default=16) + 4
+    per_row = dim * 4 + id_bytes
+    return max(1, min(requested, (max_message_bytes // 2) // per_row))

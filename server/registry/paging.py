@@ -1,0 +1,33 @@
+"""Opaque page tokens for List calls (keyset paging by name)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+
+from convergent.server.errors import InvalidInput
+
+_PREFIX = "v1:"
+
+
+def encode_token(last_name: str) -> str:
+    return base64.urlsafe_b64encode((_PREFIX + last_name).encode()).decode()
+
+
+def decode_token(token: str) -> str:
+    """The name after which the page starts ("" for the first page)."""
+    if not token:
+        return ""
+    try:
+        text = base64.urlsafe_b64decode(token.encode()).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        text = ""
+    if not text.startswith(_PREFIX):
+        raise InvalidInput("page_token is not a token this server issued")
+    return text[len(_PREFIX):]
+
+
+def page_size(requested: int, default: int, maximum: int) -> int:
+    if requested < 0:
+        raise InvalidInput("page_size must be >= 0")
+    return min(requested or default, maximum)

@@ -1,0 +1,46 @@
+"""Records the registry hands between storage and the RPC layer (pydantic, immutable)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict
+
+
+class Record(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+
+class ModelRecord(Record):
+    """A registered embedding model: the space its vectors live in."""
+
+    name: str
+    dim: int
+    version: int
+    normalize: bool
+    created_at: float  # seconds since the Unix epoch
+
+
+class AnchorSetRecord(Record):
+    """An anchor set: ids embedded by one or more models; ``models`` maps model -> anchor count."""
+
+    name: str
+    models: dict[str, int]
+    data_version: int
+    updated_at: float
+
+
+class UploadResult(Record):
+    """Outcome of one committed upload stream (counts of rows, by what happened to them)."""
+
+    received: int
+    inserted: int
+    unchanged: int
+    overwritten: int
+    total: int
+    data_version: int
+
+
+class Page(Record):
+    """One page of a List call; ``next_token`` is "" on the last page."""
+
+    items: tuple
+    next_token: str

@@ -1,0 +1,185 @@
+"""Use cases of models and anchors: validation, normalisation, limits, then the store.
+
+Everything here is transport-free: the RPC layer decodes messages into these calls and
+maps the raised :mod:`convergent.server.errors` to statuses.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from convergent.server.errors import InvalidInput, ResourceExhausted, SpaceMismatch
+from convergent.server.registry import paging
+from convergent.server.registry.records import AnchorSetRecord, ModelRecord, Page, UploadResult
+from convergent.server.settings import ServerSettings
+from convergent.server.storage.sql import SqlStore
+from convergent.wire import WireError, check_finite, check_name
+
+DEFAULT_TENANT = "default"
+
+
+def valid_name(name: str, what: str) -> str:
+    """``name`` if it follows the naming rule, else :class:`InvalidInput`."""
+    try:
+        return check_name(name, what)
+    except WireError as exc:
+        raise InvalidInput(str(exc)) from None
+
+
+def l2_normalize(vectors: np.ndarray, first_row: int = 0) -> np.ndarray:
+    """Rows scaled to unit L2 norm (float32); a zero row is :class:`InvalidInput`."""
+    norms = np.linalg.norm(vectors.astype(np.float64, copy=False), axis=1, keepdims=True)
+    zero = np.flatnonzero(norms[:, 0] == 0)
+    if zero.size:
+        raise InvalidInput(f"vectors: row {first_row + int(zero[0])} has zero norm and cannot be normalised")
+    return (vectors / norms).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class UploadChunk:
+    """One message of an upload stream, decoded. Header fields may be empty after the first."""
+
+    model: str
+    model_version: int
+    anchor_set: str
+    overwrite: bool
+    ids: list[str]
+    vectors: np.ndarray  # (len(ids), dim), any float dtype
+
+
+class Registry:
+    """Models and anchors of every tenant, over one :class:`SqlStore`."""
+
+    def __init__(self, store: SqlStore, settings: ServerSettings) -> None:
+        self.store = store
+        self.settings = settings
+
+    # ------------------------------------------------------------------ models
+    def register_model(self, tenant: str, name: str, dim: int, normalize: bool = True) -> ModelRecord:
+        valid_name(name, "model name")
+        if dim <= 0:
+            raise InvalidInput(f"dim must be positive, got {dim}")
+        if dim > self.settings.max_dim:
+            raise ResourceExhausted(f"dim {dim} exceeds the server limit max_dim={self.settings.max_dim}")
+        return self.store.insert_model(tenant, name, dim, normalize)
+
+    def get_model(self, tenant: str, name: str) -> ModelRecord:
+        valid_name(name, "model name")
+        return self.store.get_model(tenant, name)
+
+    def list_models(self, tenant: str, page_size: int, page_token: str) -> Page:
+        limit = paging.page_size(page_size, self.settings.default_page_size, self.settings.max_page_size)
+        items = self.store.list_models(tenant, paging.decode_token(page_token), limit + 1)
+        return _page(items, limit)
+
+    def delete_model(self, tenant: str, name: str) -> int:
+        valid_name(name, "model name")
+        return self.store.delete_model(tenant, name)
+
+    # ------------------------------------------------------------------ anchors
+    def upload_anchors(self, tenant: str, chunks: Iterable[UploadChunk]) -> UploadResult:
+        """Validate a whole stream, then store it in one transaction (all or nothing).
+
+        Vectors are checked (dimension, finite, unique non-empty ids), normalised if the
+        model says so, and spooled (memory, then disk) so the database is locked only for
+        the final write, not while the client is still sending.
+        """
+        header: UploadChunk | None = None
+        model: ModelRecord | None = None
+        seen: set[str] = set()
+        ids: list[str] = []
+        max_id = self.settings.max_id_length
+        with tempfile.SpooledTemporaryFile(max_size=self.settings.spool_memory_bytes) as spool:
+            for number, chunk in enumerate(chunks):
+                if header is None:
+                    header = chunk
+                    valid_name(chunk.model, "model name")
+                    valid_name(chunk.anchor_set, "anchor set name")
+                    model = self.store.get_model(tenant, chunk.model)
+                    if chunk.model_version not in (0, model.version):
+                        raise SpaceMismatch(
+                            f"vectors are of model {model.name!r} version {chunk.model_version}, "
+                            f"but the registered version is {model.version}"
+                        )
+                elif (chunk.model, chunk.anchor_set) not in (("", ""), (header.model, header.anchor_set)) or (
+                    chunk.model_version not in (0, header.model_version)
+                ):
+                    raise InvalidInput(
+                        f"message {number} names another model or anchor set than the first message"
+                    )
+                n = len(chunk.ids)
+                if n > self.settings.max_vectors_per_message:
+                    raise ResourceExhausted(
+                        f"message {number} holds {n} vectors; the limit is "
+                        f"max_vectors_per_message={self.settings.max_vectors_per_message}"
+                    )
+                if chunk.vectors.shape[0] != n:
+                    raise InvalidInput(
+                        f"message {number}: {n} ids but {chunk.vectors.shape[0]} vector rows"
+                    )
+                if n and chunk.vectors.shape[1] != model.dim:
+                    raise InvalidInput(
+                        f"message {number}: vectors have dimension {chunk.vectors.shape[1]}, "
+                        f"model {model.name!r} has dimension {model.dim}"
+                    )
+                for anchor_id in chunk.ids:
+                    if not anchor_id or len(anchor_id) > max_id:
+                        raise InvalidInput(f"anchor ids must have 1-{max_id} characters, got {anchor_id[:40]!r}")
+                    if anchor_id in seen:
+                        raise InvalidInput(f"anchor id {anchor_id!r} appears twice in one upload")
+                    seen.add(anchor_id)
+                try:
+                    check_finite(chunk.vectors)
+                except WireError as exc:
+                    raise InvalidInput(f"message {number}: {exc}") from None
+                vectors = chunk.vectors.astype("<f4")
+                if model.normalize and n:
+                    vectors = l2_normalize(vectors, first_row=len(ids))
+                spool.write(vectors.tobytes())
+                ids.extend(chunk.ids)
+            if header is None or model is None:
+                raise InvalidInput("the upload stream is empty: send at least one message")
+            if not ids:
+                raise InvalidInput("the upload holds no vectors")
+            spool.seek(0)
+            return self.store.write_anchors(
+                tenant, header.anchor_set, model, _read_back(spool, ids, model.dim), header.overwrite
+            )
+
+    def count_anchors(self, tenant: str, model: str, anchor_set: str) -> int:
+        valid_name(model, "model name")
+        valid_name(anchor_set, "anchor set name")
+        self.store.get_model(tenant, model)  # NotFound for an unknown model
+        return self.store.count_anchors(tenant, anchor_set, model)
+
+    def list_anchor_sets(self, tenant: str, page_size: int, page_token: str, model: str = "") -> Page:
+        limit = paging.page_size(page_size, self.settings.default_page_size, self.settings.max_page_size)
+        if model:
+            self.get_model(tenant, model)
+        items = self.store.list_anchor_sets(
+            tenant, paging.decode_token(page_token), limit + 1, model or None
+        )
+        return _page(items, limit)
+
+    def delete_anchors(self, tenant: str, model: str, anchor_set: str, ids: list[str]) -> tuple[int, int]:
+        valid_name(model, "model name")
+        valid_name(anchor_set, "anchor set name")
+        return self.store.delete_anchors(tenant, anchor_set, model, ids or None)
+
+
+def _page(items: list[ModelRecord] | list[AnchorSetRecord], limit: int) -> Page:
+    more = len(items) > limit
+    items = items[:limit]
+    return Page(items=tuple(items), next_token=paging.encode_token(items[-1].name) if more else "")
+
+
+def _read_back(spool, ids: list[str], dim: int, rows: int = 4096) -> Iterator[tuple[list[str], np.ndarray]]:  # noqa: ANN001
+    """Yield the spooled upload back as (ids, float32 (n, dim)) batches."""
+    for start in range(0, len(ids), rows):
+        batch_ids = ids[start : start + rows]
+        data = spool.read(len(batch_ids) * dim * 4)
+        yield batch_ids, np.frombuffer(data, dtype="<f4").reshape(len(batch_ids), dim)

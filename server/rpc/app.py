@@ -1,0 +1,133 @@
+"""Server assembly: gRPC server, servicers, health, reflection, storage, graceful stop."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from concurrent import futures
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from convergent.server.registry.service import Registry
+from convergent.server.rpc.servicers import AnchorServicer, Backend, InfoServicer, ModelServicer
+from convergent.server.settings import ServerSettings
+from convergent.server.storage.sql import SqlStore
+from convergent.v1 import anchors_pb2, anchors_pb2_grpc, info_pb2, info_pb2_grpc, models_pb2, models_pb2_grpc
+
+log = logging.getLogger("convergent.server")
+
+SERVICE_NAMES = (
+    models_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name,
+    anchors_pb2.DESCRIPTOR.services_by_name["AnchorService"].full_name,
+    info_pb2.DESCRIPTOR.services_by_name["InfoService"].full_name,
+)
+
+
+def _address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class ConvergentServer:
+    """One convergent server: ``start()`` binds and opens storage, ``stop()`` drains and closes.
+
+    Health (``grpc.health.v1``) reports NOT_SERVING until storage is open and again while
+    stopping; RPCs that arrive before storage is open get UNAVAILABLE.
+    """
+
+    def __init__(self, settings: ServerSettings) -> None:
+        self.settings = settings
+        self.port: int | None = None
+        self.store: SqlStore | None = None
+        self._backend = Backend()
+        self._health = health.HealthServicer()
+        self._stopped = threading.Event()
+        options = [
+            ("grpc.max_receive_message_length", settings.max_receive_message_bytes),
+            ("grpc.max_send_message_length", settings.max_send_message_bytes),
+            ("grpc.so_reuseport", 0),
+        ]
+        self._server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="rpc"),
+            options=options,
+        )
+        models_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(self._backend), self._server)
+        anchors_pb2_grpc.add_AnchorServiceServicer_to_server(AnchorServicer(self._backend), self._server)
+        info_pb2_grpc.add_InfoServiceServicer_to_server(InfoServicer(settings), self._server)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
+        if settings.reflection:
+            from grpc_reflection.v1alpha import reflection
+
+            reflection.enable_server_reflection(
+                (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server
+            )
+        self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+
+    def _set_health(self, status: int) -> None:
+        self._health.set("", status)
+        for name in SERVICE_NAMES:
+            self._health.set(name, status)
+
+    @property
+    def address(self) -> str:
+        return _address(self.settings.host, self.port or 0)
+
+    def start(self) -> int:
+        """Bind, start serving, open storage, then report SERVING. Returns the bound port."""
+        s = self.settings
+        self.port = self._server.add_insecure_port(_address(s.host, s.port))
+        if self.port == 0:
+            raise OSError(f"could not bind {_address(s.host, s.port)}")
+        self._server.start()
+        log.info("listening on %s", self.address)
+        self.store = SqlStore(s.resolved_database_url())
+        self._backend.open(Registry(self.store, s))
+        self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        log.info("storage open (%s); serving", self.store.engine.url.render_as_string(hide_password=True))
+        return self.port
+
+    def stop(self, grace: float | None = None) -> None:
+        """NOT_SERVING, let in-flight RPCs finish within ``grace`` seconds, close storage."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        grace = self.settings.grace_seconds if grace is None else grace
+        log.info("stopping (grace %.1f s)", grace)
+        self._health.enter_graceful_shutdown()
+        self._server.stop(grace).wait()
+        self._backend.close()
+        if self.store is not None:
+            self.store.close()
+        log.info("stopped")
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until :meth:`stop` has been called (True) or ``timeout`` passes (False)."""
+        return self._stopped.wait(timeout)
+
+    def __enter__(self) -> ConvergentServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop(grace=1.0)
+
+
+def serve(settings: ServerSettings) -> None:
+    """Run a server in the foreground until SIGTERM or SIGINT, then stop gracefully."""
+    server = ConvergentServer(settings)
+    stop_requested = threading.Event()
+
+    def _on_signal(signum: int, _frame: object) -> None:
+        log.info("received %s", signal.Signals(signum).name)
+        stop_requested.set()
+
+    previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        server.start()
+        while not stop_requested.wait(0.5):
+            pass
+    finally:
+        server.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

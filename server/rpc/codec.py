@@ -1,0 +1,53 @@
+"""Protobuf messages <-> domain records and arrays. No logic beyond translation."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+import numpy as np
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from convergent.server.registry.records import AnchorSetRecord, ModelRecord, UploadResult
+from convergent.server.registry.service import UploadChunk
+from convergent.v1 import anchors_pb2, models_pb2
+from convergent.wire import decode_matrix
+
+_EMPTY = np.zeros((0, 0), dtype=np.float32)
+
+
+def timestamp(seconds: float) -> Timestamp:
+    ts = Timestamp()
+    ts.FromNanoseconds(int(seconds * 1e9))
+    return ts
+
+
+def model_to_pb(record: ModelRecord) -> models_pb2.Model:
+    return models_pb2.Model(
+        name=record.name, dim=record.dim, version=record.version, normalize=record.normalize,
+        created_at=timestamp(record.created_at),
+    )
+
+
+def anchor_set_to_pb(record: AnchorSetRecord) -> anchors_pb2.AnchorSet:
+    return anchors_pb2.AnchorSet(
+        name=record.name,
+        models=[anchors_pb2.AnchorSetModel(model=m, count=c) for m, c in sorted(record.models.items())],
+        data_version=record.data_version,
+        updated_at=timestamp(record.updated_at),
+    )
+
+
+def upload_chunks(requests: Iterable[anchors_pb2.UploadAnchorsRequest]) -> Iterator[UploadChunk]:
+    """Decode an upload stream lazily (a bad message raises when it is reached)."""
+    for request in requests:
+        has_vectors = request.HasField("vectors")
+        vectors = decode_matrix(request.vectors) if has_vectors or request.ids else _EMPTY
+        yield UploadChunk(
+            model=request.model, model_version=request.model_version,
+            anchor_set=request.anchor_set, overwrite=request.overwrite,
+            ids=list(request.ids), vectors=vectors,
+        )
+
+
+def upload_result_to_pb(result: UploadResult) -> anchors_pb2.UploadAnchorsResponse:
+    return anchors_pb2.UploadAnchorsResponse(**result.model_dump())

@@ -1,0 +1,44 @@
+"""Server settings: environment variables ``CONVERGENT_*`` and CLI flags, one pydantic model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MiB = 1024 * 1024
+
+
+class ServerSettings(BaseSettings):
+    """Everything ``convergent serve`` can be told. Flags override environment variables."""
+
+    model_config = SettingsConfigDict(env_prefix="CONVERGENT_", extra="forbid")
+
+    host: str = "127.0.0.1"
+    port: int = Field(50051, ge=0, le=65535, description="0 picks a free port")
+    data_dir: Path = Path("./convergent-data")
+    reflection: bool = False
+    workers: int = Field(8, ge=1, le=256, description="threads serving RPCs")
+    max_receive_message_bytes: int = Field(64 * MiB, ge=1 * MiB, le=1024 * MiB)
+    max_send_message_bytes: int = Field(64 * MiB, ge=1 * MiB, le=1024 * MiB)
+    max_vectors_per_message: int = Field(65536, ge=1)
+    max_dim: int = Field(8192, ge=1, le=65536)
+    max_page_size: int = Field(1000, ge=1)
+    default_page_size: int = Field(100, ge=1)
+    max_id_length: int = Field(256, ge=1, le=4096)
+    spool_memory_bytes: int = Field(
+        64 * MiB, ge=0, description="an upload stream is buffered in memory up to this, then on disk"
+    )
+    grace_seconds: float = Field(10.0, ge=0, description="how long in-flight RPCs get on shutdown")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["text", "json"] = "text"
+    database_url: str | None = Field(
+        None, description="SQLAlchemy URL; default: SQLite file convergent.sqlite3 in data_dir"
+    )
+
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'convergent.sqlite3').resolve()}"

@@ -1,0 +1,63 @@
+"""Tables of the durable store (SQLAlchemy Core). Alembic migrations create and evolve them.
+
+Every table carries ``tenant``: a federation of parties; tenants share nothing.
+Timestamps are float seconds since the Unix epoch (UTC), portable across SQLite and PostgreSQL.
+Vectors are little-endian float32 bytes in one blob per row.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData()
+
+models = sa.Table(
+    "models",
+    metadata,
+    sa.Column("tenant", sa.String(128), primary_key=True),
+    sa.Column("name", sa.String(128), primary_key=True),
+    sa.Column("dim", sa.Integer, nullable=False),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("normalize", sa.Boolean, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+
+# Last version handed out per model name; survives deletes so a re-registered name gets a
+# new version and vectors stamped with the old one are refused.
+model_versions = sa.Table(
+    "model_versions",
+    metadata,
+    sa.Column("tenant", sa.String(128), primary_key=True),
+    sa.Column("name", sa.String(128), primary_key=True),
+    sa.Column("last_version", sa.Integer, nullable=False),
+)
+
+anchor_sets = sa.Table(
+    "anchor_sets",
+    metadata,
+    sa.Column("tenant", sa.String(128), primary_key=True),
+    sa.Column("name", sa.String(128), primary_key=True),
+    # +1 on every committed change; anchors remember the version that wrote them.
+    sa.Column("data_version", sa.BigInteger, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+)
+
+anchors = sa.Table(
+    "anchors",
+    metadata,
+    sa.Column("tenant", sa.String(128), primary_key=True),
+    sa.Column("anchor_set", sa.String(128), primary_key=True),
+    sa.Column("model", sa.String(128), primary_key=True),
+    sa.Column("anchor_id", sa.String(4096), primary_key=True),
+    sa.Column("vector", sa.LargeBinary, nullable=False),
+    sa.Column("written_version", sa.BigInteger, nullable=False),
+    sa.ForeignKeyConstraint(
+        ["tenant", "model"], ["models.tenant", "models.name"], ondelete="CASCADE"
+    ),
+    sa.ForeignKeyConstraint(
+        ["tenant", "anchor_set"], ["anchor_sets.tenant", "anchor_sets.name"], ondelete="CASCADE"
+    ),
+)
+
+sa.Index("ix_anchors_model", anchors.c.tenant, anchors.c.model, anchors.c.anchor_set)

@@ -1,0 +1,302 @@
+"""The SQL store: models and anchors in one database (SQLite by default), one tenant column.
+
+Every public method runs in its own transaction. :meth:`SqlStore.write_anchors` writes a
+whole upload in one ``BEGIN IMMEDIATE`` transaction: it commits completely or not at all.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+
+import numpy as np
+import sqlalchemy as sa
+
+from convergent.server.errors import AlreadyExists, NotFound, SpaceMismatch
+from convergent.server.registry.records import AnchorSetRecord, ModelRecord, UploadResult
+from convergent.server.storage import db
+from convergent.server.storage.schema import anchor_sets, anchors, model_versions, models
+
+# Ids per SELECT ... IN (...) / executemany batch: far below every database's parameter limit.
+ID_BATCH = 500
+
+
+def _model_record(row: sa.Row) -> ModelRecord:
+    return ModelRecord(
+        name=row.name, dim=row.dim, version=row.version, normalize=row.normalize,
+        created_at=row.created_at,
+    )
+
+
+class SqlStore:
+    """Durable store of models and anchors behind SQLAlchemy Core."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine = db.create_engine(url)
+        db.migrate(self.engine)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def _read(self) -> Iterator[sa.Connection]:
+        with self.engine.connect() as conn, conn.begin():
+            yield conn
+
+    @contextmanager
+    def _write(self) -> Iterator[sa.Connection]:
+        with self.engine.connect().execution_options(write=True) as conn, conn.begin():
+            yield conn
+
+    # ------------------------------------------------------------------ models
+    def insert_model(self, tenant: str, name: str, dim: int, normalize: bool) -> ModelRecord:
+        """Register ``name``; :class:`AlreadyExists` if it is registered."""
+        with self._write() as conn:
+            if self._get_model(conn, tenant, name) is not None:
+                raise AlreadyExists(f"model {name!r} already exists")
+            last = conn.execute(
+                sa.select(model_versions.c.last_version).where(
+                    model_versions.c.tenant == tenant, model_versions.c.name == name
+                )
+            ).scalar()
+            version = (last or 0) + 1
+            if last is None:
+                conn.execute(model_versions.insert().values(tenant=tenant, name=name, last_version=version))
+            else:
+                conn.execute(
+                    model_versions.update()
+                    .where(model_versions.c.tenant == tenant, model_versions.c.name == name)
+                    .values(last_version=version)
+                )
+            record = ModelRecord(
+                name=name, dim=dim, version=version, normalize=normalize, created_at=time.time()
+            )
+            conn.execute(models.insert().values(tenant=tenant, **record.model_dump()))
+            return record
+
+    @staticmethod
+    def _get_model(conn: sa.Connection, tenant: str, name: str) -> ModelRecord | None:
+        row = conn.execute(
+            sa.select(models).where(models.c.tenant == tenant, models.c.name == name)
+        ).first()
+        return None if row is None else _model_record(row)
+
+    def get_model(self, tenant: str, name: str) -> ModelRecord:
+        with self._read() as conn:
+            record = self._get_model(conn, tenant, name)
+        if record is None:
+            raise NotFound(f"model {name!r} not found")
+        return record
+
+    def list_models(self, tenant: str, after: str, limit: int) -> list[ModelRecord]:
+        """Models with name > ``after``, by name, at most ``limit``."""
+        with self._read() as conn:
+            rows = conn.execute(
+                sa.select(models)
+                .where(models.c.tenant == tenant, models.c.name > after)
+                .order_by(models.c.name)
+                .limit(limit)
+            ).all()
+        return [_model_record(r) for r in rows]
+
+    def delete_model(self, tenant: str, name: str) -> int:
+        """Delete the model and its anchors; returns how many anchors went with it."""
+        with self._write() as conn:
+            if self._get_model(conn, tenant, name) is None:
+                raise NotFound(f"model {name!r} not found")
+            affected_sets = conn.execute(
+                sa.select(anchors.c.anchor_set)
+                .where(anchors.c.tenant == tenant, anchors.c.model == name)
+                .distinct()
+            ).scalars().all()
+            deleted = conn.execute(
+                anchors.delete().where(anchors.c.tenant == tenant, anchors.c.model == name)
+            ).rowcount
+            for anchor_set in affected_sets:
+                self._bump_version(conn, tenant, anchor_set)
+            conn.execute(models.delete().where(models.c.tenant == tenant, models.c.name == name))
+            return int(deleted)
+
+    # ------------------------------------------------------------------ anchors
+    @staticmethod
+    def _set_version(conn: sa.Connection, tenant: str, anchor_set: str) -> int | None:
+        return conn.execute(
+            sa.select(anchor_sets.c.data_version).where(
+                anchor_sets.c.tenant == tenant, anchor_sets.c.name == anchor_set
+            )
+        ).scalar()
+
+    def _bump_version(self, conn: sa.Connection, tenant: str, anchor_set: str) -> int:
+        now = time.time()
+        current = self._set_version(conn, tenant, anchor_set)
+        if current is None:
+            conn.execute(
+                anchor_sets.insert().values(
+                    tenant=tenant, name=anchor_set, data_version=1, created_at=now, updated_at=now
+                )
+            )
+            return 1
+        conn.execute(
+            anchor_sets.update()
+            .where(anchor_sets.c.tenant == tenant, anchor_sets.c.name == anchor_set)
+            .values(data_version=current + 1, updated_at=now)
+        )
+        return current + 1
+
+    def write_anchors(
+        self,
+        tenant: str,
+        anchor_set: str,
+        model: ModelRecord,
+        batches: Iterable[tuple[list[str], np.ndarray]],
+        overwrite: bool,
+    ) -> UploadResult:
+        """Store ``(ids, float32 vectors)`` batches of ``model`` in one transaction.
+
+        An id stored with the same bytes is left alone; with other bytes it is replaced if
+        ``overwrite``, else :class:`AlreadyExists` rolls the whole upload back.
+        """
+        received = inserted = unchanged = overwritten = 0
+        key = (anchors.c.tenant == tenant) & (anchors.c.anchor_set == anchor_set) & (
+            anchors.c.model == model.name
+        )
+        with self._write() as conn:
+            stored = self._get_model(conn, tenant, model.name)
+            if stored is None or stored.version != model.version:
+                raise SpaceMismatch(
+                    f"model {model.name!r} version {model.version} was deleted or replaced during the upload"
+                )
+            new_version = (self._set_version(conn, tenant, anchor_set) or 0) + 1
+            if new_version == 1:  # create the set row first (foreign key of the anchors)
+                self._bump_version(conn, tenant, anchor_set)
+            for ids, vectors in batches:
+                received += len(ids)
+                blob = np.ascontiguousarray(vectors, dtype="<f4").tobytes()
+                row_bytes = vectors.shape[1] * 4
+                for start in range(0, len(ids), ID_BATCH):
+                    batch_ids = ids[start : start + ID_BATCH]
+                    existing = dict(
+                        conn.execute(
+                            sa.select(anchors.c.anchor_id, anchors.c.vector).where(
+                                key, anchors.c.anchor_id.in_(batch_ids)
+                            )
+                        ).all()
+                    )
+                    new_rows, changed_rows = [], []
+                    for offset, anchor_id in enumerate(batch_ids, start):
+                        vector = blob[offset * row_bytes : (offset + 1) * row_bytes]
+                        old = existing.get(anchor_id)
+                        if old is None:
+                            new_rows.append({"anchor_id": anchor_id, "vector": vector})
+                        elif bytes(old) == vector:
+                            unchanged += 1
+                        elif overwrite:
+                            changed_rows.append({"b_id": anchor_id, "b_vector": vector})
+                        else:
+                            raise AlreadyExists(
+                                f"anchor {anchor_id!r} of model {model.name!r} in set "
+                                f"{anchor_set!r} is stored with a different vector; "
+                                "upload with overwrite=True to replace it"
+                            )
+                    if new_rows:
+                        conn.execute(
+                            anchors.insert().values(
+                                tenant=tenant, anchor_set=anchor_set, model=model.name,
+                                written_version=new_version,
+                            ),
+                            new_rows,
+                        )
+                        inserted += len(new_rows)
+                    if changed_rows:
+                        conn.execute(
+                            anchors.update()
+                            .where(key, anchors.c.anchor_id == sa.bindparam("b_id"))
+                            .values(vector=sa.bindparam("b_vector"), written_version=new_version),
+                            changed_rows,
+                        )
+                        overwritten += len(changed_rows)
+            if (inserted or overwritten) and new_version > 1:
+                self._bump_version(conn, tenant, anchor_set)
+            data_version = self._set_version(conn, tenant, anchor_set)
+            total = self._count(conn, tenant, anchor_set, model.name)
+        return UploadResult(
+            received=received, inserted=inserted, unchanged=unchanged, overwritten=overwritten,
+            total=total, data_version=int(data_version),
+        )
+
+    @staticmethod
+    def _count(conn: sa.Connection, tenant: str, anchor_set: str, model: str) -> int:
+        return int(
+            conn.execute(
+                sa.select(sa.func.count()).select_from(anchors).where(
+                    anchors.c.tenant == tenant,
+                    anchors.c.anchor_set == anchor_set,
+                    anchors.c.model == model,
+                )
+            ).scalar()
+        )
+
+    def count_anchors(self, tenant: str, anchor_set: str, model: str) -> int:
+        """Anchors of ``model`` in ``anchor_set`` (0 if either holds none)."""
+        with self._read() as conn:
+            return self._count(conn, tenant, anchor_set, model)
+
+    def list_anchor_sets(
+        self, tenant: str, after: str, limit: int, model: str | None = None
+    ) -> list[AnchorSetRecord]:
+        """Anchor sets with name > ``after`` (optionally only those holding ``model``), by name."""
+        with self._read() as conn:
+            query = sa.select(anchor_sets).where(
+                anchor_sets.c.tenant == tenant, anchor_sets.c.name > after
+            )
+            if model is not None:
+                query = query.where(
+                    sa.exists().where(
+                        anchors.c.tenant == tenant,
+                        anchors.c.anchor_set == anchor_sets.c.name,
+                        anchors.c.model == model,
+                    )
+                )
+            sets = conn.execute(query.order_by(anchor_sets.c.name).limit(limit)).all()
+            counts: dict[str, dict[str, int]] = {s.name: {} for s in sets}
+            if sets:
+                rows = conn.execute(
+                    sa.select(anchors.c.anchor_set, anchors.c.model, sa.func.count())
+                    .where(anchors.c.tenant == tenant, anchors.c.anchor_set.in_(list(counts)))
+                    .group_by(anchors.c.anchor_set, anchors.c.model)
+                ).all()
+                for anchor_set, model_name, count in rows:
+                    counts[anchor_set][model_name] = int(count)
+        return [
+            AnchorSetRecord(
+                name=s.name, models=counts[s.name], data_version=s.data_version, updated_at=s.updated_at
+            )
+            for s in sets
+        ]
+
+    def delete_anchors(
+        self, tenant: str, anchor_set: str, model: str, ids: list[str] | None
+    ) -> tuple[int, int]:
+        """Delete ``ids`` (or all) of ``model`` from the set; returns (deleted, data_version)."""
+        with self._write() as conn:
+            if self._get_model(conn, tenant, model) is None:
+                raise NotFound(f"model {model!r} not found")
+            version = self._set_version(conn, tenant, anchor_set)
+            if version is None:
+                raise NotFound(f"anchor set {anchor_set!r} not found")
+            key = (anchors.c.tenant == tenant) & (anchors.c.anchor_set == anchor_set) & (
+                anchors.c.model == model
+            )
+            deleted = 0
+            if ids is None:
+                deleted = conn.execute(anchors.delete().where(key)).rowcount
+            else:
+                for start in range(0, len(ids), ID_BATCH):
+                    deleted += conn.execute(
+                        anchors.delete().where(key, anchors.c.anchor_id.in_(ids[start : start + ID_BATCH]))
+                    ).rowcount
+            if deleted:
+                version = self._bump_version(conn, tenant, anchor_set)
+            return int(deleted), int(version)
