@@ -79,11 +79,11 @@ def decode_matrix(message: types_pb2.Matrix, *, what: str = "vectors") -> np.nda
     return np.frombuffer(message.data, dtype=dtype).reshape(rows, cols)
 
 
-def check_finite(array: np.ndarray, what: str = "vectors") -> None:
-    """Raise :class:`WireError` naming the first row that holds NaN or Inf."""
+def check_finite(array: np.ndarray, what: str = "vectors", first_row: int = 0) -> None:
+    """Raise :class:`WireError` naming the first row (counted from ``first_row``) with NaN or Inf."""
     finite = np.isfinite(array)
     if not finite.all():
-        bad_row = int(np.flatnonzero(~finite.all(axis=1))[0])
+        bad_row = first_row + int(np.flatnonzero(~finite.all(axis=1))[0])
         raise WireError(f"{what}: row {bad_row} contains NaN or Inf")
 
 

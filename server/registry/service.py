@@ -133,7 +133,7 @@ class Registry:
                         raise InvalidInput(f"anchor id {anchor_id!r} appears twice in one upload")
                     seen.add(anchor_id)
                 try:
-                    check_finite(chunk.vectors)
+                    check_finite(chunk.vectors, first_row=len(ids))
                 except WireError as exc:
                     raise InvalidInput(f"message {number}: {exc}") from None
                 vectors = chunk.vectors.astype("<f4")

@@ -1,0 +1,62 @@
+"""The CLI against a real server: models, upload from .npz with progress, health, demo."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+BIN = Path(sys.executable).with_name("convergent")
+
+
+def run(*args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
+    result = subprocess.run([str(BIN), *args], capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{args} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def test_models_upload_and_list(server, tmp_path: Path, rng):
+    address = ["--address", server.address]
+    assert "registered face (dim 16, version 1" in run("models", "register", "face", "--dim", "16", *address).stdout
+    duplicate = run("models", "register", "face", "--dim", "16", *address, check=False)
+    assert duplicate.returncode == 1 and "ALREADY_EXISTS" in duplicate.stderr
+    assert "face" in run("models", "list", *address).stdout
+
+    file = tmp_path / "emb.npz"
+    np.savez(file, face=rng.standard_normal((700, 16)), ids=np.array([f"p{i}" for i in range(700)]))
+    result = run("upload", str(file), "--model", "face", "--anchor-set", "att", "--chunk-size", "100", *address)
+    assert "uploaded 700 vectors of face to att; 700 stored" in result.stdout
+    assert "7/7" in result.stderr  # tqdm progress over 7 chunks
+    assert "att (version 1): face=700" in run("anchors", "list", *address).stdout
+
+    missing = run("upload", str(file), "--model", "face", "--anchor-set", "att", "--key", "nope", *address, check=False)
+    assert missing.returncode == 1 and "no array 'nope'" in missing.stderr
+    assert "deleted face and 700 anchors" in run("models", "delete", "face", *address).stdout
+
+
+def test_health_exit_codes(server):
+    assert run("health", "--address", server.address).stdout.strip() == "SERVING"
+    server.stop(grace=0.2)
+    down = run("health", "--address", server.address, check=False, timeout=60)
+    assert down.returncode == 1 and "UNAVAILABLE" in down.stderr
+
+
+@pytest.mark.slow
+def test_demo_quick_synthetic(tmp_path: Path):
+    result = run("demo", "--quick", "--synthetic", "--out", str(tmp_path / "report"))
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert "synthetic data" in report and "model-a" in report
+    assert "re-upload of the same anchors is a no-op: 400 stored" in result.stdout
+
+
+@pytest.mark.slow
+def test_demo_quick_realdata(tmp_path: Path, realdata: Path):
+    result = run("demo", "--quick", "--realdata", str(realdata), "--out", str(tmp_path / "report"))
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert "real data from" in report
+    for model in ("dlib", "facenet", "mobileface", "minilm_l6", "mpnet"):
+        assert model in result.stdout

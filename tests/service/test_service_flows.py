@@ -1,0 +1,108 @@
+"""Happy paths through the SDK against a real server: models, anchors, paging, health, info."""
+
+from __future__ import annotations
+
+import grpc
+import numpy as np
+import pytest
+
+import convergent
+from convergent.client import AnchorSetInfo, Client, ModelInfo, errors
+
+
+def test_model_lifecycle(client: Client):
+    info = client.register_model("facenet", dim=128)
+    assert info == ModelInfo(name="facenet", dim=128, version=1, normalize=True)
+    assert client.register_model("acts", dim=64, normalize=False).normalize is False
+    assert client.get_model("facenet") == info
+    assert [m.name for m in client.list_models()] == ["acts", "facenet"]
+    assert client.delete_model("acts") == 0
+    assert [m.name for m in client.list_models()] == ["facenet"]
+
+
+def test_list_models_follows_pages(start_server):
+    server = start_server(default_page_size=3, max_page_size=3)
+    with Client(server.address) as client:
+        for i in range(8):
+            client.register_model(f"m{i}", dim=2)
+        assert [m.name for m in client.list_models()] == [f"m{i}" for i in range(8)]
+
+
+def test_anchor_sets_count_list_delete(client: Client, rng):
+    client.register_model("a", dim=8)
+    client.register_model("b", dim=16)
+    ids = [f"img-{i}" for i in range(300)]
+    assert client.upload_anchors("a", anchor_set="att", ids=ids, vectors=rng.standard_normal((300, 8)), chunk_size=64) == 300
+    assert client.upload_anchors("b", anchor_set="att", ids=ids[:200], vectors=rng.standard_normal((200, 16))) == 200
+    assert client.upload_anchors("b", anchor_set="other", ids=ids[:5], vectors=rng.standard_normal((5, 16))) == 5
+    assert client.count_anchors("a", anchor_set="att") == 300
+    assert client.count_anchors("a", anchor_set="never-uploaded") == 0
+    sets = client.list_anchor_sets()
+    assert sets == [
+        AnchorSetInfo(name="att", models={"a": 300, "b": 200}, data_version=2),
+        AnchorSetInfo(name="other", models={"b": 5}, data_version=1),
+    ]
+    assert [s.name for s in client.list_anchor_sets(model="a")] == ["att"]
+    assert client.delete_anchors("b", anchor_set="att", ids=ids[:50]) == 50
+    assert client.count_anchors("b", anchor_set="att") == 150
+    assert client.delete_model("b") == 155
+    assert client.list_anchor_sets()[0].models == {"a": 300}
+
+
+def test_float64_and_float16_are_sent_as_float32(client: Client, rng):
+    client.register_model("raw", dim=4, normalize=False)
+    X = rng.standard_normal((10, 4))
+    client.upload_anchors("raw", anchor_set="s", ids=range(10), vectors=X)
+    # Same values as float32 -> unchanged (no-op); float16 rounds differently -> conflict.
+    assert client.upload_anchors("raw", anchor_set="s", ids=range(10), vectors=X.astype(np.float32)) == 10
+    with pytest.raises(errors.AlreadyExists):
+        client.upload_anchors("raw", anchor_set="s", ids=range(10), vectors=X.astype(np.float16))
+
+
+def test_sdk_checks_shapes_locally(client: Client):
+    with pytest.raises(errors.InvalidArgument, match="2-D"):
+        client.upload_anchors("m", anchor_set="s", ids=["a"], vectors=np.ones(4))
+    with pytest.raises(errors.InvalidArgument, match="2 ids for 1 vectors"):
+        client.upload_anchors("m", anchor_set="s", ids=["a", "b"], vectors=np.ones((1, 4)))
+
+
+def test_health_and_info(server, client: Client):
+    assert client.health() is True
+    info = client.server_info()
+    assert info.version == convergent.__version__ and info.api == "convergent.v1"
+    server.stop(grace=0.5)
+    with pytest.raises(errors.Unavailable):
+        Client(server.address, timeout=2).health()
+
+
+def test_not_serving_until_storage_open(tmp_path):
+    """Before start() opens storage, health is NOT_SERVING and RPCs are UNAVAILABLE."""
+    from convergent.server.registry.service import Registry
+    from convergent.server.rpc.app import ConvergentServer
+    from convergent.server.settings import ServerSettings
+    from convergent.server.storage.sql import SqlStore
+
+    server = ConvergentServer(ServerSettings(host="127.0.0.1", port=0, data_dir=tmp_path))
+    server.port = server._server.add_insecure_port("127.0.0.1:0")
+    server._server.start()
+    try:
+        with Client(server.address, timeout=5) as client:
+            assert client.health() is False
+            with pytest.raises(errors.Unavailable, match="storage is not open"):
+                client.list_models()
+            store = SqlStore(server.settings.resolved_database_url())
+            server._backend.open(Registry(store, server.settings))
+            assert client.list_models() == []
+            store.close()
+    finally:
+        server._server.stop(0)
+
+
+def test_reflection_lists_services(start_server):
+    from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+
+    server = start_server(reflection=True)
+    channel = grpc.insecure_channel(server.address)
+    services = set(ProtoReflectionDescriptorDatabase(channel).get_services())
+    channel.close()
+    assert {"convergent.v1.ModelService", "convergent.v1.AnchorService", "grpc.health.v1.Health"} <= services
