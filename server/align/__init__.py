@@ -1,0 +1,47 @@
+"""Math of convergent: fit linear maps between embedding spaces from paired anchors.
+
+Pure numpy/scipy; no gRPC, no storage. See DESIGN.md, "The math module".
+"""
+
+from convergent.server.align.maps import CCAMap, ProcrustesMap, RidgeMap, estimator_from_state
+from convergent.server.align.metrics import (
+    linear_cka,
+    matched_correlation_stats,
+    mutual_knn,
+    mutual_knn_chance,
+    r2_score,
+    retrieval_margin,
+    retrieval_topk,
+)
+from convergent.server.align.select import (
+    CANDIDATES,
+    DEFAULT_CANDIDATES,
+    AutoResult,
+    diagnostics,
+    fit_auto,
+    fit_auto_stats,
+)
+from convergent.server.align.split import heldout_split
+from convergent.server.align.stats import PairedStats
+
+__all__ = [
+    "AutoResult",
+    "CANDIDATES",
+    "CCAMap",
+    "DEFAULT_CANDIDATES",
+    "PairedStats",
+    "ProcrustesMap",
+    "RidgeMap",
+    "diagnostics",
+    "estimator_from_state",
+    "fit_auto",
+    "fit_auto_stats",
+    "heldout_split",
+    "linear_cka",
+    "matched_correlation_stats",
+    "mutual_knn",
+    "mutual_knn_chance",
+    "r2_score",
+    "retrieval_margin",
+    "retrieval_topk",
+]

@@ -1,0 +1,37 @@
+"""Deterministic held-out split of anchors by id (independent of the ids' order)."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+
+import numpy as np
+
+from convergent.server.errors import InvalidInput
+
+
+def _rank_key(seed: int, anchor_id: str) -> bytes:
+    return hashlib.blake2b(f"{int(seed)}\x00{anchor_id}".encode("utf-8"), digest_size=16).digest()
+
+
+def heldout_split(ids: Sequence[str], seed: int = 0, fraction: float = 0.2, cap: int = 2000) -> np.ndarray:
+    """Boolean mask (n,), True = held out, for anchors named by ``ids``.
+
+    Each id is ranked by ``blake2b(seed, id)``; the ``min(round(fraction * n), cap)`` lowest are
+    held out. The same ids and seed always hold out the same anchors, in whatever order they
+    come, and adding anchors only moves the boundary. Ids must be unique strings.
+    """
+    ids = list(ids)
+    if not all(isinstance(i, str) for i in ids):
+        raise InvalidInput("anchor ids must be strings")
+    if len(set(ids)) != len(ids):
+        raise InvalidInput("anchor ids must be unique")
+    if not 0.0 <= float(fraction) < 1.0 or int(cap) < 0:
+        raise InvalidInput(f"fraction must be in [0, 1) and cap >= 0, got {fraction}, {cap}")
+    n = len(ids)
+    n_held = min(int(round(float(fraction) * n)), int(cap))
+    mask = np.zeros(n, dtype=bool)
+    if n_held:
+        order = sorted(range(n), key=lambda i: _rank_key(seed, ids[i]))
+        mask[order[:n_held]] = True
+    return mask

@@ -1,0 +1,182 @@
+"""Sufficient statistics of paired anchors: fit maps in O(d^2) memory however many anchors.
+
+Row i of ``X`` (n, d_x) is anchor i embedded by the source model, row i of ``Y`` (n, d_y) the
+same anchor embedded by the target model. Every estimator in this package fits from
+:class:`PairedStats`; ``fit(X, Y)`` is ``fit_stats(PairedStats.from_arrays(X, Y))``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from convergent.server.align._validate import as_pair
+from convergent.server.errors import InvalidInput
+
+_ARRAY_KEYS = ("sum_x", "sum_y", "xtx", "xty", "yty")
+
+
+@dataclass
+class PairedStats:
+    """Float64 count, sums and raw cross-products of paired rows.
+
+    Attributes: ``n`` (int), ``sum_x`` (d_x,), ``sum_y`` (d_y,), ``xtx`` (d_x, d_x),
+    ``xty`` (d_x, d_y), ``yty`` (d_y, d_y), all uncentred (``xtx = X^T X``).
+
+    Centred quantities are derived as ``xtx - n * mean_x mean_x^T``. That subtraction can
+    cancel digits when the mean is large compared with the spread; in float64 and for
+    embeddings (|mean| of order the spread) it keeps ~12+ significant digits, which is far
+    below the noise of any fit here. Chunks are summed in float64 whatever their dtype.
+    """
+
+    n: int
+    sum_x: np.ndarray
+    sum_y: np.ndarray
+    xtx: np.ndarray
+    xty: np.ndarray
+    yty: np.ndarray
+
+    # -- construction --------------------------------------------------------------------
+    @classmethod
+    def empty(cls, d_x: int, d_y: int) -> "PairedStats":
+        """Statistics of zero rows for a (d_x -> d_y) pair."""
+        if int(d_x) < 1 or int(d_y) < 1:
+            raise InvalidInput(f"dimensions must be >= 1, got d_x={d_x}, d_y={d_y}")
+        d_x, d_y = int(d_x), int(d_y)
+        z = np.zeros
+        return cls(0, z(d_x), z(d_y), z((d_x, d_x)), z((d_x, d_y)), z((d_y, d_y)))
+
+    @classmethod
+    def from_arrays(cls, X, Y) -> "PairedStats":
+        """Statistics of the paired rows (X (n, d_x), Y (n, d_y))."""
+        X, Y = as_pair(X, Y)
+        return cls.empty(X.shape[1], Y.shape[1]).update(X, Y)
+
+    def copy(self) -> "PairedStats":
+        return PairedStats(self.n, *(getattr(self, k).copy() for k in _ARRAY_KEYS))
+
+    @property
+    def d_x(self) -> int:
+        return self.sum_x.shape[0]
+
+    @property
+    def d_y(self) -> int:
+        return self.sum_y.shape[0]
+
+    # -- accumulation --------------------------------------------------------------------
+    def _checked(self, X, Y) -> tuple[np.ndarray, np.ndarray]:
+        X, Y = as_pair(X, Y)
+        if X.shape[1] != self.d_x or Y.shape[1] != self.d_y:
+            raise InvalidInput(
+                f"chunk dims ({X.shape[1]}, {Y.shape[1]}) do not match statistics ({self.d_x}, {self.d_y})"
+            )
+        return X.astype(np.float64, copy=False), Y.astype(np.float64, copy=False)
+
+    def _add(self, X: np.ndarray, Y: np.ndarray, sign: float) -> None:
+        self.n += int(sign) * X.shape[0]
+        self.sum_x += sign * X.sum(axis=0)
+        self.sum_y += sign * Y.sum(axis=0)
+        self.xtx += sign * (X.T @ X)
+        self.xty += sign * (X.T @ Y)
+        self.yty += sign * (Y.T @ Y)
+
+    def update(self, X, Y) -> "PairedStats":
+        """Add a chunk of paired rows in place; returns ``self``."""
+        self._add(*self._checked(X, Y), 1.0)
+        return self
+
+    def subtract(self, X, Y) -> "PairedStats":
+        """Remove rows that were added before (e.g. a held-out split) in place; returns ``self``.
+
+        The caller guarantees the rows were part of the statistics; only the count is checked.
+        """
+        X, Y = self._checked(X, Y)
+        if X.shape[0] > self.n:
+            raise InvalidInput(f"cannot remove {X.shape[0]} rows from statistics of {self.n}")
+        self._add(X, Y, -1.0)
+        return self
+
+    def merge(self, other: "PairedStats") -> "PairedStats":
+        """Add another set of statistics of the same pair in place; returns ``self``."""
+        if not isinstance(other, PairedStats) or (other.d_x, other.d_y) != (self.d_x, self.d_y):
+            raise InvalidInput("can only merge PairedStats of the same dimensions")
+        self.n += other.n
+        for k in _ARRAY_KEYS:
+            getattr(self, k).__iadd__(getattr(other, k))
+        return self
+
+    # -- derived quantities --------------------------------------------------------------
+    def _need(self, n_min: int) -> None:
+        if self.n < n_min:
+            raise InvalidInput(f"need at least {n_min} paired anchors, have {self.n}")
+
+    @property
+    def mean_x(self) -> np.ndarray:
+        self._need(1)
+        return self.sum_x / self.n
+
+    @property
+    def mean_y(self) -> np.ndarray:
+        self._need(1)
+        return self.sum_y / self.n
+
+    def scatter(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Centred scatter matrices (Sxx, Sxy, Syy) = n * covariance (biased); need n >= 1."""
+        mx, my = self.mean_x, self.mean_y
+        sxx = self.xtx - self.n * np.outer(mx, mx)
+        sxy = self.xty - self.n * np.outer(mx, my)
+        syy = self.yty - self.n * np.outer(my, my)
+        return (sxx + sxx.T) / 2, sxy, (syy + syy.T) / 2
+
+    def covariances(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Unbiased centred covariances (cxx (d_x,d_x), cxy (d_x,d_y), cyy (d_y,d_y)); need n >= 2."""
+        self._need(2)
+        return tuple(s / (self.n - 1) for s in self.scatter())  # type: ignore[return-value]
+
+    @property
+    def cxx(self) -> np.ndarray:
+        return self.covariances()[0]
+
+    @property
+    def cxy(self) -> np.ndarray:
+        return self.covariances()[1]
+
+    @property
+    def cyy(self) -> np.ndarray:
+        return self.covariances()[2]
+
+    def correlation(self) -> np.ndarray:
+        """Pearson cross-correlation of every source unit with every target unit, (d_x, d_y) in [-1, 1].
+
+        Units with (numerically) zero variance get correlation 0. This is the unit-matching
+        matrix of Li et al., "Convergent Learning", ICLR 2016.
+        """
+        sxx, sxy, syy = self.scatter()
+        vx, vy = np.clip(np.diag(sxx), 0, None), np.clip(np.diag(syy), 0, None)
+        tiny_x = vx <= 1e-12 * max(vx.max(), 1e-300)
+        tiny_y = vy <= 1e-12 * max(vy.max(), 1e-300)
+        sx = np.where(tiny_x, np.inf, np.sqrt(vx))
+        sy = np.where(tiny_y, np.inf, np.sqrt(vy))
+        return np.clip(sxy / sx[:, None] / sy[None, :], -1.0, 1.0)
+
+    # -- persistence (no pickle) ---------------------------------------------------------
+    def get_state(self) -> tuple[dict, dict[str, np.ndarray]]:
+        """(params, arrays): params ``{"n", "d_x", "d_y"}`` are JSON-able ints; arrays are float64."""
+        return {"n": int(self.n), "d_x": self.d_x, "d_y": self.d_y}, {k: getattr(self, k).copy() for k in _ARRAY_KEYS}
+
+    @classmethod
+    def from_state(cls, params: dict, arrays: dict[str, np.ndarray]) -> "PairedStats":
+        try:
+            out = cls.empty(int(params["d_x"]), int(params["d_y"]))
+            out.n = int(params["n"])
+            for k in _ARRAY_KEYS:
+                a = np.asarray(arrays[k], dtype=np.float64)
+                if a.shape != getattr(out, k).shape:
+                    raise InvalidInput(f"state array {k} has shape {a.shape}, expected {getattr(out, k).shape}")
+                setattr(out, k, a.copy())
+        except KeyError as exc:
+            raise InvalidInput(f"statistics state lacks {exc}") from exc
+        if out.n < 0:
+            raise InvalidInput("statistics state has a negative count")
+        return out
