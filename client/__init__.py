@@ -2,6 +2,6 @@
 
 from convergent.client.client import Client
 from convergent.client.errors import ConvergentError
-from convergent.client.types import AnchorSetInfo, ModelInfo, ServerInfo
+from convergent.client.types import AnchorSetInfo, FitInfo, ModelInfo, ServerInfo
 
-__all__ = ["AnchorSetInfo", "Client", "ConvergentError", "ModelInfo", "ServerInfo"]
+__all__ = ["AnchorSetInfo", "Client", "ConvergentError", "FitInfo", "ModelInfo", "ServerInfo"]

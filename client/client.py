@@ -12,11 +12,15 @@ from typing import Any, TypeVar
 
 import grpc
 import numpy as np
+from google.protobuf import json_format
+from google.protobuf.struct_pb2 import Struct
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from convergent.client import errors
-from convergent.client.types import AnchorSetInfo, ModelInfo, ServerInfo
+from convergent.client.types import AnchorSetInfo, FitInfo, ModelInfo, ServerInfo
 from convergent.v1 import (
+    alignment_pb2,
+    alignment_pb2_grpc,
     anchors_pb2,
     anchors_pb2_grpc,
     info_pb2,
@@ -25,7 +29,7 @@ from convergent.v1 import (
     models_pb2_grpc,
     types_pb2,
 )
-from convergent.wire import encode_matrix, rows_per_chunk
+from convergent.wire import decode_array, decode_matrix, encode_matrix, rows_per_chunk
 
 T = TypeVar("T")
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
@@ -35,6 +39,7 @@ _IDEMPOTENT = {
     "convergent.v1.ModelService": ("GetModel", "ListModels"),
     "convergent.v1.AnchorService": ("CountAnchors", "ListAnchorSets"),
     "convergent.v1.InfoService": ("GetServerInfo",),
+    "convergent.v1.AlignmentService": ("GetFit", "ListFits", "Transform", "ExportFit"),
     "grpc.health.v1.Health": ("Check",),
 }
 _SERVICE_CONFIG = json.dumps(
@@ -57,6 +62,16 @@ _SERVICE_CONFIG = json.dumps(
 
 def _model_info(pb: models_pb2.Model) -> ModelInfo:
     return ModelInfo(name=pb.name, dim=pb.dim, version=pb.version, normalize=pb.normalize)
+
+
+def _fit_info(pb: alignment_pb2.Fit) -> FitInfo:
+    return FitInfo(
+        id=pb.id, method=pb.method, source=pb.source, target=pb.target, anchor_set=pb.anchor_set,
+        metrics=dict(pb.metrics), warnings=list(pb.warnings), converged=pb.converged, stale=pb.stale,
+        created_at=pb.created_at.ToNanoseconds() / 1e9, requested_method=pb.requested_method,
+        source_version=pb.source_version, target_version=pb.target_version, data_version=pb.data_version,
+        params=json_format.MessageToDict(pb.params),
+    )
 
 
 class Client:
@@ -95,6 +110,7 @@ class Client:
         self._models = models_pb2_grpc.ModelServiceStub(self._channel)
         self._anchors = anchors_pb2_grpc.AnchorServiceStub(self._channel)
         self._info = info_pb2_grpc.InfoServiceStub(self._channel)
+        self._alignment = alignment_pb2_grpc.AlignmentServiceStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
         self._server_info: ServerInfo | None = None
 
@@ -245,3 +261,58 @@ class Client:
         """Delete ``ids`` (or every anchor) of ``model`` from the set; returns how many were deleted."""
         request = anchors_pb2.DeleteAnchorsRequest(model=model, anchor_set=anchor_set, ids=list(ids or ()))
         return self._call(self._anchors.DeleteAnchors, request).deleted
+
+    # ----------------------------------------------------------------- alignment
+    def fit_alignment(
+        self, source: str, target: str, anchor_set: str, method: str = "auto", **params: Any
+    ) -> FitInfo:
+        """Fit a ``source`` -> ``target`` map on the anchors of ``anchor_set`` both embedded.
+
+        ``method``: "auto" (the best of procrustes / ridge on held-out anchors), "ridge",
+        "procrustes" or "cca"; ``params`` are that method's hyper-parameters (README). Fits can
+        take a while on big sets: the deadline is ``max(timeout, 600 s)``.
+        """
+        struct = Struct()
+        struct.update(params)
+        request = alignment_pb2.FitAlignmentRequest(
+            source=source, target=target, anchor_set=anchor_set, method=method, params=struct
+        )
+        return _fit_info(self._call(self._alignment.FitAlignment, request, timeout=max(self.timeout, 600.0)))
+
+    def get_fit(self, fit_id: str) -> FitInfo:
+        return _fit_info(self._call(self._alignment.GetFit, alignment_pb2.GetFitRequest(id=fit_id)))
+
+    def list_fits(self, source: str | None = None, target: str | None = None) -> list[FitInfo]:
+        """Every fit (optionally of one source and/or target), oldest first."""
+        request = alignment_pb2.ListFitsRequest(source=source or "", target=target or "")
+        return [_fit_info(f) for f in self._pages(self._alignment.ListFits, request, "fits")]
+
+    def delete_fit(self, fit_id: str) -> None:
+        self._call(self._alignment.DeleteFit, alignment_pb2.DeleteFitRequest(id=fit_id))
+
+    def transform(
+        self, vectors: np.ndarray, source: str, target: str | None = None, fit_id: str | None = None,
+        batch_size: int = 4096,
+    ) -> np.ndarray:
+        """Map ``vectors`` (n, d_source) of model ``source`` into ``target``'s space: (n, d_target) float32.
+
+        Uses the latest ``source`` -> ``target`` fit unless ``fit_id`` is given (reverse fits
+        are never used). Rows go in batches of ``batch_size`` (cut to the message limit).
+        """
+        vectors = np.asarray(vectors)
+        if vectors.ndim != 2:
+            raise errors.InvalidArgument(f"vectors must be 2-D (n, dim), got shape {vectors.shape}")
+        rows = min(batch_size, rows_per_chunk(max(vectors.shape[1], 1), batch_size, self._max_message_bytes))
+        outputs = []
+        for start in range(0, max(len(vectors), 1), rows):
+            request = alignment_pb2.TransformRequest(
+                source=source, target=target or "", fit_id=fit_id or "",
+                vectors=encode_matrix(vectors[start : start + rows]),
+            )
+            outputs.append(decode_matrix(self._call(self._alignment.Transform, request).vectors))
+        return np.vstack(outputs)
+
+    def export_fit(self, fit_id: str) -> dict[str, np.ndarray]:
+        """The fitted arrays by name (keys per method, see the README), e.g. "W", "b"; "R", "s"."""
+        response = self._call(self._alignment.ExportFit, alignment_pb2.ExportFitRequest(id=fit_id))
+        return {name: decode_array(array).copy() for name, array in response.arrays.items()}

@@ -34,3 +34,26 @@ class ServerInfo:
     max_dim: int
     max_name_length: int
     max_page_size: int
+
+
+@dataclass(frozen=True)
+class FitInfo:
+    """A fitted source -> target map. ``metrics`` are measured on ``n_heldout`` held-out anchors
+    (see the README for each key's range and direction); ``stale``: the anchor set or a model
+    changed since the fit; ``created_at``: seconds since the Unix epoch."""
+
+    id: str
+    method: str
+    source: str
+    target: str
+    anchor_set: str
+    metrics: dict[str, float]
+    warnings: list[str]
+    converged: bool
+    stale: bool
+    created_at: float
+    requested_method: str = ""
+    source_version: int = 0
+    target_version: int = 0
+    data_version: int = 0
+    params: dict = field(default_factory=dict)

@@ -16,6 +16,8 @@ models_app = typer.Typer(help="Register, list and delete models.", no_args_is_he
 anchors_app = typer.Typer(help="Inspect and delete anchors.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 app.add_typer(anchors_app, name="anchors")
+fits_app = typer.Typer(help="List, show and export fitted maps.", no_args_is_help=True)
+app.add_typer(fits_app, name="fits")
 
 Address = Annotated[str, typer.Option("--address", envvar="CONVERGENT_ADDRESS", help="server HOST:PORT")]
 ApiKey = Annotated[Optional[str], typer.Option("--api-key", envvar="CONVERGENT_API_KEY", help="API key")]
@@ -144,6 +146,23 @@ def anchors_list(
         typer.echo(f"{s.name} (version {s.data_version}): {counts}")
 
 
+def _load_npz(file: Path, key: str | None, model: str, ids_key: str):  # noqa: ANN202
+    """(vectors, ids or None) from an .npz: array ``key``, else the model's name, else the only 2-D one."""
+    import numpy as np
+
+    with np.load(file, allow_pickle=False) as data:
+        names = list(data.keys())
+        if key is None:
+            matrices = [k for k in names if data[k].ndim == 2]
+            key = model if model in names else (matrices[0] if len(matrices) == 1 else None)
+            if key is None:
+                _fail(ValueError(f"{file} holds {matrices}: choose one with --key"))
+        if key not in names:
+            _fail(ValueError(f"{file} has no array {key!r} (it has {names})"))
+        ids = [str(i) for i in data[ids_key]] if ids_key in names else None
+        return data[key], ids
+
+
 @app.command()
 def upload(
     file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help=".npz file")],
@@ -161,17 +180,8 @@ def upload(
 
     from convergent.client.errors import ConvergentError
 
-    with np.load(file, allow_pickle=False) as data:
-        names = list(data.keys())
-        if key is None:
-            matrices = [k for k in names if data[k].ndim == 2]
-            key = model if model in names else (matrices[0] if len(matrices) == 1 else None)
-            if key is None:
-                _fail(ValueError(f"{file} holds {matrices}: choose one with --key"))
-        if key not in names:
-            _fail(ValueError(f"{file} has no array {key!r} (it has {names})"))
-        vectors = data[key]
-        ids = [str(i) for i in data[ids_key]] if ids_key in names else [str(i) for i in range(len(vectors))]
+    vectors, ids = _load_npz(file, key, model, ids_key)
+    ids = ids if ids is not None else [str(i) for i in range(len(vectors))]
     try:
         with _client(address, api_key) as client:
             total = client.upload_anchors(
@@ -181,6 +191,144 @@ def upload(
     except ConvergentError as exc:
         _fail(exc)
     typer.echo(f"uploaded {len(ids)} vectors of {model} to {anchor_set}; {total} stored")
+
+
+def _parse_params(pairs: list[str]) -> dict:
+    """``key=value`` pairs; values are JSON (numbers, true/false, lists) or plain strings."""
+    import json
+
+    params = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            _fail(ValueError(f"--param takes key=value, got {pair!r}"))
+        try:
+            params[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            params[key] = raw
+    return params
+
+
+def _print_fit(fit) -> None:  # noqa: ANN001
+    stale = " (stale)" if fit.stale else ""
+    typer.echo(f"fit {fit.id}: {fit.source} -> {fit.target} on {fit.anchor_set}, method {fit.method}"
+               f" (requested {fit.requested_method}){stale}")
+    typer.echo(f"  params: {fit.params}")
+    for key in sorted(fit.metrics):
+        typer.echo(f"  {key:<32} {fit.metrics[key]:.4g}")
+    for warning in fit.warnings:
+        typer.echo(f"  warning: {warning}")
+
+
+@app.command()
+def fit(
+    source: Annotated[str, typer.Option(help="model the map starts from")],
+    target: Annotated[str, typer.Option(help="model the map goes to")],
+    anchor_set: Annotated[str, typer.Option(help="anchor set both models embedded")],
+    method: Annotated[str, typer.Option(help="auto, ridge, procrustes, cca")] = "auto",
+    param: Annotated[Optional[list[str]], typer.Option(help="hyper-parameter key=value (repeatable)")] = None,
+    address: Address = DEFAULT_ADDRESS,
+    api_key: ApiKey = None,
+) -> None:
+    """Fit a source -> target map and print its held-out diagnostics."""
+    from convergent.client.errors import ConvergentError
+
+    params = _parse_params(param or [])
+    try:
+        with _client(address, api_key) as client:
+            info = client.fit_alignment(source, target, anchor_set=anchor_set, method=method, **params)
+    except ConvergentError as exc:
+        _fail(exc)
+    _print_fit(info)
+
+
+@app.command()
+def transform(
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help=".npz with the source vectors")],
+    source: Annotated[str, typer.Option(help="model the vectors come from")],
+    out: Annotated[Path, typer.Option(help=".npz to write (array 'vectors', plus 'ids' if present)")],
+    target: Annotated[Optional[str], typer.Option(help="model to map into (latest fit)")] = None,
+    fit_id: Annotated[Optional[str], typer.Option(help="use this fit instead of the latest")] = None,
+    key: Annotated[Optional[str], typer.Option(help="array in the .npz (default: the source name, else the only 2-D array)")] = None,
+    address: Address = DEFAULT_ADDRESS,
+    api_key: ApiKey = None,
+) -> None:
+    """Map vectors of one model into another model's space."""
+    import numpy as np
+
+    from convergent.client.errors import ConvergentError
+
+    if not target and not fit_id:
+        _fail(ValueError("give --target or --fit-id"))
+    vectors, ids = _load_npz(file, key, source, "ids")
+    try:
+        with _client(address, api_key) as client:
+            mapped = client.transform(vectors, source=source, target=target, fit_id=fit_id)
+    except ConvergentError as exc:
+        _fail(exc)
+    arrays = {"vectors": mapped}
+    if ids is not None:
+        arrays["ids"] = np.array(ids)
+    np.savez(out, **arrays)
+    typer.echo(f"wrote {mapped.shape[0]} x {mapped.shape[1]} vectors to {out}")
+
+
+@fits_app.command("list")
+def fits_list(
+    source: Annotated[Optional[str], typer.Option(help="only fits from this model")] = None,
+    target: Annotated[Optional[str], typer.Option(help="only fits to this model")] = None,
+    address: Address = DEFAULT_ADDRESS,
+    api_key: ApiKey = None,
+) -> None:
+    """List fits, oldest first."""
+    from convergent.client.errors import ConvergentError
+
+    try:
+        with _client(address, api_key) as client:
+            fits = client.list_fits(source=source, target=target)
+    except ConvergentError as exc:
+        _fail(exc)
+    typer.echo(f"{'id':<22} {'route':<32} {'set':<16} {'method':<11} {'top1':>6} {'r2':>7}  stale")
+    for f in fits:
+        route = f"{f.source} -> {f.target}"
+        typer.echo(
+            f"{f.id:<22} {route:<32} {f.anchor_set:<16} {f.method:<11} "
+            f"{f.metrics.get('top1', float('nan')):>6.3f} {f.metrics.get('r2', float('nan')):>7.3f}  {f.stale}"
+        )
+
+
+@fits_app.command("show")
+def fits_show(fit_id: str, address: Address = DEFAULT_ADDRESS, api_key: ApiKey = None) -> None:
+    """Show one fit with all its metrics and warnings."""
+    from convergent.client.errors import ConvergentError
+
+    try:
+        with _client(address, api_key) as client:
+            info = client.get_fit(fit_id)
+    except ConvergentError as exc:
+        _fail(exc)
+    _print_fit(info)
+
+
+@fits_app.command("export")
+def fits_export(
+    fit_id: str,
+    out: Annotated[Path, typer.Option(help=".npz to write the fitted arrays to")],
+    address: Address = DEFAULT_ADDRESS,
+    api_key: ApiKey = None,
+) -> None:
+    """Write a fit's arrays (e.g. W and b) to an .npz file."""
+    import numpy as np
+
+    from convergent.client.errors import ConvergentError
+
+    try:
+        with _client(address, api_key) as client:
+            arrays = client.export_fit(fit_id)
+    except ConvergentError as exc:
+        _fail(exc)
+    np.savez(out, **arrays)
+    typer.echo(f"wrote {', '.join(f'{k} {tuple(v.shape)}' for k, v in sorted(arrays.items()))} to {out}")
 
 
 @app.command()

@@ -25,6 +25,7 @@ _DTYPES: dict[int, np.dtype] = {
     types_pb2.DTYPE_FLOAT64: np.dtype("<f8"),
     types_pb2.DTYPE_FLOAT16: np.dtype("<f2"),
 }
+_ARRAY_DTYPES: dict[int, np.dtype] = {**_DTYPES, types_pb2.DTYPE_INT64: np.dtype("<i8")}
 
 
 class WireError(ValueError):
@@ -77,6 +78,33 @@ def decode_matrix(message: types_pb2.Matrix, *, what: str = "vectors") -> np.nda
             f"{dtype.name} ({expected} bytes expected)"
         )
     return np.frombuffer(message.data, dtype=dtype).reshape(rows, cols)
+
+
+def encode_array(array: np.ndarray) -> types_pb2.Matrix:
+    """Encode an array of any rank for export: float64 stays float64, integers become int64,
+    other floats float32."""
+    array = np.asarray(array)
+    if np.issubdtype(array.dtype, np.integer) or array.dtype == np.bool_:
+        dtype, code = "<i8", types_pb2.DTYPE_INT64
+    elif array.dtype == np.float64:
+        dtype, code = "<f8", types_pb2.DTYPE_FLOAT64
+    elif np.issubdtype(array.dtype, np.floating):
+        dtype, code = "<f4", types_pb2.DTYPE_FLOAT32
+    else:
+        raise WireError(f"cannot encode an array of dtype {array.dtype}")
+    data = np.ascontiguousarray(array, dtype=dtype)
+    return types_pb2.Matrix(data=data.tobytes(), shape=list(data.shape), dtype=code)
+
+
+def decode_array(message: types_pb2.Matrix) -> np.ndarray:
+    """Decode an exported array of any rank (inverse of :func:`encode_array`)."""
+    dtype = _ARRAY_DTYPES.get(message.dtype)
+    if dtype is None:
+        raise WireError(f"unsupported dtype {message.dtype}")
+    shape = tuple(int(s) for s in message.shape)
+    if len(message.data) != int(np.prod(shape, dtype=np.int64)) * dtype.itemsize:
+        raise WireError(f"{len(message.data)} bytes do not hold shape {list(shape)} of {dtype.name}")
+    return np.frombuffer(message.data, dtype=dtype).reshape(shape)
 
 
 def check_finite(array: np.ndarray, what: str = "vectors", first_row: int = 0) -> None:

@@ -44,3 +44,27 @@ class Page(Record):
 
     items: tuple
     next_token: str
+
+
+class FitRecord(Record):
+    """A fitted source -> target map and how good it is on held-out anchors.
+
+    ``stale`` is not stored: the registry sets it when the anchor set or a model changed
+    after the fit (``data_version`` or a model version no longer current).
+    """
+
+    id: str
+    method: str
+    requested_method: str
+    source: str
+    source_version: int
+    target: str
+    target_version: int
+    anchor_set: str
+    data_version: int
+    params: dict
+    metrics: dict[str, float]
+    warnings: list[str]
+    converged: bool
+    created_at: float
+    stale: bool = False

@@ -30,13 +30,17 @@ def valid_name(name: str, what: str) -> str:
         raise InvalidInput(str(exc)) from None
 
 
-def l2_normalize(vectors: np.ndarray, first_row: int = 0) -> np.ndarray:
-    """Rows scaled to unit L2 norm (float32); a zero row is :class:`InvalidInput`."""
+def l2_normalize_rows(vectors: np.ndarray, strict: bool = True, first_row: int = 0) -> np.ndarray:
+    """Rows (n, d) scaled to unit L2 norm, as float32.
+
+    A zero row is :class:`InvalidInput` when ``strict`` (a caller's vector), else stays zero
+    (a computed vector, e.g. a map's output).
+    """
     norms = np.linalg.norm(vectors.astype(np.float64, copy=False), axis=1, keepdims=True)
     zero = np.flatnonzero(norms[:, 0] == 0)
-    if zero.size:
+    if zero.size and strict:
         raise InvalidInput(f"vectors: row {first_row + int(zero[0])} has zero norm and cannot be normalised")
-    return (vectors / norms).astype(np.float32)
+    return (vectors / np.where(norms == 0, 1.0, norms)).astype(np.float32)
 
 
 @dataclass(frozen=True)
@@ -138,7 +142,7 @@ class Registry:
                     raise InvalidInput(f"message {number}: {exc}") from None
                 vectors = chunk.vectors.astype("<f4")
                 if model.normalize and n:
-                    vectors = l2_normalize(vectors, first_row=len(ids))
+                    vectors = l2_normalize_rows(vectors, first_row=len(ids))
                 spool.write(vectors.tobytes())
                 ids.extend(chunk.ids)
             if header is None or model is None:

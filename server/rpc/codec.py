@@ -5,11 +5,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 
 import numpy as np
+from google.protobuf import json_format
+from google.protobuf.struct_pb2 import Struct
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from convergent.server.registry.records import AnchorSetRecord, ModelRecord, UploadResult
+from convergent.server.registry.records import AnchorSetRecord, FitRecord, ModelRecord, UploadResult
 from convergent.server.registry.service import UploadChunk
-from convergent.v1 import anchors_pb2, models_pb2
+from convergent.v1 import alignment_pb2, anchors_pb2, models_pb2
 from convergent.wire import decode_matrix
 
 _EMPTY = np.zeros((0, 0), dtype=np.float32)
@@ -51,3 +53,25 @@ def upload_chunks(requests: Iterable[anchors_pb2.UploadAnchorsRequest]) -> Itera
 
 def upload_result_to_pb(result: UploadResult) -> anchors_pb2.UploadAnchorsResponse:
     return anchors_pb2.UploadAnchorsResponse(**result.model_dump())
+
+
+def struct_to_dict(struct: Struct) -> dict:
+    """A ``google.protobuf.Struct`` as a plain dict (numbers arrive as float)."""
+    return json_format.MessageToDict(struct)
+
+
+def dict_to_struct(data: dict) -> Struct:
+    struct = Struct()
+    struct.update(data)
+    return struct
+
+
+def fit_to_pb(record: FitRecord) -> alignment_pb2.Fit:
+    return alignment_pb2.Fit(
+        id=record.id, method=record.method, requested_method=record.requested_method,
+        source=record.source, source_version=record.source_version,
+        target=record.target, target_version=record.target_version,
+        anchor_set=record.anchor_set, data_version=record.data_version,
+        metrics=record.metrics, warnings=record.warnings, converged=record.converged,
+        stale=record.stale, created_at=timestamp(record.created_at), params=dict_to_struct(record.params),
+    )

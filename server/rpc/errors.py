@@ -69,7 +69,7 @@ def rpc_method(method: Callable[..., Any]) -> Callable[..., Any]:
                 if isinstance(exc, grpc.RpcError) or context.code() is not None:
                     raise  # already aborted (context.abort) or a cancelled stream
                 log.exception("%s failed after %.1f ms", name, elapsed_ms)
-                message = f"internal error; request id {request_id}"
+                message = f"internal error; the server log has the details under request id {request_id}"
             else:
                 log.info("%s -> %s after %.1f ms: %s", name, code.name, elapsed_ms, exc)
                 message = str(exc)

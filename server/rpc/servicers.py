@@ -6,30 +6,50 @@ import grpc
 
 import convergent
 from convergent.server.errors import Unavailable
+from convergent.server.registry.alignment import Alignment
 from convergent.server.registry.service import DEFAULT_TENANT, Registry
 from convergent.server.rpc import codec
 from convergent.server.rpc.errors import rpc_method
 from convergent.server.settings import ServerSettings
-from convergent.v1 import anchors_pb2, anchors_pb2_grpc, info_pb2, info_pb2_grpc, models_pb2, models_pb2_grpc
+from convergent.v1 import (
+    alignment_pb2,
+    alignment_pb2_grpc,
+    anchors_pb2,
+    anchors_pb2_grpc,
+    info_pb2,
+    info_pb2_grpc,
+    models_pb2,
+    models_pb2_grpc,
+)
+from convergent.wire import decode_matrix, encode_array, encode_matrix
 
 
 class Backend:
-    """Holds the registry once storage is open; until then every RPC is UNAVAILABLE."""
+    """Holds the use cases once storage is open; until then every RPC is UNAVAILABLE."""
 
     def __init__(self) -> None:
         self._registry: Registry | None = None
+        self._alignment: Alignment | None = None
 
-    def open(self, registry: Registry) -> None:
-        self._registry = registry
+    def open(self, registry: Registry, alignment: Alignment) -> None:
+        self._registry, self._alignment = registry, alignment
 
     def close(self) -> None:
-        self._registry = None
+        self._registry = self._alignment = None
+
+    @staticmethod
+    def _ready(use_case):  # noqa: ANN001, ANN205
+        if use_case is None:
+            raise Unavailable("the server is starting or stopping; storage is not open")
+        return use_case
 
     @property
     def registry(self) -> Registry:
-        if self._registry is None:
-            raise Unavailable("the server is starting or stopping; storage is not open")
-        return self._registry
+        return self._ready(self._registry)
+
+    @property
+    def alignment(self) -> Alignment:
+        return self._ready(self._alignment)
 
 
 def tenant_of(context: grpc.ServicerContext) -> str:  # noqa: ARG001 - keys decide the tenant later
@@ -111,4 +131,52 @@ class InfoServicer(info_pb2_grpc.InfoServiceServicer):
             max_send_message_bytes=s.max_send_message_bytes,
             max_vectors_per_message=s.max_vectors_per_message,
             max_dim=s.max_dim, max_name_length=128, max_page_size=s.max_page_size,
+        )
+
+
+class AlignmentServicer(alignment_pb2_grpc.AlignmentServiceServicer):
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+
+    @rpc_method
+    def FitAlignment(self, request, context):  # noqa: ANN001, N802
+        record = self.backend.alignment.fit(
+            tenant_of(context), request.source, request.target, request.anchor_set,
+            request.method, codec.struct_to_dict(request.params),
+        )
+        return codec.fit_to_pb(record)
+
+    @rpc_method
+    def GetFit(self, request, context):  # noqa: ANN001, N802
+        return codec.fit_to_pb(self.backend.alignment.get_fit(tenant_of(context), request.id))
+
+    @rpc_method
+    def ListFits(self, request, context):  # noqa: ANN001, N802
+        page = self.backend.alignment.list_fits(
+            tenant_of(context), request.page.page_size, request.page.page_token, request.source, request.target
+        )
+        return alignment_pb2.ListFitsResponse(
+            fits=[codec.fit_to_pb(f) for f in page.items], next_page_token=page.next_token
+        )
+
+    @rpc_method
+    def DeleteFit(self, request, context):  # noqa: ANN001, N802
+        self.backend.alignment.delete_fit(tenant_of(context), request.id)
+        return alignment_pb2.DeleteFitResponse()
+
+    @rpc_method
+    def Transform(self, request, context):  # noqa: ANN001, N802
+        vectors = decode_matrix(request.vectors)
+        Z, record, target = self.backend.alignment.transform(
+            tenant_of(context), request.source, request.source_version, request.target, request.fit_id, vectors
+        )
+        return alignment_pb2.TransformResponse(
+            vectors=encode_matrix(Z), fit_id=record.id, target=target.name, target_version=target.version
+        )
+
+    @rpc_method
+    def ExportFit(self, request, context):  # noqa: ANN001, N802
+        record, arrays = self.backend.alignment.export(tenant_of(context), request.id)
+        return alignment_pb2.ExportFitResponse(
+            fit=codec.fit_to_pb(record), arrays={k: encode_array(v) for k, v in arrays.items()}
         )

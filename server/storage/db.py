@@ -48,10 +48,22 @@ def create_engine(url: str) -> sa.Engine:
     return engine
 
 
-def migrate(engine: sa.Engine, revision: str = "head") -> None:
-    """Bring the schema to ``revision`` with Alembic (creates every table on a new database)."""
+def _config() -> Config:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    return config
+
+
+def head_revision() -> str:
+    """The newest migration shipped with this version of convergent."""
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(_config()).get_current_head()
+
+
+def migrate(engine: sa.Engine, revision: str = "head") -> None:
+    """Bring the schema to ``revision`` with Alembic (creates every table on a new database)."""
+    config = _config()
     with engine.connect().execution_options(write=True) as connection:
         config.attributes["connection"] = connection
         command.upgrade(config, revision)

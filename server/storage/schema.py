@@ -41,6 +41,9 @@ anchor_sets = sa.Table(
     sa.Column("data_version", sa.BigInteger, nullable=False),
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("updated_at", sa.Float, nullable=False),
+    # The last data_version that deleted or replaced anchors (0: never). Statistics cached at
+    # a version >= this one stay valid and are updated with the anchors written since.
+    sa.Column("rewritten_version", sa.BigInteger, nullable=False, server_default="0"),
 )
 
 anchors = sa.Table(
@@ -61,3 +64,37 @@ anchors = sa.Table(
 )
 
 sa.Index("ix_anchors_model", anchors.c.tenant, anchors.c.model, anchors.c.anchor_set)
+
+fits = sa.Table(
+    "fits",
+    metadata,
+    sa.Column("tenant", sa.String(128), nullable=False),
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("method", sa.String(64), nullable=False),
+    sa.Column("requested_method", sa.String(64), nullable=False),
+    sa.Column("source", sa.String(128), nullable=False),
+    sa.Column("source_version", sa.Integer, nullable=False),
+    sa.Column("target", sa.String(128), nullable=False),
+    sa.Column("target_version", sa.Integer, nullable=False),
+    sa.Column("anchor_set", sa.String(128), nullable=False),
+    sa.Column("data_version", sa.BigInteger, nullable=False),
+    sa.Column("params", sa.Text, nullable=False),  # JSON: hyper-parameters used
+    sa.Column("metrics", sa.Text, nullable=False),  # JSON: name -> float
+    sa.Column("warnings", sa.Text, nullable=False),  # JSON: list of strings
+    sa.Column("converged", sa.Boolean, nullable=False),
+    sa.Column("state", sa.Text, nullable=False),  # JSON: estimator parameters to rebuild it
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+
+sa.Index("ix_fits_route", fits.c.tenant, fits.c.source, fits.c.target, fits.c.created_at)
+
+# Learned arrays of a fit, one row per array (no pickle): little-endian bytes + dtype + shape.
+fit_arrays = sa.Table(
+    "fit_arrays",
+    metadata,
+    sa.Column("fit_id", sa.String(64), sa.ForeignKey("fits.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("dtype", sa.String(16), nullable=False),
+    sa.Column("shape", sa.String(64), nullable=False),  # JSON list
+    sa.Column("data", sa.LargeBinary, nullable=False),
+)

@@ -115,7 +115,7 @@ class SqlStore:
                 anchors.delete().where(anchors.c.tenant == tenant, anchors.c.model == name)
             ).rowcount
             for anchor_set in affected_sets:
-                self._bump_version(conn, tenant, anchor_set)
+                self._bump_version(conn, tenant, anchor_set, destructive=True)
             conn.execute(models.delete().where(models.c.tenant == tenant, models.c.name == name))
             return int(deleted)
 
@@ -128,7 +128,11 @@ class SqlStore:
             )
         ).scalar()
 
-    def _bump_version(self, conn: sa.Connection, tenant: str, anchor_set: str) -> int:
+    def _bump_version(
+        self, conn: sa.Connection, tenant: str, anchor_set: str, destructive: bool = False
+    ) -> int:
+        """+1 on the set's data version (creating the set at 1); ``destructive`` for deletes and
+        overwrites, which invalidate incrementally cached statistics."""
         now = time.time()
         current = self._set_version(conn, tenant, anchor_set)
         if current is None:
@@ -138,10 +142,13 @@ class SqlStore:
                 )
             )
             return 1
+        values = {"data_version": current + 1, "updated_at": now}
+        if destructive:
+            values["rewritten_version"] = current + 1
         conn.execute(
             anchor_sets.update()
             .where(anchor_sets.c.tenant == tenant, anchor_sets.c.name == anchor_set)
-            .values(data_version=current + 1, updated_at=now)
+            .values(**values)
         )
         return current + 1
 
@@ -218,7 +225,7 @@ class SqlStore:
                         )
                         overwritten += len(changed_rows)
             if (inserted or overwritten) and new_version > 1:
-                self._bump_version(conn, tenant, anchor_set)
+                self._bump_version(conn, tenant, anchor_set, destructive=overwritten > 0)
             data_version = self._set_version(conn, tenant, anchor_set)
             total = self._count(conn, tenant, anchor_set, model.name)
         return UploadResult(
@@ -298,5 +305,5 @@ class SqlStore:
                         anchors.delete().where(key, anchors.c.anchor_id.in_(ids[start : start + ID_BATCH]))
                     ).rowcount
             if deleted:
-                version = self._bump_version(conn, tenant, anchor_set)
+                version = self._bump_version(conn, tenant, anchor_set, destructive=True)
             return int(deleted), int(version)

@@ -51,7 +51,22 @@ def test_sqlite_is_durable_wal_full(registry: Registry):
     with registry.store.engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
-    assert db.current_revision(registry.store.engine) == "0001"
+    assert db.current_revision(registry.store.engine) == db.head_revision() == "0002"
+
+
+def test_migrations_upgrade_an_old_database(tmp_path: Path):
+    """A database at 0001 with data is upgraded in place; the data stays."""
+    engine = db.create_engine(f"sqlite:///{tmp_path / 'old.sqlite3'}")
+    db.migrate(engine, "0001")
+    with engine.connect().execution_options(write=True) as conn, conn.begin():
+        conn.exec_driver_sql(
+            "INSERT INTO anchor_sets (tenant, name, data_version, created_at, updated_at) VALUES ('t', 's', 4, 0, 0)"
+        )
+    db.migrate(engine)
+    assert db.current_revision(engine) == "0002"
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT data_version, rewritten_version FROM anchor_sets").one() == (4, 0)
+    engine.dispose()
 
 
 def test_upload_normalises_and_is_idempotent(registry: Registry, rng):

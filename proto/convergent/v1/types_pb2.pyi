@@ -13,10 +13,12 @@ class DType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     DTYPE_FLOAT32: _ClassVar[DType]
     DTYPE_FLOAT64: _ClassVar[DType]
     DTYPE_FLOAT16: _ClassVar[DType]
+    DTYPE_INT64: _ClassVar[DType]
 DTYPE_UNSPECIFIED: DType
 DTYPE_FLOAT32: DType
 DTYPE_FLOAT64: DType
 DTYPE_FLOAT16: DType
+DTYPE_INT64: DType
 
 class Matrix(_message.Message):
     __slots__ = ("data", "shape", "dtype")

@@ -1,0 +1,370 @@
+"""Use cases of alignment: fit a source -> target map on paired anchors, keep it, apply it.
+
+Statistics of all pairs of (source, target, anchor set) are cached per model versions and
+updated incrementally with the anchors written since (recomputed after a delete or an
+overwrite). Each fit holds out ``min(20% of pairs, 2000)`` anchors chosen by a seeded hash of
+their ids, scores the map (or every ``auto`` candidate) on them, and refits on all pairs.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from convergent.server.errors import FailedPrecondition, InvalidInput, NotFitted, NotFound, SpaceMismatch
+from convergent.server.registry.records import FitRecord, ModelRecord, Page
+from convergent.server.registry.service import l2_normalize_rows, valid_name
+from convergent.server.registry import paging
+from convergent.server.settings import ServerSettings
+from convergent.server.storage import pairs
+from convergent.server.storage.fit_store import FitStore
+from convergent.server.storage.sql import SqlStore
+from convergent.wire import WireError, check_finite
+
+MIN_PAIRS = 10  # below this neither a map nor its held-out diagnostics mean anything
+HELDOUT_FRACTION, HELDOUT_CAP = 0.2, 2000
+
+
+# ---------------------------------------------------------------- parameters per method
+def _bool(name: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise InvalidInput(f"parameter {name!r} must be a boolean, got {value!r}")
+    return value
+
+
+def _int(name: str, value: object, low: int = 0) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not float(value).is_integer() or value < low:
+        raise InvalidInput(f"parameter {name!r} must be an integer >= {low}, got {value!r}")
+    return int(value)
+
+
+def _positive(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise InvalidInput(f"parameter {name!r} must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
+def _fraction(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+        raise InvalidInput(f"parameter {name!r} must be a number in [0, 1), got {value!r}")
+    return float(value)
+
+
+def _positives(name: str, value: object) -> list[float]:
+    if not isinstance(value, list) or not value:
+        raise InvalidInput(f"parameter {name!r} must be a non-empty list of numbers > 0, got {value!r}")
+    return [_positive(name, v) for v in value]
+
+
+def _candidates(name: str, value: object) -> list[str]:
+    from convergent.server.align import CANDIDATES
+
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+        raise InvalidInput(f"parameter {name!r} must be a non-empty list of names, got {value!r}")
+    unknown = sorted(set(value) - set(CANDIDATES))
+    if unknown:
+        raise InvalidInput(f"unknown candidates {unknown}; choose from {sorted(CANDIDATES)}")
+    return list(value)
+
+
+PARAMS: dict[str, dict[str, Callable[[str, object], object]]] = {
+    "auto": {"candidates": _candidates, "seed": _int},
+    "ridge": {"alphas": _positives, "alpha": _positive, "fit_intercept": _bool, "seed": _int},
+    "procrustes": {"scale": _bool, "fit_intercept": _bool, "seed": _int},
+    "cca": {"n_components": lambda n, v: _int(n, v, 1), "reg": _fraction, "seed": _int},
+}
+METHODS = tuple(PARAMS)
+
+
+def validate_params(method: str, params: dict) -> dict:
+    """Checked, typed hyper-parameters of ``method`` (INVALID_ARGUMENT for unknown keys or types)."""
+    if method not in PARAMS:
+        raise InvalidInput(f"unknown method {method!r}; choose from {list(METHODS)}")
+    spec = PARAMS[method]
+    unknown = sorted(set(params) - set(spec))
+    if unknown:
+        raise InvalidInput(f"unknown parameters {unknown} for method {method!r}; it takes {sorted(spec)}")
+    checked = {key: spec[key](key, value) for key, value in params.items()}
+    if "alpha" in checked and "alphas" in checked:
+        raise InvalidInput("give either 'alpha' or 'alphas', not both")
+    return checked
+
+
+def _estimator(method: str, params: dict):  # noqa: ANN202
+    from convergent.server.align import CCAMap, ProcrustesMap, RidgeMap
+
+    if method == "ridge":
+        alphas = [params["alpha"]] if "alpha" in params else params.get("alphas")
+        return RidgeMap(alphas=alphas, fit_intercept=params.get("fit_intercept", True))
+    if method == "procrustes":
+        return ProcrustesMap(scale=params.get("scale", True), fit_intercept=params.get("fit_intercept", True))
+    return CCAMap(n_components=params.get("n_components"), reg=params.get("reg", 1e-3))
+
+
+def _family(candidate: str) -> str:
+    """``auto`` candidate name -> method name ("procrustes_scaled" -> "procrustes")."""
+    return "procrustes" if candidate.startswith("procrustes") else candidate
+
+
+def _learned_params(estimator) -> dict:  # noqa: ANN001
+    """Hyper-parameters as fitted, including the chosen ones (e.g. ridge alpha)."""
+    params, _ = estimator.get_state()
+    learned = {k: v for k, v in params["hyper"].items() if v is not None and k != "alphas"}
+    if "alpha_" in params:
+        learned["alpha"] = params["alpha_"]
+    return learned
+
+
+# ---------------------------------------------------------------- statistics cache
+@dataclass
+class _Cached:
+    data_version: int
+    stats: object  # PairedStats
+
+
+class StatsCache:
+    """Statistics of all pairs per (tenant, set, source@version, target@version), LRU-bounded."""
+
+    def __init__(self, capacity: int = 16) -> None:
+        self.capacity = capacity
+        self._entries: OrderedDict[tuple, _Cached] = OrderedDict()
+        self._lock = threading.Lock()
+        self.incremental_updates = 0  # how many times new anchors were added to a cached entry
+        self.full_reads = 0
+
+    def get(self, key: tuple) -> _Cached | None:
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None:
+                self._entries.move_to_end(key)
+            return entry
+
+    def put(self, key: tuple, entry: _Cached) -> None:
+        with self._lock:
+            current = self._entries.get(key)
+            if current is None or current.data_version <= entry.data_version:
+                self._entries[key] = entry
+                self._entries.move_to_end(key)
+            while len(self._entries) > self.capacity:
+                self._entries.popitem(last=False)
+
+
+@dataclass
+class PairSnapshot:
+    data_version: int
+    stats: object  # PairedStats of all pairs
+    held_ids: list[str]
+    X_held: np.ndarray
+    Y_held: np.ndarray
+
+
+class Alignment:
+    """Fits, their storage and their use (transform, export)."""
+
+    def __init__(self, store: SqlStore, settings: ServerSettings) -> None:
+        self.store = store
+        self.fits = FitStore(store.engine)
+        self.settings = settings
+        self.stats_cache = StatsCache()
+        self._estimators: OrderedDict[str, object] = OrderedDict()
+        self._estimators_lock = threading.Lock()
+
+    # ------------------------------------------------------------ reading pairs
+    def snapshot(self, tenant: str, anchor_set: str, source: ModelRecord, target: ModelRecord, seed: int) -> PairSnapshot:
+        """Statistics of all pairs and the held-out pairs, from one consistent read."""
+        from convergent.server.align import PairedStats, heldout_split
+
+        key = (tenant, anchor_set, source.name, source.version, target.name, target.version)
+        with self.store.engine.connect() as conn, conn.begin():
+            version = pairs.set_version(conn, tenant, anchor_set)
+            if version.data_version == 0:
+                raise NotFound(f"anchor set {anchor_set!r} not found")
+            cached = self.stats_cache.get(key)
+            if cached is not None and cached.data_version >= version.rewritten_version:
+                stats, since = cached.stats.copy(), cached.data_version
+                self.stats_cache.incremental_updates += since < version.data_version
+            else:
+                stats, since = PairedStats.empty(source.dim, target.dim), 0
+                self.stats_cache.full_reads += 1
+            if since < version.data_version:
+                for _, X, Y in pairs.iter_pairs(
+                    conn, tenant, anchor_set, source.name, target.name, source.dim, target.dim, written_after=since
+                ):
+                    stats.update(X, Y)
+            ids = pairs.pair_ids(conn, tenant, anchor_set, source.name, target.name)
+            held = heldout_split(ids, seed=seed, fraction=HELDOUT_FRACTION, cap=HELDOUT_CAP)
+            held_ids, X_held, Y_held = pairs.pairs_by_id(
+                conn, tenant, anchor_set, source.name, target.name, source.dim, target.dim,
+                [i for i, h in zip(ids, held) if h],
+            )
+        if stats.n != len(ids):  # the cache and the table disagree: never fit on that
+            raise RuntimeError(f"cached statistics hold {stats.n} pairs, the anchor set {len(ids)}")
+        self.stats_cache.put(key, _Cached(version.data_version, stats.copy()))
+        return PairSnapshot(version.data_version, stats, held_ids, X_held, Y_held)
+
+    # ------------------------------------------------------------ fitting
+    def fit(self, tenant: str, source: str, target: str, anchor_set: str, method: str, params: dict) -> FitRecord:
+        """Fit, measure on held-out pairs, refit on all pairs, store; returns the stored fit."""
+        from convergent.server.align import diagnostics, fit_auto_stats
+
+        method = method or "auto"
+        params = validate_params(method, params)
+        for name, what in ((source, "source model"), (target, "target model"), (anchor_set, "anchor set name")):
+            valid_name(name, what)
+        if source == target:
+            raise InvalidInput("source and target must be different models")
+        src, tgt = self.store.get_model(tenant, source), self.store.get_model(tenant, target)
+        started = time.perf_counter()
+        snap = self.snapshot(tenant, anchor_set, src, tgt, seed=params.get("seed", 0))
+        n_pairs = snap.stats.n
+        if n_pairs < MIN_PAIRS:
+            raise FailedPrecondition(
+                f"anchor set {anchor_set!r} holds {n_pairs} anchors embedded by both {source!r} and "
+                f"{target!r}; a fit needs at least {MIN_PAIRS}"
+            )
+        fit_stats = snap.stats.copy().subtract(snap.X_held, snap.Y_held)
+        metrics: dict[str, float] = {}
+        if method == "auto":
+            kwargs = {"candidates": params["candidates"]} if "candidates" in params else {}
+            result = fit_auto_stats(fit_stats, snap.X_held, snap.Y_held, refit=False, **kwargs)
+            chosen = _family(result.name)
+            from convergent.server.align import CANDIDATES
+
+            estimator = CANDIDATES[result.name]().fit_stats(snap.stats)
+            diag = result.diagnostics
+            for name, score in result.scores.items():
+                metrics[f"auto.{name}.margin"] = score
+                metrics[f"auto.{name}.stderr"] = result.stderr[name]
+            learned = {"candidate": result.name, **_learned_params(estimator)}
+        else:
+            chosen = method
+            held_out_fit = _estimator(method, params).fit_stats(fit_stats)
+            diag = diagnostics(held_out_fit, snap.X_held, snap.Y_held, fit_stats.n, src.dim, fit_stats=fit_stats)
+            estimator = _estimator(method, params).fit_stats(snap.stats)
+            learned = _learned_params(estimator)
+        warnings = list(diag.pop("warnings", []))
+        for name, value in diag.items():
+            if value is not None:
+                metrics[name] = float(value)
+        metrics["n_anchors"] = float(n_pairs)
+        metrics["fit_seconds"] = time.perf_counter() - started
+        if diag.get("n_heldout", 0) < 50:
+            warnings.append(f"only {diag.get('n_heldout')} held-out anchors: the diagnostics are noisy")
+        state, arrays = estimator.get_state()
+        record = FitRecord(
+            id=f"{int(time.time() * 1000):012x}{secrets.token_hex(4)}", method=chosen, requested_method=method,
+            source=source, source_version=src.version, target=target, target_version=tgt.version,
+            anchor_set=anchor_set, data_version=snap.data_version, params=learned,
+            metrics=metrics, warnings=warnings, converged=True, created_at=time.time(),
+        )
+        self.fits.insert(tenant, record, state, arrays)
+        return record
+
+    # ------------------------------------------------------------ reading fits
+    def _with_staleness(self, tenant: str, record: FitRecord) -> FitRecord:
+        with self.store.engine.connect() as conn:
+            version = pairs.set_version(conn, tenant, record.anchor_set).data_version
+        current = {}
+        for name in (record.source, record.target):
+            try:
+                current[name] = self.store.get_model(tenant, name).version
+            except NotFound:
+                current[name] = None
+        stale = (
+            version != record.data_version
+            or current[record.source] != record.source_version
+            or current[record.target] != record.target_version
+        )
+        return record.model_copy(update={"stale": stale})
+
+    def get_fit(self, tenant: str, fit_id: str) -> FitRecord:
+        return self._with_staleness(tenant, self.fits.get(tenant, fit_id))
+
+    def list_fits(self, tenant: str, page_size: int, page_token: str, source: str = "", target: str = "") -> Page:
+        limit = paging.page_size(page_size, self.settings.default_page_size, self.settings.max_page_size)
+        items = self.fits.list(tenant, paging.decode_token(page_token), limit + 1, source, target)
+        more = len(items) > limit
+        items = [self._with_staleness(tenant, r) for r in items[:limit]]
+        return Page(items=tuple(items), next_token=paging.encode_token(items[-1].id) if more else "")
+
+    def delete_fit(self, tenant: str, fit_id: str) -> None:
+        self.fits.delete(tenant, fit_id)
+        with self._estimators_lock:
+            self._estimators.pop(fit_id, None)
+
+    def _load(self, tenant: str, fit_id: str):  # noqa: ANN202
+        """(record, estimator); estimators are immutable, so they are cached by fit id."""
+        from convergent.server.align import estimator_from_state
+
+        record = self.fits.get(tenant, fit_id)
+        with self._estimators_lock:
+            estimator = self._estimators.get(fit_id)
+        if estimator is None:
+            _, state, arrays = self.fits.load(tenant, fit_id)
+            estimator = estimator_from_state(state, arrays)
+            with self._estimators_lock:
+                self._estimators[fit_id] = estimator
+                while len(self._estimators) > 64:
+                    self._estimators.popitem(last=False)
+        return record, estimator
+
+    def export(self, tenant: str, fit_id: str) -> tuple[FitRecord, dict[str, np.ndarray]]:
+        record, estimator = self._load(tenant, fit_id)
+        return self._with_staleness(tenant, record), estimator.export()
+
+    # ------------------------------------------------------------ transform
+    def transform(
+        self, tenant: str, source: str, source_version: int, target: str, fit_id: str, vectors: np.ndarray
+    ) -> tuple[np.ndarray, FitRecord, ModelRecord]:
+        """Map source vectors (n, d_source) into the target space: (n, d_target) float32.
+
+        Inputs are L2-normalised if the source model normalises, outputs if the target does.
+        """
+        valid_name(source, "source model")
+        src = self.store.get_model(tenant, source)
+        if source_version not in (0, src.version):
+            raise SpaceMismatch(
+                f"vectors are of model {source!r} version {source_version}, the registered version is {src.version}"
+            )
+        if fit_id:
+            record = self.fits.get(tenant, fit_id)
+            if record.source != source or (target and record.target != target):
+                raise InvalidInput(
+                    f"fit {fit_id!r} maps {record.source!r} -> {record.target!r}, not {source!r} -> {target or record.target!r}"
+                )
+        else:
+            valid_name(target, "target model")
+            record = self.fits.latest(tenant, source, target)
+            if record is None:
+                raise NotFitted(
+                    f"no fit from {source!r} to {target!r}: call fit_alignment(source={source!r}, "
+                    f"target={target!r}, anchor_set=...) first"
+                )
+        tgt = self.store.get_model(tenant, record.target)
+        if (record.source_version, record.target_version) != (src.version, tgt.version):
+            raise SpaceMismatch(
+                f"fit {record.id!r} was computed for {source!r} v{record.source_version} -> "
+                f"{record.target!r} v{record.target_version}; the models are now v{src.version} and "
+                f"v{tgt.version}: fit again"
+            )
+        if vectors.shape[0] == 0:
+            raise InvalidInput("vectors: no rows to transform")
+        if vectors.shape[1] != src.dim:
+            raise InvalidInput(f"vectors have dimension {vectors.shape[1]}, model {source!r} has dimension {src.dim}")
+        try:
+            check_finite(vectors)
+        except WireError as exc:
+            raise InvalidInput(str(exc)) from None
+        X = l2_normalize_rows(vectors, strict=True) if src.normalize else vectors.astype(np.float32)
+        _, estimator = self._load(tenant, record.id)
+        Z = estimator.transform(X).astype(np.float32)
+        if tgt.normalize:
+            Z = l2_normalize_rows(Z, strict=False)
+        return Z, self._with_staleness(tenant, record), tgt

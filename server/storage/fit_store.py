@@ -1,0 +1,104 @@
+"""Fits: one row of metadata (JSON fields) and one row per learned array (bytes, no pickle)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import sqlalchemy as sa
+
+from convergent.server.errors import NotFound
+from convergent.server.registry.records import FitRecord
+from convergent.server.storage.schema import fit_arrays, fits
+
+_JSON_FIELDS = ("params", "metrics", "warnings")
+
+
+def _record(row: sa.Row) -> FitRecord:
+    data = dict(row._mapping)
+    data.pop("tenant")
+    data.pop("state")
+    for name in _JSON_FIELDS:
+        data[name] = json.loads(data[name])
+    return FitRecord(**data)
+
+
+class FitStore:
+    """Durable fits of every tenant (same engine as the rest of the store)."""
+
+    def __init__(self, engine: sa.Engine) -> None:
+        self.engine = engine
+
+    def insert(self, tenant: str, record: FitRecord, state: dict, arrays: dict[str, np.ndarray]) -> None:
+        """Store a fit and its arrays in one transaction."""
+        row = record.model_dump(exclude={"stale"})
+        for name in _JSON_FIELDS:
+            row[name] = json.dumps(row[name])
+        with self.engine.connect().execution_options(write=True) as conn, conn.begin():
+            conn.execute(fits.insert().values(tenant=tenant, state=json.dumps(state), **row))
+            if arrays:
+                conn.execute(
+                    fit_arrays.insert(),
+                    [
+                        {
+                            "fit_id": record.id, "name": name, "dtype": _dtype_name(array),
+                            "shape": json.dumps(list(array.shape)),
+                            "data": np.ascontiguousarray(array, dtype=_dtype_name(array)).tobytes(),
+                        }
+                        for name, array in arrays.items()
+                    ],
+                )
+
+    def _row(self, conn: sa.Connection, tenant: str, fit_id: str) -> sa.Row:
+        row = conn.execute(sa.select(fits).where(fits.c.tenant == tenant, fits.c.id == fit_id)).first()
+        if row is None:
+            raise NotFound(f"fit {fit_id!r} not found")
+        return row
+
+    def get(self, tenant: str, fit_id: str) -> FitRecord:
+        with self.engine.connect() as conn:
+            return _record(self._row(conn, tenant, fit_id))
+
+    def load(self, tenant: str, fit_id: str) -> tuple[FitRecord, dict, dict[str, np.ndarray]]:
+        """The record, the estimator parameters and the arrays of a fit."""
+        with self.engine.connect() as conn, conn.begin():
+            row = self._row(conn, tenant, fit_id)
+            arrays = {
+                r.name: np.frombuffer(r.data, dtype=r.dtype).reshape(json.loads(r.shape))
+                for r in conn.execute(sa.select(fit_arrays).where(fit_arrays.c.fit_id == fit_id))
+            }
+        return _record(row), json.loads(row.state), arrays
+
+    def latest(self, tenant: str, source: str, target: str) -> FitRecord | None:
+        """The newest fit of the route source -> target, or None."""
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(fits)
+                .where(fits.c.tenant == tenant, fits.c.source == source, fits.c.target == target)
+                .order_by(fits.c.created_at.desc(), fits.c.id.desc())
+                .limit(1)
+            ).first()
+        return None if row is None else _record(row)
+
+    def list(self, tenant: str, after: str, limit: int, source: str = "", target: str = "") -> list[FitRecord]:
+        """Fits with id > ``after`` (ids sort by creation time), optionally filtered by route."""
+        query = sa.select(fits).where(fits.c.tenant == tenant, fits.c.id > after)
+        if source:
+            query = query.where(fits.c.source == source)
+        if target:
+            query = query.where(fits.c.target == target)
+        with self.engine.connect() as conn:
+            rows = conn.execute(query.order_by(fits.c.id).limit(limit)).all()
+        return [_record(r) for r in rows]
+
+    def delete(self, tenant: str, fit_id: str) -> None:
+        with self.engine.connect().execution_options(write=True) as conn, conn.begin():
+            self._row(conn, tenant, fit_id)
+            conn.execute(fit_arrays.delete().where(fit_arrays.c.fit_id == fit_id))
+            conn.execute(fits.delete().where(fits.c.id == fit_id))
+
+
+def _dtype_name(array: np.ndarray) -> str:
+    if np.issubdtype(array.dtype, np.integer) or array.dtype == np.bool_:
+        return "<i8"
+    return "<f8" if array.dtype == np.float64 else "<f4"
