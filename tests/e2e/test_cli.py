@@ -60,3 +60,35 @@ def test_demo_quick_realdata(tmp_path: Path, realdata: Path):
     assert "real data from" in report
     for model in ("dlib", "facenet", "mobileface", "minilm_l6", "mpnet"):
         assert model in result.stdout
+
+
+def test_fit_transform_and_fits_commands(server, tmp_path: Path, rng):
+    address = ["--address", server.address]
+    X = rng.standard_normal((300, 8))
+    Y = X @ rng.standard_normal((8, 6))
+    ids = np.array([f"a{i}" for i in range(300)])
+    np.savez(tmp_path / "src.npz", src=X, ids=ids)
+    np.savez(tmp_path / "tgt.npz", tgt=Y, ids=ids)
+    for name, dim, file in (("src", 8, "src.npz"), ("tgt", 6, "tgt.npz")):
+        run("models", "register", name, "--dim", str(dim), "--raw", *address)
+        run("upload", str(tmp_path / file), "--model", name, "--anchor-set", "s", *address)
+
+    fitted = run("fit", "--source", "src", "--target", "tgt", "--anchor-set", "s", "--method", "ridge",
+                 "--param", "alpha=0.5", *address).stdout
+    assert "method ridge (requested ridge)" in fitted and "'alpha': 0.5" in fitted
+    fit_id = fitted.split()[1].rstrip(":")
+    bad = run("fit", "--source", "src", "--target", "tgt", "--anchor-set", "s", "--param", "nope=1", *address, check=False)
+    assert bad.returncode == 1 and "INVALID_ARGUMENT" in bad.stderr and "nope" in bad.stderr
+
+    assert fit_id in run("fits", "list", *address).stdout
+    assert "r2" in run("fits", "show", fit_id, *address).stdout
+    run("fits", "export", fit_id, "--out", str(tmp_path / "maps.npz"), *address)
+    with np.load(tmp_path / "maps.npz") as maps:
+        W, b = maps["W"], maps["b"]
+    assert W.shape == (6, 8) and b.shape == (6,)
+
+    run("transform", str(tmp_path / "src.npz"), "--source", "src", "--target", "tgt",
+        "--out", str(tmp_path / "mapped.npz"), *address)
+    with np.load(tmp_path / "mapped.npz") as mapped:
+        np.testing.assert_allclose(mapped["vectors"], (X @ W.T + b).astype(np.float32), rtol=1e-4, atol=1e-4)
+        assert list(mapped["ids"][:2]) == ["a0", "a1"]
