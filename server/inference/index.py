@@ -1,0 +1,559 @@
+"""Gallery indexes: top-k search by inner product (cosine on L2-normalised float32 rows).
+
+Score direction everywhere: **higher = more similar**. The caller normalises rows (see
+:func:`convergent.server.inference.identify.normalize_rows`); the indexes then return cosine
+similarity in [-1, 1]. Rows that are not unit length are not an error: the score is then
+simply the inner product.
+
+Two implementations of :class:`VectorIndex`:
+
+- :class:`ExactIndex` -- brute force, blocked matmul + partial selection; exact, with ties
+  broken by insertion order (earlier insertion ranks first).
+- :class:`HnswIndex` -- approximate (HNSW graph of faiss-cpu, inner-product metric).
+
+Persistence follows the project's convention: ``get_state() -> (params, arrays)`` where params
+is JSON-able and arrays is a ``dict[str, np.ndarray]`` of plain dtypes (float32, bool, uint8,
+unicode), so storage never pickles; ``from_state(params, arrays)`` rebuilds.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Iterable, Protocol, Sequence, runtime_checkable
+
+import numpy as np
+
+from convergent.server.errors import AlreadyExists, InvalidInput
+from convergent.server.inference._validate import as_ids, as_vectors, positive_int
+
+try:  # torch is a server dependency; keep the module importable without it
+    import torch
+except ImportError:  # pragma: no cover - exercised only without torch
+    torch = None
+
+__all__ = ["VectorIndex", "ExactIndex", "HnswIndex", "index_from_state", "matmul_backend"]
+
+_MIN_CAPACITY = 1024
+
+
+@runtime_checkable
+class VectorIndex(Protocol):
+    """A mutable gallery of string ids -> float32 vectors of one dimension, searchable by inner product."""
+
+    dim: int
+
+    def add(self, ids: Sequence[str], vectors: np.ndarray) -> None:
+        """Insert ``vectors`` (n, dim) under new, unique ``ids`` (n,); AlreadyExists if one is present."""
+
+    def remove(self, ids: Iterable[str]) -> int:
+        """Delete the given ids; unknown ids are ignored. Returns how many were removed."""
+
+    def __len__(self) -> int: ...
+
+    def __contains__(self, id_: object) -> bool: ...
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[list[list[str]], np.ndarray]:
+        """Top-k per query (q, dim) -> (ids (q lists), scores (q, columns) float32), best first."""
+
+    def get_state(self) -> tuple[dict, dict[str, np.ndarray]]: ...
+
+
+# --------------------------------------------------------------------------------------
+# matmul backend: measured, not assumed
+# --------------------------------------------------------------------------------------
+_MEASURED_BACKEND: str | None = None
+
+
+def _matmul_numpy(Q: np.ndarray, G: np.ndarray) -> np.ndarray:
+    return Q @ G.T
+
+
+def _matmul_torch(Q: np.ndarray, G: np.ndarray) -> np.ndarray:
+    return (torch.from_numpy(Q) @ torch.from_numpy(G).T).numpy()
+
+
+_MATMULS = {"numpy": _matmul_numpy, "torch": _matmul_torch}
+
+
+def matmul_backend(requested: str = "auto") -> str:
+    """Resolve ``"auto" | "numpy" | "torch"`` to a concrete backend.
+
+    ``"auto"`` times one (256, 256) x (256, 16384) float32 product with numpy's BLAS and with
+    torch's, once per process (~0.1 s), and keeps the faster: which library is fast depends
+    on the CPU and on the BLAS each wheel bundles, so it is measured, never hard-coded.
+    """
+    global _MEASURED_BACKEND
+    if requested not in ("auto", "numpy", "torch"):
+        raise InvalidInput(f"backend must be 'auto', 'numpy' or 'torch', got {requested!r}")
+    if requested == "torch" and torch is None:
+        raise InvalidInput("backend 'torch' requested but torch is not installed")
+    if requested != "auto":
+        return requested
+    if _MEASURED_BACKEND is None:
+        if torch is None:
+            _MEASURED_BACKEND = "numpy"
+        else:
+            rng = np.random.default_rng(0)
+            Q = rng.standard_normal((256, 256), dtype=np.float32)
+            G = rng.standard_normal((16384, 256), dtype=np.float32)
+            best = {}
+            for name, fn in _MATMULS.items():
+                fn(Q, G)  # warm-up (thread pools, first-touch)
+                times = []
+                for _ in range(3):
+                    t0 = time.perf_counter()
+                    fn(Q, G)
+                    times.append(time.perf_counter() - t0)
+                best[name] = min(times)
+            _MEASURED_BACKEND = min(best, key=best.get)
+    return _MEASURED_BACKEND
+
+
+def _select_block(S: np.ndarray, kk: int, seq: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Top ``kk`` columns of each row of ``S`` (q, b) under the order (score desc, seq asc).
+
+    Returns (scores (q, min(kk, b)), columns (q, min(kk, b)) int64), each row sorted best first.
+    ``seq`` (b,) is the insertion number of each column. Partial selection takes kk + 1
+    candidates; a row whose kk-th and (kk+1)-th candidate scores are equal has a tie at the
+    boundary and is resolved exactly over all its columns with score >= that value (rare:
+    duplicate vectors).
+    """
+    q, b = S.shape
+    if kk >= b:
+        cols = np.broadcast_to(np.arange(b, dtype=np.int64), (q, b))
+    else:
+        m = kk + 1
+        if torch is not None:  # measured ~3x faster than np.argpartition on 2 cores
+            cols = torch.topk(torch.from_numpy(S), m, dim=1, sorted=False).indices.numpy()
+        else:  # pragma: no cover
+            cols = np.argpartition(S, b - m, axis=1)[:, b - m:]
+    vals = np.take_along_axis(S, cols, axis=1)
+    order = np.lexsort((seq[cols], -vals), axis=1)
+    cols = np.take_along_axis(cols, order, axis=1)
+    vals = np.take_along_axis(vals, order, axis=1)
+    if kk >= b:
+        return vals, cols
+    tied = np.flatnonzero(vals[:, kk - 1] == vals[:, kk])
+    cols = np.ascontiguousarray(cols[:, :kk])
+    vals = np.ascontiguousarray(vals[:, :kk])
+    for r in tied:  # loop over tied query rows only, never over gallery vectors
+        c = np.flatnonzero(S[r] >= vals[r, kk - 1])
+        c = c[np.lexsort((seq[c], -S[r, c]))[:kk]]
+        cols[r] = c
+        vals[r] = S[r, c]
+    return vals, cols
+
+
+# --------------------------------------------------------------------------------------
+# exact
+# --------------------------------------------------------------------------------------
+class ExactIndex:
+    """Exact top-k by inner product over a contiguous float32 gallery.
+
+    Storage: one (capacity, dim) float32 array grown by doubling; removal moves the last rows
+    into the holes (vectorised), so row order is not insertion order -- an insertion number per
+    row keeps tie-breaking deterministic (equal scores: earlier insertion first).
+    Search multiplies query chunks with gallery blocks of at most ``block_bytes`` of scores
+    (default 64 MiB, e.g. 256 queries x 65536 rows), keeping a running top-k, so memory stays
+    bounded for a 1M-row gallery.
+
+    Parameters: ``dim`` vector dimension; ``backend`` "auto" (measured, see
+    :func:`matmul_backend`), "numpy" or "torch"; ``block_bytes`` score-block budget.
+    """
+
+    def __init__(self, dim: int, *, backend: str = "auto", block_bytes: int = 64 << 20):
+        self.dim = positive_int(dim, "dim")
+        self.block_bytes = positive_int(block_bytes, "block_bytes")
+        self.backend_requested = backend
+        self.backend = matmul_backend(backend)
+        self._matmul = _MATMULS[self.backend]
+        self._vecs = np.empty((0, self.dim), dtype=np.float32)
+        self._ids = np.empty(0, dtype=object)
+        self._seq = np.empty(0, dtype=np.int64)
+        self._pos: dict[str, int] = {}
+        self._n = 0
+        self._next_seq = 0
+
+    # ---- container -------------------------------------------------------------------
+    def __len__(self) -> int:
+        return self._n
+
+    def __contains__(self, id_: object) -> bool:
+        return id_ in self._pos
+
+    def ids(self) -> list[str]:
+        """All ids in insertion order."""
+        return self._ids[: self._n][np.argsort(self._seq[: self._n], kind="stable")].tolist()
+
+    def vectors(self, ids: Sequence[str] | None = None) -> np.ndarray:
+        """Copy of stored vectors (n, dim) float32, for ``ids`` or all in insertion order."""
+        if ids is None:
+            order = np.argsort(self._seq[: self._n], kind="stable")
+        else:
+            ids = list(ids)
+            missing = [i for i in ids if i not in self._pos]
+            if missing:
+                raise InvalidInput(f"{len(missing)} id(s) not in the index, e.g. {missing[0]!r}")
+            order = np.fromiter((self._pos[i] for i in ids), dtype=np.int64, count=len(ids))
+        return self._vecs[order]
+
+    def _reserve(self, n: int) -> None:
+        cap = self._vecs.shape[0]
+        if n <= cap:
+            return
+        self._resize(max(n, 2 * cap, _MIN_CAPACITY))
+
+    def _resize(self, cap: int) -> None:
+        n = self._n
+        vecs = np.empty((cap, self.dim), dtype=np.float32)
+        vecs[:n] = self._vecs[:n]
+        ids = np.empty(cap, dtype=object)
+        ids[:n] = self._ids[:n]
+        seq = np.empty(cap, dtype=np.int64)
+        seq[:n] = self._seq[:n]
+        self._vecs, self._ids, self._seq = vecs, ids, seq
+
+    def add(self, ids: Sequence[str], vectors: np.ndarray) -> None:
+        """Insert ``vectors`` (n, dim) under ``ids`` (n unique non-empty strings).
+
+        InvalidInput for bad shapes / NaN / duplicate ids in the call; AlreadyExists when an id
+        is already in the index (remove it first to replace a vector).
+        """
+        ids = as_ids(ids)
+        X = as_vectors(vectors, "vectors", dim=self.dim, allow_empty=True)
+        if len(ids) != X.shape[0]:
+            raise InvalidInput(f"{len(ids)} ids for {X.shape[0]} vectors")
+        taken = [i for i in ids if i in self._pos]
+        if taken:
+            raise AlreadyExists(f"{len(taken)} id(s) already in the index, e.g. {taken[0]!r}")
+        m, n = len(ids), self._n
+        if m == 0:
+            return
+        self._reserve(n + m)
+        self._vecs[n : n + m] = X
+        self._ids[n : n + m] = ids
+        self._seq[n : n + m] = np.arange(self._next_seq, self._next_seq + m)
+        self._pos.update(zip(ids, range(n, n + m)))
+        self._n += m
+        self._next_seq += m
+
+    def remove(self, ids: Iterable[str]) -> int:
+        """Delete ``ids`` (unknown ones ignored); returns the number removed."""
+        if isinstance(ids, (str, bytes)):
+            raise InvalidInput("ids must be a sequence of strings, not a single string")
+        gone = {i for i in ids if isinstance(i, str) and i in self._pos}
+        if not gone:
+            return 0
+        pos = np.sort(np.fromiter((self._pos.pop(i) for i in gone), dtype=np.int64, count=len(gone)))
+        n, m = self._n, len(gone)
+        n_new = n - m
+        holes = pos[pos < n_new]
+        tail = np.arange(n_new, n, dtype=np.int64)
+        movers = tail[~np.isin(tail, pos)]  # same length as holes
+        self._vecs[holes] = self._vecs[movers]
+        self._ids[holes] = self._ids[movers]
+        self._seq[holes] = self._seq[movers]
+        self._pos.update(zip(self._ids[holes].tolist(), holes.tolist()))
+        self._ids[n_new:n] = None
+        self._n = n_new
+        cap = self._vecs.shape[0]
+        if cap > _MIN_CAPACITY and n_new < cap // 4:  # give memory back after mass removal
+            self._resize(max(2 * n_new, _MIN_CAPACITY))
+        return m
+
+    # ---- search ----------------------------------------------------------------------
+    def search(self, queries: np.ndarray, k: int) -> tuple[list[list[str]], np.ndarray]:
+        """Exact top-k by inner product.
+
+        queries (q, dim) -> (ids: q lists of min(k, len) strings, scores (q, min(k, len)) float32),
+        each row sorted by score descending (higher = more similar), ties by insertion order.
+        """
+        Q = as_vectors(queries, "queries", dim=self.dim)
+        k = positive_int(k, "k")
+        n, q = self._n, Q.shape[0]
+        kk = min(k, n)
+        if kk == 0:
+            return [[] for _ in range(q)], np.empty((q, 0), dtype=np.float32)
+        out_pos = np.empty((q, kk), dtype=np.int64)
+        out_val = np.empty((q, kk), dtype=np.float32)
+        q_chunk = max(1, min(q, 1024))
+        block = max(kk + 1, self.block_bytes // (4 * q_chunk))
+        seq = self._seq[:n]
+        for qs in range(0, q, q_chunk):
+            Qc = Q[qs : qs + q_chunk]
+            best_v = np.empty((Qc.shape[0], 0), dtype=np.float32)
+            best_p = np.empty((Qc.shape[0], 0), dtype=np.int64)
+            for gs in range(0, n, block):
+                ge = min(n, gs + block)
+                S = self._matmul(Qc, self._vecs[gs:ge])
+                v, c = _select_block(S, kk, seq[gs:ge])
+                best_v = np.concatenate([best_v, v], axis=1)
+                best_p = np.concatenate([best_p, c + gs], axis=1)
+                if best_v.shape[1] > kk:
+                    order = np.lexsort((seq[best_p], -best_v), axis=1)[:, :kk]
+                    best_v = np.take_along_axis(best_v, order, axis=1)
+                    best_p = np.take_along_axis(best_p, order, axis=1)
+            out_val[qs : qs + q_chunk] = best_v
+            out_pos[qs : qs + q_chunk] = best_p
+        return self._ids[out_pos].tolist(), out_val
+
+    def score_all(self, queries: np.ndarray) -> tuple[list[str], np.ndarray]:
+        """Dense scores of every query against the whole gallery.
+
+        queries (q, dim) -> (ids (n,) in insertion order, scores (q, n) float32, higher = more
+        similar). Memory is q * n * 4 bytes: meant for small galleries (fusion, evaluation).
+        """
+        Q = as_vectors(queries, "queries", dim=self.dim)
+        order = np.argsort(self._seq[: self._n], kind="stable")
+        S = self._matmul(Q, self._vecs[: self._n])
+        return self._ids[order].tolist(), np.ascontiguousarray(S[:, order])
+
+    # ---- persistence -----------------------------------------------------------------
+    def get_state(self) -> tuple[dict, dict[str, np.ndarray]]:
+        """(params, arrays): arrays "vectors" (n, dim) float32 and "ids" (n,) unicode, insertion order."""
+        order = np.argsort(self._seq[: self._n], kind="stable")
+        params = {
+            "class": "ExactIndex",
+            "dim": self.dim,
+            "backend": self.backend_requested,
+            "block_bytes": self.block_bytes,
+        }
+        ids = self._ids[order].tolist()
+        arrays = {"vectors": self._vecs[order], "ids": np.array(ids, dtype=np.str_) if ids else np.empty(0, "<U1")}
+        return params, arrays
+
+    @classmethod
+    def from_state(cls, params: dict, arrays: dict[str, np.ndarray]) -> "ExactIndex":
+        _check_class(params, cls.__name__)
+        try:
+            index = cls(params["dim"], backend=params.get("backend", "auto"), block_bytes=params.get("block_bytes", 64 << 20))
+            index.add(_state_ids(arrays["ids"]), arrays["vectors"])
+        except KeyError as exc:
+            raise InvalidInput(f"incomplete ExactIndex state: missing {exc}") from exc
+        return index
+
+
+# --------------------------------------------------------------------------------------
+# HNSW (faiss)
+# --------------------------------------------------------------------------------------
+def _faiss():
+    try:
+        import faiss
+    except ImportError as exc:  # pragma: no cover - faiss-cpu is a server dependency
+        raise ImportError("HnswIndex needs faiss-cpu (pip install faiss-cpu)") from exc
+    return faiss
+
+
+class HnswIndex:
+    """Approximate top-k by inner product: faiss ``IndexHNSWFlat`` with METRIC_INNER_PRODUCT.
+
+    Removal marks a label deleted (searches skip it through a bitmap ``IDSelector``); when
+    more than ``max_deleted_fraction`` of the graph is deleted the graph is rebuilt from the
+    live vectors. A query with fewer hits than k is padded with id "" and score -inf.
+    Equal scores in one result row are ordered by insertion (earlier first).
+
+    Parameters: ``M`` graph degree, ``ef_construction`` build beam, ``ef_search`` search beam
+    (raised to k when k is larger).
+    """
+
+    def __init__(self, dim: int, M: int = 32, ef_construction: int = 200, ef_search: int = 128, *,
+                 max_deleted_fraction: float = 0.5):
+        self.dim = positive_int(dim, "dim")
+        self.M = positive_int(M, "M")
+        self.ef_construction = positive_int(ef_construction, "ef_construction")
+        self.ef_search = positive_int(ef_search, "ef_search")
+        if not 0.0 < float(max_deleted_fraction) <= 1.0:
+            raise InvalidInput(f"max_deleted_fraction must be in (0, 1], got {max_deleted_fraction!r}")
+        self.max_deleted_fraction = float(max_deleted_fraction)
+        self._reset()
+
+    def _reset(self) -> None:
+        faiss = _faiss()
+        self._index = faiss.IndexHNSWFlat(self.dim, self.M, faiss.METRIC_INNER_PRODUCT)
+        self._index.hnsw.efConstruction = self.ef_construction
+        self._index.hnsw.efSearch = self.ef_search
+        self._labels: list[str] = []  # faiss label -> id (kept for deleted labels too)
+        self._live = np.zeros(0, dtype=bool)
+        self._pos: dict[str, int] = {}  # live id -> label
+        self._bitmap: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self._pos)
+
+    def __contains__(self, id_: object) -> bool:
+        return id_ in self._pos
+
+    @property
+    def n_deleted(self) -> int:
+        """Labels still in the graph but marked deleted."""
+        return len(self._labels) - len(self._pos)
+
+    def add(self, ids: Sequence[str], vectors: np.ndarray) -> None:
+        """Insert ``vectors`` (n, dim) under new unique ``ids``; AlreadyExists if one is live."""
+        ids = as_ids(ids)
+        X = as_vectors(vectors, "vectors", dim=self.dim, allow_empty=True)
+        if len(ids) != X.shape[0]:
+            raise InvalidInput(f"{len(ids)} ids for {X.shape[0]} vectors")
+        taken = [i for i in ids if i in self._pos]
+        if taken:
+            raise AlreadyExists(f"{len(taken)} id(s) already in the index, e.g. {taken[0]!r}")
+        if not ids:
+            return
+        start = len(self._labels)
+        self._index.add(X)
+        self._labels.extend(ids)
+        self._live = np.concatenate([self._live, np.ones(len(ids), dtype=bool)])
+        self._pos.update(zip(ids, range(start, start + len(ids))))
+        self._bitmap = None
+
+    def remove(self, ids: Iterable[str]) -> int:
+        """Mark ``ids`` deleted (unknown ids ignored); returns the number removed."""
+        if isinstance(ids, (str, bytes)):
+            raise InvalidInput("ids must be a sequence of strings, not a single string")
+        gone = {i for i in ids if isinstance(i, str) and i in self._pos}
+        if not gone:
+            return 0
+        self._live[[self._pos.pop(i) for i in gone]] = False
+        self._bitmap = None
+        if self.n_deleted > self.max_deleted_fraction * len(self._labels):
+            self._rebuild()
+        return len(gone)
+
+    def _all_vectors(self) -> np.ndarray:
+        n = len(self._labels)
+        if n == 0:
+            return np.empty((0, self.dim), dtype=np.float32)
+        return self._index.reconstruct_n(0, n)
+
+    def _rebuild(self) -> None:
+        X = self._all_vectors()[self._live]
+        ids = [self._labels[j] for j in np.flatnonzero(self._live)]
+        self._reset()
+        self.add(ids, X)
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[list[list[str]], np.ndarray]:
+        """Approximate top-k by inner product.
+
+        queries (q, dim) -> (ids: q lists of exactly k strings, scores (q, k) float32), each row
+        sorted by score descending (higher = more similar); missing hits are "" / -inf.
+        """
+        faiss = _faiss()
+        Q = as_vectors(queries, "queries", dim=self.dim)
+        k = positive_int(k, "k")
+        q = Q.shape[0]
+        if not self._pos:
+            return [[""] * k for _ in range(q)], np.full((q, k), -np.inf, dtype=np.float32)
+        params = faiss.SearchParametersHNSW()
+        params.efSearch = max(self.ef_search, k)
+        selector = None
+        if self.n_deleted:
+            if self._bitmap is None:
+                self._bitmap = np.packbits(self._live, bitorder="little")
+            selector = faiss.IDSelectorBitmap(len(self._labels), faiss.swig_ptr(self._bitmap))
+            params.sel = selector
+        D, labels = self._index.search(Q, k, params=params)
+        del selector  # faiss holds a raw pointer only during the call
+        valid = labels >= 0
+        D = np.where(valid, D, -np.inf).astype(np.float32)
+        tie_key = np.where(valid, labels, np.iinfo(np.int64).max)
+        order = np.lexsort((tie_key, -D), axis=1)
+        D = np.take_along_axis(D, order, axis=1)
+        labels = np.take_along_axis(labels, order, axis=1)
+        names = np.array(self._labels + [""], dtype=object)  # label -1 -> ""
+        return names[labels].tolist(), D
+
+    # ---- persistence -----------------------------------------------------------------
+    def get_state(self, include_graph: bool = True) -> tuple[dict, dict[str, np.ndarray]]:
+        """(params, arrays).
+
+        arrays: "vectors" (labels, dim) float32 and "ids" (labels,) unicode for every label of
+        the graph, "live" (labels,) bool; with ``include_graph`` also "graph" (bytes,) uint8,
+        faiss's own ``serialize_index`` of the HNSW graph. ``from_state`` loads the graph when
+        it was written by the same faiss version and otherwise rebuilds from the live vectors,
+        so the vectors are the source of truth and the graph is a cache that saves the build.
+        """
+        faiss = _faiss()
+        params = {
+            "class": "HnswIndex",
+            "dim": self.dim,
+            "M": self.M,
+            "ef_construction": self.ef_construction,
+            "ef_search": self.ef_search,
+            "max_deleted_fraction": self.max_deleted_fraction,
+            "faiss_version": faiss.__version__,
+        }
+        arrays = {
+            "vectors": self._all_vectors(),
+            "ids": np.array(self._labels, dtype=np.str_) if self._labels else np.empty(0, "<U1"),
+            "live": self._live.copy(),
+        }
+        if include_graph:
+            arrays["graph"] = np.asarray(faiss.serialize_index(self._index), dtype=np.uint8)
+        return params, arrays
+
+    @classmethod
+    def from_state(cls, params: dict, arrays: dict[str, np.ndarray]) -> "HnswIndex":
+        faiss = _faiss()
+        _check_class(params, cls.__name__)
+        try:
+            index = cls(params["dim"], params["M"], params["ef_construction"], params["ef_search"],
+                        max_deleted_fraction=params.get("max_deleted_fraction", 0.5))
+            labels = _state_ids(arrays["ids"], unique=False)
+            X = as_vectors(arrays["vectors"], "vectors", dim=index.dim, allow_empty=True)
+            live = np.asarray(arrays.get("live", np.ones(len(labels), dtype=bool)), dtype=bool)
+        except KeyError as exc:
+            raise InvalidInput(f"incomplete HnswIndex state: missing {exc}") from exc
+        if not (len(labels) == X.shape[0] == live.shape[0]):
+            raise InvalidInput("HnswIndex state: ids, vectors and live differ in length")
+        live_ids = [labels[j] for j in np.flatnonzero(live)]
+        if len(set(live_ids)) != len(live_ids):
+            raise InvalidInput("HnswIndex state: duplicate live ids")
+        graph = _load_graph(faiss, params, arrays.get("graph"), len(labels), index.dim)
+        if graph is None:
+            index.add(live_ids, X[live])
+            return index
+        graph.hnsw.efSearch = index.ef_search
+        index._index = graph
+        index._labels = list(labels)
+        index._live = live.copy()
+        index._pos = {labels[j]: int(j) for j in np.flatnonzero(live)}
+        return index
+
+
+def _load_graph(faiss, params: dict, blob, n_labels: int, dim: int):
+    """The serialized faiss graph if usable (same faiss version, shape, metric), else None."""
+    if blob is None or params.get("faiss_version") != faiss.__version__:
+        return None
+    try:
+        graph = faiss.downcast_index(faiss.deserialize_index(np.asarray(blob, dtype=np.uint8)))
+    except Exception:  # corrupt or foreign bytes: rebuild from the vectors instead
+        return None
+    if (not isinstance(graph, faiss.IndexHNSWFlat) or graph.ntotal != n_labels or graph.d != dim
+            or graph.metric_type != faiss.METRIC_INNER_PRODUCT):
+        return None
+    return graph
+
+
+def _check_class(params: dict, name: str) -> None:
+    if not isinstance(params, dict) or params.get("class") != name:
+        got = params.get("class") if isinstance(params, dict) else params
+        raise InvalidInput(f"state is for {got!r}, not {name}")
+
+
+def _state_ids(arr, unique: bool = True) -> list[str]:
+    arr = np.asarray(arr)
+    if arr.ndim != 1 or (arr.size and arr.dtype.kind != "U"):
+        raise InvalidInput(f"state ids must be a 1-D unicode array, got {arr.dtype} {arr.shape}")
+    ids = arr.tolist()
+    return as_ids(ids, "state ids") if unique else ids
+
+
+_INDEX_CLASSES = {"ExactIndex": ExactIndex, "HnswIndex": HnswIndex}
+
+
+def index_from_state(params: dict, arrays: dict[str, np.ndarray]) -> ExactIndex | HnswIndex:
+    """Rebuild either index from ``get_state()`` output (dispatch on ``params["class"]``)."""
+    cls = _INDEX_CLASSES.get(params.get("class")) if isinstance(params, dict) else None
+    if cls is None:
+        raise InvalidInput(f"unknown index class in state: {params.get('class') if isinstance(params, dict) else params!r}")
+    return cls.from_state(params, arrays)
