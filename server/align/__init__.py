@@ -4,6 +4,7 @@ Pure numpy/scipy; no gRPC, no storage. See DESIGN.md, "The math module".
 """
 
 from convergent.server.align.maps import CCAMap, ProcrustesMap, RidgeMap, estimator_from_state
+from convergent.server.align.matching import PermutationMap, SemiMatchingMap, hidden_activations
 from convergent.server.align.metrics import (
     linear_cka,
     matched_correlation_stats,
@@ -21,6 +22,9 @@ from convergent.server.align.select import (
     fit_auto,
     fit_auto_stats,
 )
+from convergent.server.align.shared import SharedSpace
+from convergent.server.align.sparse import SparseMap
+from convergent.server.align.spectral import SpectralMatching
 from convergent.server.align.split import heldout_split
 from convergent.server.align.stats import PairedStats
 
@@ -44,4 +48,10 @@ __all__ = [
     "r2_score",
     "retrieval_margin",
     "retrieval_topk",
+    "PermutationMap",
+    "SemiMatchingMap",
+    "SharedSpace",
+    "SparseMap",
+    "SpectralMatching",
+    "hidden_activations",
 ]

@@ -334,6 +334,9 @@ class CCAMap(_AffineMap):
 
 
 ESTIMATORS = {cls.__name__: cls for cls in (RidgeMap, ProcrustesMap, CCAMap)}
+# matching.py (PermutationMap, SemiMatchingMap), sparse.py (SparseMap) and spectral.py
+# (SpectralMatching) add themselves here when imported; the package __init__ imports them, and
+# importing any submodule runs it first, so the registry is always complete.
 
 
 def estimator_from_state(params: dict, arrays: dict[str, np.ndarray]) -> _AffineMap:
