@@ -2,6 +2,24 @@
 
 from convergent.client.client import Client
 from convergent.client.errors import ConvergentError
-from convergent.client.types import AnchorSetInfo, FitInfo, ModelInfo, ServerInfo
+from convergent.client.types import (
+    AnchorSetInfo,
+    FitInfo,
+    GalleryInfo,
+    IdentifyResult,
+    ModelInfo,
+    ServerInfo,
+    VerifyResult,
+)
 
-__all__ = ["AnchorSetInfo", "Client", "ConvergentError", "FitInfo", "ModelInfo", "ServerInfo"]
+__all__ = [
+    "AnchorSetInfo",
+    "Client",
+    "ConvergentError",
+    "FitInfo",
+    "GalleryInfo",
+    "IdentifyResult",
+    "ModelInfo",
+    "ServerInfo",
+    "VerifyResult",
+]

@@ -17,12 +17,22 @@ from google.protobuf.struct_pb2 import Struct
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from convergent.client import errors
-from convergent.client.types import AnchorSetInfo, FitInfo, ModelInfo, ServerInfo
+from convergent.client.types import (
+    AnchorSetInfo,
+    FitInfo,
+    GalleryInfo,
+    IdentifyResult,
+    ModelInfo,
+    ServerInfo,
+    VerifyResult,
+)
 from convergent.v1 import (
     alignment_pb2,
     alignment_pb2_grpc,
     anchors_pb2,
     anchors_pb2_grpc,
+    galleries_pb2,
+    galleries_pb2_grpc,
     info_pb2,
     info_pb2_grpc,
     models_pb2,
@@ -40,6 +50,7 @@ _IDEMPOTENT = {
     "convergent.v1.AnchorService": ("CountAnchors", "ListAnchorSets"),
     "convergent.v1.InfoService": ("GetServerInfo",),
     "convergent.v1.AlignmentService": ("GetFit", "ListFits", "Transform", "ExportFit"),
+    "convergent.v1.GalleryService": ("GetGallery", "ListGalleries", "Identify", "Verify"),
     "grpc.health.v1.Health": ("Check",),
 }
 _SERVICE_CONFIG = json.dumps(
@@ -62,6 +73,17 @@ _SERVICE_CONFIG = json.dumps(
 
 def _model_info(pb: models_pb2.Model) -> ModelInfo:
     return ModelInfo(name=pb.name, dim=pb.dim, version=pb.version, normalize=pb.normalize)
+
+
+_INDEX_NAMES = {galleries_pb2.INDEX_KIND_EXACT: "exact", galleries_pb2.INDEX_KIND_HNSW: "hnsw"}
+_INDEX_KINDS = {name: value for value, name in _INDEX_NAMES.items()}
+
+
+def _gallery_info(pb: galleries_pb2.Gallery) -> GalleryInfo:
+    return GalleryInfo(
+        name=pb.name, model=pb.model, model_version=pb.model_version,
+        index=_INDEX_NAMES.get(pb.index, "exact"), size=pb.size,
+    )
 
 
 def _fit_info(pb: alignment_pb2.Fit) -> FitInfo:
@@ -111,6 +133,7 @@ class Client:
         self._anchors = anchors_pb2_grpc.AnchorServiceStub(self._channel)
         self._info = info_pb2_grpc.InfoServiceStub(self._channel)
         self._alignment = alignment_pb2_grpc.AlignmentServiceStub(self._channel)
+        self._galleries = galleries_pb2_grpc.GalleryServiceStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
         self._server_info: ServerInfo | None = None
 
@@ -208,6 +231,22 @@ class Client:
         is idempotent (same ids and vectors store nothing new), so it is retried whole on
         UNAVAILABLE.
         """
+        header = anchors_pb2.UploadAnchorsRequest(model=model, anchor_set=anchor_set, overwrite=overwrite)
+        response = self._stream(
+            self._anchors.UploadAnchors, anchors_pb2.UploadAnchorsRequest, header, ids, vectors,
+            chunk_size, progress and f"upload {model}/{anchor_set}",
+        )
+        return response.total
+
+    def _stream(
+        self, method: Callable[..., Any], message: type, header: Any, ids: Sequence[Any], vectors: np.ndarray,
+        chunk_size: int, progress: str | bool,
+    ) -> Any:
+        """Send (ids, vectors) as one client stream of chunks, the first carrying ``header``'s fields.
+
+        The call is idempotent on the server side (a repeated stream changes nothing), so it is
+        retried whole on UNAVAILABLE.
+        """
         ids = [str(i) for i in ids]
         vectors = np.asarray(vectors)
         if vectors.ndim != 2:
@@ -219,24 +258,21 @@ class Client:
         rows = min(rows, self.server_info().max_vectors_per_message)
         timeout = self.timeout + vectors.size * 4 / 5e6  # at least 5 MB/s
 
-        def requests() -> Iterator[anchors_pb2.UploadAnchorsRequest]:
+        def requests() -> Iterator[Any]:
             starts = range(0, max(len(ids), 1), rows)
             if progress:
                 from tqdm.auto import tqdm
 
-                starts = tqdm(starts, desc=f"upload {model}/{anchor_set}", unit="chunk")
+                starts = tqdm(starts, desc=str(progress), unit="chunk")
             for number, start in enumerate(starts):
-                request = anchors_pb2.UploadAnchorsRequest(
-                    ids=ids[start : start + rows], vectors=encode_matrix(vectors[start : start + rows])
-                )
+                request = message(ids=ids[start : start + rows], vectors=encode_matrix(vectors[start : start + rows]))
                 if number == 0:
-                    request.model, request.anchor_set, request.overwrite = model, anchor_set, overwrite
+                    request.MergeFrom(header)
                 yield request
 
         for attempt in range(3):
             try:
-                response = self._anchors.UploadAnchors(requests(), timeout=timeout, metadata=self._metadata)
-                return response.total
+                return method(requests(), timeout=timeout, metadata=self._metadata)
             except grpc.RpcError as exc:
                 error = errors.from_rpc_error(exc)
                 if not isinstance(error, errors.Unavailable) or attempt == 2:
@@ -316,3 +352,73 @@ class Client:
         """The fitted arrays by name (keys per method, see the README), e.g. "W", "b"; "R", "s"."""
         response = self._call(self._alignment.ExportFit, alignment_pb2.ExportFitRequest(id=fit_id))
         return {name: decode_array(array).copy() for name, array in response.arrays.items()}
+
+    # ----------------------------------------------------------------- galleries
+    def enroll(
+        self, gallery: str, model: str, ids: Sequence[str], vectors: np.ndarray, index: str = "exact",
+        chunk_size: int = 512, progress: bool = False,
+    ) -> int:
+        """Enroll ``vectors`` (n, dim) of ``model`` under ``ids`` in one transaction; returns the
+        gallery size. The first enroll creates the gallery, bound to ``model``, with ``index``
+        ("exact" or "hnsw"). An id already enrolled is ALREADY_EXISTS (nothing is stored)."""
+        if index not in _INDEX_KINDS:
+            raise errors.InvalidArgument(f"index must be one of {sorted(_INDEX_KINDS)}, got {index!r}")
+        header = galleries_pb2.EnrollRequest(gallery=gallery, model=model, index=_INDEX_KINDS[index])
+        response = self._stream(
+            self._galleries.Enroll, galleries_pb2.EnrollRequest, header, ids, vectors, chunk_size,
+            progress and f"enroll {gallery}",
+        )
+        return response.size
+
+    def remove(self, gallery: str, ids: Sequence[str]) -> int:
+        """Remove ``ids`` from the gallery (e.g. erasure requests); returns how many were removed."""
+        request = galleries_pb2.RemoveRequest(gallery=gallery, ids=[str(i) for i in ids])
+        return self._call(self._galleries.Remove, request).removed
+
+    def count_gallery(self, gallery: str) -> int:
+        return self.get_gallery(gallery).size
+
+    def get_gallery(self, gallery: str) -> GalleryInfo:
+        return _gallery_info(self._call(self._galleries.GetGallery, galleries_pb2.GetGalleryRequest(name=gallery)))
+
+    def list_galleries(self) -> list[GalleryInfo]:
+        return [_gallery_info(g) for g in self._pages(self._galleries.ListGalleries, galleries_pb2.ListGalleriesRequest(), "galleries")]
+
+    def delete_gallery(self, gallery: str) -> None:
+        self._call(self._galleries.DeleteGallery, galleries_pb2.DeleteGalleryRequest(name=gallery))
+
+    def identify(self, gallery: str, vectors: np.ndarray, model: str, k: int = 5) -> IdentifyResult:
+        """Top-``k`` gallery items for each probe (n, dim) of ``model``; probes of another model
+        than the gallery's go through the latest ``model`` -> gallery-model fit."""
+        request = galleries_pb2.IdentifyRequest(gallery=gallery, model=model, k=k, vectors=encode_matrix(vectors))
+        response = self._call(self._galleries.Identify, request)
+        scores = decode_matrix(response.scores).copy()
+        width = scores.shape[1]
+        flat = list(response.ids)
+        return IdentifyResult(
+            ids=[flat[i * width : (i + 1) * width] for i in range(scores.shape[0])], scores=scores, route=response.route
+        )
+
+    def verify(self, a: np.ndarray, a_model: str, b: np.ndarray, b_model: str, far: float = 1e-3) -> VerifyResult:
+        """Compare row i of ``a`` (model ``a_model``) with row i of ``b`` (``b_model``) at the
+        threshold calibrated for false-accept rate ``far``."""
+        request = galleries_pb2.VerifyRequest(
+            a_model=a_model, a=encode_matrix(a), b_model=b_model, b=encode_matrix(b), far=far
+        )
+        r = self._call(self._galleries.Verify, request)
+        return VerifyResult(
+            scores=decode_matrix(r.scores)[:, 0].copy(), accept=np.array(r.accept, dtype=bool),
+            threshold=r.threshold, far_requested=r.far_requested, far_calibration=r.far_calibration,
+            tar_calibration=r.tar_calibration, calibration=r.calibration, n_genuine=r.n_genuine,
+            n_impostor=r.n_impostor, route=r.route,
+        )
+
+    def calibrate(self, a: np.ndarray, a_model: str, b: np.ndarray, b_model: str, same: Sequence[bool]) -> dict[str, int]:
+        """Labelled pairs (row i of ``a`` vs row i of ``b``; ``same[i]``: same subject?) that
+        replace the anchor-set calibration of :meth:`verify` for this model pair.
+        Returns the counts used: {"genuine": ..., "impostor": ...}."""
+        request = galleries_pb2.CalibrateRequest(
+            a_model=a_model, a=encode_matrix(a), b_model=b_model, b=encode_matrix(b), same=[bool(x) for x in same]
+        )
+        r = self._call(self._galleries.Calibrate, request)
+        return {"genuine": r.n_genuine, "impostor": r.n_impostor}

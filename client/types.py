@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -57,3 +58,44 @@ class FitInfo:
     target_version: int = 0
     data_version: int = 0
     params: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class GalleryInfo:
+    """A gallery of one model's vectors, searched with an ``exact`` or ``hnsw`` index."""
+
+    name: str
+    model: str
+    model_version: int
+    index: str
+    size: int
+
+
+@dataclass(frozen=True)
+class IdentifyResult:
+    """``ids[i]``: gallery ids for probe i, best first; ``scores`` (n, k'): cosine similarity,
+    higher = more similar, k' = min(k, gallery size); hnsw pads missing hits with "" / -inf.
+    ``route``: "direct" or "fit:<id>" (the map the probes went through)."""
+
+    ids: list[list[str]]
+    scores: Any
+    route: str = ""
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    """``scores`` (n,): cosine of each pair in b's space (higher = more similar); ``accept`` (n,):
+    score >= ``threshold``, the threshold calibrated for ``far_requested``. ``far_calibration`` /
+    ``tar_calibration``: false / true accept rates measured on the calibration pairs
+    (``calibration`` = "anchors" or "labelled", with ``n_genuine`` / ``n_impostor`` pairs)."""
+
+    scores: Any
+    accept: Any
+    threshold: float
+    far_requested: float
+    far_calibration: float
+    tar_calibration: float
+    calibration: str
+    n_genuine: int
+    n_impostor: int
+    route: str

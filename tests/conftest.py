@@ -30,7 +30,8 @@ def start_server(tmp_path: Path) -> Iterator:
     started: list[ConvergentServer] = []
 
     def start(**overrides: object) -> ConvergentServer:
-        running = ConvergentServer(make_settings(tmp_path / f"data{len(started)}", **overrides))
+        data_dir = overrides.pop("data_dir", tmp_path / f"data{len(started)}")
+        running = ConvergentServer(make_settings(data_dir, **overrides))
         running.start()
         started.append(running)
         return running

@@ -20,13 +20,12 @@ import numpy as np
 
 from convergent.server.errors import FailedPrecondition, InvalidInput, NotFitted, NotFound, SpaceMismatch
 from convergent.server.registry.records import FitRecord, ModelRecord, Page
-from convergent.server.registry.service import l2_normalize_rows, valid_name
+from convergent.server.registry.service import l2_normalize_rows, prepare_vectors, valid_name
 from convergent.server.registry import paging
 from convergent.server.settings import ServerSettings
 from convergent.server.storage import pairs
 from convergent.server.storage.fit_store import FitStore
 from convergent.server.storage.sql import SqlStore
-from convergent.wire import WireError, check_finite
 
 MIN_PAIRS = 10  # below this neither a map nor its held-out diagnostics mean anything
 HELDOUT_FRACTION, HELDOUT_CAP = 0.2, 2000
@@ -319,7 +318,37 @@ class Alignment:
         record, estimator = self._load(tenant, fit_id)
         return self._with_staleness(tenant, record), estimator.export()
 
-    # ------------------------------------------------------------ transform
+    # ------------------------------------------------------------ routes and transform
+    def check_versions(self, record: FitRecord, src: ModelRecord, tgt: ModelRecord) -> None:
+        """:class:`SpaceMismatch` unless the fit was computed for the models' current versions."""
+        if (record.source_version, record.target_version) != (src.version, tgt.version):
+            raise SpaceMismatch(
+                f"fit {record.id!r} was computed for {src.name!r} v{record.source_version} -> "
+                f"{tgt.name!r} v{record.target_version}; the models are now v{src.version} and "
+                f"v{tgt.version}: fit again"
+            )
+
+    def latest_route(self, tenant: str, src: ModelRecord, tgt: ModelRecord) -> FitRecord:
+        """The newest fit ``src`` -> ``tgt`` (reverse fits are never used).
+
+        :class:`NotFitted` if there is none, :class:`SpaceMismatch` if it is of older model versions.
+        """
+        record = self.fits.latest(tenant, src.name, tgt.name)
+        if record is None:
+            raise NotFitted(
+                f"no fit from {src.name!r} to {tgt.name!r}: call fit_alignment(source={src.name!r}, "
+                f"target={tgt.name!r}, anchor_set=...) first"
+            )
+        self.check_versions(record, src, tgt)
+        return record
+
+    def apply(self, tenant: str, record: FitRecord, X: np.ndarray, tgt: ModelRecord) -> np.ndarray:
+        """Map prepared source vectors (n, d_source) through a fit: (n, d_target) float32,
+        L2-normalised if the target model normalises (a zero output row stays zero)."""
+        _, estimator = self._load(tenant, record.id)
+        Z = estimator.transform(X).astype(np.float32)
+        return l2_normalize_rows(Z, strict=False) if tgt.normalize else Z
+
     def transform(
         self, tenant: str, source: str, source_version: int, target: str, fit_id: str, vectors: np.ndarray
     ) -> tuple[np.ndarray, FitRecord, ModelRecord]:
@@ -339,32 +368,11 @@ class Alignment:
                 raise InvalidInput(
                     f"fit {fit_id!r} maps {record.source!r} -> {record.target!r}, not {source!r} -> {target or record.target!r}"
                 )
+            tgt = self.store.get_model(tenant, record.target)
+            self.check_versions(record, src, tgt)
         else:
             valid_name(target, "target model")
-            record = self.fits.latest(tenant, source, target)
-            if record is None:
-                raise NotFitted(
-                    f"no fit from {source!r} to {target!r}: call fit_alignment(source={source!r}, "
-                    f"target={target!r}, anchor_set=...) first"
-                )
-        tgt = self.store.get_model(tenant, record.target)
-        if (record.source_version, record.target_version) != (src.version, tgt.version):
-            raise SpaceMismatch(
-                f"fit {record.id!r} was computed for {source!r} v{record.source_version} -> "
-                f"{record.target!r} v{record.target_version}; the models are now v{src.version} and "
-                f"v{tgt.version}: fit again"
-            )
-        if vectors.shape[0] == 0:
-            raise InvalidInput("vectors: no rows to transform")
-        if vectors.shape[1] != src.dim:
-            raise InvalidInput(f"vectors have dimension {vectors.shape[1]}, model {source!r} has dimension {src.dim}")
-        try:
-            check_finite(vectors)
-        except WireError as exc:
-            raise InvalidInput(str(exc)) from None
-        X = l2_normalize_rows(vectors, strict=True) if src.normalize else vectors.astype(np.float32)
-        _, estimator = self._load(tenant, record.id)
-        Z = estimator.transform(X).astype(np.float32)
-        if tgt.normalize:
-            Z = l2_normalize_rows(Z, strict=False)
-        return Z, self._with_staleness(tenant, record), tgt
+            tgt = self.store.get_model(tenant, target)
+            record = self.latest_route(tenant, src, tgt)
+        X = prepare_vectors(src, vectors)
+        return self.apply(tenant, record, X, tgt), self._with_staleness(tenant, record), tgt

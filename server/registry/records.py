@@ -68,3 +68,14 @@ class FitRecord(Record):
     converged: bool
     created_at: float
     stale: bool = False
+
+
+class GalleryRecord(Record):
+    """A gallery: enrolled vectors of one model (version), searched with one index kind."""
+
+    name: str
+    model: str
+    model_version: int
+    index_kind: str
+    size: int
+    created_at: float

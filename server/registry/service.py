@@ -43,6 +43,22 @@ def l2_normalize_rows(vectors: np.ndarray, strict: bool = True, first_row: int =
     return (vectors / np.where(norms == 0, 1.0, norms)).astype(np.float32)
 
 
+def prepare_vectors(model: ModelRecord, vectors: np.ndarray, what: str = "vectors", allow_empty: bool = False) -> np.ndarray:
+    """Caller's vectors of ``model`` checked (rows, dimension, finite) and, if the model says so,
+    L2-normalised: (n, model.dim) float32. Problems are :class:`InvalidInput`."""
+    if vectors.ndim != 2 or (vectors.shape[0] == 0 and not allow_empty):
+        raise InvalidInput(f"{what}: no rows given")
+    if vectors.shape[1] != model.dim:
+        raise InvalidInput(
+            f"{what} have dimension {vectors.shape[1]}, model {model.name!r} has dimension {model.dim}"
+        )
+    try:
+        check_finite(vectors, what)
+    except WireError as exc:
+        raise InvalidInput(str(exc)) from None
+    return l2_normalize_rows(vectors) if model.normalize else vectors.astype(np.float32)
+
+
 @dataclass(frozen=True)
 class UploadChunk:
     """One message of an upload stream, decoded. Header fields may be empty after the first."""

@@ -11,14 +11,24 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from convergent.server.registry.alignment import Alignment
+from convergent.server.registry.galleries import Galleries
 from convergent.server.registry.service import Registry
-from convergent.server.rpc.servicers import AlignmentServicer, AnchorServicer, Backend, InfoServicer, ModelServicer
+from convergent.server.rpc.servicers import (
+    AlignmentServicer,
+    AnchorServicer,
+    Backend,
+    GalleryServicer,
+    InfoServicer,
+    ModelServicer,
+)
 from convergent.server.settings import ServerSettings
 from convergent.server.storage.sql import SqlStore
 from convergent.v1 import (
     alignment_pb2,
     alignment_pb2_grpc,
     anchors_pb2,
+    galleries_pb2,
+    galleries_pb2_grpc,
     anchors_pb2_grpc,
     info_pb2,
     info_pb2_grpc,
@@ -33,6 +43,7 @@ SERVICE_NAMES = (
     anchors_pb2.DESCRIPTOR.services_by_name["AnchorService"].full_name,
     info_pb2.DESCRIPTOR.services_by_name["InfoService"].full_name,
     alignment_pb2.DESCRIPTOR.services_by_name["AlignmentService"].full_name,
+    galleries_pb2.DESCRIPTOR.services_by_name["GalleryService"].full_name,
 )
 
 
@@ -67,6 +78,7 @@ class ConvergentServer:
         anchors_pb2_grpc.add_AnchorServiceServicer_to_server(AnchorServicer(self._backend), self._server)
         info_pb2_grpc.add_InfoServiceServicer_to_server(InfoServicer(settings), self._server)
         alignment_pb2_grpc.add_AlignmentServiceServicer_to_server(AlignmentServicer(self._backend), self._server)
+        galleries_pb2_grpc.add_GalleryServiceServicer_to_server(GalleryServicer(self._backend), self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         if settings.reflection:
             from grpc_reflection.v1alpha import reflection
@@ -94,7 +106,8 @@ class ConvergentServer:
         self._server.start()
         log.info("listening on %s", self.address)
         self.store = SqlStore(s.resolved_database_url())
-        self._backend.open(Registry(self.store, s), Alignment(self.store, s))
+        alignment = Alignment(self.store, s)
+        self._backend.open(Registry(self.store, s), alignment, Galleries(self.store, alignment, s))
         self._set_health(health_pb2.HealthCheckResponse.SERVING)
         log.info("storage open (%s); serving", self.store.engine.url.render_as_string(hide_password=True))
         return self.port

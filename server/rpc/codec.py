@@ -9,9 +9,10 @@ from google.protobuf import json_format
 from google.protobuf.struct_pb2 import Struct
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from convergent.server.registry.records import AnchorSetRecord, FitRecord, ModelRecord, UploadResult
+from convergent.server.registry.galleries import EnrollChunk
+from convergent.server.registry.records import AnchorSetRecord, FitRecord, GalleryRecord, ModelRecord, UploadResult
 from convergent.server.registry.service import UploadChunk
-from convergent.v1 import alignment_pb2, anchors_pb2, models_pb2
+from convergent.v1 import alignment_pb2, anchors_pb2, galleries_pb2, models_pb2
 from convergent.wire import decode_matrix
 
 _EMPTY = np.zeros((0, 0), dtype=np.float32)
@@ -74,4 +75,34 @@ def fit_to_pb(record: FitRecord) -> alignment_pb2.Fit:
         anchor_set=record.anchor_set, data_version=record.data_version,
         metrics=record.metrics, warnings=record.warnings, converged=record.converged,
         stale=record.stale, created_at=timestamp(record.created_at), params=dict_to_struct(record.params),
+    )
+
+
+INDEX_KIND_NAMES = {
+    galleries_pb2.INDEX_KIND_UNSPECIFIED: "exact",
+    galleries_pb2.INDEX_KIND_EXACT: "exact",
+    galleries_pb2.INDEX_KIND_HNSW: "hnsw",
+}
+INDEX_KIND_VALUES = {"exact": galleries_pb2.INDEX_KIND_EXACT, "hnsw": galleries_pb2.INDEX_KIND_HNSW}
+
+
+def index_kind(value: int) -> str:
+    """Wire enum -> index name; an unknown value passes through as text so the use case rejects it."""
+    return INDEX_KIND_NAMES.get(value, f"unknown({value})")
+
+
+def enroll_chunks(requests: Iterable[galleries_pb2.EnrollRequest]) -> Iterator[EnrollChunk]:
+    for request in requests:
+        has_vectors = request.HasField("vectors")
+        vectors = decode_matrix(request.vectors) if has_vectors or request.ids else _EMPTY
+        yield EnrollChunk(
+            gallery=request.gallery, model=request.model, model_version=request.model_version,
+            index_kind=index_kind(request.index), ids=list(request.ids), vectors=vectors,
+        )
+
+
+def gallery_to_pb(record: GalleryRecord) -> galleries_pb2.Gallery:
+    return galleries_pb2.Gallery(
+        name=record.name, model=record.model, model_version=record.model_version,
+        index=INDEX_KIND_VALUES[record.index_kind], size=record.size, created_at=timestamp(record.created_at),
     )

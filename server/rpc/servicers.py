@@ -7,6 +7,7 @@ import grpc
 import convergent
 from convergent.server.errors import Unavailable
 from convergent.server.registry.alignment import Alignment
+from convergent.server.registry.galleries import Galleries
 from convergent.server.registry.service import DEFAULT_TENANT, Registry
 from convergent.server.rpc import codec
 from convergent.server.rpc.errors import rpc_method
@@ -15,6 +16,8 @@ from convergent.v1 import (
     alignment_pb2,
     alignment_pb2_grpc,
     anchors_pb2,
+    galleries_pb2,
+    galleries_pb2_grpc,
     anchors_pb2_grpc,
     info_pb2,
     info_pb2_grpc,
@@ -30,12 +33,13 @@ class Backend:
     def __init__(self) -> None:
         self._registry: Registry | None = None
         self._alignment: Alignment | None = None
+        self._galleries: Galleries | None = None
 
-    def open(self, registry: Registry, alignment: Alignment) -> None:
-        self._registry, self._alignment = registry, alignment
+    def open(self, registry: Registry, alignment: Alignment, galleries: Galleries) -> None:
+        self._registry, self._alignment, self._galleries = registry, alignment, galleries
 
     def close(self) -> None:
-        self._registry = self._alignment = None
+        self._registry = self._alignment = self._galleries = None
 
     @staticmethod
     def _ready(use_case):  # noqa: ANN001, ANN205
@@ -50,6 +54,10 @@ class Backend:
     @property
     def alignment(self) -> Alignment:
         return self._ready(self._alignment)
+
+    @property
+    def galleries(self) -> Galleries:
+        return self._ready(self._galleries)
 
 
 def tenant_of(context: grpc.ServicerContext) -> str:  # noqa: ARG001 - keys decide the tenant later
@@ -180,3 +188,64 @@ class AlignmentServicer(alignment_pb2_grpc.AlignmentServiceServicer):
         return alignment_pb2.ExportFitResponse(
             fit=codec.fit_to_pb(record), arrays={k: encode_array(v) for k, v in arrays.items()}
         )
+
+
+class GalleryServicer(galleries_pb2_grpc.GalleryServiceServicer):
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+
+    @rpc_method
+    def Enroll(self, request_iterator, context):  # noqa: ANN001, N802
+        enrolled, size = self.backend.galleries.enroll(tenant_of(context), codec.enroll_chunks(request_iterator))
+        return galleries_pb2.EnrollResponse(enrolled=enrolled, size=size)
+
+    @rpc_method
+    def Remove(self, request, context):  # noqa: ANN001, N802
+        removed, size = self.backend.galleries.remove(tenant_of(context), request.gallery, list(request.ids))
+        return galleries_pb2.RemoveResponse(removed=removed, size=size)
+
+    @rpc_method
+    def GetGallery(self, request, context):  # noqa: ANN001, N802
+        return codec.gallery_to_pb(self.backend.galleries.get(tenant_of(context), request.name))
+
+    @rpc_method
+    def ListGalleries(self, request, context):  # noqa: ANN001, N802
+        page = self.backend.galleries.list(tenant_of(context), request.page.page_size, request.page.page_token)
+        return galleries_pb2.ListGalleriesResponse(
+            galleries=[codec.gallery_to_pb(g) for g in page.items], next_page_token=page.next_token
+        )
+
+    @rpc_method
+    def DeleteGallery(self, request, context):  # noqa: ANN001, N802
+        self.backend.galleries.delete(tenant_of(context), request.name)
+        return galleries_pb2.DeleteGalleryResponse()
+
+    @rpc_method
+    def Identify(self, request, context):  # noqa: ANN001, N802
+        result = self.backend.galleries.identify(
+            tenant_of(context), request.gallery, request.model, request.model_version,
+            decode_matrix(request.vectors, what="probes"), request.k,
+        )
+        return galleries_pb2.IdentifyResponse(
+            ids=[i for row in result.ids for i in row], scores=encode_matrix(result.scores), route=result.route
+        )
+
+    @rpc_method
+    def Verify(self, request, context):  # noqa: ANN001, N802
+        r = self.backend.galleries.verify(
+            tenant_of(context), request.a_model, decode_matrix(request.a, what="a"),
+            request.b_model, decode_matrix(request.b, what="b"), request.far,
+        )
+        return galleries_pb2.VerifyResponse(
+            scores=encode_matrix(r.scores[:, None]), accept=r.accept.tolist(), threshold=r.threshold,
+            far_requested=r.far_requested, far_calibration=r.far_calibration, tar_calibration=r.tar_calibration,
+            calibration=r.calibration, n_genuine=r.n_genuine, n_impostor=r.n_impostor, route=r.route,
+        )
+
+    @rpc_method
+    def Calibrate(self, request, context):  # noqa: ANN001, N802
+        n_genuine, n_impostor, route = self.backend.galleries.calibrate(
+            tenant_of(context), request.a_model, decode_matrix(request.a, what="a"),
+            request.b_model, decode_matrix(request.b, what="b"), list(request.same),
+        )
+        return galleries_pb2.CalibrateResponse(n_genuine=n_genuine, n_impostor=n_impostor, route=route)

@@ -98,3 +98,45 @@ fit_arrays = sa.Table(
     sa.Column("shape", sa.String(64), nullable=False),  # JSON list
     sa.Column("data", sa.LargeBinary, nullable=False),
 )
+
+galleries = sa.Table(
+    "galleries",
+    metadata,
+    sa.Column("tenant", sa.String(128), primary_key=True),
+    sa.Column("name", sa.String(128), primary_key=True),
+    sa.Column("model", sa.String(128), nullable=False),
+    sa.Column("model_version", sa.Integer, nullable=False),
+    sa.Column("index_kind", sa.String(16), nullable=False),  # "exact" | "hnsw"
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+
+# Enrolled vectors (normalised as their model says); the in-memory index is rebuilt from these.
+gallery_items = sa.Table(
+    "gallery_items",
+    metadata,
+    sa.Column("tenant", sa.String(128), primary_key=True),
+    sa.Column("gallery", sa.String(128), primary_key=True),
+    sa.Column("item_id", sa.String(4096), primary_key=True),
+    sa.Column("seq", sa.BigInteger, nullable=False),  # enrolment order (ties in search)
+    sa.Column("vector", sa.LargeBinary, nullable=False),
+    sa.ForeignKeyConstraint(
+        ["tenant", "gallery"], ["galleries.tenant", "galleries.name"], ondelete="CASCADE"
+    ),
+)
+
+# Labelled pairs for verification thresholds of (a_model, b_model): a (n, d_a), b (n, d_b)
+# float32 and same (n,) bool; scores are recomputed through whichever map is current.
+calibrations = sa.Table(
+    "calibrations",
+    metadata,
+    sa.Column("tenant", sa.String(128), primary_key=True),
+    sa.Column("a_model", sa.String(128), primary_key=True),
+    sa.Column("b_model", sa.String(128), primary_key=True),
+    sa.Column("a_version", sa.Integer, nullable=False),
+    sa.Column("b_version", sa.Integer, nullable=False),
+    sa.Column("n", sa.Integer, nullable=False),
+    sa.Column("a", sa.LargeBinary, nullable=False),
+    sa.Column("b", sa.LargeBinary, nullable=False),
+    sa.Column("same", sa.LargeBinary, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+)

@@ -78,6 +78,7 @@ def test_health_and_info(server, client: Client):
 def test_not_serving_until_storage_open(tmp_path):
     """Before start() opens storage, health is NOT_SERVING and RPCs are UNAVAILABLE."""
     from convergent.server.registry.alignment import Alignment
+    from convergent.server.registry.galleries import Galleries
     from convergent.server.registry.service import Registry
     from convergent.server.rpc.app import ConvergentServer
     from convergent.server.settings import ServerSettings
@@ -92,7 +93,8 @@ def test_not_serving_until_storage_open(tmp_path):
             with pytest.raises(errors.Unavailable, match="storage is not open"):
                 client.list_models()
             store = SqlStore(server.settings.resolved_database_url())
-            server._backend.open(Registry(store, server.settings), Alignment(store, server.settings))
+            alignment = Alignment(store, server.settings)
+            server._backend.open(Registry(store, server.settings), alignment, Galleries(store, alignment, server.settings))
             assert client.list_models() == []
             store.close()
     finally:

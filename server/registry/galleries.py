@@ -1,0 +1,329 @@
+"""Use cases of galleries and cross-model inference: enroll, remove, identify, verify, calibrate.
+
+A gallery is bound to one model (version) when created. Probes of another model reach it
+through the latest probe-model -> gallery-model fit. Every similarity is a cosine: higher is
+more similar; verification accepts ``score >= threshold``.
+
+Indexes live in memory, one per gallery, built lazily from the stored items and updated after
+each committed enroll or remove; a per-gallery lock keeps the database and the index in step.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+
+from convergent.server.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidInput,
+    NotFound,
+    ResourceExhausted,
+    SpaceMismatch,
+)
+from convergent.server.registry import paging
+from convergent.server.registry.alignment import Alignment
+from convergent.server.registry.records import FitRecord, GalleryRecord, ModelRecord, Page
+from convergent.server.registry.service import prepare_vectors, valid_name
+from convergent.server.settings import ServerSettings
+from convergent.server.storage import pairs
+from convergent.server.storage.gallery_store import GalleryStore
+from convergent.server.storage.sql import SqlStore
+
+INDEX_KINDS = ("exact", "hnsw")
+CALIBRATION_ANCHORS = 2000     # anchors sampled for the default (anchor-set) calibration
+CALIBRATION_IMPOSTORS = 400_000
+
+
+@dataclass(frozen=True)
+class EnrollChunk:
+    """One decoded message of an enroll stream (header fields may be empty after the first)."""
+
+    gallery: str
+    model: str
+    model_version: int
+    index_kind: str
+    ids: list[str]
+    vectors: np.ndarray
+
+
+@dataclass(frozen=True)
+class IdentifyResult:
+    ids: list[list[str]]   # (n, k') gallery ids, best first; "" pads
+    scores: np.ndarray     # (n, k') float32 cosine, higher = more similar; -inf pads
+    route: str             # "direct" or "fit:<id>"
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    scores: np.ndarray     # (n,) float32 cosine in b's space
+    accept: np.ndarray     # (n,) bool: score >= threshold
+    threshold: float
+    far_requested: float
+    far_calibration: float
+    tar_calibration: float
+    calibration: str       # "anchors" or "labelled"
+    n_genuine: int
+    n_impostor: int
+    route: str
+
+
+class _Entry:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.index = None  # built on first use
+
+
+class Galleries:
+    def __init__(self, store: SqlStore, alignment: Alignment, settings: ServerSettings) -> None:
+        self.store = store
+        self.galleries = GalleryStore(store.engine)
+        self.alignment = alignment
+        self.settings = settings
+        self._entries: dict[tuple[str, str], _Entry] = {}
+        self._entries_lock = threading.Lock()
+        self._anchor_scores: dict[str, object] = {}  # fit id -> PairScores (fits are immutable)
+
+    def _entry(self, tenant: str, name: str) -> _Entry:
+        with self._entries_lock:
+            return self._entries.setdefault((tenant, name), _Entry())
+
+    # ------------------------------------------------------------ gallery records
+    def get(self, tenant: str, name: str) -> GalleryRecord:
+        valid_name(name, "gallery name")
+        return self.galleries.get(tenant, name)
+
+    def list(self, tenant: str, page_size: int, page_token: str) -> Page:
+        limit = paging.page_size(page_size, self.settings.default_page_size, self.settings.max_page_size)
+        items = self.galleries.list(tenant, paging.decode_token(page_token), limit + 1)
+        more = len(items) > limit
+        items = items[:limit]
+        return Page(items=tuple(items), next_token=paging.encode_token(items[-1].name) if more else "")
+
+    def delete(self, tenant: str, name: str) -> None:
+        valid_name(name, "gallery name")
+        entry = self._entry(tenant, name)
+        with entry.lock:
+            self.galleries.delete(tenant, name)
+            entry.index = None
+
+    # ------------------------------------------------------------ enrol / remove
+    def enroll(self, tenant: str, chunks: Iterable[EnrollChunk]) -> tuple[int, int]:
+        """Validate the whole stream, then add it in one transaction; returns (enrolled, size)."""
+        header: EnrollChunk | None = None
+        model: ModelRecord | None = None
+        ids: list[str] = []
+        blocks: list[np.ndarray] = []
+        seen: set[str] = set()
+        for number, chunk in enumerate(chunks):
+            if header is None:
+                header = chunk
+                valid_name(chunk.gallery, "gallery name")
+                valid_name(chunk.model, "model name")
+                if chunk.index_kind not in INDEX_KINDS:
+                    raise InvalidInput(f"unknown index {chunk.index_kind!r}; choose from {list(INDEX_KINDS)}")
+                model = self.store.get_model(tenant, chunk.model)
+                if chunk.model_version not in (0, model.version):
+                    raise SpaceMismatch(
+                        f"vectors are of model {model.name!r} version {chunk.model_version}, "
+                        f"the registered version is {model.version}"
+                    )
+            elif (chunk.gallery, chunk.model) not in (("", ""), (header.gallery, header.model)):
+                raise InvalidInput(f"message {number} names another gallery or model than the first message")
+            if len(chunk.ids) > self.settings.max_vectors_per_message:
+                raise ResourceExhausted(
+                    f"message {number} holds {len(chunk.ids)} vectors; the limit is "
+                    f"max_vectors_per_message={self.settings.max_vectors_per_message}"
+                )
+            if chunk.vectors.shape[0] != len(chunk.ids):
+                raise InvalidInput(f"message {number}: {len(chunk.ids)} ids but {chunk.vectors.shape[0]} vector rows")
+            for item in chunk.ids:
+                if not item or len(item) > self.settings.max_id_length:
+                    raise InvalidInput(f"ids must have 1-{self.settings.max_id_length} characters, got {item[:40]!r}")
+                if item in seen:
+                    raise AlreadyExists(f"id {item!r} appears twice in one enroll")
+                seen.add(item)
+            if chunk.ids:
+                blocks.append(prepare_vectors(model, chunk.vectors, f"message {number}: vectors"))
+                ids += chunk.ids
+        if header is None or model is None:
+            raise InvalidInput("the enroll stream is empty: send at least one message")
+        if not ids:
+            raise InvalidInput("the enroll holds no vectors")
+        vectors = np.vstack(blocks)
+        entry = self._entry(tenant, header.gallery)
+        with entry.lock:
+            try:
+                existing = self.galleries.get(tenant, header.gallery)
+            except NotFound:
+                existing = None  # created by this enroll
+            if existing is not None:
+                self._check_gallery_model(existing, model)
+            record, _, added_ids, added = self.galleries.enroll(
+                tenant, header.gallery, model.name, model.version, existing.index_kind if existing else header.index_kind,
+                [(ids, vectors)],
+            )
+            if entry.index is not None:
+                entry.index.add(added_ids, _unit(added))
+        return len(added_ids), record.size
+
+    @staticmethod
+    def _check_gallery_model(gallery: GalleryRecord, model: ModelRecord) -> None:
+        if gallery.model != model.name:
+            raise FailedPrecondition(
+                f"gallery {gallery.name!r} holds model {gallery.model!r}; enroll {model.name!r} vectors in another gallery"
+            )
+        if gallery.model_version != model.version:
+            raise SpaceMismatch(
+                f"gallery {gallery.name!r} was enrolled with {gallery.model!r} v{gallery.model_version}; "
+                f"the model is now v{model.version}"
+            )
+
+    def remove(self, tenant: str, name: str, ids: list[str]) -> tuple[int, int]:
+        valid_name(name, "gallery name")
+        if not ids:
+            raise InvalidInput("give the ids to remove")
+        entry = self._entry(tenant, name)
+        with entry.lock:
+            removed, size = self.galleries.remove(tenant, name, ids)
+            if entry.index is not None:
+                entry.index.remove(ids)
+        return removed, size
+
+    def _index(self, tenant: str, gallery: GalleryRecord, model: ModelRecord, entry: _Entry):  # noqa: ANN202
+        """The gallery's index (caller holds entry.lock), built from storage on first use."""
+        if entry.index is None:
+            from convergent.server.inference import ExactIndex, HnswIndex
+
+            ids, vectors = self.galleries.items(tenant, gallery.name, model.dim)
+            index = ExactIndex(model.dim) if gallery.index_kind == "exact" else HnswIndex(model.dim)
+            if ids:
+                index.add(ids, _unit(vectors))
+            entry.index = index
+        return entry.index
+
+    # ------------------------------------------------------------ routes
+    def _route(self, tenant: str, src: ModelRecord, tgt: ModelRecord) -> FitRecord | None:
+        """None for the same model, else the fit that maps ``src`` into ``tgt``."""
+        if src.name == tgt.name:
+            return None
+        return self.alignment.latest_route(tenant, src, tgt)
+
+    def _into(self, tenant: str, fit: FitRecord | None, X: np.ndarray, tgt: ModelRecord) -> np.ndarray:
+        return _unit(X) if fit is None else _unit(self.alignment.apply(tenant, fit, X, tgt))
+
+    # ------------------------------------------------------------ identify
+    def identify(self, tenant: str, name: str, model_name: str, model_version: int, vectors: np.ndarray, k: int) -> IdentifyResult:
+        """Top-k gallery items per probe; probes of another model go through its latest fit."""
+        if k <= 0 or k > self.settings.max_k:
+            raise InvalidInput(f"k must be in 1..{self.settings.max_k}, got {k}")
+        gallery = self.get(tenant, name)
+        valid_name(model_name, "model name")
+        probe_model = self.store.get_model(tenant, model_name)
+        if model_version not in (0, probe_model.version):
+            raise SpaceMismatch(
+                f"vectors are of model {model_name!r} version {model_version}, the registered version is {probe_model.version}"
+            )
+        gallery_model = self.store.get_model(tenant, gallery.model)
+        self._check_gallery_model(gallery, gallery_model)
+        fit = self._route(tenant, probe_model, gallery_model)
+        Q = self._into(tenant, fit, prepare_vectors(probe_model, vectors, "probes"), gallery_model)
+        entry = self._entry(tenant, name)
+        with entry.lock:
+            index = self._index(tenant, gallery, gallery_model, entry)
+            size = len(index)
+            if size == 0:
+                return IdentifyResult([[] for _ in range(len(Q))], np.zeros((len(Q), 0), np.float32), _route_name(fit))
+            ids, scores = index.search(Q, min(k, size))
+        width = min(k, size)
+        return IdentifyResult([row[:width] for row in ids], np.asarray(scores, np.float32)[:, :width], _route_name(fit))
+
+    # ------------------------------------------------------------ verify and calibrate
+    def _pair_scores_labelled(self, tenant, src, tgt, fit):  # noqa: ANN001, ANN202
+        from convergent.server.inference import cosine_scores, labelled_pairs
+
+        stored = self.galleries.load_calibration(tenant, src.name, src.version, src.dim, tgt.name, tgt.version, tgt.dim)
+        if stored is None:
+            return None
+        a, b, same = stored
+        scores = cosine_scores(self._into(tenant, fit, prepare_vectors(src, a), tgt), _unit(prepare_vectors(tgt, b)))
+        return labelled_pairs(scores, same)
+
+    def _pair_scores_anchors(self, tenant, src, tgt, fit):  # noqa: ANN001, ANN202
+        """Genuine = the same anchor id in both models, impostors = different ids (conservative:
+        two photos of one person count as impostors), on up to 2000 anchors of the fit's set."""
+        from convergent.server.inference import pairs_from_anchor_set
+
+        if fit is None:
+            raise FailedPrecondition(
+                f"no calibration for {src.name!r} against itself: send labelled pairs with calibrate() first"
+            )
+        cached = self._anchor_scores.get(fit.id)
+        if cached is not None:
+            return cached
+        with self.store.engine.connect() as conn, conn.begin():
+            ids = pairs.pair_ids(conn, tenant, fit.anchor_set, src.name, tgt.name)
+            rng = np.random.default_rng(0)
+            chosen = sorted(rng.choice(len(ids), size=min(len(ids), CALIBRATION_ANCHORS), replace=False)) if ids else []
+            _, X, Y = pairs.pairs_by_id(conn, tenant, fit.anchor_set, src.name, tgt.name, src.dim, tgt.dim,
+                                        [ids[i] for i in chosen])
+        if len(X) < 2:
+            raise FailedPrecondition(f"anchor set {fit.anchor_set!r} has too few pairs left to calibrate on")
+        scores = pairs_from_anchor_set(self._into(tenant, fit, X, tgt), _unit(Y), max_impostors=CALIBRATION_IMPOSTORS)
+        self._anchor_scores[fit.id] = scores
+        return scores
+
+    def _models_and_route(self, tenant, a_model, b_model):  # noqa: ANN001, ANN202
+        valid_name(a_model, "a_model")
+        valid_name(b_model, "b_model")
+        src, tgt = self.store.get_model(tenant, a_model), self.store.get_model(tenant, b_model)
+        return src, tgt, self._route(tenant, src, tgt)
+
+    def verify(self, tenant: str, a_model: str, a: np.ndarray, b_model: str, b: np.ndarray, far: float) -> VerifyResult:
+        """Scores of row-paired vectors (a's mapped into b's space) and accept at the threshold
+        calibrated for ``far`` (labelled pairs when given for this model pair, else the anchors)."""
+        from convergent.server.inference import calibrate_threshold, cosine_scores
+
+        if not (0.0 < far < 1.0):
+            raise InvalidInput(f"far must be in (0, 1), got {far}")
+        src, tgt, fit = self._models_and_route(tenant, a_model, b_model)
+        A, B = prepare_vectors(src, a, "a"), prepare_vectors(tgt, b, "b")
+        if len(A) != len(B):
+            raise InvalidInput(f"a has {len(A)} rows and b {len(B)}: they must pair row by row")
+        pair_scores = self._pair_scores_labelled(tenant, src, tgt, fit)
+        source = "labelled"
+        if pair_scores is None:
+            pair_scores, source = self._pair_scores_anchors(tenant, src, tgt, fit), "anchors"
+        cal = calibrate_threshold(pair_scores.genuine, pair_scores.impostor, far)
+        scores = cosine_scores(self._into(tenant, fit, A, tgt), _unit(B))
+        return VerifyResult(
+            scores=scores, accept=scores.astype(np.float64) >= cal.threshold, threshold=cal.threshold,
+            far_requested=far, far_calibration=cal.far, tar_calibration=cal.tar, calibration=source,
+            n_genuine=cal.n_genuine, n_impostor=cal.n_impostor, route=_route_name(fit),
+        )
+
+    def calibrate(self, tenant: str, a_model: str, a: np.ndarray, b_model: str, b: np.ndarray, same: np.ndarray) -> tuple[int, int, str]:
+        """Store labelled pairs for (a_model, b_model); returns (n_genuine, n_impostor, route)."""
+        src, tgt, fit = self._models_and_route(tenant, a_model, b_model)
+        A, B = prepare_vectors(src, a, "a"), prepare_vectors(tgt, b, "b")
+        same = np.asarray(same, dtype=bool)
+        if not (len(A) == len(B) == len(same)):
+            raise InvalidInput(f"a, b and same must have the same length, got {len(A)}, {len(B)}, {len(same)}")
+        n_genuine = int(same.sum())
+        if n_genuine == 0 or n_genuine == len(same):
+            raise InvalidInput("labelled pairs need both genuine (same=True) and impostor (same=False) pairs")
+        self.galleries.save_calibration(tenant, src.name, src.version, tgt.name, tgt.version, A, B, same)
+        return n_genuine, len(same) - n_genuine, _route_name(fit)
+
+
+def _unit(X: np.ndarray) -> np.ndarray:
+    from convergent.server.inference import normalize_rows
+
+    return normalize_rows(X)
+
+
+def _route_name(fit: FitRecord | None) -> str:
+    return "direct" if fit is None else f"fit:{fit.id}"

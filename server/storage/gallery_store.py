@@ -1,0 +1,175 @@
+"""Galleries and labelled calibration pairs in the SQL store."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from contextlib import contextmanager
+
+import numpy as np
+import sqlalchemy as sa
+
+from convergent.server.errors import AlreadyExists, NotFound
+from convergent.server.registry.records import GalleryRecord
+from convergent.server.storage.schema import calibrations, galleries, gallery_items
+
+ID_BATCH = 500
+
+
+class GalleryStore:
+    """Durable galleries: one row per gallery, one per enrolled item (vector bytes)."""
+
+    def __init__(self, engine: sa.Engine) -> None:
+        self.engine = engine
+
+    @contextmanager
+    def _write(self):  # noqa: ANN202
+        with self.engine.connect().execution_options(write=True) as conn, conn.begin():
+            yield conn
+
+    @staticmethod
+    def _count(conn: sa.Connection, tenant: str, name: str) -> int:
+        return int(conn.execute(
+            sa.select(sa.func.count()).select_from(gallery_items).where(
+                gallery_items.c.tenant == tenant, gallery_items.c.gallery == name
+            )
+        ).scalar())
+
+    def _get(self, conn: sa.Connection, tenant: str, name: str) -> GalleryRecord | None:
+        row = conn.execute(
+            sa.select(galleries).where(galleries.c.tenant == tenant, galleries.c.name == name)
+        ).first()
+        if row is None:
+            return None
+        return GalleryRecord(
+            name=row.name, model=row.model, model_version=row.model_version, index_kind=row.index_kind,
+            size=self._count(conn, tenant, name), created_at=row.created_at,
+        )
+
+    def get(self, tenant: str, name: str) -> GalleryRecord:
+        with self.engine.connect() as conn, conn.begin():
+            record = self._get(conn, tenant, name)
+        if record is None:
+            raise NotFound(f"gallery {name!r} not found")
+        return record
+
+    def list(self, tenant: str, after: str, limit: int) -> list[GalleryRecord]:
+        with self.engine.connect() as conn, conn.begin():
+            names = conn.execute(
+                sa.select(galleries.c.name)
+                .where(galleries.c.tenant == tenant, galleries.c.name > after)
+                .order_by(galleries.c.name)
+                .limit(limit)
+            ).scalars().all()
+            return [self._get(conn, tenant, n) for n in names]
+
+    def enroll(
+        self, tenant: str, name: str, model: str, model_version: int, index_kind: str,
+        batches: Iterable[tuple[list[str], np.ndarray]],
+    ) -> tuple[GalleryRecord, bool, list[str], np.ndarray]:
+        """Add items in one transaction, creating the gallery if needed.
+
+        Returns (gallery, created, ids, vectors) of what was added. :class:`AlreadyExists` for
+        an id that is enrolled already (nothing is stored then).
+        """
+        with self._write() as conn:
+            record = self._get(conn, tenant, name)
+            created = record is None
+            if created:
+                conn.execute(galleries.insert().values(
+                    tenant=tenant, name=name, model=model, model_version=model_version,
+                    index_kind=index_kind, created_at=time.time(),
+                ))
+            seq = int(conn.execute(
+                sa.select(sa.func.coalesce(sa.func.max(gallery_items.c.seq), 0)).where(
+                    gallery_items.c.tenant == tenant, gallery_items.c.gallery == name
+                )
+            ).scalar())
+            added_ids: list[str] = []
+            added: list[np.ndarray] = []
+            for ids, vectors in batches:
+                for start in range(0, len(ids), ID_BATCH):
+                    chunk = ids[start : start + ID_BATCH]
+                    taken = conn.execute(
+                        sa.select(gallery_items.c.item_id).where(
+                            gallery_items.c.tenant == tenant, gallery_items.c.gallery == name,
+                            gallery_items.c.item_id.in_(chunk),
+                        ).limit(1)
+                    ).scalar()
+                    if taken is not None:
+                        raise AlreadyExists(f"id {taken!r} is already enrolled in gallery {name!r}")
+                    block = np.ascontiguousarray(vectors[start : start + ID_BATCH], dtype="<f4")
+                    row_bytes = block.shape[1] * 4
+                    blob = block.tobytes()
+                    conn.execute(gallery_items.insert(), [
+                        {"tenant": tenant, "gallery": name, "item_id": item, "seq": seq + i + 1,
+                         "vector": blob[i * row_bytes : (i + 1) * row_bytes]}
+                        for i, item in enumerate(chunk)
+                    ])
+                    seq += len(chunk)
+                    added_ids += chunk
+                    added.append(block)
+            record = self._get(conn, tenant, name)
+        dim = added[0].shape[1] if added else 0
+        return record, created, added_ids, (np.vstack(added) if added else np.zeros((0, dim), np.float32))
+
+    def remove(self, tenant: str, name: str, ids: list[str]) -> tuple[int, int]:
+        """Delete ids (unknown ones are ignored); returns (removed, size after)."""
+        with self._write() as conn:
+            if self._get(conn, tenant, name) is None:
+                raise NotFound(f"gallery {name!r} not found")
+            removed = 0
+            for start in range(0, len(ids), ID_BATCH):
+                removed += conn.execute(gallery_items.delete().where(
+                    gallery_items.c.tenant == tenant, gallery_items.c.gallery == name,
+                    gallery_items.c.item_id.in_(ids[start : start + ID_BATCH]),
+                )).rowcount
+            return int(removed), self._count(conn, tenant, name)
+
+    def delete(self, tenant: str, name: str) -> None:
+        with self._write() as conn:
+            if self._get(conn, tenant, name) is None:
+                raise NotFound(f"gallery {name!r} not found")
+            conn.execute(gallery_items.delete().where(gallery_items.c.tenant == tenant, gallery_items.c.gallery == name))
+            conn.execute(galleries.delete().where(galleries.c.tenant == tenant, galleries.c.name == name))
+
+    def items(self, tenant: str, name: str, dim: int) -> tuple[list[str], np.ndarray]:
+        """All enrolled (ids, vectors (n, dim) float32) in enrolment order."""
+        with self.engine.connect() as conn, conn.begin():
+            rows = conn.execute(
+                sa.select(gallery_items.c.item_id, gallery_items.c.vector)
+                .where(gallery_items.c.tenant == tenant, gallery_items.c.gallery == name)
+                .order_by(gallery_items.c.seq)
+            ).all()
+        vectors = np.frombuffer(b"".join(r[1] for r in rows), dtype="<f4").reshape(len(rows), dim)
+        return [r[0] for r in rows], vectors
+
+    # ------------------------------------------------------------ labelled calibration pairs
+    def save_calibration(
+        self, tenant: str, a_model: str, a_version: int, b_model: str, b_version: int,
+        a: np.ndarray, b: np.ndarray, same: np.ndarray,
+    ) -> None:
+        """Replace the labelled pairs of (a_model, b_model)."""
+        row = {
+            "a_version": a_version, "b_version": b_version, "n": len(same),
+            "a": np.ascontiguousarray(a, "<f4").tobytes(), "b": np.ascontiguousarray(b, "<f4").tobytes(),
+            "same": np.ascontiguousarray(same, np.uint8).tobytes(), "created_at": time.time(),
+        }
+        key = (calibrations.c.tenant == tenant) & (calibrations.c.a_model == a_model) & (calibrations.c.b_model == b_model)
+        with self._write() as conn:
+            conn.execute(calibrations.delete().where(key))
+            conn.execute(calibrations.insert().values(tenant=tenant, a_model=a_model, b_model=b_model, **row))
+
+    def load_calibration(
+        self, tenant: str, a_model: str, a_version: int, d_a: int, b_model: str, b_version: int, d_b: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """(a (n, d_a), b (n, d_b), same (n,) bool) for these model versions, or None."""
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(calibrations).where(
+                calibrations.c.tenant == tenant, calibrations.c.a_model == a_model, calibrations.c.b_model == b_model
+            )).first()
+        if row is None or (row.a_version, row.b_version) != (a_version, b_version):
+            return None
+        a = np.frombuffer(row.a, "<f4").reshape(row.n, d_a)
+        b = np.frombuffer(row.b, "<f4").reshape(row.n, d_b)
+        return a, b, np.frombuffer(row.same, np.uint8).astype(bool)
