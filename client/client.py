@@ -92,7 +92,7 @@ def _fit_info(pb: alignment_pb2.Fit) -> FitInfo:
         metrics=dict(pb.metrics), warnings=list(pb.warnings), converged=pb.converged, stale=pb.stale,
         created_at=pb.created_at.ToNanoseconds() / 1e9, requested_method=pb.requested_method,
         source_version=pb.source_version, target_version=pb.target_version, data_version=pb.data_version,
-        params=json_format.MessageToDict(pb.params),
+        params=json_format.MessageToDict(pb.params), models=list(pb.models),
     )
 
 
@@ -315,6 +315,17 @@ class Client:
         )
         return _fit_info(self._call(self._alignment.FitAlignment, request, timeout=max(self.timeout, 600.0)))
 
+    def fit_shared_space(self, models: Sequence[str], anchor_set: str, **params: Any) -> FitInfo:
+        """One shared space for N >= 2 ``models`` (MAXVAR generalised CCA) on ``anchor_set``.
+
+        Map into it with ``transform(X, source=m, target=f"shared:{fit.id}")``; identify and
+        verify route through it when no direct fit exists. ``params``: ``n_components``, ``reg``, ``seed``.
+        """
+        struct = Struct()
+        struct.update(params)
+        request = alignment_pb2.FitSharedSpaceRequest(models=list(models), anchor_set=anchor_set, params=struct)
+        return _fit_info(self._call(self._alignment.FitSharedSpace, request, timeout=max(self.timeout, 600.0)))
+
     def get_fit(self, fit_id: str) -> FitInfo:
         return _fit_info(self._call(self._alignment.GetFit, alignment_pb2.GetFitRequest(id=fit_id)))
 
@@ -333,7 +344,8 @@ class Client:
         """Map ``vectors`` (n, d_source) of model ``source`` into ``target``'s space: (n, d_target) float32.
 
         Uses the latest ``source`` -> ``target`` fit unless ``fit_id`` is given (reverse fits
-        are never used). Rows go in batches of ``batch_size`` (cut to the message limit).
+        are never used). ``target="shared:<fit id>"`` maps into a shared space (n, k). Rows go
+        in batches of ``batch_size`` (cut to the message limit).
         """
         vectors = np.asarray(vectors)
         if vectors.ndim != 2:

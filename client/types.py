@@ -58,6 +58,7 @@ class FitInfo:
     target_version: int = 0
     data_version: int = 0
     params: dict = field(default_factory=dict)
+    models: list[str] = field(default_factory=list)  # method "shared": the models of the space
 
 
 @dataclass(frozen=True)

@@ -73,13 +73,24 @@ def _candidates(name: str, value: object) -> list[str]:
     return list(value)
 
 
+def _at_least_one(name: str, value: object) -> int:
+    return _int(name, value, 1)
+
+
 PARAMS: dict[str, dict[str, Callable[[str, object], object]]] = {
     "auto": {"candidates": _candidates, "seed": _int},
     "ridge": {"alphas": _positives, "alpha": _positive, "fit_intercept": _bool, "seed": _int},
     "procrustes": {"scale": _bool, "fit_intercept": _bool, "seed": _int},
-    "cca": {"n_components": lambda n, v: _int(n, v, 1), "reg": _fraction, "seed": _int},
+    "cca": {"n_components": _at_least_one, "reg": _fraction, "seed": _int},
+    "permutation": {"sign": _bool, "scale": _bool, "seed": _int},
+    "semi_matching": {"sign": _bool, "scale": _bool, "seed": _int},
+    "sparse": {"alphas": _positives, "alpha": _positive, "n_alphas": _at_least_one, "max_iter": _at_least_one, "seed": _int},
+    "spectral": {"n_groups": _at_least_one, "reg": _fraction, "seed": _int},
 }
 METHODS = tuple(PARAMS)
+SHARED_PARAMS: dict[str, Callable[[str, object], object]] = {
+    "n_components": _at_least_one, "reg": _fraction, "seed": _int,
+}
 
 
 def validate_params(method: str, params: dict) -> dict:
@@ -97,14 +108,26 @@ def validate_params(method: str, params: dict) -> dict:
 
 
 def _estimator(method: str, params: dict):  # noqa: ANN202
-    from convergent.server.align import CCAMap, ProcrustesMap, RidgeMap
+    """A fresh estimator of ``method`` with validated ``params`` (the seed is the split's, not its)."""
+    from convergent.server import align
 
-    if method == "ridge":
-        alphas = [params["alpha"]] if "alpha" in params else params.get("alphas")
-        return RidgeMap(alphas=alphas, fit_intercept=params.get("fit_intercept", True))
-    if method == "procrustes":
-        return ProcrustesMap(scale=params.get("scale", True), fit_intercept=params.get("fit_intercept", True))
-    return CCAMap(n_components=params.get("n_components"), reg=params.get("reg", 1e-3))
+    kwargs = {k: v for k, v in params.items() if k not in ("seed", "alpha")}
+    if "alpha" in params:
+        kwargs["alphas"] = [params["alpha"]]
+    classes = {
+        "ridge": align.RidgeMap, "procrustes": align.ProcrustesMap, "cca": align.CCAMap,
+        "permutation": align.PermutationMap, "semi_matching": align.SemiMatchingMap,
+        "sparse": align.SparseMap, "spectral": align.SpectralMatching,
+    }
+    return classes[method](**kwargs)
+
+
+def _fit_on(method: str, params: dict, stats, heldout=None):  # noqa: ANN001, ANN202
+    """Fit ``method`` on ``stats``; the sparse path also uses ``heldout`` pairs to choose lambda."""
+    estimator = _estimator(method, params)
+    if method == "sparse":
+        return estimator.fit_stats(stats, heldout=heldout)
+    return estimator.fit_stats(stats)
 
 
 def _family(candidate: str) -> str:
@@ -113,12 +136,29 @@ def _family(candidate: str) -> str:
 
 
 def _learned_params(estimator) -> dict:  # noqa: ANN001
-    """Hyper-parameters as fitted, including the chosen ones (e.g. ridge alpha)."""
+    """Hyper-parameters as fitted, including the chosen ones (e.g. ridge alpha, spectral groups)."""
     params, _ = estimator.get_state()
     learned = {k: v for k, v in params["hyper"].items() if v is not None and k != "alphas"}
-    if "alpha_" in params:
-        learned["alpha"] = params["alpha_"]
+    for fitted, name in (("alpha_", "alpha"), ("n_groups_", "n_groups")):
+        if params.get(fitted) is not None:
+            learned[name] = params[fitted]
     return learned
+
+
+def _estimator_metrics(estimator) -> dict[str, float]:  # noqa: ANN001
+    """Method-specific numbers of a fitted map (unit matching: matched correlations)."""
+    metrics = {}
+    if hasattr(estimator, "matched_correlation_summary"):
+        for key, value in estimator.matched_correlation_summary().items():
+            metrics[f"matched_correlation_{key}"] = float(value)
+    if hasattr(estimator, "mean_matched_correlation_"):
+        metrics["mean_matched_correlation"] = float(estimator.mean_matched_correlation_)
+    return metrics
+
+
+def _new_fit_id() -> str:
+    """Ids sort by creation time (milliseconds) and never repeat (random suffix)."""
+    return f"{int(time.time() * 1000):012x}{secrets.token_hex(4)}"
 
 
 # ---------------------------------------------------------------- statistics cache
@@ -244,10 +284,14 @@ class Alignment:
             learned = {"candidate": result.name, **_learned_params(estimator)}
         else:
             chosen = method
-            held_out_fit = _estimator(method, params).fit_stats(fit_stats)
+            held_out_fit = _fit_on(method, params, fit_stats, heldout=(snap.X_held, snap.Y_held))
             diag = diagnostics(held_out_fit, snap.X_held, snap.Y_held, fit_stats.n, src.dim, fit_stats=fit_stats)
-            estimator = _estimator(method, params).fit_stats(snap.stats)
+            if method == "sparse":  # lambda chosen on held-out pairs, then all pairs at that lambda
+                params = {**params, "alpha": held_out_fit.alpha_}
+                params.pop("alphas", None)
+            estimator = _fit_on(method, params, snap.stats)
             learned = _learned_params(estimator)
+            metrics.update(_estimator_metrics(estimator))
         warnings = list(diag.pop("warnings", []))
         for name, value in diag.items():
             if value is not None:
@@ -258,9 +302,73 @@ class Alignment:
             warnings.append(f"only {diag.get('n_heldout')} held-out anchors: the diagnostics are noisy")
         state, arrays = estimator.get_state()
         record = FitRecord(
-            id=f"{int(time.time() * 1000):012x}{secrets.token_hex(4)}", method=chosen, requested_method=method,
+            id=_new_fit_id(), method=chosen, requested_method=method,
             source=source, source_version=src.version, target=target, target_version=tgt.version,
             anchor_set=anchor_set, data_version=snap.data_version, params=learned,
+            metrics=metrics, warnings=warnings, converged=bool(getattr(estimator, "converged_", True)),
+            created_at=time.time(),
+        )
+        self.fits.insert(tenant, record, state, arrays)
+        return record
+
+    def fit_shared(self, tenant: str, models: list[str], anchor_set: str, params: dict) -> FitRecord:
+        """One MAXVAR shared space for N >= 2 models from every pair's statistics.
+
+        Held-out anchors (per pair) measure every ordered pair's A -> shared -> B map; the
+        space is then refitted on all pairs. Metrics: ``<A>-><B>.top1`` etc. and their means.
+        """
+        from convergent.server.align import SharedSpace, diagnostics
+
+        unknown = sorted(set(params) - set(SHARED_PARAMS))
+        if unknown:
+            raise InvalidInput(f"unknown parameters {unknown} for a shared space; it takes {sorted(SHARED_PARAMS)}")
+        params = {key: SHARED_PARAMS[key](key, value) for key, value in params.items()}
+        if len(models) < 2 or len(set(models)) != len(models):
+            raise InvalidInput(f"a shared space needs at least 2 different models, got {models}")
+        valid_name(anchor_set, "anchor set name")
+        records = {}
+        for name in models:
+            valid_name(name, "model name")
+            records[name] = self.store.get_model(tenant, name)
+        started = time.perf_counter()
+        snaps = {}
+        for i, a in enumerate(models):
+            for b in models[i + 1 :]:
+                snap = self.snapshot(tenant, anchor_set, records[a], records[b], seed=params.get("seed", 0))
+                if snap.stats.n < MIN_PAIRS:
+                    raise FailedPrecondition(
+                        f"anchor set {anchor_set!r} holds {snap.stats.n} anchors embedded by both {a!r} and "
+                        f"{b!r}; a shared space needs at least {MIN_PAIRS} for every pair"
+                    )
+                snaps[(a, b)] = snap
+        space_kwargs = {k: v for k, v in params.items() if k != "seed"}
+        held_out_space = SharedSpace(**space_kwargs).fit_stats(
+            {pair: snap.stats.copy().subtract(snap.X_held, snap.Y_held) for pair, snap in snaps.items()}
+        )
+        metrics: dict[str, float] = {}
+        warnings: list[str] = []
+        per_key: dict[str, list[float]] = {}
+        for (a, b), snap in snaps.items():
+            for src, tgt, X, Y in ((a, b, snap.X_held, snap.Y_held), (b, a, snap.Y_held, snap.X_held)):
+                diag = diagnostics(_Translate(held_out_space, src, tgt), X, Y, snap.stats.n - len(X), records[src].dim)
+                warnings += [f"{src}->{tgt}: {w}" for w in diag.pop("warnings", [])]
+                for key in ("r2", "cka", "mutual_knn", "top1", "top5", "margin"):
+                    if diag.get(key) is not None:
+                        metrics[f"{src}->{tgt}.{key}"] = float(diag[key])
+                        per_key.setdefault(key, []).append(float(diag[key]))
+        metrics.update({key: float(np.mean(values)) for key, values in per_key.items()})
+        metrics["n_heldout"] = float(min(len(s.X_held) for s in snaps.values()))
+        metrics["n_anchors"] = float(min(s.stats.n for s in snaps.values()))
+        space = SharedSpace(**space_kwargs).fit_stats({pair: snap.stats for pair, snap in snaps.items()})
+        metrics["n_components"] = float(space.n_components_)
+        metrics["fit_seconds"] = time.perf_counter() - started
+        state, arrays = space.get_state()
+        record = FitRecord(
+            id=_new_fit_id(), method="shared", requested_method="shared", source="", source_version=0,
+            target="", target_version=0, anchor_set=anchor_set,
+            data_version=max(s.data_version for s in snaps.values()),
+            params={**params, "models": list(models), "model_versions": {m: r.version for m, r in records.items()},
+                    "n_components": int(space.n_components_)},
             metrics=metrics, warnings=warnings, converged=True, created_at=time.time(),
         )
         self.fits.insert(tenant, record, state, arrays)
@@ -268,19 +376,17 @@ class Alignment:
 
     # ------------------------------------------------------------ reading fits
     def _with_staleness(self, tenant: str, record: FitRecord) -> FitRecord:
+        """The record with ``stale`` set: its anchor set or one of its models changed since."""
         with self.store.engine.connect() as conn:
             version = pairs.set_version(conn, tenant, record.anchor_set).data_version
+        expected = _model_versions(record)
         current = {}
-        for name in (record.source, record.target):
+        for name in expected:
             try:
                 current[name] = self.store.get_model(tenant, name).version
             except NotFound:
                 current[name] = None
-        stale = (
-            version != record.data_version
-            or current[record.source] != record.source_version
-            or current[record.target] != record.target_version
-        )
+        stale = version != record.data_version or current != expected
         return record.model_copy(update={"stale": stale})
 
     def get_fit(self, tenant: str, fit_id: str) -> FitRecord:
@@ -307,7 +413,12 @@ class Alignment:
             estimator = self._estimators.get(fit_id)
         if estimator is None:
             _, state, arrays = self.fits.load(tenant, fit_id)
-            estimator = estimator_from_state(state, arrays)
+            if record.method == "shared":
+                from convergent.server.align import SharedSpace
+
+                estimator = SharedSpace.from_state(state, arrays)
+            else:
+                estimator = estimator_from_state(state, arrays)
             with self._estimators_lock:
                 self._estimators[fit_id] = estimator
                 while len(self._estimators) > 64:
@@ -319,42 +430,53 @@ class Alignment:
         return self._with_staleness(tenant, record), estimator.export()
 
     # ------------------------------------------------------------ routes and transform
-    def check_versions(self, record: FitRecord, src: ModelRecord, tgt: ModelRecord) -> None:
-        """:class:`SpaceMismatch` unless the fit was computed for the models' current versions."""
-        if (record.source_version, record.target_version) != (src.version, tgt.version):
-            raise SpaceMismatch(
-                f"fit {record.id!r} was computed for {src.name!r} v{record.source_version} -> "
-                f"{tgt.name!r} v{record.target_version}; the models are now v{src.version} and "
-                f"v{tgt.version}: fit again"
-            )
+    @staticmethod
+    def check_versions(record: FitRecord, *models: ModelRecord) -> None:
+        """:class:`SpaceMismatch` unless the fit was computed for these models' current versions."""
+        expected = _model_versions(record)
+        for model in models:
+            if expected.get(model.name) != model.version:
+                raise SpaceMismatch(
+                    f"fit {record.id!r} was computed for {model.name!r} v{expected.get(model.name)}; "
+                    f"the model is now v{model.version}: fit again"
+                )
 
     def latest_route(self, tenant: str, src: ModelRecord, tgt: ModelRecord) -> FitRecord:
-        """The newest fit ``src`` -> ``tgt`` (reverse fits are never used).
+        """The newest fit ``src`` -> ``tgt``, else the newest shared space holding both.
 
-        :class:`NotFitted` if there is none, :class:`SpaceMismatch` if it is of older model versions.
+        Reverse fits are never used. :class:`NotFitted` if there is no route,
+        :class:`SpaceMismatch` if the route was fitted on older model versions.
         """
         record = self.fits.latest(tenant, src.name, tgt.name)
         if record is None:
+            record = self.fits.latest_shared(tenant, [src.name, tgt.name])
+        if record is None:
             raise NotFitted(
-                f"no fit from {src.name!r} to {tgt.name!r}: call fit_alignment(source={src.name!r}, "
-                f"target={tgt.name!r}, anchor_set=...) first"
+                f"no fit from {src.name!r} to {tgt.name!r} (and no shared space holding both): call "
+                f"fit_alignment(source={src.name!r}, target={tgt.name!r}, anchor_set=...) first"
             )
         self.check_versions(record, src, tgt)
         return record
 
-    def apply(self, tenant: str, record: FitRecord, X: np.ndarray, tgt: ModelRecord) -> np.ndarray:
-        """Map prepared source vectors (n, d_source) through a fit: (n, d_target) float32,
-        L2-normalised if the target model normalises (a zero output row stays zero)."""
+    def apply(self, tenant: str, record: FitRecord, X: np.ndarray, src: ModelRecord, tgt: ModelRecord) -> np.ndarray:
+        """Map prepared vectors of ``src`` (n, d_src) into ``tgt`` through a fit or a shared space:
+        (n, d_tgt) float32, L2-normalised if the target model normalises (a zero row stays zero)."""
         _, estimator = self._load(tenant, record.id)
-        Z = estimator.transform(X).astype(np.float32)
+        if record.method == "shared":
+            Z = estimator.translate(src.name, tgt.name, X)
+        else:
+            Z = estimator.transform(X)
+        Z = np.asarray(Z, dtype=np.float32)
         return l2_normalize_rows(Z, strict=False) if tgt.normalize else Z
 
     def transform(
         self, tenant: str, source: str, source_version: int, target: str, fit_id: str, vectors: np.ndarray
-    ) -> tuple[np.ndarray, FitRecord, ModelRecord]:
+    ) -> tuple[np.ndarray, FitRecord, ModelRecord | None]:
         """Map source vectors (n, d_source) into the target space: (n, d_target) float32.
 
-        Inputs are L2-normalised if the source model normalises, outputs if the target does.
+        ``target`` is a model, or ``shared:<fit id>`` for a shared space ((n, k) coordinates;
+        the returned target model is then None). Inputs are L2-normalised if the source model
+        normalises, outputs if the target model does.
         """
         valid_name(source, "source model")
         src = self.store.get_model(tenant, source)
@@ -362,6 +484,14 @@ class Alignment:
             raise SpaceMismatch(
                 f"vectors are of model {source!r} version {source_version}, the registered version is {src.version}"
             )
+        if target.startswith("shared:") or (fit_id and not target and self.fits.get(tenant, fit_id).method == "shared"):
+            record = self.fits.get(tenant, target.removeprefix("shared:") or fit_id)
+            if record.method != "shared" or source not in record.params["models"]:
+                raise InvalidInput(f"fit {record.id!r} is not a shared space holding {source!r}")
+            self.check_versions(record, src)
+            _, space = self._load(tenant, record.id)
+            Z = np.asarray(space.transform(source, prepare_vectors(src, vectors)), dtype=np.float32)
+            return Z, self._with_staleness(tenant, record), None
         if fit_id:
             record = self.fits.get(tenant, fit_id)
             if record.source != source or (target and record.target != target):
@@ -375,4 +505,21 @@ class Alignment:
             tgt = self.store.get_model(tenant, target)
             record = self.latest_route(tenant, src, tgt)
         X = prepare_vectors(src, vectors)
-        return self.apply(tenant, record, X, tgt), self._with_staleness(tenant, record), tgt
+        return self.apply(tenant, record, X, src, tgt), self._with_staleness(tenant, record), tgt
+
+
+class _Translate:
+    """A shared space seen as a source -> target map (for :func:`diagnostics`)."""
+
+    def __init__(self, space, source: str, target: str) -> None:  # noqa: ANN001
+        self.space, self.source, self.target = space, source, target
+
+    def transform(self, X: np.ndarray) -> np.ndarray:
+        return self.space.translate(self.source, self.target, X)
+
+
+def _model_versions(record: FitRecord) -> dict[str, int]:
+    """Model name -> version the fit was computed for."""
+    if record.method == "shared":
+        return dict(record.params["model_versions"])
+    return {record.source: record.source_version, record.target: record.target_version}

@@ -212,8 +212,9 @@ class Galleries:
             return None
         return self.alignment.latest_route(tenant, src, tgt)
 
-    def _into(self, tenant: str, fit: FitRecord | None, X: np.ndarray, tgt: ModelRecord) -> np.ndarray:
-        return _unit(X) if fit is None else _unit(self.alignment.apply(tenant, fit, X, tgt))
+    def _into(self, tenant: str, fit: FitRecord | None, X: np.ndarray, src: ModelRecord, tgt: ModelRecord) -> np.ndarray:
+        """Prepared vectors of ``src`` as unit vectors in ``tgt``'s space (through ``fit``)."""
+        return _unit(X) if fit is None else _unit(self.alignment.apply(tenant, fit, X, src, tgt))
 
     # ------------------------------------------------------------ identify
     def identify(self, tenant: str, name: str, model_name: str, model_version: int, vectors: np.ndarray, k: int) -> IdentifyResult:
@@ -230,7 +231,7 @@ class Galleries:
         gallery_model = self.store.get_model(tenant, gallery.model)
         self._check_gallery_model(gallery, gallery_model)
         fit = self._route(tenant, probe_model, gallery_model)
-        Q = self._into(tenant, fit, prepare_vectors(probe_model, vectors, "probes"), gallery_model)
+        Q = self._into(tenant, fit, prepare_vectors(probe_model, vectors, "probes"), probe_model, gallery_model)
         entry = self._entry(tenant, name)
         with entry.lock:
             index = self._index(tenant, gallery, gallery_model, entry)
@@ -249,7 +250,7 @@ class Galleries:
         if stored is None:
             return None
         a, b, same = stored
-        scores = cosine_scores(self._into(tenant, fit, prepare_vectors(src, a), tgt), _unit(prepare_vectors(tgt, b)))
+        scores = cosine_scores(self._into(tenant, fit, prepare_vectors(src, a), src, tgt), _unit(prepare_vectors(tgt, b)))
         return labelled_pairs(scores, same)
 
     def _pair_scores_anchors(self, tenant, src, tgt, fit):  # noqa: ANN001, ANN202
@@ -272,7 +273,7 @@ class Galleries:
                                         [ids[i] for i in chosen])
         if len(X) < 2:
             raise FailedPrecondition(f"anchor set {fit.anchor_set!r} has too few pairs left to calibrate on")
-        scores = pairs_from_anchor_set(self._into(tenant, fit, X, tgt), _unit(Y), max_impostors=CALIBRATION_IMPOSTORS)
+        scores = pairs_from_anchor_set(self._into(tenant, fit, X, src, tgt), _unit(Y), max_impostors=CALIBRATION_IMPOSTORS)
         self._anchor_scores[fit.id] = scores
         return scores
 
@@ -298,7 +299,7 @@ class Galleries:
         if pair_scores is None:
             pair_scores, source = self._pair_scores_anchors(tenant, src, tgt, fit), "anchors"
         cal = calibrate_threshold(pair_scores.genuine, pair_scores.impostor, far)
-        scores = cosine_scores(self._into(tenant, fit, A, tgt), _unit(B))
+        scores = cosine_scores(self._into(tenant, fit, A, src, tgt), _unit(B))
         return VerifyResult(
             scores=scores, accept=scores.astype(np.float64) >= cal.threshold, threshold=cal.threshold,
             far_requested=far, far_calibration=cal.far, tar_calibration=cal.tar, calibration=source,

@@ -75,6 +75,7 @@ def fit_to_pb(record: FitRecord) -> alignment_pb2.Fit:
         anchor_set=record.anchor_set, data_version=record.data_version,
         metrics=record.metrics, warnings=record.warnings, converged=record.converged,
         stale=record.stale, created_at=timestamp(record.created_at), params=dict_to_struct(record.params),
+        models=record.params.get("models", []) if record.method == "shared" else [],
     )
 
 

@@ -179,8 +179,16 @@ class AlignmentServicer(alignment_pb2_grpc.AlignmentServiceServicer):
             tenant_of(context), request.source, request.source_version, request.target, request.fit_id, vectors
         )
         return alignment_pb2.TransformResponse(
-            vectors=encode_matrix(Z), fit_id=record.id, target=target.name, target_version=target.version
+            vectors=encode_matrix(Z), fit_id=record.id,
+            target=target.name if target else f"shared:{record.id}", target_version=target.version if target else 0,
         )
+
+    @rpc_method
+    def FitSharedSpace(self, request, context):  # noqa: ANN001, N802
+        record = self.backend.alignment.fit_shared(
+            tenant_of(context), list(request.models), request.anchor_set, codec.struct_to_dict(request.params)
+        )
+        return codec.fit_to_pb(record)
 
     @rpc_method
     def ExportFit(self, request, context):  # noqa: ANN001, N802

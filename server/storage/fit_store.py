@@ -80,6 +80,20 @@ class FitStore:
             ).first()
         return None if row is None else _record(row)
 
+    def latest_shared(self, tenant: str, models: list[str]) -> FitRecord | None:
+        """The newest shared space whose models include all of ``models``, or None."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(fits)
+                .where(fits.c.tenant == tenant, fits.c.method == "shared")
+                .order_by(fits.c.created_at.desc(), fits.c.id.desc())
+            ).all()
+        for row in rows:
+            record = _record(row)
+            if set(models) <= set(record.params["models"]):
+                return record
+        return None
+
     def list(self, tenant: str, after: str, limit: int, source: str = "", target: str = "") -> list[FitRecord]:
         """Fits with id > ``after`` (ids sort by creation time), optionally filtered by route."""
         query = sa.select(fits).where(fits.c.tenant == tenant, fits.c.id > after)

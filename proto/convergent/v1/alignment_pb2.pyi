@@ -26,7 +26,7 @@ class FitAlignmentRequest(_message.Message):
     def __init__(self, source: _Optional[str] = ..., target: _Optional[str] = ..., anchor_set: _Optional[str] = ..., method: _Optional[str] = ..., params: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
 
 class Fit(_message.Message):
-    __slots__ = ("id", "method", "requested_method", "source", "source_version", "target", "target_version", "anchor_set", "data_version", "metrics", "warnings", "converged", "stale", "created_at", "params")
+    __slots__ = ("id", "method", "requested_method", "source", "source_version", "target", "target_version", "anchor_set", "data_version", "metrics", "warnings", "converged", "stale", "created_at", "params", "models")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -49,6 +49,7 @@ class Fit(_message.Message):
     STALE_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     PARAMS_FIELD_NUMBER: _ClassVar[int]
+    MODELS_FIELD_NUMBER: _ClassVar[int]
     id: str
     method: str
     requested_method: str
@@ -64,7 +65,18 @@ class Fit(_message.Message):
     stale: bool
     created_at: _timestamp_pb2.Timestamp
     params: _struct_pb2.Struct
-    def __init__(self, id: _Optional[str] = ..., method: _Optional[str] = ..., requested_method: _Optional[str] = ..., source: _Optional[str] = ..., source_version: _Optional[int] = ..., target: _Optional[str] = ..., target_version: _Optional[int] = ..., anchor_set: _Optional[str] = ..., data_version: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., warnings: _Optional[_Iterable[str]] = ..., converged: _Optional[bool] = ..., stale: _Optional[bool] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., params: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
+    models: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, id: _Optional[str] = ..., method: _Optional[str] = ..., requested_method: _Optional[str] = ..., source: _Optional[str] = ..., source_version: _Optional[int] = ..., target: _Optional[str] = ..., target_version: _Optional[int] = ..., anchor_set: _Optional[str] = ..., data_version: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., warnings: _Optional[_Iterable[str]] = ..., converged: _Optional[bool] = ..., stale: _Optional[bool] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., params: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., models: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class FitSharedSpaceRequest(_message.Message):
+    __slots__ = ("models", "anchor_set", "params")
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    ANCHOR_SET_FIELD_NUMBER: _ClassVar[int]
+    PARAMS_FIELD_NUMBER: _ClassVar[int]
+    models: _containers.RepeatedScalarFieldContainer[str]
+    anchor_set: str
+    params: _struct_pb2.Struct
+    def __init__(self, models: _Optional[_Iterable[str]] = ..., anchor_set: _Optional[str] = ..., params: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
 
 class GetFitRequest(_message.Message):
     __slots__ = ("id",)

@@ -64,6 +64,11 @@ class AlignmentServiceStub:
                 request_serializer=convergent_dot_v1_dot_alignment__pb2.ExportFitRequest.SerializeToString,
                 response_deserializer=convergent_dot_v1_dot_alignment__pb2.ExportFitResponse.FromString,
                 _registered_method=True)
+        self.FitSharedSpace = channel.unary_unary(
+                '/convergent.v1.AlignmentService/FitSharedSpace',
+                request_serializer=convergent_dot_v1_dot_alignment__pb2.FitSharedSpaceRequest.SerializeToString,
+                response_deserializer=convergent_dot_v1_dot_alignment__pb2.Fit.FromString,
+                _registered_method=True)
 
 
 class AlignmentServiceServicer:
@@ -109,6 +114,14 @@ class AlignmentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def FitSharedSpace(self, request, context):
+        """One shared space for N >= 2 models (MAXVAR generalised CCA) on the anchors of a set.
+        Transform into it with target "shared:<fit id>"; identify uses it when no direct fit exists.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AlignmentServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -141,6 +154,11 @@ def add_AlignmentServiceServicer_to_server(servicer, server):
                     servicer.ExportFit,
                     request_deserializer=convergent_dot_v1_dot_alignment__pb2.ExportFitRequest.FromString,
                     response_serializer=convergent_dot_v1_dot_alignment__pb2.ExportFitResponse.SerializeToString,
+            ),
+            'FitSharedSpace': grpc.unary_unary_rpc_method_handler(
+                    servicer.FitSharedSpace,
+                    request_deserializer=convergent_dot_v1_dot_alignment__pb2.FitSharedSpaceRequest.FromString,
+                    response_serializer=convergent_dot_v1_dot_alignment__pb2.Fit.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -305,6 +323,33 @@ class AlignmentService:
             '/convergent.v1.AlignmentService/ExportFit',
             convergent_dot_v1_dot_alignment__pb2.ExportFitRequest.SerializeToString,
             convergent_dot_v1_dot_alignment__pb2.ExportFitResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FitSharedSpace(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/convergent.v1.AlignmentService/FitSharedSpace',
+            convergent_dot_v1_dot_alignment__pb2.FitSharedSpaceRequest.SerializeToString,
+            convergent_dot_v1_dot_alignment__pb2.Fit.FromString,
             options,
             channel_credentials,
             insecure,
