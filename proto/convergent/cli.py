@@ -332,6 +332,95 @@ def fits_export(
 
 
 @app.command()
+def enroll(
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help=".npz with the vectors and ids")],
+    gallery: Annotated[str, typer.Option(help="gallery to enroll into (created on first enroll)")],
+    model: Annotated[str, typer.Option(help="model the vectors come from")],
+    index: Annotated[str, typer.Option(help="exact or hnsw (used when the gallery is created)")] = "exact",
+    key: Annotated[Optional[str], typer.Option(help="array in the .npz (default: the model name, else the only 2-D array)")] = None,
+    ids_key: Annotated[str, typer.Option(help="array of ids")] = "ids",
+    address: Address = DEFAULT_ADDRESS,
+    api_key: ApiKey = None,
+) -> None:
+    """Enroll vectors into a gallery, with a progress bar."""
+    from convergent.client.errors import ConvergentError
+
+    vectors, ids = _load_npz(file, key, model, ids_key)
+    if ids is None:
+        _fail(ValueError(f"{file} has no {ids_key!r} array: galleries need ids"))
+    try:
+        with _client(address, api_key) as client:
+            size = client.enroll(gallery=gallery, model=model, ids=ids, vectors=vectors, index=index, progress=True)
+    except ConvergentError as exc:
+        _fail(exc)
+    typer.echo(f"enrolled {len(ids)} vectors of {model} into {gallery}; gallery size {size}")
+
+
+@app.command()
+def identify(
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help=".npz with the probe vectors")],
+    gallery: Annotated[str, typer.Option(help="gallery to search")],
+    model: Annotated[str, typer.Option(help="model the probes come from")],
+    k: Annotated[int, typer.Option(help="candidates per probe")] = 5,
+    key: Annotated[Optional[str], typer.Option(help="array in the .npz")] = None,
+    out: Annotated[Optional[Path], typer.Option(help=".npz to write ids (n, k) and scores (n, k)")] = None,
+    address: Address = DEFAULT_ADDRESS,
+    api_key: ApiKey = None,
+) -> None:
+    """Identify probes of one model against a gallery (of any model with a route to it)."""
+    import numpy as np
+
+    from convergent.client.errors import ConvergentError
+
+    vectors, probe_ids = _load_npz(file, key, model, "ids")
+    try:
+        with _client(address, api_key) as client:
+            result = client.identify(gallery=gallery, vectors=vectors, model=model, k=k)
+    except ConvergentError as exc:
+        _fail(exc)
+    typer.echo(f"route: {result.route}; top-1 of the first probes (cosine, higher = more similar):")
+    for i, (row, scores) in enumerate(zip(result.ids[:10], result.scores[:10])):
+        name = probe_ids[i] if probe_ids else str(i)
+        typer.echo(f"  {name}: {row[0] if row else '-'} ({scores[0]:.3f})" if row else f"  {name}: -")
+    if out is not None:
+        np.savez(out, ids=np.array(result.ids, dtype=str), scores=result.scores)
+        typer.echo(f"wrote ids and scores {result.scores.shape} to {out}")
+
+
+@app.command()
+def verify(
+    a_file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help=".npz with the a vectors")],
+    b_file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help=".npz with the b vectors (row-paired)")],
+    a_model: Annotated[str, typer.Option(help="model of the a vectors")],
+    b_model: Annotated[str, typer.Option(help="model of the b vectors")],
+    far: Annotated[float, typer.Option(help="false-accept rate the threshold is calibrated for")] = 1e-3,
+    out: Annotated[Optional[Path], typer.Option(help=".npz to write scores and accept")] = None,
+    address: Address = DEFAULT_ADDRESS,
+    api_key: ApiKey = None,
+) -> None:
+    """Verify row-paired vectors of two models at a calibrated threshold."""
+    import numpy as np
+
+    from convergent.client.errors import ConvergentError
+
+    a, _ = _load_npz(a_file, None, a_model, "ids")
+    b, _ = _load_npz(b_file, None, b_model, "ids")
+    try:
+        with _client(address, api_key) as client:
+            result = client.verify(a=a, a_model=a_model, b=b, b_model=b_model, far=far)
+    except ConvergentError as exc:
+        _fail(exc)
+    typer.echo(
+        f"threshold {result.threshold:.4f} for FAR {far:g} ({result.calibration} calibration: "
+        f"{result.n_genuine} genuine, {result.n_impostor} impostor pairs; FAR {result.far_calibration:.2g}, "
+        f"TAR {result.tar_calibration:.3f} on them); route {result.route}"
+    )
+    typer.echo(f"accepted {int(result.accept.sum())} of {len(result.accept)} pairs")
+    if out is not None:
+        np.savez(out, scores=result.scores, accept=result.accept)
+
+
+@app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="folder for the report")] = Path("convergent-report"),
     realdata: Annotated[Optional[Path], typer.Option(help="folder of real embeddings [../shared/realdata]")] = None,

@@ -92,3 +92,20 @@ def test_fit_transform_and_fits_commands(server, tmp_path: Path, rng):
     with np.load(tmp_path / "mapped.npz") as mapped:
         np.testing.assert_allclose(mapped["vectors"], (X @ W.T + b).astype(np.float32), rtol=1e-4, atol=1e-4)
         assert list(mapped["ids"][:2]) == ["a0", "a1"]
+
+
+def test_enroll_identify_verify_commands(server, tmp_path: Path, rng):
+    address = ["--address", server.address]
+    run("models", "register", "face", "--dim", "8", *address)
+    G = rng.standard_normal((30, 8))
+    np.savez(tmp_path / "gallery.npz", face=G, ids=np.array([f"person{i}" for i in range(30)]))
+    assert "gallery size 30" in run("enroll", str(tmp_path / "gallery.npz"), "--gallery", "staff", "--model", "face", *address).stdout
+    np.savez(tmp_path / "probes.npz", face=G[:4] + 0.01)
+    result = run("identify", str(tmp_path / "probes.npz"), "--gallery", "staff", "--model", "face", "--k", "3",
+                 "--out", str(tmp_path / "hits.npz"), *address)
+    assert "route: direct" in result.stdout and "0: person0" in result.stdout
+    with np.load(tmp_path / "hits.npz") as hits:
+        assert hits["ids"].shape == (4, 3) and list(hits["ids"][:, 0]) == [f"person{i}" for i in range(4)]
+    np.savez(tmp_path / "a.npz", face=G[:3])
+    failed = run("verify", str(tmp_path / "a.npz"), str(tmp_path / "a.npz"), "--a-model", "face", "--b-model", "face", *address, check=False)
+    assert failed.returncode == 1 and "FAILED_PRECONDITION" in failed.stderr and "calibrate" in failed.stderr
