@@ -421,6 +421,44 @@ def verify(
 
 
 @app.command()
+def backup(
+    out: Annotated[Path, typer.Argument(help="backup file to write (.tar, or .tar.gz to compress)")],
+    data_dir: Annotated[Path, typer.Option(envvar="CONVERGENT_DATA_DIR", help="the server's data folder")] = Path("./convergent-data"),
+    verify_only: Annotated[bool, typer.Option("--verify", help="only check an existing backup file OUT")] = False,
+) -> None:
+    """Consistent backup of a data folder, safe while the server is serving (SQLite online backup)."""
+    from convergent.server.storage import backup as backups
+
+    try:
+        if verify_only:
+            info = backups.verify_backup(out)
+        else:
+            info = backups.backup_sqlite(backups.database_path(data_dir), out)
+    except (backups.BackupError, OSError) as exc:
+        _fail(exc)
+    rows = ", ".join(f"{t}={n}" for t, n in sorted(info.tables.items()))
+    verb = "verified" if verify_only else "wrote"
+    typer.echo(f"{verb} {info.path} ({info.size_bytes} bytes; schema {info.alembic_revision}; sha256 {info.sha256[:12]}…): {rows}")
+
+
+@app.command()
+def restore(
+    backup_file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="backup written by `convergent backup`")],
+    data_dir: Annotated[Path, typer.Option(envvar="CONVERGENT_DATA_DIR", help="data folder to restore into")] = Path("./convergent-data"),
+    force: Annotated[bool, typer.Option(help="replace an existing database (never one a running server has open)")] = False,
+) -> None:
+    """Restore a backup into a data folder (verified before anything is replaced)."""
+    from convergent.server.storage import backup as backups
+
+    try:
+        info = backups.restore_sqlite(backup_file, data_dir, force=force)
+    except (backups.BackupError, OSError) as exc:
+        _fail(exc)
+    note = f"; the server migrates it from {info.alembic_revision} to {info.head_revision} at start-up" if info.needs_migration else ""
+    typer.echo(f"restored {info.database_path} ({info.database_bytes} bytes){note}")
+
+
+@app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="folder for the report")] = Path("convergent-report"),
     realdata: Annotated[Optional[Path], typer.Option(help="folder of real embeddings [../shared/realdata]")] = None,

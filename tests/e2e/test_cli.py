@@ -109,3 +109,21 @@ def test_enroll_identify_verify_commands(server, tmp_path: Path, rng):
     np.savez(tmp_path / "a.npz", face=G[:3])
     failed = run("verify", str(tmp_path / "a.npz"), str(tmp_path / "a.npz"), "--a-model", "face", "--b-model", "face", *address, check=False)
     assert failed.returncode == 1 and "FAILED_PRECONDITION" in failed.stderr and "calibrate" in failed.stderr
+
+
+def test_backup_and_restore_commands(server, tmp_path: Path, rng):
+    address = ["--address", server.address]
+    run("models", "register", "face", "--dim", "4", *address)
+    np.savez(tmp_path / "x.npz", face=rng.standard_normal((50, 4)))
+    run("upload", str(tmp_path / "x.npz"), "--model", "face", "--anchor-set", "s", *address)
+    data_dir = str(server.settings.data_dir)
+    wrote = run("backup", str(tmp_path / "b.tar.gz"), "--data-dir", data_dir).stdout
+    assert "anchors=50" in wrote and "models=1" in wrote
+    assert "verified" in run("backup", str(tmp_path / "b.tar.gz"), "--verify").stdout
+    restored = run("restore", str(tmp_path / "b.tar.gz"), "--data-dir", str(tmp_path / "copy")).stdout
+    assert "restored" in restored
+    again = run("restore", str(tmp_path / "b.tar.gz"), "--data-dir", str(tmp_path / "copy"), check=False)
+    assert again.returncode == 1 and "force" in again.stderr
+    (tmp_path / "bad.tar").write_bytes(b"not a backup")
+    bad = run("backup", str(tmp_path / "bad.tar"), "--verify", check=False)
+    assert bad.returncode == 1 and "error:" in bad.stderr
