@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 import grpc
@@ -50,7 +50,7 @@ _IDEMPOTENT = {
     "convergent.v1.AnchorService": ("CountAnchors", "ListAnchorSets"),
     "convergent.v1.InfoService": ("GetServerInfo",),
     "convergent.v1.AlignmentService": ("GetFit", "ListFits", "Transform", "ExportFit"),
-    "convergent.v1.GalleryService": ("GetGallery", "ListGalleries", "Identify", "Verify"),
+    "convergent.v1.GalleryService": ("GetGallery", "ListGalleries", "Identify", "IdentifyFused", "Verify"),
     "grpc.health.v1.Health": ("Check",),
 }
 _SERVICE_CONFIG = json.dumps(
@@ -84,6 +84,12 @@ def _gallery_info(pb: galleries_pb2.Gallery) -> GalleryInfo:
         name=pb.name, model=pb.model, model_version=pb.model_version,
         index=_INDEX_NAMES.get(pb.index, "exact"), size=pb.size,
     )
+
+
+def _rows(flat: list[str], scores: np.ndarray) -> list[list[str]]:
+    """Row-major flat ids -> one list per row of ``scores``."""
+    width = scores.shape[1]
+    return [flat[i * width : (i + 1) * width] for i in range(scores.shape[0])]
 
 
 def _fit_info(pb: alignment_pb2.Fit) -> FitInfo:
@@ -399,17 +405,32 @@ class Client:
     def delete_gallery(self, gallery: str) -> None:
         self._call(self._galleries.DeleteGallery, galleries_pb2.DeleteGalleryRequest(name=gallery))
 
-    def identify(self, gallery: str, vectors: np.ndarray, model: str, k: int = 5) -> IdentifyResult:
-        """Top-``k`` gallery items for each probe (n, dim) of ``model``; probes of another model
-        than the gallery's go through the latest ``model`` -> gallery-model fit."""
+    def identify(
+        self, gallery: str, vectors: np.ndarray | Mapping[str, np.ndarray], model: str | None = None, k: int = 5
+    ) -> IdentifyResult:
+        """Top-``k`` gallery items for each probe.
+
+        ``vectors`` (n, dim) of ``model``: probes of another model than the gallery's go through
+        the latest ``model`` -> gallery-model fit. ``vectors={"dlib": Pd, "facenet": Pf}``
+        (federated inference): row i of every party is the same subject; each party goes through
+        its own route, and the scores are fused (z-normalised, weighted by each route's held-out
+        quality); ``result.parties`` holds the weights, ``result.contributors`` who counted.
+        """
+        if isinstance(vectors, Mapping):
+            parties = [galleries_pb2.PartyProbes(model=m, vectors=encode_matrix(v)) for m, v in vectors.items()]
+            fused = self._call(self._galleries.IdentifyFused, galleries_pb2.IdentifyFusedRequest(gallery=gallery, parties=parties, k=k))
+            return IdentifyResult(
+                ids=_rows(list(fused.ids), decode_matrix(fused.scores)), scores=decode_matrix(fused.scores).copy(),
+                route="fused", parties={p.model: p.weight for p in fused.parties},
+                party_routes={p.model: p.route for p in fused.parties},
+                weight_sources={p.model: p.weight_source for p in fused.parties},
+            )
+        if model is None:
+            raise errors.InvalidArgument("give the probes' model (or a dict of party model -> probes)")
         request = galleries_pb2.IdentifyRequest(gallery=gallery, model=model, k=k, vectors=encode_matrix(vectors))
         response = self._call(self._galleries.Identify, request)
         scores = decode_matrix(response.scores).copy()
-        width = scores.shape[1]
-        flat = list(response.ids)
-        return IdentifyResult(
-            ids=[flat[i * width : (i + 1) * width] for i in range(scores.shape[0])], scores=scores, route=response.route
-        )
+        return IdentifyResult(ids=_rows(list(response.ids), scores), scores=scores, route=response.route)
 
     def verify(self, a: np.ndarray, a_model: str, b: np.ndarray, b_model: str, far: float = 1e-3) -> VerifyResult:
         """Compare row i of ``a`` (model ``a_model``) with row i of ``b`` (``b_model``) at the

@@ -76,11 +76,21 @@ class GalleryInfo:
 class IdentifyResult:
     """``ids[i]``: gallery ids for probe i, best first; ``scores`` (n, k'): cosine similarity,
     higher = more similar, k' = min(k, gallery size); hnsw pads missing hits with "" / -inf.
-    ``route``: "direct" or "fit:<id>" (the map the probes went through)."""
+    ``route``: "direct" or "fit:<id>" (the map the probes went through). A fused identify
+    (several parties) returns fused z-scores instead (higher = better) and fills ``parties``."""
 
     ids: list[list[str]]
     scores: Any
     route: str = ""
+    # Fused identify only: party model -> weight (0 = did not contribute), and how it was set.
+    parties: dict[str, float] = field(default_factory=dict)
+    party_routes: dict[str, str] = field(default_factory=dict)
+    weight_sources: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def contributors(self) -> list[str]:
+        """Parties whose scores went into the fused result (weight > 0)."""
+        return [party for party, weight in self.parties.items() if weight > 0]
 
 
 @dataclass(frozen=True)

@@ -352,7 +352,7 @@ class Alignment:
             for src, tgt, X, Y in ((a, b, snap.X_held, snap.Y_held), (b, a, snap.Y_held, snap.X_held)):
                 diag = diagnostics(_Translate(held_out_space, src, tgt), X, Y, snap.stats.n - len(X), records[src].dim)
                 warnings += [f"{src}->{tgt}: {w}" for w in diag.pop("warnings", [])]
-                for key in ("r2", "cka", "mutual_knn", "top1", "top5", "margin"):
+                for key in ("r2", "r2_variance_weighted", "cka", "mutual_knn", "top1", "top5", "margin"):
                     if diag.get(key) is not None:
                         metrics[f"{src}->{tgt}.{key}"] = float(diag[key])
                         per_key.setdefault(key, []).append(float(diag[key]))

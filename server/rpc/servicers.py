@@ -239,6 +239,21 @@ class GalleryServicer(galleries_pb2_grpc.GalleryServiceServicer):
         )
 
     @rpc_method
+    def IdentifyFused(self, request, context):  # noqa: ANN001, N802
+        parties = [
+            (p.model, p.model_version, decode_matrix(p.vectors, what=f"{p.model or 'party'} probes"))
+            for p in request.parties
+        ]
+        result = self.backend.galleries.identify_fused(tenant_of(context), request.gallery, parties, request.k)
+        return galleries_pb2.IdentifyFusedResponse(
+            ids=[i for row in result.ids for i in row], scores=encode_matrix(result.scores),
+            parties=[
+                galleries_pb2.PartyContribution(model=w.model, route=w.route, weight=w.weight, weight_source=w.weight_source)
+                for w in result.parties
+            ],
+        )
+
+    @rpc_method
     def Verify(self, request, context):  # noqa: ANN001, N802
         r = self.backend.galleries.verify(
             tenant_of(context), request.a_model, decode_matrix(request.a, what="a"),

@@ -130,6 +130,48 @@ class IdentifyResponse(_message.Message):
     route: str
     def __init__(self, ids: _Optional[_Iterable[str]] = ..., scores: _Optional[_Union[_types_pb2.Matrix, _Mapping]] = ..., route: _Optional[str] = ...) -> None: ...
 
+class PartyProbes(_message.Message):
+    __slots__ = ("model", "model_version", "vectors")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    VECTORS_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    model_version: int
+    vectors: _types_pb2.Matrix
+    def __init__(self, model: _Optional[str] = ..., model_version: _Optional[int] = ..., vectors: _Optional[_Union[_types_pb2.Matrix, _Mapping]] = ...) -> None: ...
+
+class IdentifyFusedRequest(_message.Message):
+    __slots__ = ("gallery", "parties", "k")
+    GALLERY_FIELD_NUMBER: _ClassVar[int]
+    PARTIES_FIELD_NUMBER: _ClassVar[int]
+    K_FIELD_NUMBER: _ClassVar[int]
+    gallery: str
+    parties: _containers.RepeatedCompositeFieldContainer[PartyProbes]
+    k: int
+    def __init__(self, gallery: _Optional[str] = ..., parties: _Optional[_Iterable[_Union[PartyProbes, _Mapping]]] = ..., k: _Optional[int] = ...) -> None: ...
+
+class PartyContribution(_message.Message):
+    __slots__ = ("model", "route", "weight", "weight_source")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    ROUTE_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_SOURCE_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    route: str
+    weight: float
+    weight_source: str
+    def __init__(self, model: _Optional[str] = ..., route: _Optional[str] = ..., weight: _Optional[float] = ..., weight_source: _Optional[str] = ...) -> None: ...
+
+class IdentifyFusedResponse(_message.Message):
+    __slots__ = ("ids", "scores", "parties")
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    SCORES_FIELD_NUMBER: _ClassVar[int]
+    PARTIES_FIELD_NUMBER: _ClassVar[int]
+    ids: _containers.RepeatedScalarFieldContainer[str]
+    scores: _types_pb2.Matrix
+    parties: _containers.RepeatedCompositeFieldContainer[PartyContribution]
+    def __init__(self, ids: _Optional[_Iterable[str]] = ..., scores: _Optional[_Union[_types_pb2.Matrix, _Mapping]] = ..., parties: _Optional[_Iterable[_Union[PartyContribution, _Mapping]]] = ...) -> None: ...
+
 class VerifyRequest(_message.Message):
     __slots__ = ("a_model", "a", "b_model", "b", "far")
     A_MODEL_FIELD_NUMBER: _ClassVar[int]

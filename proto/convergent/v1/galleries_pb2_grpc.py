@@ -64,6 +64,11 @@ class GalleryServiceStub:
                 request_serializer=convergent_dot_v1_dot_galleries__pb2.IdentifyRequest.SerializeToString,
                 response_deserializer=convergent_dot_v1_dot_galleries__pb2.IdentifyResponse.FromString,
                 _registered_method=True)
+        self.IdentifyFused = channel.unary_unary(
+                '/convergent.v1.GalleryService/IdentifyFused',
+                request_serializer=convergent_dot_v1_dot_galleries__pb2.IdentifyFusedRequest.SerializeToString,
+                response_deserializer=convergent_dot_v1_dot_galleries__pb2.IdentifyFusedResponse.FromString,
+                _registered_method=True)
         self.Verify = channel.unary_unary(
                 '/convergent.v1.GalleryService/Verify',
                 request_serializer=convergent_dot_v1_dot_galleries__pb2.VerifyRequest.SerializeToString,
@@ -120,6 +125,15 @@ class GalleryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def IdentifyFused(self, request, context):
+        """Federated inference: several parties embed the same probes with their own models; each
+        party's scores reach the gallery through its own route, are z-normalised per probe and
+        averaged with weights from each route's held-out quality.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Verify(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -165,6 +179,11 @@ def add_GalleryServiceServicer_to_server(servicer, server):
                     servicer.Identify,
                     request_deserializer=convergent_dot_v1_dot_galleries__pb2.IdentifyRequest.FromString,
                     response_serializer=convergent_dot_v1_dot_galleries__pb2.IdentifyResponse.SerializeToString,
+            ),
+            'IdentifyFused': grpc.unary_unary_rpc_method_handler(
+                    servicer.IdentifyFused,
+                    request_deserializer=convergent_dot_v1_dot_galleries__pb2.IdentifyFusedRequest.FromString,
+                    response_serializer=convergent_dot_v1_dot_galleries__pb2.IdentifyFusedResponse.SerializeToString,
             ),
             'Verify': grpc.unary_unary_rpc_method_handler(
                     servicer.Verify,
@@ -339,6 +358,33 @@ class GalleryService:
             '/convergent.v1.GalleryService/Identify',
             convergent_dot_v1_dot_galleries__pb2.IdentifyRequest.SerializeToString,
             convergent_dot_v1_dot_galleries__pb2.IdentifyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def IdentifyFused(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/convergent.v1.GalleryService/IdentifyFused',
+            convergent_dot_v1_dot_galleries__pb2.IdentifyFusedRequest.SerializeToString,
+            convergent_dot_v1_dot_galleries__pb2.IdentifyFusedResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,94 @@
+"""Federated inference: several parties' probes fused against one gallery."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from convergent.client import Client, errors
+from convergent.datasets import load_faces, synthetic_identities
+
+
+def rank1(result, truth) -> float:
+    return float(np.mean([row[0] == t for row, t in zip(result.ids, truth)]))
+
+
+def test_fusion_beats_each_party_on_synthetic_identities(client: Client):
+    data = synthetic_identities(n_people=60, photos_per_person=10, dims={"gal": 64, "p1": 48, "p2": 48}, noise=0.9, seed=3)
+    labels = data.labels
+    anchors = np.flatnonzero(labels < 30)
+    unseen = np.flatnonzero(labels >= 30)
+    gallery = np.array([unseen[labels[unseen] == p][0] for p in range(30, 60)])
+    probes = np.setdiff1d(unseen, gallery)
+    for model, X in data.vectors.items():
+        client.register_model(model, dim=X.shape[1])
+        client.upload_anchors(model, anchor_set="s", ids=[data.ids[i] for i in anchors], vectors=X[anchors])
+    for party in ("p1", "p2"):
+        client.fit_alignment(party, "gal", anchor_set="s")
+    client.enroll(gallery="g", model="gal", ids=[f"id{labels[i]}" for i in gallery], vectors=data.vectors["gal"][gallery])
+    truth = [f"id{labels[i]}" for i in probes]
+    solo = {p: rank1(client.identify(gallery="g", vectors=data.vectors[p][probes], model=p, k=1), truth) for p in ("p1", "p2")}
+    fused = client.identify(gallery="g", vectors={p: data.vectors[p][probes] for p in ("p1", "p2")}, k=3)
+    print(f"\nsynthetic: solo {solo}, fused {rank1(fused, truth):.3f}, weights {fused.parties}")
+    assert fused.route == "fused" and sorted(fused.contributors) == ["p1", "p2"]
+    assert fused.scores.shape == (len(probes), 3) and np.all(np.diff(fused.scores, axis=1) <= 0)
+    assert rank1(fused, truth) > max(solo.values())
+
+
+def test_fusion_errors(client: Client, rng):
+    client.register_model("m", dim=4)
+    client.register_model("other", dim=4)
+    client.enroll(gallery="g", model="m", ids=["a", "b"], vectors=rng.standard_normal((2, 4)))
+    with pytest.raises(errors.InvalidArgument, match="same number of probes"):
+        client.identify(gallery="g", vectors={"m": np.ones((2, 4)), "other": np.ones((3, 4))})
+    with pytest.raises(errors.FailedPrecondition, match="no fit from 'other' to 'm'"):
+        client.identify(gallery="g", vectors={"m": np.ones((2, 4)), "other": np.ones((2, 4))})
+    with pytest.raises(errors.InvalidArgument, match="k must be"):
+        client.identify(gallery="g", vectors={"m": np.ones((2, 4))}, k=0)
+    single = client.identify(gallery="g", vectors={"m": np.ones((2, 4))}, k=5)
+    assert single.parties == {"m": 1.0} and single.scores.shape == (2, 2)
+
+
+@pytest.mark.realdata
+def test_fusion_on_real_faces_with_a_weak_third_party(client: Client, realdata):
+    """MobileFace gallery (one photo per person of people 20-39, 20 seeded draws of which photo),
+    probed by dlib and FaceNet parties; a weak third party embeds raw pixels (PCA-48)."""
+    faces = load_faces(realdata)
+    labels = faces.labels
+    anchors = np.flatnonzero(labels < 20)
+    unseen = np.flatnonzero(labels >= 20)
+    with np.load(realdata / "att_faces.npz") as data:
+        pixels = data["images"].reshape(len(labels), -1).astype(np.float64)
+    mean = pixels[anchors].mean(0)
+    components = np.linalg.svd(pixels[anchors] - mean, full_matrices=False)[2][:48]
+    views = {**faces.vectors, "pixels": ((pixels - mean) @ components.T).astype(np.float32)}
+    for model, X in views.items():
+        client.register_model(model, dim=X.shape[1])
+        client.upload_anchors(model, anchor_set="att", ids=[faces.ids[i] for i in anchors], vectors=X[anchors])
+    for party in ("dlib", "facenet", "pixels"):
+        client.fit_alignment(party, "mobileface", anchor_set="att")
+
+    results: dict[str, list[float]] = {}
+    weights = {}
+    for draw in range(20):
+        rng = np.random.default_rng(draw)
+        gallery = np.array([rng.choice(unseen[labels[unseen] == p]) for p in range(20, 40)])
+        probes = np.setdiff1d(unseen, gallery)
+        name = f"mobileface-{draw}"
+        client.enroll(gallery=name, model="mobileface", ids=[f"person{labels[i]}" for i in gallery], vectors=views["mobileface"][gallery])
+        truth = [f"person{label}" for label in labels[probes]]
+        for party in ("dlib", "facenet", "pixels"):
+            r = client.identify(gallery=name, vectors=views[party][probes], model=party, k=1)
+            results.setdefault(party, []).append(rank1(r, truth))
+        for combo in (("dlib", "facenet"), ("dlib", "facenet", "pixels")):
+            r = client.identify(gallery=name, vectors={p: views[p][probes] for p in combo}, k=1)
+            results.setdefault("+".join(combo), []).append(rank1(r, truth))
+            weights["+".join(combo)] = r.parties
+    mean = {key: float(np.mean(v)) for key, v in results.items()}
+    print("\nMobileFace gallery, mean rank-1 over 20 draws:", {k: round(v, 3) for k, v in mean.items()})
+    print("weights:", weights)
+    best_solo = max(mean["dlib"], mean["facenet"])
+    assert mean["dlib+facenet"] > best_solo
+    assert mean["dlib+facenet+pixels"] > best_solo  # the weak party does not drag fusion down
+    assert mean["dlib+facenet+pixels"] >= mean["dlib+facenet"] - 0.01
+    assert weights["dlib+facenet+pixels"]["pixels"] < 0.25 * weights["dlib+facenet+pixels"]["dlib"]
