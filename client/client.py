@@ -406,12 +406,13 @@ class Client:
         self._call(self._galleries.DeleteGallery, galleries_pb2.DeleteGalleryRequest(name=gallery))
 
     def identify(
-        self, gallery: str, vectors: np.ndarray | Mapping[str, np.ndarray], model: str | None = None, k: int = 5
+        self, gallery: str, vectors: np.ndarray | Mapping[str, np.ndarray], model: str | None = None, k: int = 5,
+        fit_id: str | None = None,
     ) -> IdentifyResult:
         """Top-``k`` gallery items for each probe.
 
         ``vectors`` (n, dim) of ``model``: probes of another model than the gallery's go through
-        the latest ``model`` -> gallery-model fit. ``vectors={"dlib": Pd, "facenet": Pf}``
+        the latest ``model`` -> gallery-model fit (or ``fit_id``). ``vectors={"dlib": Pd, "facenet": Pf}``
         (federated inference): row i of every party is the same subject; each party goes through
         its own route, and the scores are fused (z-normalised, weighted by each route's held-out
         quality); ``result.parties`` holds the weights, ``result.contributors`` who counted.
@@ -427,7 +428,9 @@ class Client:
             )
         if model is None:
             raise errors.InvalidArgument("give the probes' model (or a dict of party model -> probes)")
-        request = galleries_pb2.IdentifyRequest(gallery=gallery, model=model, k=k, vectors=encode_matrix(vectors))
+        request = galleries_pb2.IdentifyRequest(
+            gallery=gallery, model=model, k=k, vectors=encode_matrix(vectors), fit_id=fit_id or ""
+        )
         response = self._call(self._galleries.Identify, request)
         scores = decode_matrix(response.scores).copy()
         return IdentifyResult(ids=_rows(list(response.ids), scores), scores=scores, route=response.route)

@@ -233,8 +233,11 @@ class Galleries:
         return _unit(X) if fit is None else _unit(self.alignment.apply(tenant, fit, X, src, tgt))
 
     # ------------------------------------------------------------ identify
-    def identify(self, tenant: str, name: str, model_name: str, model_version: int, vectors: np.ndarray, k: int) -> IdentifyResult:
-        """Top-k gallery items per probe; probes of another model go through its latest fit."""
+    def identify(
+        self, tenant: str, name: str, model_name: str, model_version: int, vectors: np.ndarray, k: int, fit_id: str = ""
+    ) -> IdentifyResult:
+        """Top-k gallery items per probe; probes of another model go through its latest fit
+        (or the fit ``fit_id``, which must map the probe model into the gallery model)."""
         if k <= 0 or k > self.settings.max_k:
             raise InvalidInput(f"k must be in 1..{self.settings.max_k}, got {k}")
         gallery = self.get(tenant, name)
@@ -246,7 +249,15 @@ class Galleries:
             )
         gallery_model = self.store.get_model(tenant, gallery.model)
         self._check_gallery_model(gallery, gallery_model)
-        fit = self._route(tenant, probe_model, gallery_model)
+        if fit_id:
+            fit = self.alignment.fits.get(tenant, fit_id)
+            if fit.method != "shared" and (fit.source, fit.target) != (probe_model.name, gallery_model.name):
+                raise InvalidInput(
+                    f"fit {fit_id!r} maps {fit.source!r} -> {fit.target!r}, not {probe_model.name!r} -> {gallery_model.name!r}"
+                )
+            self.alignment.check_versions(fit, probe_model, gallery_model)
+        else:
+            fit = self._route(tenant, probe_model, gallery_model)
         Q = self._into(tenant, fit, prepare_vectors(probe_model, vectors, "probes"), probe_model, gallery_model)
         entry = self._entry(tenant, name)
         with entry.lock:

@@ -232,7 +232,7 @@ class GalleryServicer(galleries_pb2_grpc.GalleryServiceServicer):
     def Identify(self, request, context):  # noqa: ANN001, N802
         result = self.backend.galleries.identify(
             tenant_of(context), request.gallery, request.model, request.model_version,
-            decode_matrix(request.vectors, what="probes"), request.k,
+            decode_matrix(request.vectors, what="probes"), request.k, request.fit_id,
         )
         return galleries_pb2.IdentifyResponse(
             ids=[i for row in result.ids for i in row], scores=encode_matrix(result.scores), route=result.route

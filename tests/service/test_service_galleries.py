@@ -152,3 +152,14 @@ def test_same_model_verify_needs_labelled_pairs(client: Client, rng):
     client.calibrate(a=A, a_model="m", b=np.where(same[:, None], A, rng.standard_normal((330, 4))), b_model="m", same=same)
     v = client.verify(a=X, a_model="m", b=X, b_model="m", far=0.1)
     assert v.route == "direct" and v.accept.all()
+
+
+def test_identify_through_a_chosen_fit(client: Client, two_models, rng):
+    R, fit = two_models
+    other = client.fit_alignment("a", "b", anchor_set="s", method="ridge")
+    client.enroll(gallery="g", model="b", ids=["p0", "p1"], vectors=rng.standard_normal((2, 16)))
+    assert client.identify(gallery="g", vectors=np.ones((1, 16)), model="a").route == f"fit:{other.id}"
+    assert client.identify(gallery="g", vectors=np.ones((1, 16)), model="a", fit_id=fit.id).route == f"fit:{fit.id}"
+    reverse = client.fit_alignment("b", "a", anchor_set="s", method="ridge")
+    with pytest.raises(errors.InvalidArgument, match="maps 'b' -> 'a'"):
+        client.identify(gallery="g", vectors=np.ones((1, 16)), model="a", fit_id=reverse.id)

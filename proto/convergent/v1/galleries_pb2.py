@@ -26,15 +26,15 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from convergent.v1 import types_pb2 as convergent_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x63onvergent/v1/galleries.proto\x12\rconvergent.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19\x63onvergent/v1/types.proto\"\xa4\x01\n\x07Gallery\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\r\x12\'\n\x05index\x18\x04 \x01(\x0e\x32\x18.convergent.v1.IndexKind\x12\x0c\n\x04size\x18\x05 \x01(\x04\x12.\n\ncreated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xa4\x01\n\rEnrollRequest\x12\x0f\n\x07gallery\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\r\x12\'\n\x05index\x18\x04 \x01(\x0e\x32\x18.convergent.v1.IndexKind\x12\x0b\n\x03ids\x18\x05 \x03(\t\x12&\n\x07vectors\x18\x06 \x01(\x0b\x32\x15.convergent.v1.Matrix\"0\n\x0e\x45nrollResponse\x12\x10\n\x08\x65nrolled\x18\x01 \x01(\x04\x12\x0c\n\x04size\x18\x02 \x01(\x04\"-\n\rRemoveRequest\x12\x0f\n\x07gallery\x18\x01 \x01(\t\x12\x0b\n\x03ids\x18\x02 \x03(\t\"/\n\x0eRemoveResponse\x12\x0f\n\x07removed\x18\x01 \x01(\x04\x12\x0c\n\x04size\x18\x02 \x01(\x04\"!\n\x11GetGalleryRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"@\n\x14ListGalleriesRequest\x12(\n\x04page\x18\x01 \x01(\x0b\x32\x1a.convergent.v1.PageRequest\"[\n\x15ListGalleriesResponse\x12)\n\tgalleries\x18\x01 \x03(\x0b\x32\x16.convergent.v1.Gallery\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"$\n\x14\x44\x65leteGalleryRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x17\n\x15\x44\x65leteGalleryResponse\"{\n\x0fIdentifyRequest\x12\x0f\n\x07gallery\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\r\x12&\n\x07vectors\x18\x04 \x01(\x0b\x32\x15.convergent.v1.Matrix\x12\t\n\x01k\x18\x05 \x01(\r\"U\n\x10IdentifyResponse\x12\x0b\n\x03ids\x18\x01 \x03(\t\x12%\n\x06scores\x18\x02 \x01(\x0b\x32\x15.convergent.v1.Matrix\x12\r\n\x05route\x18\x03 \x01(\t\"[\n\x0bPartyProbes\x12\r\n\x05model\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\r\x12&\n\x07vectors\x18\x03 \x01(\x0b\x32\x15.convergent.v1.Matrix\"_\n\x14IdentifyFusedRequest\x12\x0f\n\x07gallery\x18\x01 \x01(\t\x12+\n\x07parties\x18\x02 \x03(\x0b\x32\x1a.convergent.v1.PartyProbes\x12\t\n\x01k\x18\x03 \x01(\r\"X\n\x11PartyContribution\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05route\x18\x02 \x01(\t\x12\x0e\n\x06weight\x18\x03 \x01(\x01\x12\x15\n\rweight_source\x18\x04 \x01(\t\"~\n\x15IdentifyFusedResponse\x12\x0b\n\x03ids\x18\x01 \x03(\t\x12%\n\x06scores\x18\x02 \x01(\x0b\x32\x15.convergent.v1.Matrix\x12\x31\n\x07parties\x18\x03 \x03(\x0b\x32 .convergent.v1.PartyContribution\"\x82\x01\n\rVerifyRequest\x12\x0f\n\x07\x61_model\x18\x01 \x01(\t\x12 \n\x01\x61\x18\x02 \x01(\x0b\x32\x15.convergent.v1.Matrix\x12\x0f\n\x07\x62_model\x18\x03 \x01(\t\x12 \n\x01\x62\x18\x04 \x01(\x0b\x32\x15.convergent.v1.Matrix\x12\x0b\n\x03\x66\x61r\x18\x05 \x01(\x01\"\xee\x01\n\x0eVerifyResponse\x12%\n\x06scores\x18\x01 \x01(\x0b\x32\x15.convergent.v1.Matrix\x12\x0e\n\x06\x61\x63\x63\x65pt\x18\x02 \x03(\x08\x12\x11\n\tthreshold\x18\x03 \x01(\x01\x12\x15\n\rfar_requested\x18\x04 \x01(\x01\x12\x17\n\x0f\x66\x61r_calibration\x18\x05 \x01(\x01\x12\x17\n\x0ftar_calibration\x18\x06 \x01(\x01\x12\x13\n\x0b\x63\x61libration\x18\x07 \x01(\t\x12\x11\n\tn_genuine\x18\x08 \x01(\x04\x12\x12\n\nn_impostor\x18\t \x01(\x04\x12\r\n\x05route\x18\n \x01(\t\"\x86\x01\n\x10\x43\x61librateRequest\x12\x0f\n\x07\x61_model\x18\x01 \x01(\t\x12 \n\x01\x61\x18\x02 \x01(\x0b\x32\x15.convergent.v1.Matrix\x12\x0f\n\x07\x62_model\x18\x03 \x01(\t\x12 \n\x01\x62\x18\x04 \x01(\x0b\x32\x15.convergent.v1.Matrix\x12\x0c\n\x04same\x18\x05 \x03(\x08\"I\n\x11\x43\x61librateResponse\x12\x11\n\tn_genuine\x18\x01 \x01(\x04\x12\x12\n\nn_impostor\x18\x02 \x01(\x04\x12\r\n\x05route\x18\x03 \x01(\t*R\n\tIndexKind\x12\x1a\n\x16INDEX_KIND_UNSPECIFIED\x10\x00\x12\x14\n\x10INDEX_KIND_EXACT\x10\x01\x12\x13\n\x0fINDEX_KIND_HNSW\x10\x02\x32\xe0\x05\n\x0eGalleryService\x12G\n\x06\x45nroll\x12\x1c.convergent.v1.EnrollRequest\x1a\x1d.convergent.v1.EnrollResponse(\x01\x12\x45\n\x06Remove\x12\x1c.convergent.v1.RemoveRequest\x1a\x1d.convergent.v1.RemoveResponse\x12\x46\n\nGetGallery\x12 .convergent.v1.GetGalleryRequest\x1a\x16.convergent.v1.Gallery\x12Z\n\rListGalleries\x12#.convergent.v1.ListGalleriesRequest\x1a$.convergent.v1.ListGalleriesResponse\x12Z\n\rDeleteGallery\x12#.convergent.v1.DeleteGalleryRequest\x1a$.convergent.v1.DeleteGalleryResponse\x12K\n\x08Identify\x12\x1e.convergent.v1.IdentifyRequest\x1a\x1f.convergent.v1.IdentifyResponse\x12Z\n\rIdentifyFused\x12#.convergent.v1.IdentifyFusedRequest\x1a$.convergent.v1.IdentifyFusedResponse\x12\x45\n\x06Verify\x12\x1c.convergent.v1.VerifyRequest\x1a\x1d.convergent.v1.VerifyResponse\x12N\n\tCalibrate\x12\x1f.convergent.v1.CalibrateRequest\x1a .convergent.v1.CalibrateResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x63onvergent/v1/galleries.proto\x12\rconvergent.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19\x63onvergent/v1/types.proto\"\xa4\x01\n\x07Gallery\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\r\x12\'\n\x05index\x18\x04 \x01(\x0e\x32\x18.convergent.v1.IndexKind\x12\x0c\n\x04size\x18\x05 \x01(\x04\x12.\n\ncreated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xa4\x01\n\rEnrollRequest\x12\x0f\n\x07gallery\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\r\x12\'\n\x05index\x18\x04 \x01(\x0e\x32\x18.convergent.v1.IndexKind\x12\x0b\n\x03ids\x18\x05 \x03(\t\x12&\n\x07vectors\x18\x06 \x01(\x0b\x32\x15.convergent.v1.Matrix\"0\n\x0e\x45nrollResponse\x12\x10\n\x08\x65nrolled\x18\x01 \x01(\x04\x12\x0c\n\x04size\x18\x02 \x01(\x04\"-\n\rRemoveRequest\x12\x0f\n\x07gallery\x18\x01 \x01(\t\x12\x0b\n\x03ids\x18\x02 \x03(\t\"/\n\x0eRemoveResponse\x12\x0f\n\x07removed\x18\x01 \x01(\x04\x12\x0c\n\x04size\x18\x02 \x01(\x04\"!\n\x11GetGalleryRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"@\n\x14ListGalleriesRequest\x12(\n\x04page\x18\x01 \x01(\x0b\x32\x1a.convergent.v1.PageRequest\"[\n\x15ListGalleriesResponse\x12)\n\tgalleries\x18\x01 \x03(\x0b\x32\x16.convergent.v1.Gallery\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"$\n\x14\x44\x65leteGalleryRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x17\n\x15\x44\x65leteGalleryResponse\"\x8b\x01\n\x0fIdentifyRequest\x12\x0f\n\x07gallery\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\r\x12&\n\x07vectors\x18\x04 \x01(\x0b\x32\x15.convergent.v1.Matrix\x12\t\n\x01k\x18\x05 \x01(\r\x12\x0e\n\x06\x66it_id\x18\x06 \x01(\t\"U\n\x10IdentifyResponse\x12\x0b\n\x03ids\x18\x01 \x03(\t\x12%\n\x06scores\x18\x02 \x01(\x0b\x32\x15.convergent.v1.Matrix\x12\r\n\x05route\x18\x03 \x01(\t\"[\n\x0bPartyProbes\x12\r\n\x05model\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\r\x12&\n\x07vectors\x18\x03 \x01(\x0b\x32\x15.convergent.v1.Matrix\"_\n\x14IdentifyFusedRequest\x12\x0f\n\x07gallery\x18\x01 \x01(\t\x12+\n\x07parties\x18\x02 \x03(\x0b\x32\x1a.convergent.v1.PartyProbes\x12\t\n\x01k\x18\x03 \x01(\r\"X\n\x11PartyContribution\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05route\x18\x02 \x01(\t\x12\x0e\n\x06weight\x18\x03 \x01(\x01\x12\x15\n\rweight_source\x18\x04 \x01(\t\"~\n\x15IdentifyFusedResponse\x12\x0b\n\x03ids\x18\x01 \x03(\t\x12%\n\x06scores\x18\x02 \x01(\x0b\x32\x15.convergent.v1.Matrix\x12\x31\n\x07parties\x18\x03 \x03(\x0b\x32 .convergent.v1.PartyContribution\"\x82\x01\n\rVerifyRequest\x12\x0f\n\x07\x61_model\x18\x01 \x01(\t\x12 \n\x01\x61\x18\x02 \x01(\x0b\x32\x15.convergent.v1.Matrix\x12\x0f\n\x07\x62_model\x18\x03 \x01(\t\x12 \n\x01\x62\x18\x04 \x01(\x0b\x32\x15.convergent.v1.Matrix\x12\x0b\n\x03\x66\x61r\x18\x05 \x01(\x01\"\xee\x01\n\x0eVerifyResponse\x12%\n\x06scores\x18\x01 \x01(\x0b\x32\x15.convergent.v1.Matrix\x12\x0e\n\x06\x61\x63\x63\x65pt\x18\x02 \x03(\x08\x12\x11\n\tthreshold\x18\x03 \x01(\x01\x12\x15\n\rfar_requested\x18\x04 \x01(\x01\x12\x17\n\x0f\x66\x61r_calibration\x18\x05 \x01(\x01\x12\x17\n\x0ftar_calibration\x18\x06 \x01(\x01\x12\x13\n\x0b\x63\x61libration\x18\x07 \x01(\t\x12\x11\n\tn_genuine\x18\x08 \x01(\x04\x12\x12\n\nn_impostor\x18\t \x01(\x04\x12\r\n\x05route\x18\n \x01(\t\"\x86\x01\n\x10\x43\x61librateRequest\x12\x0f\n\x07\x61_model\x18\x01 \x01(\t\x12 \n\x01\x61\x18\x02 \x01(\x0b\x32\x15.convergent.v1.Matrix\x12\x0f\n\x07\x62_model\x18\x03 \x01(\t\x12 \n\x01\x62\x18\x04 \x01(\x0b\x32\x15.convergent.v1.Matrix\x12\x0c\n\x04same\x18\x05 \x03(\x08\"I\n\x11\x43\x61librateResponse\x12\x11\n\tn_genuine\x18\x01 \x01(\x04\x12\x12\n\nn_impostor\x18\x02 \x01(\x04\x12\r\n\x05route\x18\x03 \x01(\t*R\n\tIndexKind\x12\x1a\n\x16INDEX_KIND_UNSPECIFIED\x10\x00\x12\x14\n\x10INDEX_KIND_EXACT\x10\x01\x12\x13\n\x0fINDEX_KIND_HNSW\x10\x02\x32\xe0\x05\n\x0eGalleryService\x12G\n\x06\x45nroll\x12\x1c.convergent.v1.EnrollRequest\x1a\x1d.convergent.v1.EnrollResponse(\x01\x12\x45\n\x06Remove\x12\x1c.convergent.v1.RemoveRequest\x1a\x1d.convergent.v1.RemoveResponse\x12\x46\n\nGetGallery\x12 .convergent.v1.GetGalleryRequest\x1a\x16.convergent.v1.Gallery\x12Z\n\rListGalleries\x12#.convergent.v1.ListGalleriesRequest\x1a$.convergent.v1.ListGalleriesResponse\x12Z\n\rDeleteGallery\x12#.convergent.v1.DeleteGalleryRequest\x1a$.convergent.v1.DeleteGalleryResponse\x12K\n\x08Identify\x12\x1e.convergent.v1.IdentifyRequest\x1a\x1f.convergent.v1.IdentifyResponse\x12Z\n\rIdentifyFused\x12#.convergent.v1.IdentifyFusedRequest\x1a$.convergent.v1.IdentifyFusedResponse\x12\x45\n\x06Verify\x12\x1c.convergent.v1.VerifyRequest\x1a\x1d.convergent.v1.VerifyResponse\x12N\n\tCalibrate\x12\x1f.convergent.v1.CalibrateRequest\x1a .convergent.v1.CalibrateResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'convergent.v1.galleries_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_INDEXKIND']._serialized_start=2051
-  _globals['_INDEXKIND']._serialized_end=2133
+  _globals['_INDEXKIND']._serialized_start=2068
+  _globals['_INDEXKIND']._serialized_end=2150
   _globals['_GALLERY']._serialized_start=109
   _globals['_GALLERY']._serialized_end=273
   _globals['_ENROLLREQUEST']._serialized_start=276
@@ -55,26 +55,26 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DELETEGALLERYREQUEST']._serialized_end=818
   _globals['_DELETEGALLERYRESPONSE']._serialized_start=820
   _globals['_DELETEGALLERYRESPONSE']._serialized_end=843
-  _globals['_IDENTIFYREQUEST']._serialized_start=845
-  _globals['_IDENTIFYREQUEST']._serialized_end=968
-  _globals['_IDENTIFYRESPONSE']._serialized_start=970
-  _globals['_IDENTIFYRESPONSE']._serialized_end=1055
-  _globals['_PARTYPROBES']._serialized_start=1057
-  _globals['_PARTYPROBES']._serialized_end=1148
-  _globals['_IDENTIFYFUSEDREQUEST']._serialized_start=1150
-  _globals['_IDENTIFYFUSEDREQUEST']._serialized_end=1245
-  _globals['_PARTYCONTRIBUTION']._serialized_start=1247
-  _globals['_PARTYCONTRIBUTION']._serialized_end=1335
-  _globals['_IDENTIFYFUSEDRESPONSE']._serialized_start=1337
-  _globals['_IDENTIFYFUSEDRESPONSE']._serialized_end=1463
-  _globals['_VERIFYREQUEST']._serialized_start=1466
-  _globals['_VERIFYREQUEST']._serialized_end=1596
-  _globals['_VERIFYRESPONSE']._serialized_start=1599
-  _globals['_VERIFYRESPONSE']._serialized_end=1837
-  _globals['_CALIBRATEREQUEST']._serialized_start=1840
-  _globals['_CALIBRATEREQUEST']._serialized_end=1974
-  _globals['_CALIBRATERESPONSE']._serialized_start=1976
-  _globals['_CALIBRATERESPONSE']._serialized_end=2049
-  _globals['_GALLERYSERVICE']._serialized_start=2136
-  _globals['_GALLERYSERVICE']._serialized_end=2872
+  _globals['_IDENTIFYREQUEST']._serialized_start=846
+  _globals['_IDENTIFYREQUEST']._serialized_end=985
+  _globals['_IDENTIFYRESPONSE']._serialized_start=987
+  _globals['_IDENTIFYRESPONSE']._serialized_end=1072
+  _globals['_PARTYPROBES']._serialized_start=1074
+  _globals['_PARTYPROBES']._serialized_end=1165
+  _globals['_IDENTIFYFUSEDREQUEST']._serialized_start=1167
+  _globals['_IDENTIFYFUSEDREQUEST']._serialized_end=1262
+  _globals['_PARTYCONTRIBUTION']._serialized_start=1264
+  _globals['_PARTYCONTRIBUTION']._serialized_end=1352
+  _globals['_IDENTIFYFUSEDRESPONSE']._serialized_start=1354
+  _globals['_IDENTIFYFUSEDRESPONSE']._serialized_end=1480
+  _globals['_VERIFYREQUEST']._serialized_start=1483
+  _globals['_VERIFYREQUEST']._serialized_end=1613
+  _globals['_VERIFYRESPONSE']._serialized_start=1616
+  _globals['_VERIFYRESPONSE']._serialized_end=1854
+  _globals['_CALIBRATEREQUEST']._serialized_start=1857
+  _globals['_CALIBRATEREQUEST']._serialized_end=1991
+  _globals['_CALIBRATERESPONSE']._serialized_start=1993
+  _globals['_CALIBRATERESPONSE']._serialized_end=2066
+  _globals['_GALLERYSERVICE']._serialized_start=2153
+  _globals['_GALLERYSERVICE']._serialized_end=2889
 # @@protoc_insertion_point(module_scope)

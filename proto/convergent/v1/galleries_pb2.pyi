@@ -107,18 +107,20 @@ class DeleteGalleryResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class IdentifyRequest(_message.Message):
-    __slots__ = ("gallery", "model", "model_version", "vectors", "k")
+    __slots__ = ("gallery", "model", "model_version", "vectors", "k", "fit_id")
     GALLERY_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     VECTORS_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
+    FIT_ID_FIELD_NUMBER: _ClassVar[int]
     gallery: str
     model: str
     model_version: int
     vectors: _types_pb2.Matrix
     k: int
-    def __init__(self, gallery: _Optional[str] = ..., model: _Optional[str] = ..., model_version: _Optional[int] = ..., vectors: _Optional[_Union[_types_pb2.Matrix, _Mapping]] = ..., k: _Optional[int] = ...) -> None: ...
+    fit_id: str
+    def __init__(self, gallery: _Optional[str] = ..., model: _Optional[str] = ..., model_version: _Optional[int] = ..., vectors: _Optional[_Union[_types_pb2.Matrix, _Mapping]] = ..., k: _Optional[int] = ..., fit_id: _Optional[str] = ...) -> None: ...
 
 class IdentifyResponse(_message.Message):
     __slots__ = ("ids", "scores", "route")
