@@ -45,21 +45,40 @@ def test_health_exit_codes(server):
     assert down.returncode == 1 and "UNAVAILABLE" in down.stderr
 
 
+PLOTS = ("cmc_methods.png", "cmc_fusion.png", "anchors_curve.png", "matched_correlations.png")
+
+
+def check_report(folder: Path) -> str:
+    report = (folder / "report.md").read_text()
+    for plot in PLOTS:
+        assert (folder / plot).stat().st_size > 10_000, plot  # a real PNG, not an empty figure
+        assert (folder / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"]({plot})" in report
+    return report
+
+
 @pytest.mark.slow
 def test_demo_quick_synthetic(tmp_path: Path):
     result = run("demo", "--quick", "--synthetic", "--out", str(tmp_path / "report"))
-    report = (tmp_path / "report" / "report.md").read_text()
-    assert "synthetic data" in report and "model-a" in report
-    assert "re-upload of the same anchors is a no-op: 400 stored" in result.stdout
+    report = check_report(tmp_path / "report")
+    assert "SYNTHETIC data" in report and "**These numbers come from synthetic data" in report
+    assert "fused" in report and "model-c" in report
+    assert "report:" in result.stdout and "digits MLPs mean matched correlation" in result.stdout
 
 
 @pytest.mark.slow
 def test_demo_quick_realdata(tmp_path: Path, realdata: Path):
     result = run("demo", "--quick", "--realdata", str(realdata), "--out", str(tmp_path / "report"))
-    report = (tmp_path / "report" / "report.md").read_text()
-    assert "real data from" in report
-    for model in ("dlib", "facenet", "mobileface", "minilm_l6", "mpnet"):
-        assert model in result.stdout
+    report = check_report(tmp_path / "report")
+    assert "real embeddings from" in report and "SYNTHETIC" not in report
+    for method in ("auto", "ridge", "procrustes", "cca", "permutation", "semi_matching", "sparse", "spectral", "shared space"):
+        assert f"| {method}" in report, method
+    import re
+
+    fused = re.search(r"\| fused \| ([0-9.]+) \|", report)
+    solo = [float(x) for x in re.findall(r"\| (?:dlib|facenet) \| ([0-9.]+) \|", report)]
+    assert fused and len(solo) == 2 and float(fused.group(1)) > max(solo)
+    assert "text minilm_l6→mpnet" in result.stdout
 
 
 def test_fit_transform_and_fits_commands(server, tmp_path: Path, rng):

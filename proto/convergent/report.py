@@ -1,0 +1,94 @@
+"""Plots and tables of the demo report (matplotlib with the Agg backend; numpy)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+
+def _pyplot():  # noqa: ANN202
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def cmc(ranks: np.ndarray, max_rank: int) -> np.ndarray:
+    """Cumulative match characteristic: fraction of probes whose true identity is within rank r,
+    for r = 1..max_rank (higher is better). ``ranks`` (n,): 1-based, 0 or > max_rank = not found."""
+    ranks = np.asarray(ranks)
+    found = (ranks >= 1) & (ranks <= max_rank)
+    return np.array([np.mean(found & (ranks <= r)) for r in range(1, max_rank + 1)])
+
+
+def plot_cmc(curves: Mapping[str, np.ndarray], path: Path, title: str) -> Path:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for label, curve in curves.items():
+        style = "--" if label.startswith("unmapped") else "-"
+        ax.plot(np.arange(1, len(curve) + 1), curve, style, marker="o", markersize=3, label=f"{label} ({curve[0]:.2f})")
+    ax.set(xlabel="rank", ylabel="identification rate (CMC)", title=title, ylim=(0, 1.02))
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right", title="method (rank-1)", title_fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_anchor_curve(counts: Sequence[int], series: Mapping[str, Sequence[float]], dim: int, path: Path, title: str) -> Path:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax.axvspan(0.5 * dim, 2 * dim, color="orange", alpha=0.15, label=f"n close to d = {dim} (warned)")
+    ax.axvline(dim, color="orange", lw=1)
+    for label, values in series.items():
+        ax.plot(counts, values, marker="o", label=label)
+    ax.set(xlabel="anchors (pairs both models embedded)", ylabel="top-1 retrieval on unseen items",
+           title=title, ylim=(0, 1.02), xlim=(0, max(counts) * 1.05))
+    ax.set_xticks(list(counts))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_histogram(values: Mapping[str, np.ndarray], path: Path, title: str) -> Path:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    bins = np.linspace(min(0.0, *(np.nanmin(v) for v in values.values())), 1.0, 26)
+    for label, v in values.items():
+        v = np.asarray(v)[np.isfinite(v)]
+        ax.hist(v, bins=bins, alpha=0.55, label=f"{label} (mean {v.mean():.3f})")
+    ax.set(xlabel="correlation of a unit with its matched unit", ylabel="units", title=title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    def cell(value: object) -> str:
+        return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def text_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    def cell(value: object) -> str:
+        return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+    table = [list(map(str, header))] + [[cell(v) for v in row] for row in rows]
+    widths = [max(len(r[i]) for r in table) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in table]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
