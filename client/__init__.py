@@ -9,6 +9,8 @@ from convergent.client.types import (
     IdentifyResult,
     ModelInfo,
     ServerInfo,
+    TlsConfig,
+    Usage,
     VerifyResult,
 )
 
@@ -21,5 +23,7 @@ __all__ = [
     "IdentifyResult",
     "ModelInfo",
     "ServerInfo",
+    "TlsConfig",
+    "Usage",
     "VerifyResult",
 ]

@@ -19,6 +19,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from convergent.client import errors
 from convergent.client.types import (
     AnchorSetInfo,
+    ErasureReport,
+    TlsConfig,
+    Usage,
     FitInfo,
     GalleryInfo,
     IdentifyResult,
@@ -37,6 +40,8 @@ from convergent.v1 import (
     info_pb2_grpc,
     models_pb2,
     models_pb2_grpc,
+    tenant_pb2,
+    tenant_pb2_grpc,
     types_pb2,
 )
 from convergent.wire import decode_array, decode_matrix, encode_matrix, rows_per_chunk
@@ -86,6 +91,15 @@ def _gallery_info(pb: galleries_pb2.Gallery) -> GalleryInfo:
     )
 
 
+def _pem(value: bytes | str | None) -> bytes | None:
+    """PEM bytes as given, or read from a path."""
+    if value is None or isinstance(value, bytes):
+        return value
+    from pathlib import Path
+
+    return Path(value).read_bytes()
+
+
 def _rows(flat: list[str], scores: np.ndarray) -> list[list[str]]:
     """Row-major flat ids -> one list per row of ``scores``."""
     width = scores.shape[1]
@@ -119,6 +133,7 @@ class Client:
         api_key: str | None = None,
         timeout: float = 30.0,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        tls: bool | TlsConfig | None = None,
     ) -> None:
         self.address = address
         self.timeout = timeout
@@ -126,20 +141,29 @@ class Client:
             (("authorization", f"Bearer {api_key}"),) if api_key else ()
         )
         self._max_message_bytes = max_message_bytes
-        self._channel = grpc.insecure_channel(
-            address,
-            options=[
-                ("grpc.max_receive_message_length", max_message_bytes),
-                ("grpc.max_send_message_length", max_message_bytes),
-                ("grpc.enable_retries", 1),
-                ("grpc.service_config", _SERVICE_CONFIG),
-            ],
-        )
+        options = [
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.enable_retries", 1),
+            ("grpc.service_config", _SERVICE_CONFIG),
+        ]
+        if tls:
+            config = tls if isinstance(tls, TlsConfig) else TlsConfig()
+            credentials = grpc.ssl_channel_credentials(
+                root_certificates=_pem(config.ca_cert), private_key=_pem(config.client_key),
+                certificate_chain=_pem(config.client_cert),
+            )
+            if config.server_name:
+                options.append(("grpc.ssl_target_name_override", config.server_name))
+            self._channel = grpc.secure_channel(address, credentials, options=options)
+        else:
+            self._channel = grpc.insecure_channel(address, options=options)
         self._models = models_pb2_grpc.ModelServiceStub(self._channel)
         self._anchors = anchors_pb2_grpc.AnchorServiceStub(self._channel)
         self._info = info_pb2_grpc.InfoServiceStub(self._channel)
         self._alignment = alignment_pb2_grpc.AlignmentServiceStub(self._channel)
         self._galleries = galleries_pb2_grpc.GalleryServiceStub(self._channel)
+        self._tenant = tenant_pb2_grpc.TenantServiceStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
         self._server_info: ServerInfo | None = None
 
@@ -270,10 +294,12 @@ class Client:
                 from tqdm.auto import tqdm
 
                 starts = tqdm(starts, desc=str(progress), unit="chunk")
+            final = max(len(ids) - 1, 0) // rows
             for number, start in enumerate(starts):
                 request = message(ids=ids[start : start + rows], vectors=encode_matrix(vectors[start : start + rows]))
                 if number == 0:
                     request.MergeFrom(header)
+                request.last = number == final  # a stream cut short is refused, never half-stored
                 yield request
 
         for attempt in range(3):
@@ -458,3 +484,19 @@ class Client:
         )
         r = self._call(self._galleries.Calibrate, request)
         return {"genuine": r.n_genuine, "impostor": r.n_impostor}
+
+    # ----------------------------------------------------------------- tenant
+    def usage(self) -> Usage:
+        """The caller's tenant, its stored vectors against the quota, and the key's role."""
+        u = self._call(self._tenant.GetUsage, tenant_pb2.GetUsageRequest())
+        return Usage(tenant=u.tenant, stored_vectors=u.stored_vectors, max_vectors=u.max_vectors, role=u.role, key_id=u.key_id)
+
+    def erase(self, ids: Sequence[str]) -> ErasureReport:
+        """Erase subjects: delete these ids from every anchor set and gallery of the tenant (admin).
+        Fits built on the changed anchor sets become stale (listed in the report)."""
+        r = self._call(self._tenant.Erase, tenant_pb2.EraseRequest(ids=[str(i) for i in ids]))
+        return ErasureReport(
+            anchors_deleted=r.anchors_deleted, gallery_items_deleted=r.gallery_items_deleted,
+            anchor_sets_changed=list(r.anchor_sets_changed), galleries_changed=list(r.galleries_changed),
+            stale_fits=list(r.stale_fits),
+        )

@@ -110,3 +110,36 @@ class VerifyResult:
     n_genuine: int
     n_impostor: int
     route: str
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    """TLS for :class:`~convergent.client.Client`: ``ca_cert`` (PEM bytes or a path; None = the
+    system roots) verifies the server; ``client_cert`` + ``client_key`` authenticate this client
+    (mutual TLS); ``server_name`` overrides the name checked in the server's certificate."""
+
+    ca_cert: bytes | str | None = None
+    client_cert: bytes | str | None = None
+    client_key: bytes | str | None = None
+    server_name: str | None = None
+
+
+@dataclass(frozen=True)
+class Usage:
+    """The caller's tenant, the vectors it stores (anchors + gallery items) against its quota
+    (0 = none), and the calling key's id and role."""
+
+    tenant: str
+    stored_vectors: int
+    max_vectors: int
+    role: str
+    key_id: str
+
+
+@dataclass(frozen=True)
+class ErasureReport:
+    anchors_deleted: int
+    gallery_items_deleted: int
+    anchor_sets_changed: list[str]
+    galleries_changed: list[str]
+    stale_fits: list[str]

@@ -42,3 +42,15 @@ class ResourceExhausted(ConvergentError):
 
 class Unavailable(ConvergentError):
     """The server cannot serve right now (storage not open yet, shutting down); retry later."""
+
+
+class Unauthenticated(ConvergentError):
+    """No API key, or one that is unknown, malformed or revoked."""
+
+
+class PermissionDenied(ConvergentError):
+    """A valid key whose role may not make this call."""
+
+
+class Cancelled(ConvergentError):
+    """The caller went away (cancelled the call or its deadline passed) before the commit."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MiB = 1024 * 1024
@@ -35,11 +35,46 @@ class ServerSettings(BaseSettings):
     grace_seconds: float = Field(10.0, ge=0, description="how long in-flight RPCs get on shutdown")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"
+    require_auth: bool | None = Field(
+        None, description="API keys required; default: on unless host is a loopback address"
+    )
+    bootstrap_keys_file: Path | None = Field(None, description="JSON list of hashed keys (e.g. a Kubernetes Secret)")
+    tls_cert: Path | None = Field(None, description="PEM certificate chain of the server")
+    tls_key: Path | None = Field(None, description="PEM private key of the server")
+    tls_client_ca: Path | None = Field(None, description="PEM CA bundle: require client certificates (mTLS)")
+    max_vectors_per_tenant: int | None = Field(
+        None, ge=1, description="quota: anchors + gallery items one tenant may store"
+    )
     database_url: str | None = Field(
         None, description="SQLAlchemy URL; default: SQLite file convergent.sqlite3 in data_dir"
     )
+
+    @model_validator(mode="after")
+    def _tls_pairs(self) -> ServerSettings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("give both tls_cert and tls_key, or neither")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError("tls_client_ca (mTLS) needs tls_cert and tls_key")
+        return self
+
+    def auth_enabled(self) -> bool:
+        """Explicit setting, else on for every host that is not a loopback address."""
+        if self.require_auth is not None:
+            return self.require_auth
+        return not _is_loopback(self.host)
 
     def resolved_database_url(self) -> str:
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'convergent.sqlite3').resolve()}"
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host in ("localhost", "localhost.localdomain"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False

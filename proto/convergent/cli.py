@@ -18,6 +18,21 @@ app.add_typer(models_app, name="models")
 app.add_typer(anchors_app, name="anchors")
 fits_app = typer.Typer(help="List, show and export fitted maps.", no_args_is_help=True)
 app.add_typer(fits_app, name="fits")
+keys_app = typer.Typer(help="API keys of tenants (run on the server host, against its data folder).", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+# TLS of the client commands (set by the global options below).
+_TLS: dict[str, Optional[Path]] = {}
+
+
+@app.callback()
+def _global_options(
+    tls_ca: Annotated[Optional[Path], typer.Option(envvar="CONVERGENT_TLS_CA", help="client commands: connect with TLS, trusting this CA (PEM)")] = None,
+    tls_client_cert: Annotated[Optional[Path], typer.Option(envvar="CONVERGENT_TLS_CLIENT_CERT", help="client certificate for mTLS (PEM)")] = None,
+    tls_client_key: Annotated[Optional[Path], typer.Option(envvar="CONVERGENT_TLS_CLIENT_KEY", help="client key for mTLS (PEM)")] = None,
+) -> None:
+    """convergent: fit maps between embedding models' spaces and serve cross-model inference."""
+    _TLS.update(ca=tls_ca, cert=tls_client_cert, key=tls_client_key)
 
 Address = Annotated[str, typer.Option("--address", envvar="CONVERGENT_ADDRESS", help="server HOST:PORT")]
 ApiKey = Annotated[Optional[str], typer.Option("--api-key", envvar="CONVERGENT_API_KEY", help="API key")]
@@ -25,9 +40,13 @@ DEFAULT_ADDRESS = "127.0.0.1:50051"
 
 
 def _client(address: str, api_key: str | None):  # noqa: ANN202
-    from convergent.client import Client
+    from convergent.client import Client, TlsConfig
 
-    return Client(address, api_key=api_key)
+    tls = None
+    if any(_TLS.values()):
+        tls = TlsConfig(ca_cert=_TLS.get("ca") and str(_TLS["ca"]), client_cert=_TLS.get("cert") and str(_TLS["cert"]),
+                        client_key=_TLS.get("key") and str(_TLS["key"]))
+    return Client(address, api_key=api_key, tls=tls)
 
 
 def _fail(error: Exception) -> None:
@@ -45,6 +64,12 @@ def serve(
     max_message_bytes: Annotated[Optional[int], typer.Option(help="max gRPC message size, both directions [64 MiB]")] = None,
     log_level: Annotated[Optional[str], typer.Option(help="DEBUG, INFO, WARNING, ERROR")] = None,
     log_format: Annotated[Optional[str], typer.Option(help="text or json")] = None,
+    require_auth: Annotated[Optional[bool], typer.Option("--require-auth/--no-require-auth", help="API keys required [on unless --host is loopback]")] = None,
+    bootstrap_keys_file: Annotated[Optional[Path], typer.Option(help="JSON list of hashed keys (e.g. from a Kubernetes Secret)")] = None,
+    tls_cert: Annotated[Optional[Path], typer.Option(help="server certificate chain (PEM): serve TLS")] = None,
+    tls_key: Annotated[Optional[Path], typer.Option(help="server private key (PEM)")] = None,
+    tls_client_ca: Annotated[Optional[Path], typer.Option(help="CA of client certificates (PEM): require mTLS")] = None,
+    max_vectors_per_tenant: Annotated[Optional[int], typer.Option(help="quota of stored vectors per tenant")] = None,
 ) -> None:
     """Run the gRPC server until SIGTERM/SIGINT (settings also from CONVERGENT_* variables)."""
     from pydantic import ValidationError
@@ -57,6 +82,8 @@ def serve(
         "host": host, "port": port, "data_dir": data_dir, "reflection": reflection, "workers": workers,
         "log_level": log_level.upper() if log_level else None, "log_format": log_format,
         "max_receive_message_bytes": max_message_bytes, "max_send_message_bytes": max_message_bytes,
+        "require_auth": require_auth, "bootstrap_keys_file": bootstrap_keys_file, "tls_cert": tls_cert,
+        "tls_key": tls_key, "tls_client_ca": tls_client_ca, "max_vectors_per_tenant": max_vectors_per_tenant,
     }
     try:
         settings = ServerSettings(**{k: v for k, v in flags.items() if v is not None})
@@ -456,6 +483,98 @@ def restore(
         _fail(exc)
     note = f"; the server migrates it from {info.alembic_revision} to {info.head_revision} at start-up" if info.needs_migration else ""
     typer.echo(f"restored {info.database_path} ({info.database_bytes} bytes){note}")
+
+
+def _key_store(data_dir: Path):  # noqa: ANN202
+    from convergent.server.settings import ServerSettings
+    from convergent.server.storage.key_store import KeyStore
+    from convergent.server.storage.sql import SqlStore
+
+    store = SqlStore(ServerSettings(data_dir=data_dir).resolved_database_url())
+    return store, KeyStore(store.engine)
+
+
+DataDir = Annotated[Path, typer.Option(envvar="CONVERGENT_DATA_DIR", help="the server's data folder")]
+
+
+@keys_app.command("create")
+def keys_create(
+    tenant: Annotated[str, typer.Argument(help="the tenant (federation) the key belongs to")],
+    data_dir: DataDir = Path("./convergent-data"),
+    role: Annotated[str, typer.Option(help="reader, party or admin")] = "party",
+    name: Annotated[str, typer.Option(help="who holds the key")] = "",
+    bootstrap_out: Annotated[Optional[Path], typer.Option(help="append the hashed key to this JSON file instead of the database")] = None,
+) -> None:
+    """Create an API key; prints it on the last line (only its hash is stored)."""
+    import json
+
+    from convergent.server.errors import ConvergentError as ServerError
+    from convergent.server.rpc.auth import check_role, hash_secret, new_key
+    from convergent.wire import WireError, check_name
+
+    try:
+        check_name(tenant, "tenant name")
+        check_role(role)
+    except (WireError, ServerError) as exc:
+        _fail(exc)
+    key_id, secret, key = new_key()
+    entry = {"key_id": key_id, "tenant": tenant, "role": role, "name": name or key_id, "secret_sha256": hash_secret(secret)}
+    if bootstrap_out is not None:
+        entries = json.loads(bootstrap_out.read_text()) if bootstrap_out.exists() else []
+        bootstrap_out.write_text(json.dumps([*entries, entry], indent=2) + "\n")
+        typer.echo(f"appended key {key_id} ({role} of {tenant}) to {bootstrap_out}")
+    else:
+        store, keys = _key_store(data_dir)
+        keys.insert(key_id, tenant, entry["name"], role, entry["secret_sha256"])
+        store.close()
+        typer.echo(f"created key {key_id} ({role} of {tenant}); keep it secret, it is not shown again:")
+    typer.echo(key)
+
+
+@keys_app.command("list")
+def keys_list(
+    data_dir: DataDir = Path("./convergent-data"),
+    tenant: Annotated[Optional[str], typer.Option(help="only this tenant")] = None,
+) -> None:
+    """List keys (ids, tenants, roles; never secrets)."""
+    store, keys = _key_store(data_dir)
+    rows = keys.list(tenant)
+    store.close()
+    typer.echo(f"{'key id':<14} {'tenant':<20} {'role':<8} {'name':<20} status")
+    for r in rows:
+        typer.echo(f"{r.key_id:<14} {r.tenant:<20} {r.role:<8} {r.name:<20} {'revoked' if r.revoked_at else 'active'}")
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: str, data_dir: DataDir = Path("./convergent-data")) -> None:
+    """Revoke a key: calls with it are UNAUTHENTICATED from now on."""
+    from convergent.server.errors import NotFound
+
+    store, keys = _key_store(data_dir)
+    try:
+        keys.revoke(key_id)
+    except NotFound as exc:
+        _fail(exc)
+    finally:
+        store.close()
+    typer.echo(f"revoked {key_id}")
+
+
+@app.command()
+def audit(
+    data_dir: DataDir = Path("./convergent-data"),
+    tenant: Annotated[Optional[str], typer.Option(help="only this tenant")] = None,
+    limit: Annotated[int, typer.Option(help="newest entries to show")] = 50,
+) -> None:
+    """Who (key id) called identify, verify, delete or erase, when, on what, and the outcome."""
+    import datetime
+
+    store, keys = _key_store(data_dir)
+    rows = keys.audit_entries(tenant, limit)
+    store.close()
+    for r in rows:
+        at = datetime.datetime.fromtimestamp(r.at, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+        typer.echo(f"{at}Z {r.tenant} key={r.key_id} {r.method} {r.target} -> {r.outcome} [{r.request_id}]")
 
 
 @app.command()

@@ -226,7 +226,9 @@ class Alignment:
             if version.data_version == 0:
                 raise NotFound(f"anchor set {anchor_set!r} not found")
             cached = self.stats_cache.get(key)
-            if cached is not None and cached.data_version >= version.rewritten_version:
+            # Usable if no delete/overwrite happened after it, and it is not newer than this
+            # snapshot (a concurrent fit may have cached a later version than we read).
+            if cached is not None and version.rewritten_version <= cached.data_version <= version.data_version:
                 stats, since = cached.stats.copy(), cached.data_version
                 self.stats_cache.incremental_updates += since < version.data_version
             else:

@@ -11,7 +11,7 @@ each committed enroll or remove; a per-gallery lock keeps the database and the i
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,7 +27,12 @@ from convergent.server.errors import (
 from convergent.server.registry import paging
 from convergent.server.registry.alignment import Alignment
 from convergent.server.registry.records import FitRecord, GalleryRecord, ModelRecord, Page
-from convergent.server.registry.service import prepare_vectors, valid_name
+from convergent.server.registry.service import (
+    check_stream_complete,
+    check_stream_order,
+    prepare_vectors,
+    valid_name,
+)
 from convergent.server.settings import ServerSettings
 from convergent.server.storage import pairs
 from convergent.server.storage.gallery_store import GalleryStore
@@ -49,6 +54,7 @@ class EnrollChunk:
     index_kind: str
     ids: list[str]
     vectors: np.ndarray
+    last: bool = False
 
 
 @dataclass(frozen=True)
@@ -127,14 +133,18 @@ class Galleries:
             entry.index = None
 
     # ------------------------------------------------------------ enrol / remove
-    def enroll(self, tenant: str, chunks: Iterable[EnrollChunk]) -> tuple[int, int]:
+    def enroll(
+        self, tenant: str, chunks: Iterable[EnrollChunk], still_wanted: Callable[[], bool] | None = None
+    ) -> tuple[int, int]:
         """Validate the whole stream, then add it in one transaction; returns (enrolled, size)."""
         header: EnrollChunk | None = None
         model: ModelRecord | None = None
         ids: list[str] = []
         blocks: list[np.ndarray] = []
         seen: set[str] = set()
+        seen_last = False
         for number, chunk in enumerate(chunks):
+            seen_last = check_stream_order(number, chunk.last, seen_last)
             if header is None:
                 header = chunk
                 valid_name(chunk.gallery, "gallery name")
@@ -167,6 +177,7 @@ class Galleries:
                 ids += chunk.ids
         if header is None or model is None:
             raise InvalidInput("the enroll stream is empty: send at least one message")
+        check_stream_complete(seen_last)
         if not ids:
             raise InvalidInput("the enroll holds no vectors")
         vectors = np.vstack(blocks)
@@ -180,7 +191,7 @@ class Galleries:
                 self._check_gallery_model(existing, model)
             record, _, added_ids, added = self.galleries.enroll(
                 tenant, header.gallery, model.name, model.version, existing.index_kind if existing else header.index_kind,
-                [(ids, vectors)],
+                [(ids, vectors)], quota=self.settings.max_vectors_per_tenant, still_wanted=still_wanted,
             )
             if entry.index is not None:
                 entry.index.add(added_ids, _unit(added))
@@ -197,6 +208,13 @@ class Galleries:
                 f"gallery {gallery.name!r} was enrolled with {gallery.model!r} v{gallery.model_version}; "
                 f"the model is now v{model.version}"
             )
+
+    def forget_indexes(self, tenant: str, names: list[str]) -> None:
+        """Drop the in-memory indexes of these galleries (rebuilt from storage on next use)."""
+        for name in names:
+            entry = self._entry(tenant, name)
+            with entry.lock:
+                entry.index = None
 
     def remove(self, tenant: str, name: str, ids: list[str]) -> tuple[int, int]:
         valid_name(name, "gallery name")

@@ -7,7 +7,7 @@ maps the raised :mod:`convergent.server.errors` to statuses.
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -69,6 +69,21 @@ class UploadChunk:
     overwrite: bool
     ids: list[str]
     vectors: np.ndarray  # (len(ids), dim), any float dtype
+    last: bool = False   # the final message of the stream
+
+
+def check_stream_order(number: int, chunk_last: bool, seen_last: bool) -> bool:
+    """Track the ``last`` marker of a client stream; returns whether it has been seen."""
+    if seen_last:
+        raise InvalidInput(f"message {number} follows the message marked last")
+    return chunk_last
+
+
+def check_stream_complete(seen_last: bool) -> None:
+    if not seen_last:
+        raise InvalidInput(
+            "the stream ended without a message marked last=true: it was cut short; nothing was stored"
+        )
 
 
 class Registry:
@@ -101,7 +116,9 @@ class Registry:
         return self.store.delete_model(tenant, name)
 
     # ------------------------------------------------------------------ anchors
-    def upload_anchors(self, tenant: str, chunks: Iterable[UploadChunk]) -> UploadResult:
+    def upload_anchors(
+        self, tenant: str, chunks: Iterable[UploadChunk], still_wanted: Callable[[], bool] | None = None
+    ) -> UploadResult:
         """Validate a whole stream, then store it in one transaction (all or nothing).
 
         Vectors are checked (dimension, finite, unique non-empty ids), normalised if the
@@ -110,11 +127,13 @@ class Registry:
         """
         header: UploadChunk | None = None
         model: ModelRecord | None = None
+        seen_last = False
         seen: set[str] = set()
         ids: list[str] = []
         max_id = self.settings.max_id_length
         with tempfile.SpooledTemporaryFile(max_size=self.settings.spool_memory_bytes) as spool:
             for number, chunk in enumerate(chunks):
+                seen_last = check_stream_order(number, chunk.last, seen_last)
                 if header is None:
                     header = chunk
                     valid_name(chunk.model, "model name")
@@ -163,11 +182,13 @@ class Registry:
                 ids.extend(chunk.ids)
             if header is None or model is None:
                 raise InvalidInput("the upload stream is empty: send at least one message")
+            check_stream_complete(seen_last)
             if not ids:
                 raise InvalidInput("the upload holds no vectors")
             spool.seek(0)
             return self.store.write_anchors(
-                tenant, header.anchor_set, model, _read_back(spool, ids, model.dim), header.overwrite
+                tenant, header.anchor_set, model, _read_back(spool, ids, model.dim), header.overwrite,
+                quota=self.settings.max_vectors_per_tenant, still_wanted=still_wanted,
             )
 
     def count_anchors(self, tenant: str, model: str, anchor_set: str) -> int:

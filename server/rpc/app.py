@@ -13,6 +13,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from convergent.server.registry.alignment import Alignment
 from convergent.server.registry.galleries import Galleries
 from convergent.server.registry.service import Registry
+from convergent.server.rpc.auth import Authenticator, load_bootstrap_keys
 from convergent.server.rpc.servicers import (
     AlignmentServicer,
     AnchorServicer,
@@ -20,8 +21,10 @@ from convergent.server.rpc.servicers import (
     GalleryServicer,
     InfoServicer,
     ModelServicer,
+    TenantServicer,
 )
 from convergent.server.settings import ServerSettings
+from convergent.server.storage.key_store import KeyStore
 from convergent.server.storage.sql import SqlStore
 from convergent.v1 import (
     alignment_pb2,
@@ -34,6 +37,8 @@ from convergent.v1 import (
     info_pb2_grpc,
     models_pb2,
     models_pb2_grpc,
+    tenant_pb2,
+    tenant_pb2_grpc,
 )
 
 log = logging.getLogger("convergent.server")
@@ -44,6 +49,7 @@ SERVICE_NAMES = (
     info_pb2.DESCRIPTOR.services_by_name["InfoService"].full_name,
     alignment_pb2.DESCRIPTOR.services_by_name["AlignmentService"].full_name,
     galleries_pb2.DESCRIPTOR.services_by_name["GalleryService"].full_name,
+    tenant_pb2.DESCRIPTOR.services_by_name["TenantService"].full_name,
 )
 
 
@@ -76,9 +82,10 @@ class ConvergentServer:
         )
         models_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(self._backend), self._server)
         anchors_pb2_grpc.add_AnchorServiceServicer_to_server(AnchorServicer(self._backend), self._server)
-        info_pb2_grpc.add_InfoServiceServicer_to_server(InfoServicer(settings), self._server)
+        info_pb2_grpc.add_InfoServiceServicer_to_server(InfoServicer(settings, self._backend), self._server)
         alignment_pb2_grpc.add_AlignmentServiceServicer_to_server(AlignmentServicer(self._backend), self._server)
         galleries_pb2_grpc.add_GalleryServiceServicer_to_server(GalleryServicer(self._backend), self._server)
+        tenant_pb2_grpc.add_TenantServiceServicer_to_server(TenantServicer(self._backend), self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         if settings.reflection:
             from grpc_reflection.v1alpha import reflection
@@ -100,14 +107,25 @@ class ConvergentServer:
     def start(self) -> int:
         """Bind, start serving, open storage, then report SERVING. Returns the bound port."""
         s = self.settings
-        self.port = self._server.add_insecure_port(_address(s.host, s.port))
+        if s.tls_cert is not None:
+            credentials = grpc.ssl_server_credentials(
+                [(s.tls_key.read_bytes(), s.tls_cert.read_bytes())],
+                root_certificates=s.tls_client_ca.read_bytes() if s.tls_client_ca else None,
+                require_client_auth=s.tls_client_ca is not None,
+            )
+            self.port = self._server.add_secure_port(_address(s.host, s.port), credentials)
+        else:
+            self.port = self._server.add_insecure_port(_address(s.host, s.port))
         if self.port == 0:
             raise OSError(f"could not bind {_address(s.host, s.port)}")
         self._server.start()
-        log.info("listening on %s", self.address)
+        security = "mTLS" if s.tls_client_ca else "TLS" if s.tls_cert else "plaintext"
+        log.info("listening on %s (%s, API keys %s)", self.address, security, "required" if s.auth_enabled() else "off")
         self.store = SqlStore(s.resolved_database_url())
         alignment = Alignment(self.store, s)
-        self._backend.open(Registry(self.store, s), alignment, Galleries(self.store, alignment, s))
+        bootstrap = load_bootstrap_keys(s.bootstrap_keys_file) if s.bootstrap_keys_file else None
+        authenticator = Authenticator(s.auth_enabled(), KeyStore(self.store.engine), bootstrap)
+        self._backend.open(Registry(self.store, s), alignment, Galleries(self.store, alignment, s), authenticator)
         self._set_health(health_pb2.HealthCheckResponse.SERVING)
         log.info("storage open (%s); serving", self.store.engine.url.render_as_string(hide_password=True))
         return self.port

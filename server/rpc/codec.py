@@ -48,7 +48,7 @@ def upload_chunks(requests: Iterable[anchors_pb2.UploadAnchorsRequest]) -> Itera
         yield UploadChunk(
             model=request.model, model_version=request.model_version,
             anchor_set=request.anchor_set, overwrite=request.overwrite,
-            ids=list(request.ids), vectors=vectors,
+            ids=list(request.ids), vectors=vectors, last=request.last,
         )
 
 
@@ -98,7 +98,7 @@ def enroll_chunks(requests: Iterable[galleries_pb2.EnrollRequest]) -> Iterator[E
         vectors = decode_matrix(request.vectors) if has_vectors or request.ids else _EMPTY
         yield EnrollChunk(
             gallery=request.gallery, model=request.model, model_version=request.model_version,
-            index_kind=index_kind(request.index), ids=list(request.ids), vectors=vectors,
+            index_kind=index_kind(request.index), ids=list(request.ids), vectors=vectors, last=request.last,
         )
 
 

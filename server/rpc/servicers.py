@@ -5,10 +5,12 @@ from __future__ import annotations
 import grpc
 
 import convergent
-from convergent.server.errors import Unavailable
+from convergent.server.errors import ResourceExhausted, Unavailable
 from convergent.server.registry.alignment import Alignment
 from convergent.server.registry.galleries import Galleries
-from convergent.server.registry.service import DEFAULT_TENANT, Registry
+from convergent.server.registry.service import Registry
+from convergent.server.registry.tenancy import Tenancy
+from convergent.server.rpc.auth import Authenticator, Principal, principal_var
 from convergent.server.rpc import codec
 from convergent.server.rpc.errors import rpc_method
 from convergent.server.settings import ServerSettings
@@ -18,6 +20,8 @@ from convergent.v1 import (
     anchors_pb2,
     galleries_pb2,
     galleries_pb2_grpc,
+    tenant_pb2,
+    tenant_pb2_grpc,
     anchors_pb2_grpc,
     info_pb2,
     info_pb2_grpc,
@@ -34,12 +38,46 @@ class Backend:
         self._registry: Registry | None = None
         self._alignment: Alignment | None = None
         self._galleries: Galleries | None = None
+        self._authenticator: Authenticator | None = None
+        self._tenancy: Tenancy | None = None
+        self.max_rows: int | None = None
 
-    def open(self, registry: Registry, alignment: Alignment, galleries: Galleries) -> None:
+    def open(
+        self, registry: Registry, alignment: Alignment, galleries: Galleries, authenticator: Authenticator
+    ) -> None:
         self._registry, self._alignment, self._galleries = registry, alignment, galleries
+        self._authenticator = authenticator
+        self._tenancy = Tenancy(registry.store, galleries)
+        self.max_rows = registry.settings.max_vectors_per_message
 
     def close(self) -> None:
-        self._registry = self._alignment = self._galleries = None
+        self._registry = self._alignment = self._galleries = self._authenticator = self._tenancy = None
+
+    @property
+    def tenancy(self) -> Tenancy:
+        return self._ready(self._tenancy)
+
+    def rows(self, matrix, what: str):  # noqa: ANN001, ANN201
+        """Decode a request's matrix, refusing more rows than one message may carry."""
+        array = decode_matrix(matrix, what=what)
+        if self.max_rows is not None and array.shape[0] > self.max_rows:
+            raise ResourceExhausted(
+                f"{what}: {array.shape[0]} rows in one message; the limit is max_vectors_per_message={self.max_rows}"
+            )
+        return array
+
+    def authenticate(self, metadata) -> Principal:  # noqa: ANN001
+        """The caller (UNAUTHENTICATED without a valid key; UNAVAILABLE before storage is open)."""
+        return self._ready(self._authenticator).authenticate(metadata)
+
+    def authorize(self, principal: Principal, method: str) -> None:
+        """PERMISSION_DENIED unless the caller's role may call ``method``."""
+        self._ready(self._authenticator).authorize(principal, method)
+
+    def audit(self, principal: Principal, method: str, target: str, outcome: str, request_id: str) -> None:
+        authenticator = self._authenticator
+        if authenticator is not None and authenticator.keys is not None:
+            authenticator.keys.audit(principal.tenant, principal.key_id, method, target, outcome, request_id)
 
     @staticmethod
     def _ready(use_case):  # noqa: ANN001, ANN205
@@ -60,8 +98,9 @@ class Backend:
         return self._ready(self._galleries)
 
 
-def tenant_of(context: grpc.ServicerContext) -> str:  # noqa: ARG001 - keys decide the tenant later
-    return DEFAULT_TENANT
+def tenant_of(context: grpc.ServicerContext) -> str:  # noqa: ARG001
+    """The calling party's tenant (set by :func:`rpc_method` from its API key)."""
+    return principal_var.get().tenant
 
 
 class ModelServicer(models_pb2_grpc.ModelServiceServicer):
@@ -100,7 +139,7 @@ class AnchorServicer(anchors_pb2_grpc.AnchorServiceServicer):
     @rpc_method
     def UploadAnchors(self, request_iterator, context):  # noqa: ANN001, N802
         result = self.backend.registry.upload_anchors(
-            tenant_of(context), codec.upload_chunks(request_iterator)
+            tenant_of(context), codec.upload_chunks(request_iterator), still_wanted=context.is_active
         )
         return codec.upload_result_to_pb(result)
 
@@ -127,8 +166,9 @@ class AnchorServicer(anchors_pb2_grpc.AnchorServiceServicer):
 
 
 class InfoServicer(info_pb2_grpc.InfoServiceServicer):
-    def __init__(self, settings: ServerSettings) -> None:
+    def __init__(self, settings: ServerSettings, backend: Backend) -> None:
         self.settings = settings
+        self.backend = backend
 
     @rpc_method
     def GetServerInfo(self, request, context):  # noqa: ANN001, N802, ARG002
@@ -174,7 +214,7 @@ class AlignmentServicer(alignment_pb2_grpc.AlignmentServiceServicer):
 
     @rpc_method
     def Transform(self, request, context):  # noqa: ANN001, N802
-        vectors = decode_matrix(request.vectors)
+        vectors = self.backend.rows(request.vectors, "vectors")
         Z, record, target = self.backend.alignment.transform(
             tenant_of(context), request.source, request.source_version, request.target, request.fit_id, vectors
         )
@@ -204,7 +244,9 @@ class GalleryServicer(galleries_pb2_grpc.GalleryServiceServicer):
 
     @rpc_method
     def Enroll(self, request_iterator, context):  # noqa: ANN001, N802
-        enrolled, size = self.backend.galleries.enroll(tenant_of(context), codec.enroll_chunks(request_iterator))
+        enrolled, size = self.backend.galleries.enroll(
+            tenant_of(context), codec.enroll_chunks(request_iterator), still_wanted=context.is_active
+        )
         return galleries_pb2.EnrollResponse(enrolled=enrolled, size=size)
 
     @rpc_method
@@ -232,7 +274,7 @@ class GalleryServicer(galleries_pb2_grpc.GalleryServiceServicer):
     def Identify(self, request, context):  # noqa: ANN001, N802
         result = self.backend.galleries.identify(
             tenant_of(context), request.gallery, request.model, request.model_version,
-            decode_matrix(request.vectors, what="probes"), request.k, request.fit_id,
+            self.backend.rows(request.vectors, "probes"), request.k, request.fit_id,
         )
         return galleries_pb2.IdentifyResponse(
             ids=[i for row in result.ids for i in row], scores=encode_matrix(result.scores), route=result.route
@@ -241,7 +283,7 @@ class GalleryServicer(galleries_pb2_grpc.GalleryServiceServicer):
     @rpc_method
     def IdentifyFused(self, request, context):  # noqa: ANN001, N802
         parties = [
-            (p.model, p.model_version, decode_matrix(p.vectors, what=f"{p.model or 'party'} probes"))
+            (p.model, p.model_version, self.backend.rows(p.vectors, f"{p.model or 'party'} probes"))
             for p in request.parties
         ]
         result = self.backend.galleries.identify_fused(tenant_of(context), request.gallery, parties, request.k)
@@ -256,8 +298,8 @@ class GalleryServicer(galleries_pb2_grpc.GalleryServiceServicer):
     @rpc_method
     def Verify(self, request, context):  # noqa: ANN001, N802
         r = self.backend.galleries.verify(
-            tenant_of(context), request.a_model, decode_matrix(request.a, what="a"),
-            request.b_model, decode_matrix(request.b, what="b"), request.far,
+            tenant_of(context), request.a_model, self.backend.rows(request.a, "a"),
+            request.b_model, self.backend.rows(request.b, "b"), request.far,
         )
         return galleries_pb2.VerifyResponse(
             scores=encode_matrix(r.scores[:, None]), accept=r.accept.tolist(), threshold=r.threshold,
@@ -268,7 +310,30 @@ class GalleryServicer(galleries_pb2_grpc.GalleryServiceServicer):
     @rpc_method
     def Calibrate(self, request, context):  # noqa: ANN001, N802
         n_genuine, n_impostor, route = self.backend.galleries.calibrate(
-            tenant_of(context), request.a_model, decode_matrix(request.a, what="a"),
-            request.b_model, decode_matrix(request.b, what="b"), list(request.same),
+            tenant_of(context), request.a_model, self.backend.rows(request.a, "a"),
+            request.b_model, self.backend.rows(request.b, "b"), list(request.same),
         )
         return galleries_pb2.CalibrateResponse(n_genuine=n_genuine, n_impostor=n_impostor, route=route)
+
+
+class TenantServicer(tenant_pb2_grpc.TenantServiceServicer):
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+
+    @rpc_method
+    def Erase(self, request, context):  # noqa: ANN001, N802
+        report = self.backend.tenancy.erase(tenant_of(context), list(request.ids))
+        return tenant_pb2.EraseResponse(
+            anchors_deleted=report.anchors_deleted, gallery_items_deleted=report.gallery_items_deleted,
+            anchor_sets_changed=report.anchor_sets_changed, galleries_changed=report.galleries_changed,
+            stale_fits=report.stale_fits,
+        )
+
+    @rpc_method
+    def GetUsage(self, request, context):  # noqa: ANN001, N802, ARG002
+        principal = principal_var.get()
+        return tenant_pb2.Usage(
+            tenant=principal.tenant, stored_vectors=self.backend.tenancy.usage(principal.tenant),
+            max_vectors=self.backend.registry.settings.max_vectors_per_tenant or 0,
+            role=principal.role, key_id=principal.key_id,
+        )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from contextlib import contextmanager
 
 import numpy as np
@@ -12,6 +12,7 @@ import sqlalchemy as sa
 from convergent.server.errors import AlreadyExists, NotFound
 from convergent.server.registry.records import GalleryRecord
 from convergent.server.storage.schema import calibrations, galleries, gallery_items
+from convergent.server.storage.sql import check_quota, ensure_wanted
 
 ID_BATCH = 500
 
@@ -66,6 +67,8 @@ class GalleryStore:
     def enroll(
         self, tenant: str, name: str, model: str, model_version: int, index_kind: str,
         batches: Iterable[tuple[list[str], np.ndarray]],
+        quota: int | None = None,
+        still_wanted: Callable[[], bool] | None = None,
     ) -> tuple[GalleryRecord, bool, list[str], np.ndarray]:
         """Add items in one transaction, creating the gallery if needed.
 
@@ -109,7 +112,9 @@ class GalleryStore:
                     seq += len(chunk)
                     added_ids += chunk
                     added.append(block)
+            check_quota(conn, tenant, len(added_ids), quota)
             record = self._get(conn, tenant, name)
+            ensure_wanted(still_wanted)
         dim = added[0].shape[1] if added else 0
         return record, created, added_ids, (np.vstack(added) if added else np.zeros((0, dim), np.float32))
 

@@ -140,3 +140,31 @@ calibrations = sa.Table(
     sa.Column("same", sa.LargeBinary, nullable=False),
     sa.Column("created_at", sa.Float, nullable=False),
 )
+
+# API keys: parties of a tenant (federation). Only a hash of the secret is stored.
+api_keys = sa.Table(
+    "api_keys",
+    metadata,
+    sa.Column("key_id", sa.String(32), primary_key=True),
+    sa.Column("tenant", sa.String(128), nullable=False),
+    sa.Column("name", sa.String(128), nullable=False),
+    sa.Column("role", sa.String(16), nullable=False),  # reader | party | admin
+    sa.Column("secret_sha256", sa.String(64), nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("revoked_at", sa.Float, nullable=True),
+)
+
+# Who (key id) called identify / verify / delete / erase, when, on what, and the outcome.
+audit_log = sa.Table(
+    "audit_log",
+    metadata,
+    sa.Column("seq", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("at", sa.Float, nullable=False),
+    sa.Column("tenant", sa.String(128), nullable=False),
+    sa.Column("key_id", sa.String(32), nullable=False),
+    sa.Column("method", sa.String(64), nullable=False),
+    sa.Column("target", sa.String(512), nullable=False),
+    sa.Column("outcome", sa.String(32), nullable=False),
+    sa.Column("request_id", sa.String(128), nullable=False),
+)
+sa.Index("ix_audit_tenant_at", audit_log.c.tenant, audit_log.c.at)

@@ -7,19 +7,45 @@ whole upload in one ``BEGIN IMMEDIATE`` transaction: it commits completely or no
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 
 import numpy as np
 import sqlalchemy as sa
 
-from convergent.server.errors import AlreadyExists, NotFound, SpaceMismatch
+from convergent.server.errors import AlreadyExists, Cancelled, NotFound, ResourceExhausted, SpaceMismatch
 from convergent.server.registry.records import AnchorSetRecord, ModelRecord, UploadResult
 from convergent.server.storage import db
-from convergent.server.storage.schema import anchor_sets, anchors, model_versions, models
+from convergent.server.storage.schema import anchor_sets, anchors, gallery_items, model_versions, models
 
 # Ids per SELECT ... IN (...) / executemany batch: far below every database's parameter limit.
 ID_BATCH = 500
+
+
+def stored_vectors(conn: sa.Connection, tenant: str) -> int:
+    """Anchors + gallery items the tenant stores (what its quota counts)."""
+    count = 0
+    for table in (anchors, gallery_items):
+        count += int(conn.execute(sa.select(sa.func.count()).select_from(table).where(table.c.tenant == tenant)).scalar())
+    return count
+
+
+def check_quota(conn: sa.Connection, tenant: str, added: int, quota: int | None) -> None:
+    """Call inside a write transaction after adding ``added`` vectors: :class:`ResourceExhausted`
+    (which rolls the write back) if the tenant now holds more than ``quota``."""
+    if quota is None or added == 0:
+        return
+    held = stored_vectors(conn, tenant)
+    if held > quota:
+        raise ResourceExhausted(
+            f"quota max_vectors_per_tenant={quota}: the tenant stores {held - added} vectors and this would add {added}"
+        )
+
+
+def ensure_wanted(still_wanted: Callable[[], bool] | None) -> None:
+    """Raise :class:`Cancelled` (rolling the transaction back) if the caller has gone away."""
+    if still_wanted is not None and not still_wanted():
+        raise Cancelled("the call was cancelled before its data was committed; nothing was stored")
 
 
 def _model_record(row: sa.Row) -> ModelRecord:
@@ -27,6 +53,31 @@ def _model_record(row: sa.Row) -> ModelRecord:
         name=row.name, dim=row.dim, version=row.version, normalize=row.normalize,
         created_at=row.created_at,
     )
+
+
+def _row_inserter(conn: sa.Connection, tenant: str, anchor_set: str, model: str, version: int):  # noqa: ANN202
+    """A function that inserts ``[(anchor_id, vector bytes), ...]`` as new anchors of one upload.
+
+    SQLite: one driver ``executemany`` of plain tuples (SQLAlchemy's per-row parameter
+    processing costs more than SQLite's insert itself). Other databases: SQLAlchemy Core
+    (its insertmanyvalues batching suits them).
+    """
+    if conn.dialect.name == "sqlite":
+        sql = (
+            f"INSERT INTO {anchors.name} (tenant, anchor_set, model, anchor_id, vector, written_version) "
+            "VALUES (?, ?, ?, ?, ?, ?)"
+        )
+
+        def insert(rows: list[tuple[str, bytes]]) -> None:
+            conn.exec_driver_sql(sql, [(tenant, anchor_set, model, i, v, version) for i, v in rows])
+
+        return insert
+    stmt = anchors.insert().values(tenant=tenant, anchor_set=anchor_set, model=model, written_version=version)
+
+    def insert_core(rows: list[tuple[str, bytes]]) -> None:
+        conn.execute(stmt, [{"anchor_id": i, "vector": v} for i, v in rows])
+
+    return insert_core
 
 
 class SqlStore:
@@ -159,11 +210,19 @@ class SqlStore:
         model: ModelRecord,
         batches: Iterable[tuple[list[str], np.ndarray]],
         overwrite: bool,
+        quota: int | None = None,
+        still_wanted: Callable[[], bool] | None = None,
     ) -> UploadResult:
         """Store ``(ids, float32 vectors)`` batches of ``model`` in one transaction.
 
         An id stored with the same bytes is left alone; with other bytes it is replaced if
-        ``overwrite``, else :class:`AlreadyExists` rolls the whole upload back.
+        ``overwrite``, else :class:`AlreadyExists` rolls the whole upload back. Ids must be
+        unique within one upload (the registry checks).
+
+        Fast path (measured in benchmarks/RESULTS.md): when the set holds no vector of this
+        model yet, nothing can exist, so no id is looked up; rows go to the driver's
+        ``executemany`` as plain tuples (SQLite), without SQLAlchemy's per-row parameter
+        processing; each batch's bytes are sliced from one buffer, no per-vector conversion.
         """
         received = inserted = unchanged = overwritten = 0
         key = (anchors.c.tenant == tenant) & (anchors.c.anchor_set == anchor_set) & (
@@ -178,10 +237,20 @@ class SqlStore:
             new_version = (self._set_version(conn, tenant, anchor_set) or 0) + 1
             if new_version == 1:  # create the set row first (foreign key of the anchors)
                 self._bump_version(conn, tenant, anchor_set)
+            # Nothing of this model in the set yet (always so for a new set): no lookups needed.
+            # The write lock (BEGIN IMMEDIATE) keeps it so until the commit.
+            empty = new_version == 1 or conn.execute(
+                sa.select(sa.literal(1)).select_from(anchors).where(key).limit(1)
+            ).first() is None
+            insert = _row_inserter(conn, tenant, anchor_set, model.name, new_version)
             for ids, vectors in batches:
                 received += len(ids)
                 blob = np.ascontiguousarray(vectors, dtype="<f4").tobytes()
                 row_bytes = vectors.shape[1] * 4
+                if empty:
+                    insert([(anchor_id, blob[i * row_bytes : (i + 1) * row_bytes]) for i, anchor_id in enumerate(ids)])
+                    inserted += len(ids)
+                    continue
                 for start in range(0, len(ids), ID_BATCH):
                     batch_ids = ids[start : start + ID_BATCH]
                     existing = dict(
@@ -196,7 +265,7 @@ class SqlStore:
                         vector = blob[offset * row_bytes : (offset + 1) * row_bytes]
                         old = existing.get(anchor_id)
                         if old is None:
-                            new_rows.append({"anchor_id": anchor_id, "vector": vector})
+                            new_rows.append((anchor_id, vector))
                         elif bytes(old) == vector:
                             unchanged += 1
                         elif overwrite:
@@ -208,13 +277,7 @@ class SqlStore:
                                 "upload with overwrite=True to replace it"
                             )
                     if new_rows:
-                        conn.execute(
-                            anchors.insert().values(
-                                tenant=tenant, anchor_set=anchor_set, model=model.name,
-                                written_version=new_version,
-                            ),
-                            new_rows,
-                        )
+                        insert(new_rows)
                         inserted += len(new_rows)
                     if changed_rows:
                         conn.execute(
@@ -224,10 +287,12 @@ class SqlStore:
                             changed_rows,
                         )
                         overwritten += len(changed_rows)
+            check_quota(conn, tenant, inserted, quota)
             if (inserted or overwritten) and new_version > 1:
                 self._bump_version(conn, tenant, anchor_set, destructive=overwritten > 0)
             data_version = self._set_version(conn, tenant, anchor_set)
             total = self._count(conn, tenant, anchor_set, model.name)
+            ensure_wanted(still_wanted)
         return UploadResult(
             received=received, inserted=inserted, unchanged=unchanged, overwritten=overwritten,
             total=total, data_version=int(data_version),

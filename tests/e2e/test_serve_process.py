@@ -85,3 +85,48 @@ def test_serve_rejects_bad_settings(tmp_path: Path):
     )
     assert result.returncode == 1
     assert "port" in result.stderr and "less than or equal to 65535" in result.stderr
+
+
+def test_keys_and_auth_through_the_cli(tmp_path: Path):
+    """`keys create` prints a key on its last line; a server with --require-auth accepts only it."""
+    data_dir = tmp_path / "data"
+    created = subprocess.run([str(BIN), "keys", "create", "acme", "--role", "admin", "--name", "ops",
+                              "--data-dir", str(data_dir)], capture_output=True, text=True, timeout=60, check=True)
+    key = created.stdout.strip().splitlines()[-1]
+    assert key.startswith("cvg.")
+    listed = subprocess.run([str(BIN), "keys", "list", "--data-dir", str(data_dir)], capture_output=True, text=True, timeout=60, check=True)
+    assert "acme" in listed.stdout and "admin" in listed.stdout and key.split(".")[2] not in listed.stdout
+    process, address = start([str(BIN), "serve", "--port", "0", "--data-dir", str(data_dir), "--require-auth"])
+    try:
+        with Client(address) as anonymous:
+            anonymous.wait_until_serving()
+            with pytest.raises(errors.Unauthenticated):
+                anonymous.list_models()
+        ok = subprocess.run([str(BIN), "models", "register", "m", "--dim", "4", "--address", address, "--api-key", key],
+                            capture_output=True, text=True, timeout=60)
+        assert ok.returncode == 0, ok.stderr
+        deleted = subprocess.run([str(BIN), "models", "delete", "m", "--address", address, "--api-key", key],
+                                 capture_output=True, text=True, timeout=60)
+        assert deleted.returncode == 0, deleted.stderr
+        denied = subprocess.run([str(BIN), "models", "list", "--address", address], capture_output=True, text=True, timeout=60)
+        assert denied.returncode == 1 and "UNAUTHENTICATED" in denied.stderr
+        subprocess.run([str(BIN), "keys", "revoke", key.split(".")[1], "--data-dir", str(data_dir)], check=True, timeout=60,
+                       capture_output=True)
+        with Client(address, api_key=key) as revoked, pytest.raises(errors.Unauthenticated):
+            revoked.list_models()
+    finally:
+        stop(process)
+    audit = subprocess.run([str(BIN), "audit", "--data-dir", str(data_dir)], capture_output=True, text=True, timeout=60, check=True)
+    assert f"acme key={key.split('.')[1]} DeleteModel name=m -> OK" in audit.stdout
+
+
+def test_serve_with_tls_and_cli_health(tmp_path: Path, tls_files):
+    process, address = start([str(BIN), "serve", "--port", "0", "--data-dir", str(tmp_path),
+                              "--tls-cert", str(tls_files["server_cert"]), "--tls-key", str(tls_files["server_key"])])
+    try:
+        port = address.rsplit(":", 1)[1]
+        health = subprocess.run([str(BIN), "--tls-ca", str(tls_files["ca"]), "health", "--address", f"localhost:{port}"],
+                                capture_output=True, text=True, timeout=60)
+        assert health.returncode == 0 and health.stdout.strip() == "SERVING", health.stderr
+    finally:
+        stop(process)

@@ -347,8 +347,15 @@ def test_k8s_secrets_are_marked_examples_and_match_the_mounts():
     pod = deployment()["spec"]["template"]["spec"]
     referenced = {v["secret"]["secretName"]: v for v in pod["volumes"] if "secret" in v}
     assert set(referenced) == set(secrets)
-    # The server does not read them yet: the pod must start without them.
-    assert all(v["secret"]["optional"] is True for v in referenced.values())
+    # The keys are required (auth is on); TLS is optional until CONVERGENT_TLS_* are set.
+    assert referenced["convergent-api-keys"]["secret"].get("optional", False) is False
+    assert referenced["convergent-tls"]["secret"]["optional"] is True
+    env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+    assert env["CONVERGENT_REQUIRE_AUTH"] == "true"
+    mount = next(m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "keys")["mountPath"]
+    assert env["CONVERGENT_BOOTSTRAP_KEYS_FILE"] == f"{mount}/keys.json"
+    keys = json.loads(secrets["convergent-api-keys"]["stringData"]["keys.json"])
+    assert {"key_id", "tenant", "role", "secret_sha256"} <= set(keys[0])  # the format the server loads
 
 
 def test_k8s_kustomization_lists_existing_files_but_not_the_example_secret():

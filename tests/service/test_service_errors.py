@@ -23,7 +23,7 @@ def raw_upload(stub, messages):
 
 
 def header(**kw):
-    base = {"model": "m", "anchor_set": "s"}
+    base = {"model": "m", "anchor_set": "s", "last": True}
     base.update(kw)
     return anchors_pb2.UploadAnchorsRequest(**base)
 
@@ -69,7 +69,7 @@ def test_bad_dim(client: Client):
     [
         ([header(ids=["a", "b"], vectors=f32(2, 3))], "dimension 3"),
         ([header(ids=["a", "b"], vectors=f32(2, 4, np.nan))], "row 0 contains NaN or Inf"),
-        ([header(ids=["a"], vectors=f32(1, 4)), anchors_pb2.UploadAnchorsRequest(ids=["b"], vectors=f32(1, 4, np.inf))], "row 1 contains NaN"),
+        ([header(ids=["a"], vectors=f32(1, 4), last=False), anchors_pb2.UploadAnchorsRequest(ids=["b"], vectors=f32(1, 4, np.inf), last=True)], "row 1 contains NaN"),
         ([header(ids=["a", "b"], vectors=types_pb2.Matrix(data=b"\0" * 31, shape=[2, 4], dtype=types_pb2.DTYPE_FLOAT32))], "31 bytes"),
         ([header(ids=["a"], vectors=types_pb2.Matrix(data=b"\0" * 16, shape=[1, 4]))], "unsupported dtype"),
         ([header(ids=["a", "b"], vectors=f32(3, 4))], "2 ids but 3 vector rows"),
@@ -77,7 +77,8 @@ def test_bad_dim(client: Client):
         ([], "stream is empty"),
         ([header(ids=["a", "a"], vectors=f32(2, 4))], "appears twice"),
         ([header(anchor_set="no good", ids=["a"], vectors=f32(1, 4))], "invalid anchor set name"),
-        ([header(ids=["a"], vectors=f32(1, 4)), header(model="other", ids=["b"], vectors=f32(1, 4))], "another model"),
+        ([header(ids=["a"], vectors=f32(1, 4), last=False), header(model="other", ids=["b"], vectors=f32(1, 4))], "another model"),
+        ([header(ids=["a"], vectors=f32(1, 4), last=False)], "cut short"),
         ([header(ids=["a"], vectors=f32(1, 4, 0.0))], "zero norm"),
     ],
 )

@@ -80,6 +80,7 @@ def test_not_serving_until_storage_open(tmp_path):
     from convergent.server.registry.alignment import Alignment
     from convergent.server.registry.galleries import Galleries
     from convergent.server.registry.service import Registry
+    from convergent.server.rpc.auth import Authenticator
     from convergent.server.rpc.app import ConvergentServer
     from convergent.server.settings import ServerSettings
     from convergent.server.storage.sql import SqlStore
@@ -94,7 +95,10 @@ def test_not_serving_until_storage_open(tmp_path):
                 client.list_models()
             store = SqlStore(server.settings.resolved_database_url())
             alignment = Alignment(store, server.settings)
-            server._backend.open(Registry(store, server.settings), alignment, Galleries(store, alignment, server.settings))
+            server._backend.open(
+                Registry(store, server.settings), alignment, Galleries(store, alignment, server.settings),
+                Authenticator(False, None),
+            )
             assert client.list_models() == []
             store.close()
     finally:

@@ -32,6 +32,7 @@ def chunks(model: str, anchor_set: str, ids: list[str], vectors: np.ndarray, siz
             model=model if first else "", model_version=kw.get("model_version", 0),
             anchor_set=anchor_set if first else "", overwrite=kw.get("overwrite", False),
             ids=ids[start : start + size], vectors=vectors[start : start + size],
+            last=start + size >= len(ids),
         )
 
 
@@ -142,7 +143,7 @@ def test_stream_header_rules(registry: Registry, rng):
         registry.upload_anchors(T, chunks("a", "bad name", list("abcd"), X))
     mixed = [
         UploadChunk("a", 0, "s", False, ["a", "b"], X[:2]),
-        UploadChunk("b", 0, "s", False, ["c", "d"], X[2:]),
+        UploadChunk("b", 0, "s", False, ["c", "d"], X[2:], last=True),
     ]
     with pytest.raises(InvalidInput, match="another model"):
         registry.upload_anchors(T, iter(mixed))
@@ -150,6 +151,18 @@ def test_stream_header_rules(registry: Registry, rng):
         registry.upload_anchors(T, chunks("a", "s", list("abcd"), X, model_version=7))
     with pytest.raises(ResourceExhausted, match="max_vectors_per_message=1000"):
         registry.upload_anchors(T, chunks("a", "s", [str(i) for i in range(1001)], np.ones((1001, 4)), size=1001))
+    assert registry.count_anchors(T, "a", "s") == 0
+
+
+def test_stream_must_end_with_its_last_message(registry: Registry, rng):
+    registry.register_model(T, "a", dim=4)
+    X = rng.standard_normal((4, 4))
+    cut = [UploadChunk("a", 0, "s", False, ["a", "b"], X[:2]), UploadChunk("", 0, "", False, ["c", "d"], X[2:])]
+    with pytest.raises(InvalidInput, match="cut short"):
+        registry.upload_anchors(T, iter(cut))
+    after_last = [UploadChunk("a", 0, "s", False, ["a"], X[:1], last=True), UploadChunk("", 0, "", False, ["b"], X[1:2])]
+    with pytest.raises(InvalidInput, match="follows the message marked last"):
+        registry.upload_anchors(T, iter(after_last))
     assert registry.count_anchors(T, "a", "s") == 0
 
 

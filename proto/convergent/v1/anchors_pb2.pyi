@@ -11,20 +11,22 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class UploadAnchorsRequest(_message.Message):
-    __slots__ = ("model", "model_version", "anchor_set", "overwrite", "ids", "vectors")
+    __slots__ = ("model", "model_version", "anchor_set", "overwrite", "ids", "vectors", "last")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     ANCHOR_SET_FIELD_NUMBER: _ClassVar[int]
     OVERWRITE_FIELD_NUMBER: _ClassVar[int]
     IDS_FIELD_NUMBER: _ClassVar[int]
     VECTORS_FIELD_NUMBER: _ClassVar[int]
+    LAST_FIELD_NUMBER: _ClassVar[int]
     model: str
     model_version: int
     anchor_set: str
     overwrite: bool
     ids: _containers.RepeatedScalarFieldContainer[str]
     vectors: _types_pb2.Matrix
-    def __init__(self, model: _Optional[str] = ..., model_version: _Optional[int] = ..., anchor_set: _Optional[str] = ..., overwrite: _Optional[bool] = ..., ids: _Optional[_Iterable[str]] = ..., vectors: _Optional[_Union[_types_pb2.Matrix, _Mapping]] = ...) -> None: ...
+    last: bool
+    def __init__(self, model: _Optional[str] = ..., model_version: _Optional[int] = ..., anchor_set: _Optional[str] = ..., overwrite: _Optional[bool] = ..., ids: _Optional[_Iterable[str]] = ..., vectors: _Optional[_Union[_types_pb2.Matrix, _Mapping]] = ..., last: _Optional[bool] = ...) -> None: ...
 
 class UploadAnchorsResponse(_message.Message):
     __slots__ = ("received", "inserted", "unchanged", "overwritten", "total", "data_version")

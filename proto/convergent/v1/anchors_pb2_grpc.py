@@ -62,7 +62,8 @@ class AnchorServiceServicer:
     def UploadAnchors(self, request_iterator, context):
         """One stream is one transaction: acknowledged only after commit; any bad chunk aborts the
         whole stream and stores nothing. The first message names model and anchor set; later
-        messages may leave them empty or repeat them exactly.
+        messages may leave them empty or repeat them exactly. The final message sets last=true:
+        a stream that ends without it was cut short (INVALID_ARGUMENT, nothing stored).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -26,55 +26,55 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from convergent.v1 import types_pb2 as convergent_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x63onvergent/v1/galleries.proto\x12\rconvergent.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19\x63onvergent/v1/types.proto\"\xa4\x01\n\x07Gallery\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\r\x12\'\n\x05index\x18\x04 \x01(\x0e\x32\x18.convergent.v1.IndexKind\x12\x0c\n\x04size\x18\x05 \x01(\x04\x12.\n\ncreated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xa4\x01\n\rEnrollRequest\x12\x0f\n\x07gallery\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\r\x12\'\n\x05index\x18\x04 \x01(\x0e\x32\x18.convergent.v1.IndexKind\x12\x0b\n\x03ids\x18\x05 \x03(\t\x12&\n\x07vectors\x18\x06 \x01(\x0b\x32\x15.convergent.v1.Matrix\"0\n\x0e\x45nrollResponse\x12\x10\n\x08\x65nrolled\x18\x01 \x01(\x04\x12\x0c\n\x04size\x18\x02 \x01(\x04\"-\n\rRemoveRequest\x12\x0f\n\x07gallery\x18\x01 \x01(\t\x12\x0b\n\x03ids\x18\x02 \x03(\t\"/\n\x0eRemoveResponse\x12\x0f\n\x07removed\x18\x01 \x01(\x04\x12\x0c\n\x04size\x18\x02 \x01(\x04\"!\n\x11GetGalleryRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"@\n\x14ListGalleriesRequest\x12(\n\x04page\x18\x01 \x01(\x0b\x32\x1a.convergent.v1.PageRequest\"[\n\x15ListGalleriesResponse\x12)\n\tgalleries\x18\x01 \x03(\x0b\x32\x16.convergent.v1.Gallery\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"$\n\x14\x44\x65leteGalleryRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x17\n\x15\x44\x65leteGalleryResponse\"\x8b\x01\n\x0fIdentifyRequest\x12\x0f\n\x07gallery\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\r\x12&\n\x07vectors\x18\x04 \x01(\x0b\x32\x15.convergent.v1.Matrix\x12\t\n\x01k\x18\x05 \x01(\r\x12\x0e\n\x06\x66it_id\x18\x06 \x01(\t\"U\n\x10IdentifyResponse\x12\x0b\n\x03ids\x18\x01 \x03(\t\x12%\n\x06scores\x18\x02 \x01(\x0b\x32\x15.convergent.v1.Matrix\x12\r\n\x05route\x18\x03 \x01(\t\"[\n\x0bPartyProbes\x12\r\n\x05model\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\r\x12&\n\x07vectors\x18\x03 \x01(\x0b\x32\x15.convergent.v1.Matrix\"_\n\x14IdentifyFusedRequest\x12\x0f\n\x07gallery\x18\x01 \x01(\t\x12+\n\x07parties\x18\x02 \x03(\x0b\x32\x1a.convergent.v1.PartyProbes\x12\t\n\x01k\x18\x03 \x01(\r\"X\n\x11PartyContribution\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05route\x18\x02 \x01(\t\x12\x0e\n\x06weight\x18\x03 \x01(\x01\x12\x15\n\rweight_source\x18\x04 \x01(\t\"~\n\x15IdentifyFusedResponse\x12\x0b\n\x03ids\x18\x01 \x03(\t\x12%\n\x06scores\x18\x02 \x01(\x0b\x32\x15.convergent.v1.Matrix\x12\x31\n\x07parties\x18\x03 \x03(\x0b\x32 .convergent.v1.PartyContribution\"\x82\x01\n\rVerifyRequest\x12\x0f\n\x07\x61_model\x18\x01 \x01(\t\x12 \n\x01\x61\x18\x02 \x01(\x0b\x32\x15.convergent.v1.Matrix\x12\x0f\n\x07\x62_model\x18\x03 \x01(\t\x12 \n\x01\x62\x18\x04 \x01(\x0b\x32\x15.convergent.v1.Matrix\x12\x0b\n\x03\x66\x61r\x18\x05 \x01(\x01\"\xee\x01\n\x0eVerifyResponse\x12%\n\x06scores\x18\x01 \x01(\x0b\x32\x15.convergent.v1.Matrix\x12\x0e\n\x06\x61\x63\x63\x65pt\x18\x02 \x03(\x08\x12\x11\n\tthreshold\x18\x03 \x01(\x01\x12\x15\n\rfar_requested\x18\x04 \x01(\x01\x12\x17\n\x0f\x66\x61r_calibration\x18\x05 \x01(\x01\x12\x17\n\x0ftar_calibration\x18\x06 \x01(\x01\x12\x13\n\x0b\x63\x61libration\x18\x07 \x01(\t\x12\x11\n\tn_genuine\x18\x08 \x01(\x04\x12\x12\n\nn_impostor\x18\t \x01(\x04\x12\r\n\x05route\x18\n \x01(\t\"\x86\x01\n\x10\x43\x61librateRequest\x12\x0f\n\x07\x61_model\x18\x01 \x01(\t\x12 \n\x01\x61\x18\x02 \x01(\x0b\x32\x15.convergent.v1.Matrix\x12\x0f\n\x07\x62_model\x18\x03 \x01(\t\x12 \n\x01\x62\x18\x04 \x01(\x0b\x32\x15.convergent.v1.Matrix\x12\x0c\n\x04same\x18\x05 \x03(\x08\"I\n\x11\x43\x61librateResponse\x12\x11\n\tn_genuine\x18\x01 \x01(\x04\x12\x12\n\nn_impostor\x18\x02 \x01(\x04\x12\r\n\x05route\x18\x03 \x01(\t*R\n\tIndexKind\x12\x1a\n\x16INDEX_KIND_UNSPECIFIED\x10\x00\x12\x14\n\x10INDEX_KIND_EXACT\x10\x01\x12\x13\n\x0fINDEX_KIND_HNSW\x10\x02\x32\xe0\x05\n\x0eGalleryService\x12G\n\x06\x45nroll\x12\x1c.convergent.v1.EnrollRequest\x1a\x1d.convergent.v1.EnrollResponse(\x01\x12\x45\n\x06Remove\x12\x1c.convergent.v1.RemoveRequest\x1a\x1d.convergent.v1.RemoveResponse\x12\x46\n\nGetGallery\x12 .convergent.v1.GetGalleryRequest\x1a\x16.convergent.v1.Gallery\x12Z\n\rListGalleries\x12#.convergent.v1.ListGalleriesRequest\x1a$.convergent.v1.ListGalleriesResponse\x12Z\n\rDeleteGallery\x12#.convergent.v1.DeleteGalleryRequest\x1a$.convergent.v1.DeleteGalleryResponse\x12K\n\x08Identify\x12\x1e.convergent.v1.IdentifyRequest\x1a\x1f.convergent.v1.IdentifyResponse\x12Z\n\rIdentifyFused\x12#.convergent.v1.IdentifyFusedRequest\x1a$.convergent.v1.IdentifyFusedResponse\x12\x45\n\x06Verify\x12\x1c.convergent.v1.VerifyRequest\x1a\x1d.convergent.v1.VerifyResponse\x12N\n\tCalibrate\x12\x1f.convergent.v1.CalibrateRequest\x1a .convergent.v1.CalibrateResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x63onvergent/v1/galleries.proto\x12\rconvergent.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19\x63onvergent/v1/types.proto\"\xa4\x01\n\x07Gallery\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\r\x12\'\n\x05index\x18\x04 \x01(\x0e\x32\x18.convergent.v1.IndexKind\x12\x0c\n\x04size\x18\x05 \x01(\x04\x12.\n\ncreated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xb2\x01\n\rEnrollRequest\x12\x0f\n\x07gallery\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\r\x12\'\n\x05index\x18\x04 \x01(\x0e\x32\x18.convergent.v1.IndexKind\x12\x0b\n\x03ids\x18\x05 \x03(\t\x12&\n\x07vectors\x18\x06 \x01(\x0b\x32\x15.convergent.v1.Matrix\x12\x0c\n\x04last\x18\x07 \x01(\x08\"0\n\x0e\x45nrollResponse\x12\x10\n\x08\x65nrolled\x18\x01 \x01(\x04\x12\x0c\n\x04size\x18\x02 \x01(\x04\"-\n\rRemoveRequest\x12\x0f\n\x07gallery\x18\x01 \x01(\t\x12\x0b\n\x03ids\x18\x02 \x03(\t\"/\n\x0eRemoveResponse\x12\x0f\n\x07removed\x18\x01 \x01(\x04\x12\x0c\n\x04size\x18\x02 \x01(\x04\"!\n\x11GetGalleryRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"@\n\x14ListGalleriesRequest\x12(\n\x04page\x18\x01 \x01(\x0b\x32\x1a.convergent.v1.PageRequest\"[\n\x15ListGalleriesResponse\x12)\n\tgalleries\x18\x01 \x03(\x0b\x32\x16.convergent.v1.Gallery\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"$\n\x14\x44\x65leteGalleryRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x17\n\x15\x44\x65leteGalleryResponse\"\x8b\x01\n\x0fIdentifyRequest\x12\x0f\n\x07gallery\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\r\x12&\n\x07vectors\x18\x04 \x01(\x0b\x32\x15.convergent.v1.Matrix\x12\t\n\x01k\x18\x05 \x01(\r\x12\x0e\n\x06\x66it_id\x18\x06 \x01(\t\"U\n\x10IdentifyResponse\x12\x0b\n\x03ids\x18\x01 \x03(\t\x12%\n\x06scores\x18\x02 \x01(\x0b\x32\x15.convergent.v1.Matrix\x12\r\n\x05route\x18\x03 \x01(\t\"[\n\x0bPartyProbes\x12\r\n\x05model\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\r\x12&\n\x07vectors\x18\x03 \x01(\x0b\x32\x15.convergent.v1.Matrix\"_\n\x14IdentifyFusedRequest\x12\x0f\n\x07gallery\x18\x01 \x01(\t\x12+\n\x07parties\x18\x02 \x03(\x0b\x32\x1a.convergent.v1.PartyProbes\x12\t\n\x01k\x18\x03 \x01(\r\"X\n\x11PartyContribution\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05route\x18\x02 \x01(\t\x12\x0e\n\x06weight\x18\x03 \x01(\x01\x12\x15\n\rweight_source\x18\x04 \x01(\t\"~\n\x15IdentifyFusedResponse\x12\x0b\n\x03ids\x18\x01 \x03(\t\x12%\n\x06scores\x18\x02 \x01(\x0b\x32\x15.convergent.v1.Matrix\x12\x31\n\x07parties\x18\x03 \x03(\x0b\x32 .convergent.v1.PartyContribution\"\x82\x01\n\rVerifyRequest\x12\x0f\n\x07\x61_model\x18\x01 \x01(\t\x12 \n\x01\x61\x18\x02 \x01(\x0b\x32\x15.convergent.v1.Matrix\x12\x0f\n\x07\x62_model\x18\x03 \x01(\t\x12 \n\x01\x62\x18\x04 \x01(\x0b\x32\x15.convergent.v1.Matrix\x12\x0b\n\x03\x66\x61r\x18\x05 \x01(\x01\"\xee\x01\n\x0eVerifyResponse\x12%\n\x06scores\x18\x01 \x01(\x0b\x32\x15.convergent.v1.Matrix\x12\x0e\n\x06\x61\x63\x63\x65pt\x18\x02 \x03(\x08\x12\x11\n\tthreshold\x18\x03 \x01(\x01\x12\x15\n\rfar_requested\x18\x04 \x01(\x01\x12\x17\n\x0f\x66\x61r_calibration\x18\x05 \x01(\x01\x12\x17\n\x0ftar_calibration\x18\x06 \x01(\x01\x12\x13\n\x0b\x63\x61libration\x18\x07 \x01(\t\x12\x11\n\tn_genuine\x18\x08 \x01(\x04\x12\x12\n\nn_impostor\x18\t \x01(\x04\x12\r\n\x05route\x18\n \x01(\t\"\x86\x01\n\x10\x43\x61librateRequest\x12\x0f\n\x07\x61_model\x18\x01 \x01(\t\x12 \n\x01\x61\x18\x02 \x01(\x0b\x32\x15.convergent.v1.Matrix\x12\x0f\n\x07\x62_model\x18\x03 \x01(\t\x12 \n\x01\x62\x18\x04 \x01(\x0b\x32\x15.convergent.v1.Matrix\x12\x0c\n\x04same\x18\x05 \x03(\x08\"I\n\x11\x43\x61librateResponse\x12\x11\n\tn_genuine\x18\x01 \x01(\x04\x12\x12\n\nn_impostor\x18\x02 \x01(\x04\x12\r\n\x05route\x18\x03 \x01(\t*R\n\tIndexKind\x12\x1a\n\x16INDEX_KIND_UNSPECIFIED\x10\x00\x12\x14\n\x10INDEX_KIND_EXACT\x10\x01\x12\x13\n\x0fINDEX_KIND_HNSW\x10\x02\x32\xe0\x05\n\x0eGalleryService\x12G\n\x06\x45nroll\x12\x1c.convergent.v1.EnrollRequest\x1a\x1d.convergent.v1.EnrollResponse(\x01\x12\x45\n\x06Remove\x12\x1c.convergent.v1.RemoveRequest\x1a\x1d.convergent.v1.RemoveResponse\x12\x46\n\nGetGallery\x12 .convergent.v1.GetGalleryRequest\x1a\x16.convergent.v1.Gallery\x12Z\n\rListGalleries\x12#.convergent.v1.ListGalleriesRequest\x1a$.convergent.v1.ListGalleriesResponse\x12Z\n\rDeleteGallery\x12#.convergent.v1.DeleteGalleryRequest\x1a$.convergent.v1.DeleteGalleryResponse\x12K\n\x08Identify\x12\x1e.convergent.v1.IdentifyRequest\x1a\x1f.convergent.v1.IdentifyResponse\x12Z\n\rIdentifyFused\x12#.convergent.v1.IdentifyFusedRequest\x1a$.convergent.v1.IdentifyFusedResponse\x12\x45\n\x06Verify\x12\x1c.convergent.v1.VerifyRequest\x1a\x1d.convergent.v1.VerifyResponse\x12N\n\tCalibrate\x12\x1f.convergent.v1.CalibrateRequest\x1a .convergent.v1.CalibrateResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'convergent.v1.galleries_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_INDEXKIND']._serialized_start=2068
-  _globals['_INDEXKIND']._serialized_end=2150
+  _globals['_INDEXKIND']._serialized_start=2082
+  _globals['_INDEXKIND']._serialized_end=2164
   _globals['_GALLERY']._serialized_start=109
   _globals['_GALLERY']._serialized_end=273
   _globals['_ENROLLREQUEST']._serialized_start=276
-  _globals['_ENROLLREQUEST']._serialized_end=440
-  _globals['_ENROLLRESPONSE']._serialized_start=442
-  _globals['_ENROLLRESPONSE']._serialized_end=490
-  _globals['_REMOVEREQUEST']._serialized_start=492
-  _globals['_REMOVEREQUEST']._serialized_end=537
-  _globals['_REMOVERESPONSE']._serialized_start=539
-  _globals['_REMOVERESPONSE']._serialized_end=586
-  _globals['_GETGALLERYREQUEST']._serialized_start=588
-  _globals['_GETGALLERYREQUEST']._serialized_end=621
-  _globals['_LISTGALLERIESREQUEST']._serialized_start=623
-  _globals['_LISTGALLERIESREQUEST']._serialized_end=687
-  _globals['_LISTGALLERIESRESPONSE']._serialized_start=689
-  _globals['_LISTGALLERIESRESPONSE']._serialized_end=780
-  _globals['_DELETEGALLERYREQUEST']._serialized_start=782
-  _globals['_DELETEGALLERYREQUEST']._serialized_end=818
-  _globals['_DELETEGALLERYRESPONSE']._serialized_start=820
-  _globals['_DELETEGALLERYRESPONSE']._serialized_end=843
-  _globals['_IDENTIFYREQUEST']._serialized_start=846
-  _globals['_IDENTIFYREQUEST']._serialized_end=985
-  _globals['_IDENTIFYRESPONSE']._serialized_start=987
-  _globals['_IDENTIFYRESPONSE']._serialized_end=1072
-  _globals['_PARTYPROBES']._serialized_start=1074
-  _globals['_PARTYPROBES']._serialized_end=1165
-  _globals['_IDENTIFYFUSEDREQUEST']._serialized_start=1167
-  _globals['_IDENTIFYFUSEDREQUEST']._serialized_end=1262
-  _globals['_PARTYCONTRIBUTION']._serialized_start=1264
-  _globals['_PARTYCONTRIBUTION']._serialized_end=1352
-  _globals['_IDENTIFYFUSEDRESPONSE']._serialized_start=1354
-  _globals['_IDENTIFYFUSEDRESPONSE']._serialized_end=1480
-  _globals['_VERIFYREQUEST']._serialized_start=1483
-  _globals['_VERIFYREQUEST']._serialized_end=1613
-  _globals['_VERIFYRESPONSE']._serialized_start=1616
-  _globals['_VERIFYRESPONSE']._serialized_end=1854
-  _globals['_CALIBRATEREQUEST']._serialized_start=1857
-  _globals['_CALIBRATEREQUEST']._serialized_end=1991
-  _globals['_CALIBRATERESPONSE']._serialized_start=1993
-  _globals['_CALIBRATERESPONSE']._serialized_end=2066
-  _globals['_GALLERYSERVICE']._serialized_start=2153
-  _globals['_GALLERYSERVICE']._serialized_end=2889
+  _globals['_ENROLLREQUEST']._serialized_end=454
+  _globals['_ENROLLRESPONSE']._serialized_start=456
+  _globals['_ENROLLRESPONSE']._serialized_end=504
+  _globals['_REMOVEREQUEST']._serialized_start=506
+  _globals['_REMOVEREQUEST']._serialized_end=551
+  _globals['_REMOVERESPONSE']._serialized_start=553
+  _globals['_REMOVERESPONSE']._serialized_end=600
+  _globals['_GETGALLERYREQUEST']._serialized_start=602
+  _globals['_GETGALLERYREQUEST']._serialized_end=635
+  _globals['_LISTGALLERIESREQUEST']._serialized_start=637
+  _globals['_LISTGALLERIESREQUEST']._serialized_end=701
+  _globals['_LISTGALLERIESRESPONSE']._serialized_start=703
+  _globals['_LISTGALLERIESRESPONSE']._serialized_end=794
+  _globals['_DELETEGALLERYREQUEST']._serialized_start=796
+  _globals['_DELETEGALLERYREQUEST']._serialized_end=832
+  _globals['_DELETEGALLERYRESPONSE']._serialized_start=834
+  _globals['_DELETEGALLERYRESPONSE']._serialized_end=857
+  _globals['_IDENTIFYREQUEST']._serialized_start=860
+  _globals['_IDENTIFYREQUEST']._serialized_end=999
+  _globals['_IDENTIFYRESPONSE']._serialized_start=1001
+  _globals['_IDENTIFYRESPONSE']._serialized_end=1086
+  _globals['_PARTYPROBES']._serialized_start=1088
+  _globals['_PARTYPROBES']._serialized_end=1179
+  _globals['_IDENTIFYFUSEDREQUEST']._serialized_start=1181
+  _globals['_IDENTIFYFUSEDREQUEST']._serialized_end=1276
+  _globals['_PARTYCONTRIBUTION']._serialized_start=1278
+  _globals['_PARTYCONTRIBUTION']._serialized_end=1366
+  _globals['_IDENTIFYFUSEDRESPONSE']._serialized_start=1368
+  _globals['_IDENTIFYFUSEDRESPONSE']._serialized_end=1494
+  _globals['_VERIFYREQUEST']._serialized_start=1497
+  _globals['_VERIFYREQUEST']._serialized_end=1627
+  _globals['_VERIFYRESPONSE']._serialized_start=1630
+  _globals['_VERIFYRESPONSE']._serialized_end=1868
+  _globals['_CALIBRATEREQUEST']._serialized_start=1871
+  _globals['_CALIBRATEREQUEST']._serialized_end=2005
+  _globals['_CALIBRATERESPONSE']._serialized_start=2007
+  _globals['_CALIBRATERESPONSE']._serialized_end=2080
+  _globals['_GALLERYSERVICE']._serialized_start=2167
+  _globals['_GALLERYSERVICE']._serialized_end=2903
 # @@protoc_insertion_point(module_scope)

@@ -37,20 +37,22 @@ class Gallery(_message.Message):
     def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., model_version: _Optional[int] = ..., index: _Optional[_Union[IndexKind, str]] = ..., size: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class EnrollRequest(_message.Message):
-    __slots__ = ("gallery", "model", "model_version", "index", "ids", "vectors")
+    __slots__ = ("gallery", "model", "model_version", "index", "ids", "vectors", "last")
     GALLERY_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     INDEX_FIELD_NUMBER: _ClassVar[int]
     IDS_FIELD_NUMBER: _ClassVar[int]
     VECTORS_FIELD_NUMBER: _ClassVar[int]
+    LAST_FIELD_NUMBER: _ClassVar[int]
     gallery: str
     model: str
     model_version: int
     index: IndexKind
     ids: _containers.RepeatedScalarFieldContainer[str]
     vectors: _types_pb2.Matrix
-    def __init__(self, gallery: _Optional[str] = ..., model: _Optional[str] = ..., model_version: _Optional[int] = ..., index: _Optional[_Union[IndexKind, str]] = ..., ids: _Optional[_Iterable[str]] = ..., vectors: _Optional[_Union[_types_pb2.Matrix, _Mapping]] = ...) -> None: ...
+    last: bool
+    def __init__(self, gallery: _Optional[str] = ..., model: _Optional[str] = ..., model_version: _Optional[int] = ..., index: _Optional[_Union[IndexKind, str]] = ..., ids: _Optional[_Iterable[str]] = ..., vectors: _Optional[_Union[_types_pb2.Matrix, _Mapping]] = ..., last: _Optional[bool] = ...) -> None: ...
 
 class EnrollResponse(_message.Message):
     __slots__ = ("enrolled", "size")

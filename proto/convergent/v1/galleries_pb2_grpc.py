@@ -87,6 +87,7 @@ class GalleryServiceServicer:
     def Enroll(self, request_iterator, context):
         """Adds items to a gallery in one transaction; creates the gallery (bound to `model`, with
         `index`) on the first enroll. Duplicate ids (stored or within the stream): ALREADY_EXISTS.
+        The final message sets last=true; a stream without it was cut short and stores nothing.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -1,0 +1,56 @@
+"""API keys and the audit log in the SQL store."""
+
+from __future__ import annotations
+
+import time
+
+import sqlalchemy as sa
+
+from convergent.server.errors import AlreadyExists, NotFound
+from convergent.server.storage.schema import api_keys, audit_log
+
+
+class KeyStore:
+    def __init__(self, engine: sa.Engine) -> None:
+        self.engine = engine
+
+    def insert(self, key_id: str, tenant: str, name: str, role: str, secret_sha256: str) -> None:
+        with self.engine.connect().execution_options(write=True) as conn, conn.begin():
+            if conn.execute(sa.select(api_keys.c.key_id).where(api_keys.c.key_id == key_id)).first():
+                raise AlreadyExists(f"key {key_id!r} already exists")
+            conn.execute(api_keys.insert().values(
+                key_id=key_id, tenant=tenant, name=name, role=role, secret_sha256=secret_sha256,
+                created_at=time.time(), revoked_at=None,
+            ))
+
+    def get(self, key_id: str) -> sa.Row | None:
+        """The key's row (revoked or not), or None."""
+        with self.engine.connect() as conn:
+            return conn.execute(sa.select(api_keys).where(api_keys.c.key_id == key_id)).first()
+
+    def list(self, tenant: str | None = None) -> list[sa.Row]:
+        query = sa.select(api_keys).order_by(api_keys.c.tenant, api_keys.c.created_at)
+        if tenant:
+            query = query.where(api_keys.c.tenant == tenant)
+        with self.engine.connect() as conn:
+            return list(conn.execute(query))
+
+    def revoke(self, key_id: str) -> None:
+        with self.engine.connect().execution_options(write=True) as conn, conn.begin():
+            if conn.execute(sa.select(api_keys.c.key_id).where(api_keys.c.key_id == key_id)).first() is None:
+                raise NotFound(f"key {key_id!r} not found")
+            conn.execute(api_keys.update().where(api_keys.c.key_id == key_id).values(revoked_at=time.time()))
+
+    def audit(self, tenant: str, key_id: str, method: str, target: str, outcome: str, request_id: str) -> None:
+        with self.engine.connect().execution_options(write=True) as conn, conn.begin():
+            conn.execute(audit_log.insert().values(
+                at=time.time(), tenant=tenant, key_id=key_id, method=method, target=target[:512],
+                outcome=outcome, request_id=request_id,
+            ))
+
+    def audit_entries(self, tenant: str | None = None, limit: int = 100) -> list[sa.Row]:
+        query = sa.select(audit_log).order_by(audit_log.c.seq.desc()).limit(limit)
+        if tenant:
+            query = query.where(audit_log.c.tenant == tenant)
+        with self.engine.connect() as conn:
+            return list(conn.execute(query))
