@@ -45,6 +45,9 @@ class ServerSettings(BaseSettings):
     max_vectors_per_tenant: int | None = Field(
         None, ge=1, description="quota: anchors + gallery items one tenant may store"
     )
+    metrics_port: int | None = Field(
+        None, ge=0, le=65535, description="serve Prometheus /metrics on this port (0: a free one); off if unset"
+    )
     database_url: str | None = Field(
         None, description="SQLAlchemy URL; default: SQLite file convergent.sqlite3 in data_dir"
     )

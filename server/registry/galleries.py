@@ -209,6 +209,18 @@ class Galleries:
                 f"the model is now v{model.version}"
             )
 
+    def index_sizes(self) -> dict[str, int]:
+        """Vectors held by the in-memory indexes, by index kind (for metrics)."""
+        sizes = {"exact": 0, "hnsw": 0}
+        with self._entries_lock:
+            entries = list(self._entries.values())
+        for entry in entries:
+            index = entry.index
+            if index is not None:
+                kind = "exact" if type(index).__name__ == "ExactIndex" else "hnsw"
+                sizes[kind] += len(index)
+        return sizes
+
     def forget_indexes(self, tenant: str, names: list[str]) -> None:
         """Drop the in-memory indexes of these galleries (rebuilt from storage on next use)."""
         for name in names:

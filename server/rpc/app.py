@@ -10,6 +10,7 @@ from concurrent import futures
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from convergent.server.metrics import Metrics
 from convergent.server.registry.alignment import Alignment
 from convergent.server.registry.galleries import Galleries
 from convergent.server.registry.service import Registry
@@ -69,6 +70,8 @@ class ConvergentServer:
         self.port: int | None = None
         self.store: SqlStore | None = None
         self._backend = Backend()
+        self.metrics = Metrics()
+        self._backend.metrics = self.metrics
         self._health = health.HealthServicer()
         self._stopped = threading.Event()
         options = [
@@ -125,7 +128,11 @@ class ConvergentServer:
         alignment = Alignment(self.store, s)
         bootstrap = load_bootstrap_keys(s.bootstrap_keys_file) if s.bootstrap_keys_file else None
         authenticator = Authenticator(s.auth_enabled(), KeyStore(self.store.engine), bootstrap)
-        self._backend.open(Registry(self.store, s), alignment, Galleries(self.store, alignment, s), authenticator)
+        galleries = Galleries(self.store, alignment, s)
+        self._backend.open(Registry(self.store, s), alignment, galleries, authenticator)
+        if s.metrics_port is not None:
+            self.metrics.watch_store(self.store.vector_counts, galleries.index_sizes)
+            self.metrics.serve(s.host, s.metrics_port)
         self._set_health(health_pb2.HealthCheckResponse.SERVING)
         log.info("storage open (%s); serving", self.store.engine.url.render_as_string(hide_password=True))
         return self.port
@@ -139,6 +146,7 @@ class ConvergentServer:
         log.info("stopping (grace %.1f s)", grace)
         self._health.enter_graceful_shutdown()
         self._server.stop(grace).wait()
+        self.metrics.stop()
         self._backend.close()
         if self.store is not None:
             self.store.close()

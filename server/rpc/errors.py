@@ -105,6 +105,8 @@ def rpc_method(method: Callable[..., Any]) -> Callable[..., Any]:
             log.info("%s -> OK after %.1f ms", name, (time.perf_counter() - started) * 1e3)
             return response
         finally:
+            if self.backend.metrics is not None:
+                self.backend.metrics.observe_call(name, code.name, time.perf_counter() - started)
             if principal is not None and name in AUDITED:
                 self.backend.audit(principal, name, _target(request), code.name, request_id)
             if principal_token is not None:

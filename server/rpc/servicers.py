@@ -6,6 +6,7 @@ import grpc
 
 import convergent
 from convergent.server.errors import ResourceExhausted, Unavailable
+from convergent.server.metrics import Metrics
 from convergent.server.registry.alignment import Alignment
 from convergent.server.registry.galleries import Galleries
 from convergent.server.registry.service import Registry
@@ -41,6 +42,7 @@ class Backend:
         self._authenticator: Authenticator | None = None
         self._tenancy: Tenancy | None = None
         self.max_rows: int | None = None
+        self.metrics: Metrics | None = None
 
     def open(
         self, registry: Registry, alignment: Alignment, galleries: Galleries, authenticator: Authenticator
@@ -192,6 +194,8 @@ class AlignmentServicer(alignment_pb2_grpc.AlignmentServiceServicer):
             tenant_of(context), request.source, request.target, request.anchor_set,
             request.method, codec.struct_to_dict(request.params),
         )
+        if self.backend.metrics is not None:
+            self.backend.metrics.fit_seconds.labels(record.method).observe(record.metrics["fit_seconds"])
         return codec.fit_to_pb(record)
 
     @rpc_method

@@ -91,6 +91,14 @@ class SqlStore:
     def close(self) -> None:
         self.engine.dispose()
 
+    def vector_counts(self) -> dict[str, int]:
+        """Stored vectors of every tenant by kind: anchors, gallery items (for metrics)."""
+        with self._read() as conn:
+            return {
+                kind: int(conn.execute(sa.select(sa.func.count()).select_from(table)).scalar())
+                for kind, table in (("anchors", anchors), ("gallery_items", gallery_items))
+            }
+
     @contextmanager
     def _read(self) -> Iterator[sa.Connection]:
         with self.engine.connect() as conn, conn.begin():
