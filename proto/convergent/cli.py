@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -54,6 +55,18 @@ def _fail(error: Exception) -> None:
     raise typer.Exit(code=1)
 
 
+@contextmanager
+def _connected(address: str, api_key: str | None):  # noqa: ANN202
+    """A client for one command; a failed call prints its status and message and exits 1."""
+    from convergent.client.errors import ConvergentError
+
+    try:
+        with _client(address, api_key) as client:
+            yield client
+    except ConvergentError as exc:
+        _fail(exc)
+
+
 @app.command()
 def serve(
     host: Annotated[Optional[str], typer.Option(help="address to bind [env CONVERGENT_HOST; 127.0.0.1]")] = None,
@@ -98,13 +111,8 @@ def serve(
 @app.command()
 def health(address: Address = DEFAULT_ADDRESS, api_key: ApiKey = None) -> None:
     """Exit 0 if the server is SERVING, 1 otherwise (for container health checks)."""
-    from convergent.client.errors import ConvergentError
-
-    try:
-        with _client(address, api_key) as client:
-            serving = client.health()
-    except ConvergentError as exc:
-        _fail(exc)
+    with _connected(address, api_key) as client:
+        serving = client.health()
     typer.echo("SERVING" if serving else "NOT_SERVING")
     raise typer.Exit(code=0 if serving else 1)
 
@@ -112,13 +120,8 @@ def health(address: Address = DEFAULT_ADDRESS, api_key: ApiKey = None) -> None:
 @models_app.command("list")
 def models_list(address: Address = DEFAULT_ADDRESS, api_key: ApiKey = None) -> None:
     """List registered models."""
-    from convergent.client.errors import ConvergentError
-
-    try:
-        with _client(address, api_key) as client:
-            models = client.list_models()
-    except ConvergentError as exc:
-        _fail(exc)
+    with _connected(address, api_key) as client:
+        models = client.list_models()
     typer.echo(f"{'name':<32} {'dim':>6} {'version':>8} normalize")
     for m in models:
         typer.echo(f"{m.name:<32} {m.dim:>6} {m.version:>8} {m.normalize}")
@@ -133,26 +136,16 @@ def models_register(
     api_key: ApiKey = None,
 ) -> None:
     """Register a model."""
-    from convergent.client.errors import ConvergentError
-
-    try:
-        with _client(address, api_key) as client:
-            info = client.register_model(name, dim=dim, normalize=normalize)
-    except ConvergentError as exc:
-        _fail(exc)
+    with _connected(address, api_key) as client:
+        info = client.register_model(name, dim=dim, normalize=normalize)
     typer.echo(f"registered {info.name} (dim {info.dim}, version {info.version}, normalize {info.normalize})")
 
 
 @models_app.command("delete")
 def models_delete(name: str, address: Address = DEFAULT_ADDRESS, api_key: ApiKey = None) -> None:
     """Delete a model and all of its anchors."""
-    from convergent.client.errors import ConvergentError
-
-    try:
-        with _client(address, api_key) as client:
-            deleted = client.delete_model(name)
-    except ConvergentError as exc:
-        _fail(exc)
+    with _connected(address, api_key) as client:
+        deleted = client.delete_model(name)
     typer.echo(f"deleted {name} and {deleted} anchors")
 
 
@@ -163,13 +156,8 @@ def anchors_list(
     api_key: ApiKey = None,
 ) -> None:
     """List anchor sets with their anchor count per model."""
-    from convergent.client.errors import ConvergentError
-
-    try:
-        with _client(address, api_key) as client:
-            sets = client.list_anchor_sets(model)
-    except ConvergentError as exc:
-        _fail(exc)
+    with _connected(address, api_key) as client:
+        sets = client.list_anchor_sets(model)
     for s in sets:
         counts = ", ".join(f"{m}={c}" for m, c in s.models.items()) or "(empty)"
         typer.echo(f"{s.name} (version {s.data_version}): {counts}")
@@ -207,18 +195,13 @@ def upload(
     """Upload anchor embeddings from an .npz file, with a progress bar."""
     import numpy as np
 
-    from convergent.client.errors import ConvergentError
-
     vectors, ids = _load_npz(file, key, model, ids_key)
     ids = ids if ids is not None else [str(i) for i in range(len(vectors))]
-    try:
-        with _client(address, api_key) as client:
-            total = client.upload_anchors(
-                model, anchor_set=anchor_set, ids=ids, vectors=vectors, chunk_size=chunk_size,
-                overwrite=overwrite, progress=True,
-            )
-    except ConvergentError as exc:
-        _fail(exc)
+    with _connected(address, api_key) as client:
+        total = client.upload_anchors(
+            model, anchor_set=anchor_set, ids=ids, vectors=vectors, chunk_size=chunk_size,
+            overwrite=overwrite, progress=True,
+        )
     typer.echo(f"uploaded {len(ids)} vectors of {model} to {anchor_set}; {total} stored")
 
 
@@ -260,14 +243,9 @@ def fit(
     api_key: ApiKey = None,
 ) -> None:
     """Fit a source -> target map and print its held-out diagnostics."""
-    from convergent.client.errors import ConvergentError
-
     params = _parse_params(param or [])
-    try:
-        with _client(address, api_key) as client:
-            info = client.fit_alignment(source, target, anchor_set=anchor_set, method=method, **params)
-    except ConvergentError as exc:
-        _fail(exc)
+    with _connected(address, api_key) as client:
+        info = client.fit_alignment(source, target, anchor_set=anchor_set, method=method, **params)
     _print_fit(info)
 
 
@@ -285,16 +263,11 @@ def transform(
     """Map vectors of one model into another model's space."""
     import numpy as np
 
-    from convergent.client.errors import ConvergentError
-
     if not target and not fit_id:
         _fail(ValueError("give --target or --fit-id"))
     vectors, ids = _load_npz(file, key, source, "ids")
-    try:
-        with _client(address, api_key) as client:
-            mapped = client.transform(vectors, source=source, target=target, fit_id=fit_id)
-    except ConvergentError as exc:
-        _fail(exc)
+    with _connected(address, api_key) as client:
+        mapped = client.transform(vectors, source=source, target=target, fit_id=fit_id)
     arrays = {"vectors": mapped}
     if ids is not None:
         arrays["ids"] = np.array(ids)
@@ -310,13 +283,8 @@ def fits_list(
     api_key: ApiKey = None,
 ) -> None:
     """List fits, oldest first."""
-    from convergent.client.errors import ConvergentError
-
-    try:
-        with _client(address, api_key) as client:
-            fits = client.list_fits(source=source, target=target)
-    except ConvergentError as exc:
-        _fail(exc)
+    with _connected(address, api_key) as client:
+        fits = client.list_fits(source=source, target=target)
     typer.echo(f"{'id':<22} {'route':<32} {'set':<16} {'method':<11} {'top1':>6} {'r2':>7}  stale")
     for f in fits:
         route = f"{f.source} -> {f.target}"
@@ -329,13 +297,8 @@ def fits_list(
 @fits_app.command("show")
 def fits_show(fit_id: str, address: Address = DEFAULT_ADDRESS, api_key: ApiKey = None) -> None:
     """Show one fit with all its metrics and warnings."""
-    from convergent.client.errors import ConvergentError
-
-    try:
-        with _client(address, api_key) as client:
-            info = client.get_fit(fit_id)
-    except ConvergentError as exc:
-        _fail(exc)
+    with _connected(address, api_key) as client:
+        info = client.get_fit(fit_id)
     _print_fit(info)
 
 
@@ -349,13 +312,8 @@ def fits_export(
     """Write a fit's arrays (e.g. W and b) to an .npz file."""
     import numpy as np
 
-    from convergent.client.errors import ConvergentError
-
-    try:
-        with _client(address, api_key) as client:
-            arrays = client.export_fit(fit_id)
-    except ConvergentError as exc:
-        _fail(exc)
+    with _connected(address, api_key) as client:
+        arrays = client.export_fit(fit_id)
     np.savez(out, **arrays)
     typer.echo(f"wrote {', '.join(f'{k} {tuple(v.shape)}' for k, v in sorted(arrays.items()))} to {out}")
 
@@ -372,16 +330,11 @@ def enroll(
     api_key: ApiKey = None,
 ) -> None:
     """Enroll vectors into a gallery, with a progress bar."""
-    from convergent.client.errors import ConvergentError
-
     vectors, ids = _load_npz(file, key, model, ids_key)
     if ids is None:
         _fail(ValueError(f"{file} has no {ids_key!r} array: galleries need ids"))
-    try:
-        with _client(address, api_key) as client:
-            size = client.enroll(gallery=gallery, model=model, ids=ids, vectors=vectors, index=index, progress=True)
-    except ConvergentError as exc:
-        _fail(exc)
+    with _connected(address, api_key) as client:
+        size = client.enroll(gallery=gallery, model=model, ids=ids, vectors=vectors, index=index, progress=True)
     typer.echo(f"enrolled {len(ids)} vectors of {model} into {gallery}; gallery size {size}")
 
 
@@ -399,14 +352,9 @@ def identify(
     """Identify probes of one model against a gallery (of any model with a route to it)."""
     import numpy as np
 
-    from convergent.client.errors import ConvergentError
-
     vectors, probe_ids = _load_npz(file, key, model, "ids")
-    try:
-        with _client(address, api_key) as client:
-            result = client.identify(gallery=gallery, vectors=vectors, model=model, k=k)
-    except ConvergentError as exc:
-        _fail(exc)
+    with _connected(address, api_key) as client:
+        result = client.identify(gallery=gallery, vectors=vectors, model=model, k=k)
     typer.echo(f"route: {result.route}; top-1 of the first probes (cosine, higher = more similar):")
     for i, (row, scores) in enumerate(zip(result.ids[:10], result.scores[:10])):
         name = probe_ids[i] if probe_ids else str(i)
@@ -430,15 +378,10 @@ def verify(
     """Verify row-paired vectors of two models at a calibrated threshold."""
     import numpy as np
 
-    from convergent.client.errors import ConvergentError
-
     a, _ = _load_npz(a_file, None, a_model, "ids")
     b, _ = _load_npz(b_file, None, b_model, "ids")
-    try:
-        with _client(address, api_key) as client:
-            result = client.verify(a=a, a_model=a_model, b=b, b_model=b_model, far=far)
-    except ConvergentError as exc:
-        _fail(exc)
+    with _connected(address, api_key) as client:
+        result = client.verify(a=a, a_model=a_model, b=b, b_model=b_model, far=far)
     typer.echo(
         f"threshold {result.threshold:.4f} for FAR {far:g} ({result.calibration} calibration: "
         f"{result.n_genuine} genuine, {result.n_impostor} impostor pairs; FAR {result.far_calibration:.2g}, "
