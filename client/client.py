@@ -60,6 +60,8 @@ _IDEMPOTENT = {
 }
 _SERVICE_CONFIG = json.dumps(
     {
+        # With a target that resolves to several replicas (dns:///host:port), spread calls.
+        "loadBalancingConfig": [{"round_robin": {}}],
         "methodConfig": [
             {
                 "name": [{"service": s, "method": m} for s, methods in _IDEMPOTENT.items() for m in methods],

@@ -67,7 +67,11 @@ class ServerSettings(BaseSettings):
         return not _is_loopback(self.host)
 
     def resolved_database_url(self) -> str:
+        """``database_url`` (a plain ``postgresql://`` URL uses psycopg 3), else SQLite in data_dir."""
         if self.database_url:
+            for plain in ("postgresql://", "postgres://"):
+                if self.database_url.startswith(plain):
+                    return "postgresql+psycopg://" + self.database_url[len(plain):]
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'convergent.sqlite3').resolve()}"
 

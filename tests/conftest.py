@@ -18,9 +18,11 @@ def make_settings(data_dir: Path, **overrides: object) -> ServerSettings:
     return ServerSettings(host="127.0.0.1", port=0, data_dir=data_dir, workers=4, **overrides)
 
 
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[ConvergentServer]:
-    with ConvergentServer(make_settings(tmp_path / "data")) as running:
+@pytest.fixture(params=["sqlite", "postgresql"])
+def server(request, tmp_path: Path) -> Iterator[ConvergentServer]:
+    """A running server on SQLite in its own data folder, and again on a fresh PostgreSQL database."""
+    database_url = request.getfixturevalue("fresh_postgres") if request.param == "postgresql" else None
+    with ConvergentServer(make_settings(tmp_path / "data", database_url=database_url)) as running:
         yield running
 
 
@@ -120,3 +122,80 @@ def tls_files(tmp_path_factory) -> dict[str, Path]:
     files["server_key"] = write_key(server_key, folder / "server.key")
     files["client_key"] = write_key(client_key, folder / "client.key")
     return files
+
+
+def _postgres_bin() -> Path | None:
+    import glob
+    import shutil
+
+    found = shutil.which("initdb")
+    if found:
+        return Path(found).resolve().parent
+    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    return Path(candidates[-1]).parent if candidates else None
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A throw-away PostgreSQL cluster on a free loopback port (skipped when not installed)."""
+    import os
+    import shutil
+    import socket
+    import subprocess
+
+    pytest.importorskip("psycopg", reason="psycopg is not installed (extra 'postgres')")
+    bin_dir = _postgres_bin()
+    if bin_dir is None:
+        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) not found; .ci/run installs them")
+    import tempfile
+
+    # Not under pytest's tmp folder: that one is private to root, and the cluster may run as 'postgres'.
+    root = Path(tempfile.mkdtemp(prefix="convergent-pg-"))
+    data = root / "data"
+    prefix: list[str] = []
+    if os.geteuid() == 0:  # initdb refuses to run as root: run the cluster as 'postgres'
+        if shutil.which("runuser") is None:
+            pytest.skip("running as root without runuser: cannot start PostgreSQL")
+        prefix = ["runuser", "-u", "postgres", "--"]
+        shutil.chown(root, "postgres")
+        root.chmod(0o755)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    subprocess.run([*prefix, str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8"],
+                   check=True, capture_output=True, timeout=120)
+    options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=on"
+    subprocess.run([*prefix, str(bin_dir / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(root / "log"), "-w", "start"],
+                   check=True, capture_output=True, timeout=120)
+    try:
+        subprocess.run([*prefix, str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "convergent"],
+                       check=True, capture_output=True, timeout=60)
+        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/convergent"
+    finally:
+        subprocess.run([*prefix, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"],
+                       capture_output=True, timeout=120)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def fresh_postgres(postgres_url) -> Iterator[str]:
+    """A new, empty database in the session's PostgreSQL cluster (dropped afterwards)."""
+    import uuid
+
+    import psycopg
+
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    admin = postgres_url.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    yield postgres_url.rsplit("/", 1)[0] + f"/{name}"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request, tmp_path) -> str:
+    """The same tests on a SQLite file and on PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'db' / 'convergent.sqlite3'}"
+    return request.getfixturevalue("fresh_postgres")

@@ -97,6 +97,7 @@ class _Entry:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.index = None  # built on first use
+        self.version = -1  # the gallery version the index reflects
 
 
 class Galleries:
@@ -193,8 +194,11 @@ class Galleries:
                 tenant, header.gallery, model.name, model.version, existing.index_kind if existing else header.index_kind,
                 [(ids, vectors)], quota=self.settings.max_vectors_per_tenant, still_wanted=still_wanted,
             )
-            if entry.index is not None:
+            if entry.index is not None and entry.version == record.version - 1:
                 entry.index.add(added_ids, _unit(added))
+                entry.version = record.version
+            else:  # this replica's index missed another change: rebuild on next use
+                entry.index = None
         return len(added_ids), record.size
 
     @staticmethod
@@ -234,21 +238,25 @@ class Galleries:
             raise InvalidInput("give the ids to remove")
         entry = self._entry(tenant, name)
         with entry.lock:
-            removed, size = self.galleries.remove(tenant, name, ids)
-            if entry.index is not None:
+            removed, size, version = self.galleries.remove(tenant, name, ids)
+            if removed and entry.index is not None and entry.version == version - 1:
                 entry.index.remove(ids)
+                entry.version = version
+            elif removed:  # this replica's index missed another change: rebuild on next use
+                entry.index = None
         return removed, size
 
     def _index(self, tenant: str, gallery: GalleryRecord, model: ModelRecord, entry: _Entry):  # noqa: ANN202
-        """The gallery's index (caller holds entry.lock), built from storage on first use."""
-        if entry.index is None:
+        """The gallery's index (caller holds entry.lock), built from storage on first use and
+        rebuilt when the stored gallery has a newer version (another replica changed it)."""
+        if entry.index is None or entry.version < gallery.version:
             from convergent.server.inference import ExactIndex, HnswIndex
 
-            ids, vectors = self.galleries.items(tenant, gallery.name, model.dim)
+            version, ids, vectors = self.galleries.items(tenant, gallery.name, model.dim)
             index = ExactIndex(model.dim) if gallery.index_kind == "exact" else HnswIndex(model.dim)
             if ids:
                 index.add(ids, _unit(vectors))
-            entry.index = index
+            entry.index, entry.version = index, version
         return entry.index
 
     # ------------------------------------------------------------ routes

@@ -79,3 +79,4 @@ class GalleryRecord(Record):
     index_kind: str
     size: int
     created_at: float
+    version: int = 0  # grows with every change of the items

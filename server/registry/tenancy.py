@@ -8,8 +8,10 @@ import sqlalchemy as sa
 
 from convergent.server.errors import InvalidInput
 from convergent.server.registry.galleries import Galleries
+from convergent.server.storage.gallery_store import bump_gallery_versions
 from convergent.server.storage.schema import anchors, fits, gallery_items
 from convergent.server.storage.sql import SqlStore, stored_vectors
+from convergent.server.storage import db
 
 ID_BATCH = 500
 
@@ -37,7 +39,7 @@ class Tenancy:
         if not ids:
             raise InvalidInput("give the ids to erase")
         ids = list(dict.fromkeys(ids))
-        with self.store.engine.connect().execution_options(write=True) as conn, conn.begin():
+        with db.write_connection(self.store.engine) as conn, conn.begin():
             sets, galleries_changed = set(), set()
             anchors_deleted = items_deleted = 0
             for start in range(0, len(ids), ID_BATCH):
@@ -50,6 +52,7 @@ class Tenancy:
                 items_deleted += conn.execute(gallery_items.delete().where(item_key)).rowcount
             for anchor_set in sorted(sets):
                 self.store._bump_version(conn, tenant, anchor_set, destructive=True)
+            bump_gallery_versions(conn, tenant, sorted(galleries_changed))
             stale = sorted(conn.execute(
                 sa.select(fits.c.id).where(fits.c.tenant == tenant, fits.c.anchor_set.in_(sorted(sets)))
             ).scalars()) if sets else []

@@ -10,6 +10,7 @@ import sqlalchemy as sa
 from convergent.server.errors import NotFound
 from convergent.server.registry.records import FitRecord
 from convergent.server.storage.schema import fit_arrays, fits
+from convergent.server.storage import db
 
 _JSON_FIELDS = ("params", "metrics", "warnings")
 
@@ -34,7 +35,7 @@ class FitStore:
         row = record.model_dump(exclude={"stale"})
         for name in _JSON_FIELDS:
             row[name] = json.dumps(row[name])
-        with self.engine.connect().execution_options(write=True) as conn, conn.begin():
+        with db.write_connection(self.engine) as conn, conn.begin():
             conn.execute(fits.insert().values(tenant=tenant, state=json.dumps(state), **row))
             if arrays:
                 conn.execute(
@@ -106,7 +107,7 @@ class FitStore:
         return [_record(r) for r in rows]
 
     def delete(self, tenant: str, fit_id: str) -> None:
-        with self.engine.connect().execution_options(write=True) as conn, conn.begin():
+        with db.write_connection(self.engine) as conn, conn.begin():
             self._row(conn, tenant, fit_id)
             conn.execute(fit_arrays.delete().where(fit_arrays.c.fit_id == fit_id))
             conn.execute(fits.delete().where(fits.c.id == fit_id))

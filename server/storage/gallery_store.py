@@ -13,8 +13,19 @@ from convergent.server.errors import AlreadyExists, NotFound
 from convergent.server.registry.records import GalleryRecord
 from convergent.server.storage.schema import calibrations, galleries, gallery_items
 from convergent.server.storage.sql import check_quota, ensure_wanted
+from convergent.server.storage import db
 
 ID_BATCH = 500
+
+
+def bump_gallery_versions(conn: sa.Connection, tenant: str, names: list[str]) -> None:
+    """+1 on the version of these galleries (inside the transaction that changed them)."""
+    if names:
+        conn.execute(
+            galleries.update()
+            .where(galleries.c.tenant == tenant, galleries.c.name.in_(names))
+            .values(version=galleries.c.version + 1)
+        )
 
 
 class GalleryStore:
@@ -25,7 +36,7 @@ class GalleryStore:
 
     @contextmanager
     def _write(self):  # noqa: ANN202
-        with self.engine.connect().execution_options(write=True) as conn, conn.begin():
+        with db.write_connection(self.engine) as conn, conn.begin():
             yield conn
 
     @staticmethod
@@ -44,7 +55,7 @@ class GalleryStore:
             return None
         return GalleryRecord(
             name=row.name, model=row.model, model_version=row.model_version, index_kind=row.index_kind,
-            size=self._count(conn, tenant, name), created_at=row.created_at,
+            size=self._count(conn, tenant, name), created_at=row.created_at, version=row.version,
         )
 
     def get(self, tenant: str, name: str) -> GalleryRecord:
@@ -113,13 +124,14 @@ class GalleryStore:
                     added_ids += chunk
                     added.append(block)
             check_quota(conn, tenant, len(added_ids), quota)
+            bump_gallery_versions(conn, tenant, [name])
             record = self._get(conn, tenant, name)
             ensure_wanted(still_wanted)
         dim = added[0].shape[1] if added else 0
         return record, created, added_ids, (np.vstack(added) if added else np.zeros((0, dim), np.float32))
 
-    def remove(self, tenant: str, name: str, ids: list[str]) -> tuple[int, int]:
-        """Delete ids (unknown ones are ignored); returns (removed, size after)."""
+    def remove(self, tenant: str, name: str, ids: list[str]) -> tuple[int, int, int]:
+        """Delete ids (unknown ones are ignored); returns (removed, size after, gallery version after)."""
         with self._write() as conn:
             if self._get(conn, tenant, name) is None:
                 raise NotFound(f"gallery {name!r} not found")
@@ -129,7 +141,10 @@ class GalleryStore:
                     gallery_items.c.tenant == tenant, gallery_items.c.gallery == name,
                     gallery_items.c.item_id.in_(ids[start : start + ID_BATCH]),
                 )).rowcount
-            return int(removed), self._count(conn, tenant, name)
+            if removed:
+                bump_gallery_versions(conn, tenant, [name])
+            record = self._get(conn, tenant, name)
+            return int(removed), record.size, record.version
 
     def delete(self, tenant: str, name: str) -> None:
         with self._write() as conn:
@@ -138,16 +153,19 @@ class GalleryStore:
             conn.execute(gallery_items.delete().where(gallery_items.c.tenant == tenant, gallery_items.c.gallery == name))
             conn.execute(galleries.delete().where(galleries.c.tenant == tenant, galleries.c.name == name))
 
-    def items(self, tenant: str, name: str, dim: int) -> tuple[list[str], np.ndarray]:
-        """All enrolled (ids, vectors (n, dim) float32) in enrolment order."""
+    def items(self, tenant: str, name: str, dim: int) -> tuple[int, list[str], np.ndarray]:
+        """(gallery version, ids, vectors (n, dim) float32) in enrolment order, one snapshot."""
         with self.engine.connect() as conn, conn.begin():
+            version = conn.execute(
+                sa.select(galleries.c.version).where(galleries.c.tenant == tenant, galleries.c.name == name)
+            ).scalar() or 0
             rows = conn.execute(
                 sa.select(gallery_items.c.item_id, gallery_items.c.vector)
                 .where(gallery_items.c.tenant == tenant, gallery_items.c.gallery == name)
                 .order_by(gallery_items.c.seq)
             ).all()
         vectors = np.frombuffer(b"".join(r[1] for r in rows), dtype="<f4").reshape(len(rows), dim)
-        return [r[0] for r in rows], vectors
+        return int(version), [r[0] for r in rows], vectors
 
     # ------------------------------------------------------------ labelled calibration pairs
     def save_calibration(

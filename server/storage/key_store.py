@@ -8,6 +8,7 @@ import sqlalchemy as sa
 
 from convergent.server.errors import AlreadyExists, NotFound
 from convergent.server.storage.schema import api_keys, audit_log
+from convergent.server.storage import db
 
 
 class KeyStore:
@@ -15,7 +16,7 @@ class KeyStore:
         self.engine = engine
 
     def insert(self, key_id: str, tenant: str, name: str, role: str, secret_sha256: str) -> None:
-        with self.engine.connect().execution_options(write=True) as conn, conn.begin():
+        with db.write_connection(self.engine) as conn, conn.begin():
             if conn.execute(sa.select(api_keys.c.key_id).where(api_keys.c.key_id == key_id)).first():
                 raise AlreadyExists(f"key {key_id!r} already exists")
             conn.execute(api_keys.insert().values(
@@ -36,13 +37,13 @@ class KeyStore:
             return list(conn.execute(query))
 
     def revoke(self, key_id: str) -> None:
-        with self.engine.connect().execution_options(write=True) as conn, conn.begin():
+        with db.write_connection(self.engine) as conn, conn.begin():
             if conn.execute(sa.select(api_keys.c.key_id).where(api_keys.c.key_id == key_id)).first() is None:
                 raise NotFound(f"key {key_id!r} not found")
             conn.execute(api_keys.update().where(api_keys.c.key_id == key_id).values(revoked_at=time.time()))
 
     def audit(self, tenant: str, key_id: str, method: str, target: str, outcome: str, request_id: str) -> None:
-        with self.engine.connect().execution_options(write=True) as conn, conn.begin():
+        with db.write_connection(self.engine) as conn, conn.begin():
             conn.execute(audit_log.insert().values(
                 at=time.time(), tenant=tenant, key_id=key_id, method=method, target=target[:512],
                 outcome=outcome, request_id=request_id,

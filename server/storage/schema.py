@@ -108,6 +108,9 @@ galleries = sa.Table(
     sa.Column("model_version", sa.Integer, nullable=False),
     sa.Column("index_kind", sa.String(16), nullable=False),  # "exact" | "hnsw"
     sa.Column("created_at", sa.Float, nullable=False),
+    # +1 on every enrol, removal or erasure: a replica whose index was built at another
+    # version rebuilds it from the items.
+    sa.Column("version", sa.BigInteger, nullable=False, server_default="0"),
 )
 
 # Enrolled vectors (normalised as their model says); the in-memory index is rebuilt from these.

@@ -106,7 +106,7 @@ class SqlStore:
 
     @contextmanager
     def _write(self) -> Iterator[sa.Connection]:
-        with self.engine.connect().execution_options(write=True) as conn, conn.begin():
+        with db.write_connection(self.engine) as conn, conn.begin():
             yield conn
 
     # ------------------------------------------------------------------ models
