@@ -23,9 +23,7 @@ from convergent.server.registry.records import FitRecord, ModelRecord, Page
 from convergent.server.registry.service import l2_normalize_rows, prepare_vectors, valid_name
 from convergent.server.registry import paging
 from convergent.server.settings import ServerSettings
-from convergent.server.storage import pairs
-from convergent.server.storage.fit_store import FitStore
-from convergent.server.storage.sql import SqlStore
+from convergent.server.storage.protocols import Store
 
 MIN_PAIRS = 10  # below this neither a map nor its held-out diagnostics mean anything
 HELDOUT_FRACTION, HELDOUT_CAP = 0.2, 2000
@@ -207,9 +205,9 @@ class PairSnapshot:
 class Alignment:
     """Fits, their storage and their use (transform, export)."""
 
-    def __init__(self, store: SqlStore, settings: ServerSettings) -> None:
+    def __init__(self, store: Store, settings: ServerSettings) -> None:
         self.store = store
-        self.fits = FitStore(store.engine)
+        self.fits = store.fits
         self.settings = settings
         self.stats_cache = StatsCache()
         self._estimators: OrderedDict[str, object] = OrderedDict()
@@ -221,8 +219,8 @@ class Alignment:
         from convergent.server.align import PairedStats, heldout_split
 
         key = (tenant, anchor_set, source.name, source.version, target.name, target.version)
-        with self.store.engine.connect() as conn, conn.begin():
-            version = pairs.set_version(conn, tenant, anchor_set)
+        with self.store.read_pairs(tenant, anchor_set, source, target) as reader:
+            version = reader.version()
             if version.data_version == 0:
                 raise NotFound(f"anchor set {anchor_set!r} not found")
             cached = self.stats_cache.get(key)
@@ -235,16 +233,11 @@ class Alignment:
                 stats, since = PairedStats.empty(source.dim, target.dim), 0
                 self.stats_cache.full_reads += 1
             if since < version.data_version:
-                for _, X, Y in pairs.iter_pairs(
-                    conn, tenant, anchor_set, source.name, target.name, source.dim, target.dim, written_after=since
-                ):
+                for _, X, Y in reader.iter_pairs(written_after=since):
                     stats.update(X, Y)
-            ids = pairs.pair_ids(conn, tenant, anchor_set, source.name, target.name)
+            ids = reader.pair_ids()
             held = heldout_split(ids, seed=seed, fraction=HELDOUT_FRACTION, cap=HELDOUT_CAP)
-            held_ids, X_held, Y_held = pairs.pairs_by_id(
-                conn, tenant, anchor_set, source.name, target.name, source.dim, target.dim,
-                [i for i, h in zip(ids, held) if h],
-            )
+            held_ids, X_held, Y_held = reader.pairs_by_id([i for i, h in zip(ids, held) if h])
         if stats.n != len(ids):  # the cache and the table disagree: never fit on that
             raise RuntimeError(f"cached statistics hold {stats.n} pairs, the anchor set {len(ids)}")
         self.stats_cache.put(key, _Cached(version.data_version, stats.copy()))
@@ -379,8 +372,7 @@ class Alignment:
     # ------------------------------------------------------------ reading fits
     def _with_staleness(self, tenant: str, record: FitRecord) -> FitRecord:
         """The record with ``stale`` set: its anchor set or one of its models changed since."""
-        with self.store.engine.connect() as conn:
-            version = pairs.set_version(conn, tenant, record.anchor_set).data_version
+        version = self.store.anchor_set_version(tenant, record.anchor_set)
         expected = _model_versions(record)
         current = {}
         for name in expected:

@@ -34,9 +34,7 @@ from convergent.server.registry.service import (
     valid_name,
 )
 from convergent.server.settings import ServerSettings
-from convergent.server.storage import pairs
-from convergent.server.storage.gallery_store import GalleryStore
-from convergent.server.storage.sql import SqlStore
+from convergent.server.storage.protocols import Store
 
 INDEX_KINDS = ("exact", "hnsw")
 CALIBRATION_ANCHORS = 2000     # anchors sampled for the default (anchor-set) calibration
@@ -101,9 +99,9 @@ class _Entry:
 
 
 class Galleries:
-    def __init__(self, store: SqlStore, alignment: Alignment, settings: ServerSettings) -> None:
+    def __init__(self, store: Store, alignment: Alignment, settings: ServerSettings) -> None:
         self.store = store
-        self.galleries = GalleryStore(store.engine)
+        self.galleries = store.galleries
         self.alignment = alignment
         self.settings = settings
         self._entries: dict[tuple[str, str], _Entry] = {}
@@ -397,12 +395,11 @@ class Galleries:
         cached = self._anchor_scores.get(fit.id)
         if cached is not None:
             return cached
-        with self.store.engine.connect() as conn, conn.begin():
-            ids = pairs.pair_ids(conn, tenant, fit.anchor_set, src.name, tgt.name)
+        with self.store.read_pairs(tenant, fit.anchor_set, src, tgt) as reader:
+            ids = reader.pair_ids()
             rng = np.random.default_rng(0)
             chosen = sorted(rng.choice(len(ids), size=min(len(ids), CALIBRATION_ANCHORS), replace=False)) if ids else []
-            _, X, Y = pairs.pairs_by_id(conn, tenant, fit.anchor_set, src.name, tgt.name, src.dim, tgt.dim,
-                                        [ids[i] for i in chosen])
+            _, X, Y = reader.pairs_by_id([ids[i] for i in chosen])
         if len(X) < 2:
             raise FailedPrecondition(f"anchor set {fit.anchor_set!r} has too few pairs left to calibrate on")
         scores = pairs_from_anchor_set(self._into(tenant, fit, X, src, tgt), _unit(Y), max_impostors=CALIBRATION_IMPOSTORS)

@@ -80,3 +80,13 @@ class GalleryRecord(Record):
     size: int
     created_at: float
     version: int = 0  # grows with every change of the items
+
+
+class ErasureReport(Record):
+    """What one erasure removed, and the fits it made stale."""
+
+    anchors_deleted: int
+    gallery_items_deleted: int
+    anchor_sets_changed: list[str]
+    galleries_changed: list[str]
+    stale_fits: list[str]

@@ -16,7 +16,7 @@ from convergent.server.errors import InvalidInput, ResourceExhausted, SpaceMisma
 from convergent.server.registry import paging
 from convergent.server.registry.records import AnchorSetRecord, ModelRecord, Page, UploadResult
 from convergent.server.settings import ServerSettings
-from convergent.server.storage.sql import SqlStore
+from convergent.server.storage.protocols import Store
 from convergent.wire import WireError, check_finite, check_name
 
 DEFAULT_TENANT = "default"
@@ -87,9 +87,9 @@ def check_stream_complete(seen_last: bool) -> None:
 
 
 class Registry:
-    """Models and anchors of every tenant, over one :class:`SqlStore`."""
+    """Models and anchors of every tenant, over one store (:class:`~convergent.server.storage.protocols.Store`)."""
 
-    def __init__(self, store: SqlStore, settings: ServerSettings) -> None:
+    def __init__(self, store: Store, settings: ServerSettings) -> None:
         self.store = store
         self.settings = settings
 

@@ -25,8 +25,8 @@ from convergent.server.rpc.servicers import (
     TenantServicer,
 )
 from convergent.server.settings import ServerSettings
-from convergent.server.storage.key_store import KeyStore
-from convergent.server.storage.sql import SqlStore
+from convergent.server.storage import open_store
+from convergent.server.storage.protocols import Store
 from convergent.v1 import (
     alignment_pb2,
     alignment_pb2_grpc,
@@ -68,7 +68,7 @@ class ConvergentServer:
     def __init__(self, settings: ServerSettings) -> None:
         self.settings = settings
         self.port: int | None = None
-        self.store: SqlStore | None = None
+        self.store: Store | None = None
         self._backend = Backend()
         self.metrics = Metrics()
         self._backend.metrics = self.metrics
@@ -124,17 +124,17 @@ class ConvergentServer:
         self._server.start()
         security = "mTLS" if s.tls_client_ca else "TLS" if s.tls_cert else "plaintext"
         log.info("listening on %s (%s, API keys %s)", self.address, security, "required" if s.auth_enabled() else "off")
-        self.store = SqlStore(s.resolved_database_url())
+        self.store = open_store(s.resolved_database_url())
         alignment = Alignment(self.store, s)
         bootstrap = load_bootstrap_keys(s.bootstrap_keys_file) if s.bootstrap_keys_file else None
-        authenticator = Authenticator(s.auth_enabled(), KeyStore(self.store.engine), bootstrap)
+        authenticator = Authenticator(s.auth_enabled(), self.store.keys, bootstrap)
         galleries = Galleries(self.store, alignment, s)
         self._backend.open(Registry(self.store, s), alignment, galleries, authenticator)
         if s.metrics_port is not None:
             self.metrics.watch_store(self.store.vector_counts, galleries.index_sizes)
             self.metrics.serve(s.host, s.metrics_port)
         self._set_health(health_pb2.HealthCheckResponse.SERVING)
-        log.info("storage open (%s); serving", self.store.engine.url.render_as_string(hide_password=True))
+        log.info("storage open (%s); serving", self.store.describe())
         return self.port
 
     def stop(self, grace: float | None = None) -> None:

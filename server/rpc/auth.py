@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from convergent.server.errors import InvalidInput, PermissionDenied, Unauthenticated
-from convergent.server.storage.key_store import KeyStore
+from convergent.server.storage.protocols import KeyStorage
 
 DEFAULT_TENANT = "default"
 ROLES = ("reader", "party", "admin")
@@ -97,7 +97,7 @@ def load_bootstrap_keys(path: Path) -> dict[str, dict]:
 class Authenticator:
     """Turns call metadata into a :class:`Principal` and checks the role for the method."""
 
-    def __init__(self, enabled: bool, keys: KeyStore | None, bootstrap: dict[str, dict] | None = None) -> None:
+    def __init__(self, enabled: bool, keys: KeyStorage | None, bootstrap: dict[str, dict] | None = None) -> None:
         self.enabled = enabled
         self.keys = keys
         self.bootstrap = bootstrap or {}

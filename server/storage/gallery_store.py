@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from convergent.server.errors import AlreadyExists, NotFound
 from convergent.server.registry.records import GalleryRecord
 from convergent.server.storage.schema import calibrations, galleries, gallery_items
-from convergent.server.storage.sql import check_quota, ensure_wanted
+from convergent.server.storage.guards import check_quota, ensure_wanted
 from convergent.server.storage import db
 
 ID_BATCH = 500

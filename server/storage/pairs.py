@@ -134,3 +134,23 @@ def pairs_by_id(
             ys.append(Y)
     order = np.argsort(np.array(out_ids, dtype=object), kind="stable") if out_ids else np.zeros(0, int)
     return [out_ids[i] for i in order], np.vstack(xs)[order], np.vstack(ys)[order]
+
+
+class SqlPairReader:
+    """The (source, target) pairs of one anchor set, read inside one transaction (snapshot)."""
+
+    def __init__(self, conn: sa.Connection, tenant: str, anchor_set: str, source: str, target: str, d_x: int, d_y: int) -> None:
+        self._conn, self._args = conn, (tenant, anchor_set, source, target)
+        self.d_x, self.d_y = d_x, d_y
+
+    def version(self) -> SetVersion:
+        return set_version(self._conn, *self._args[:2])
+
+    def pair_ids(self) -> list[str]:
+        return pair_ids(self._conn, *self._args)
+
+    def iter_pairs(self, written_after: int = 0) -> Iterator[tuple[list[str], np.ndarray, np.ndarray]]:
+        return iter_pairs(self._conn, *self._args, self.d_x, self.d_y, written_after=written_after)
+
+    def pairs_by_id(self, ids: Sequence[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
+        return pairs_by_id(self._conn, *self._args, self.d_x, self.d_y, ids)

@@ -13,39 +13,18 @@ from contextlib import contextmanager
 import numpy as np
 import sqlalchemy as sa
 
-from convergent.server.errors import AlreadyExists, Cancelled, NotFound, ResourceExhausted, SpaceMismatch
-from convergent.server.registry.records import AnchorSetRecord, ModelRecord, UploadResult
+from convergent.server.errors import AlreadyExists, InvalidInput, NotFound, SpaceMismatch
+from convergent.server.registry.records import AnchorSetRecord, ErasureReport, ModelRecord, UploadResult
 from convergent.server.storage import db
-from convergent.server.storage.schema import anchor_sets, anchors, gallery_items, model_versions, models
+from convergent.server.storage.guards import check_quota, ensure_wanted, stored_vectors
+from convergent.server.storage.fit_store import FitStore
+from convergent.server.storage.gallery_store import GalleryStore, bump_gallery_versions
+from convergent.server.storage.key_store import KeyStore
+from convergent.server.storage.pairs import SqlPairReader
+from convergent.server.storage.schema import anchor_sets, anchors, fits, gallery_items, model_versions, models
 
 # Ids per SELECT ... IN (...) / executemany batch: far below every database's parameter limit.
 ID_BATCH = 500
-
-
-def stored_vectors(conn: sa.Connection, tenant: str) -> int:
-    """Anchors + gallery items the tenant stores (what its quota counts)."""
-    count = 0
-    for table in (anchors, gallery_items):
-        count += int(conn.execute(sa.select(sa.func.count()).select_from(table).where(table.c.tenant == tenant)).scalar())
-    return count
-
-
-def check_quota(conn: sa.Connection, tenant: str, added: int, quota: int | None) -> None:
-    """Call inside a write transaction after adding ``added`` vectors: :class:`ResourceExhausted`
-    (which rolls the write back) if the tenant now holds more than ``quota``."""
-    if quota is None or added == 0:
-        return
-    held = stored_vectors(conn, tenant)
-    if held > quota:
-        raise ResourceExhausted(
-            f"quota max_vectors_per_tenant={quota}: the tenant stores {held - added} vectors and this would add {added}"
-        )
-
-
-def ensure_wanted(still_wanted: Callable[[], bool] | None) -> None:
-    """Raise :class:`Cancelled` (rolling the transaction back) if the caller has gone away."""
-    if still_wanted is not None and not still_wanted():
-        raise Cancelled("the call was cancelled before its data was committed; nothing was stored")
 
 
 def _model_record(row: sa.Row) -> ModelRecord:
@@ -87,6 +66,13 @@ class SqlStore:
         self.url = url
         self.engine = db.create_engine(url)
         db.migrate(self.engine)
+        self.fits = FitStore(self.engine)
+        self.galleries = GalleryStore(self.engine)
+        self.keys = KeyStore(self.engine)
+
+    def describe(self) -> str:
+        """The database URL with any password hidden (for logs)."""
+        return self.engine.url.render_as_string(hide_password=True)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -380,3 +366,50 @@ class SqlStore:
             if deleted:
                 version = self._bump_version(conn, tenant, anchor_set, destructive=True)
             return int(deleted), int(version)
+
+    # ------------------------------------------------------------------ pairs, tenant-wide
+    @contextmanager
+    def read_pairs(
+        self, tenant: str, anchor_set: str, source: ModelRecord, target: ModelRecord
+    ) -> Iterator[SqlPairReader]:
+        """A reader of the (source, target) pairs of one anchor set, all from one snapshot."""
+        with self._read() as conn:
+            yield SqlPairReader(conn, tenant, anchor_set, source.name, target.name, source.dim, target.dim)
+
+    def anchor_set_version(self, tenant: str, anchor_set: str) -> int:
+        """The set's data version (0 if it does not exist)."""
+        with self._read() as conn:
+            return int(self._set_version(conn, tenant, anchor_set) or 0)
+
+    def stored_vectors(self, tenant: str) -> int:
+        with self._read() as conn:
+            return stored_vectors(conn, tenant)
+
+    def erase(self, tenant: str, ids: list[str]) -> ErasureReport:
+        """Delete every anchor (any model, any set) and gallery item with one of ``ids`` in one
+        transaction; changed anchor sets get a new (destructive) data version, changed
+        galleries a new version. Labelled calibration pairs hold no ids and are not touched."""
+        if not ids:
+            raise InvalidInput("give the ids to erase")
+        ids = list(dict.fromkeys(ids))
+        with self._write() as conn:
+            sets, changed_galleries = set(), set()
+            anchors_deleted = items_deleted = 0
+            for start in range(0, len(ids), ID_BATCH):
+                chunk = ids[start : start + ID_BATCH]
+                key = (anchors.c.tenant == tenant) & anchors.c.anchor_id.in_(chunk)
+                sets |= set(conn.execute(sa.select(anchors.c.anchor_set).where(key).distinct()).scalars())
+                anchors_deleted += conn.execute(anchors.delete().where(key)).rowcount
+                item_key = (gallery_items.c.tenant == tenant) & gallery_items.c.item_id.in_(chunk)
+                changed_galleries |= set(conn.execute(sa.select(gallery_items.c.gallery).where(item_key).distinct()).scalars())
+                items_deleted += conn.execute(gallery_items.delete().where(item_key)).rowcount
+            for anchor_set in sorted(sets):
+                self._bump_version(conn, tenant, anchor_set, destructive=True)
+            bump_gallery_versions(conn, tenant, sorted(changed_galleries))
+            stale = sorted(conn.execute(
+                sa.select(fits.c.id).where(fits.c.tenant == tenant, fits.c.anchor_set.in_(sorted(sets)))
+            ).scalars()) if sets else []
+        return ErasureReport(
+            anchors_deleted=int(anchors_deleted), gallery_items_deleted=int(items_deleted),
+            anchor_sets_changed=sorted(sets), galleries_changed=sorted(changed_galleries), stale_fits=stale,
+        )
