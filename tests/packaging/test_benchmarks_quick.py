@@ -1,0 +1,40 @@
+"""benchmarks/run.py --quick runs end to end and writes every key (timings are never asserted)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+KEYS = (
+    "ingest_ratio",
+    "fit_affine_ratio",
+    "fit_permutation_ratio",
+    "identify_ratio",
+    "transform_ratio",
+    "fit_memory_growth",
+)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_quick_benchmark_writes_every_key(tmp_path: Path) -> None:
+    out = tmp_path / "quick.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--quick", "--json", str(out),
+         "--workdir", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=540,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    results = json.loads(out.read_text())
+    for key in KEYS:
+        entry = results[key]
+        assert {"median", "min", "max", "target", "holds"} <= set(entry), key
+        assert entry["min"] <= entry["median"] <= entry["max"], key
+    assert results["machine"]["blas"], "the BLAS kernel in use is recorded"
+    assert {"ingest", "fit_affine", "fit_permutation", "identify", "transform", "cuda"} <= set(results["absolute"])
+    assert "ingest_ratio" in proc.stdout  # the table is printed
