@@ -398,11 +398,12 @@ class Alignment:
         with self._estimators_lock:
             self._estimators.pop(fit_id, None)
 
-    def _load(self, tenant: str, fit_id: str):  # noqa: ANN202
-        """(record, estimator); estimators are immutable, so they are cached by fit id."""
+    def _load(self, tenant: str, fit_id: str, record: FitRecord | None = None):  # noqa: ANN202
+        """(record, estimator); estimators are immutable, so they are cached by fit id.
+        ``record``: the fit's record when the caller has read it for this tenant already."""
         from convergent.server.align import estimator_from_state
 
-        record = self.fits.get(tenant, fit_id)
+        record = record if record is not None else self.fits.get(tenant, fit_id)
         with self._estimators_lock:
             estimator = self._estimators.get(fit_id)
         if estimator is None:
@@ -455,7 +456,7 @@ class Alignment:
     def apply(self, tenant: str, record: FitRecord, X: np.ndarray, src: ModelRecord, tgt: ModelRecord) -> np.ndarray:
         """Map prepared vectors of ``src`` (n, d_src) into ``tgt`` through a fit or a shared space:
         (n, d_tgt) float32, L2-normalised if the target model normalises (a zero row stays zero)."""
-        _, estimator = self._load(tenant, record.id)
+        _, estimator = self._load(tenant, record.id, record)
         if record.method == "shared":
             Z = estimator.translate(src.name, tgt.name, X)
         else:
@@ -470,7 +471,8 @@ class Alignment:
 
         ``target`` is a model, or ``shared:<fit id>`` for a shared space ((n, k) coordinates;
         the returned target model is then None). Inputs are L2-normalised if the source model
-        normalises, outputs if the target model does.
+        normalises, outputs if the target model does. The returned record's ``stale`` is not
+        computed (a hot path; ``get_fit`` tells).
         """
         valid_name(source, "source model")
         src = self.store.get_model(tenant, source)
@@ -483,9 +485,9 @@ class Alignment:
             if record.method != "shared" or source not in record.params["models"]:
                 raise InvalidInput(f"fit {record.id!r} is not a shared space holding {source!r}")
             self.check_versions(record, src)
-            _, space = self._load(tenant, record.id)
+            _, space = self._load(tenant, record.id, record)
             Z = np.asarray(space.transform(source, prepare_vectors(src, vectors)), dtype=np.float32)
-            return Z, self._with_staleness(tenant, record), None
+            return Z, record, None
         if fit_id:
             record = self.fits.get(tenant, fit_id)
             if record.source != source or (target and record.target != target):
@@ -499,7 +501,7 @@ class Alignment:
             tgt = self.store.get_model(tenant, target)
             record = self.latest_route(tenant, src, tgt)
         X = prepare_vectors(src, vectors)
-        return self.apply(tenant, record, X, src, tgt), self._with_staleness(tenant, record), tgt
+        return self.apply(tenant, record, X, src, tgt), record, tgt
 
 
 class _Translate:

@@ -175,7 +175,7 @@ class Registry:
                     check_finite(chunk.vectors, first_row=len(ids))
                 except WireError as exc:
                     raise InvalidInput(f"message {number}: {exc}") from None
-                vectors = chunk.vectors.astype("<f4")
+                vectors = np.asarray(chunk.vectors, dtype="<f4")  # no copy when it is float32 already
                 if model.normalize and n:
                     vectors = l2_normalize_rows(vectors, first_row=len(ids))
                 spool.write(vectors.tobytes())
