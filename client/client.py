@@ -266,18 +266,19 @@ class Client:
         header = anchors_pb2.UploadAnchorsRequest(model=model, anchor_set=anchor_set, overwrite=overwrite)
         response = self._stream(
             self._anchors.UploadAnchors, anchors_pb2.UploadAnchorsRequest, header, ids, vectors,
-            chunk_size, progress and f"upload {model}/{anchor_set}",
+            chunk_size, progress and f"upload {model}/{anchor_set}", retry=True,
         )
         return response.total
 
     def _stream(
         self, method: Callable[..., Any], message: type, header: Any, ids: Sequence[Any], vectors: np.ndarray,
-        chunk_size: int, progress: str | bool,
+        chunk_size: int, progress: str | bool, retry: bool,
     ) -> Any:
         """Send (ids, vectors) as one client stream of chunks, the first carrying ``header``'s fields.
 
-        The call is idempotent on the server side (a repeated stream changes nothing), so it is
-        retried whole on UNAVAILABLE.
+        ``retry``: the call is idempotent (a repeated upload changes nothing), so it is sent again
+        whole on UNAVAILABLE. Enrolment is not (a lost acknowledgement would turn into
+        ALREADY_EXISTS), so it is not retried.
         """
         ids = [str(i) for i in ids]
         vectors = np.asarray(vectors)
@@ -309,7 +310,7 @@ class Client:
                 return method(requests(), timeout=timeout, metadata=self._metadata)
             except grpc.RpcError as exc:
                 error = errors.from_rpc_error(exc)
-                if not isinstance(error, errors.Unavailable) or attempt == 2:
+                if not retry or not isinstance(error, errors.Unavailable) or attempt == 2:
                     raise error from None
                 time.sleep(0.2 * 2**attempt)
         raise AssertionError("unreachable")  # pragma: no cover
@@ -412,7 +413,7 @@ class Client:
         header = galleries_pb2.EnrollRequest(gallery=gallery, model=model, index=_INDEX_KINDS[index])
         response = self._stream(
             self._galleries.Enroll, galleries_pb2.EnrollRequest, header, ids, vectors, chunk_size,
-            progress and f"enroll {gallery}",
+            progress and f"enroll {gallery}", retry=False,
         )
         return response.size
 
