@@ -11,6 +11,7 @@ each committed enroll or remove; a per-gallery lock keeps the database and the i
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -39,7 +40,8 @@ from convergent.server.storage.protocols import Store
 INDEX_KINDS = ("exact", "hnsw")
 CALIBRATION_ANCHORS = 2000     # anchors sampled for the default (anchor-set) calibration
 CALIBRATION_IMPOSTORS = 400_000
-DENSE_FUSION_MAX = 200_000     # exact galleries up to this size are fused on full score rows
+DENSE_FUSION_MAX = 200_000
+ANCHOR_CALIBRATIONS_KEPT = 16  # cached anchor-calibration score sets (each up to ~2 MB)     # exact galleries up to this size are fused on full score rows
 
 
 @dataclass(frozen=True)
@@ -106,7 +108,9 @@ class Galleries:
         self.settings = settings
         self._entries: dict[tuple[str, str], _Entry] = {}
         self._entries_lock = threading.Lock()
-        self._anchor_scores: dict[str, object] = {}  # fit id -> PairScores (fits are immutable)
+        # fit id -> PairScores of its anchor calibration (fits are immutable); the newest few only
+        self._anchor_scores: OrderedDict[str, object] = OrderedDict()
+        self._anchor_scores_lock = threading.Lock()
 
     def _entry(self, tenant: str, name: str) -> _Entry:
         with self._entries_lock:
@@ -392,7 +396,8 @@ class Galleries:
             raise FailedPrecondition(
                 f"no calibration for {src.name!r} against itself: send labelled pairs with calibrate() first"
             )
-        cached = self._anchor_scores.get(fit.id)
+        with self._anchor_scores_lock:
+            cached = self._anchor_scores.get(fit.id)
         if cached is not None:
             return cached
         with self.store.read_pairs(tenant, fit.anchor_set, src, tgt) as reader:
@@ -403,7 +408,10 @@ class Galleries:
         if len(X) < 2:
             raise FailedPrecondition(f"anchor set {fit.anchor_set!r} has too few pairs left to calibrate on")
         scores = pairs_from_anchor_set(self._into(tenant, fit, X, src, tgt), _unit(Y), max_impostors=CALIBRATION_IMPOSTORS)
-        self._anchor_scores[fit.id] = scores
+        with self._anchor_scores_lock:
+            self._anchor_scores[fit.id] = scores
+            while len(self._anchor_scores) > ANCHOR_CALIBRATIONS_KEPT:
+                self._anchor_scores.popitem(last=False)
         return scores
 
     def _models_and_route(self, tenant, a_model, b_model):  # noqa: ANN001, ANN202
