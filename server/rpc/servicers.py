@@ -1,4 +1,6 @@
-"""gRPC servicers: decode -> use case -> encode. Tenancy arrives with authentication."""
+"""gRPC servicers: decode -> use case -> encode. Every method is wrapped by :func:`rpc_method`
+(request id, authentication and role, audit, metrics, the status table); the caller's tenant
+comes from its API key."""
 
 from __future__ import annotations
 
@@ -19,15 +21,15 @@ from convergent.v1 import (
     alignment_pb2,
     alignment_pb2_grpc,
     anchors_pb2,
+    anchors_pb2_grpc,
     galleries_pb2,
     galleries_pb2_grpc,
-    tenant_pb2,
-    tenant_pb2_grpc,
-    anchors_pb2_grpc,
     info_pb2,
     info_pb2_grpc,
     models_pb2,
     models_pb2_grpc,
+    tenant_pb2,
+    tenant_pb2_grpc,
 )
 from convergent.wire import decode_matrix, encode_array, encode_matrix
 
