@@ -45,6 +45,9 @@ class ServerSettings(BaseSettings):
     max_vectors_per_tenant: int | None = Field(
         None, ge=1, description="quota: anchors + gallery items one tenant may store"
     )
+    device: Literal["cpu", "cuda", "auto"] = Field(
+        "cpu", description="where fits' statistics and exact search run: cpu, cuda, or auto (CUDA when present)"
+    )
     metrics_port: int | None = Field(
         None, ge=0, le=65535, description="serve Prometheus /metrics on this port (0: a free one); off if unset"
     )

@@ -85,6 +85,7 @@ def serve(
     max_vectors_per_tenant: Annotated[Optional[int], typer.Option(help="quota of stored vectors per tenant")] = None,
     metrics_port: Annotated[Optional[int], typer.Option(help="serve Prometheus /metrics on this port (0: a free one)")] = None,
     database_url: Annotated[Optional[str], typer.Option(help="e.g. postgresql://user:pass@host/db [SQLite in --data-dir]")] = None,
+    device: Annotated[Optional[str], typer.Option(help="cpu, cuda or auto: where fits and exact search run [cpu]")] = None,
 ) -> None:
     """Run the gRPC server until SIGTERM/SIGINT (settings also from CONVERGENT_* variables)."""
     from pydantic import ValidationError
@@ -99,7 +100,7 @@ def serve(
         "max_receive_message_bytes": max_message_bytes, "max_send_message_bytes": max_message_bytes,
         "require_auth": require_auth, "bootstrap_keys_file": bootstrap_keys_file, "tls_cert": tls_cert,
         "tls_key": tls_key, "tls_client_ca": tls_client_ca, "max_vectors_per_tenant": max_vectors_per_tenant,
-        "metrics_port": metrics_port, "database_url": database_url,
+        "metrics_port": metrics_port, "database_url": database_url, "device": device,
     }
     try:
         settings = ServerSettings(**{k: v for k, v in flags.items() if v is not None})

@@ -25,6 +25,7 @@ from convergent.server.align.select import (
 from convergent.server.align.shared import SharedSpace
 from convergent.server.align.sparse import SparseMap
 from convergent.server.align.spectral import SpectralMatching
+from convergent.server.align.device import resolve_device
 from convergent.server.align.split import heldout_split
 from convergent.server.align.stats import PairedStats
 
@@ -41,6 +42,7 @@ __all__ = [
     "fit_auto",
     "fit_auto_stats",
     "heldout_split",
+    "resolve_device",
     "linear_cka",
     "matched_correlation_stats",
     "mutual_knn",

@@ -73,17 +73,17 @@ class PairedStats:
             )
         return X.astype(np.float64, copy=False), Y.astype(np.float64, copy=False)
 
-    def _add(self, X: np.ndarray, Y: np.ndarray, sign: float) -> None:
+    def _add(self, X: np.ndarray, Y: np.ndarray, sign: float, device: str = "cpu") -> None:
         self.n += int(sign) * X.shape[0]
-        self.sum_x += sign * X.sum(axis=0)
-        self.sum_y += sign * Y.sum(axis=0)
-        self.xtx += sign * (X.T @ X)
-        self.xty += sign * (X.T @ Y)
-        self.yty += sign * (Y.T @ Y)
+        for total, part in zip((self.sum_x, self.sum_y, self.xtx, self.xty, self.yty), _products(X, Y, device)):
+            total += sign * part
 
-    def update(self, X, Y) -> "PairedStats":
-        """Add a chunk of paired rows in place; returns ``self``."""
-        self._add(*self._checked(X, Y), 1.0)
+    def update(self, X, Y, device: str = "cpu") -> "PairedStats":
+        """Add a chunk of paired rows in place; returns ``self``.
+
+        ``device``: "cpu" (numpy) or "cuda" (torch, float64 on the GPU; the same sums to rounding).
+        """
+        self._add(*self._checked(X, Y), 1.0, device)
         return self
 
     def subtract(self, X, Y) -> "PairedStats":
@@ -180,3 +180,15 @@ class PairedStats:
         if out.n < 0:
             raise InvalidInput("statistics state has a negative count")
         return out
+
+
+def _products(X: np.ndarray, Y: np.ndarray, device: str) -> tuple[np.ndarray, ...]:
+    """(sum X, sum Y, X^T X, X^T Y, Y^T Y) of float64 rows, on the CPU or a CUDA device."""
+    if device == "cpu":
+        return X.sum(axis=0), Y.sum(axis=0), X.T @ X, X.T @ Y, Y.T @ Y
+    import torch
+
+    Xt = torch.as_tensor(X, dtype=torch.float64, device=device)
+    Yt = torch.as_tensor(Y, dtype=torch.float64, device=device)
+    parts = (Xt.sum(dim=0), Yt.sum(dim=0), Xt.T @ Xt, Xt.T @ Yt, Yt.T @ Yt)
+    return tuple(p.cpu().numpy() for p in parts)

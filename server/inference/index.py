@@ -75,6 +75,20 @@ def _matmul_torch(Q: np.ndarray, G: np.ndarray) -> np.ndarray:
 _MATMULS = {"numpy": _matmul_numpy, "torch": _matmul_torch}
 
 
+class _CudaGallery:
+    """A device copy of an index's vectors, refreshed when the index changes ("cuda" backend)."""
+
+    def __init__(self) -> None:
+        self.tensor = None
+        self.version = -1
+
+    def rows(self, vecs: np.ndarray, n: int, version: int):  # noqa: ANN201 - a torch tensor
+        if self.tensor is None or self.version != version:
+            self.tensor = torch.as_tensor(np.ascontiguousarray(vecs[:n]), device="cuda")
+            self.version = version
+        return self.tensor
+
+
 def matmul_backend(requested: str = "auto") -> str:
     """Resolve ``"auto" | "numpy" | "torch"`` to a concrete backend.
 
@@ -83,10 +97,12 @@ def matmul_backend(requested: str = "auto") -> str:
     on the CPU and on the BLAS each wheel bundles, so it is measured, never hard-coded.
     """
     global _MEASURED_BACKEND
-    if requested not in ("auto", "numpy", "torch"):
-        raise InvalidInput(f"backend must be 'auto', 'numpy' or 'torch', got {requested!r}")
-    if requested == "torch" and torch is None:
-        raise InvalidInput("backend 'torch' requested but torch is not installed")
+    if requested not in ("auto", "numpy", "torch", "cuda"):
+        raise InvalidInput(f"backend must be 'auto', 'numpy', 'torch' or 'cuda', got {requested!r}")
+    if requested in ("torch", "cuda") and torch is None:
+        raise InvalidInput(f"backend {requested!r} requested but torch is not installed")
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise InvalidInput("backend 'cuda' requested but no CUDA device is available")
     if requested != "auto":
         return requested
     if _MEASURED_BACKEND is None:
@@ -158,7 +174,9 @@ class ExactIndex:
     bounded for a 1M-row gallery.
 
     Parameters: ``dim`` vector dimension; ``backend`` "auto" (measured, see
-    :func:`matmul_backend`), "numpy" or "torch"; ``block_bytes`` score-block budget.
+    :func:`matmul_backend`), "numpy", "torch" or "cuda" (gallery kept on the GPU, top-k there
+    too; exact scores, but equal scores at the k-th place may come in any order);
+    ``block_bytes`` score-block budget.
     """
 
     def __init__(self, dim: int, *, backend: str = "auto", block_bytes: int = 64 << 20):
@@ -166,7 +184,9 @@ class ExactIndex:
         self.block_bytes = positive_int(block_bytes, "block_bytes")
         self.backend_requested = backend
         self.backend = matmul_backend(backend)
-        self._matmul = _MATMULS[self.backend]
+        self._matmul = _MATMULS.get(self.backend, _matmul_torch)
+        self._cuda = _CudaGallery() if self.backend == "cuda" else None
+        self._changes = 0  # +1 per add/remove: tells the device copy when to refresh
         self._vecs = np.empty((0, self.dim), dtype=np.float32)
         self._ids = np.empty(0, dtype=object)
         self._seq = np.empty(0, dtype=np.int64)
@@ -235,6 +255,7 @@ class ExactIndex:
         self._seq[n : n + m] = np.arange(self._next_seq, self._next_seq + m)
         self._pos.update(zip(ids, range(n, n + m)))
         self._n += m
+        self._changes += 1
         self._next_seq += m
 
     def remove(self, ids: Iterable[str]) -> int:
@@ -256,6 +277,7 @@ class ExactIndex:
         self._pos.update(zip(self._ids[holes].tolist(), holes.tolist()))
         self._ids[n_new:n] = None
         self._n = n_new
+        self._changes += 1
         cap = self._vecs.shape[0]
         if cap > _MIN_CAPACITY and n_new < cap // 4:  # give memory back after mass removal
             self._resize(max(2 * n_new, _MIN_CAPACITY))
@@ -274,6 +296,8 @@ class ExactIndex:
         kk = min(k, n)
         if kk == 0:
             return [[] for _ in range(q)], np.empty((q, 0), dtype=np.float32)
+        if self._cuda is not None:
+            return self._search_cuda(Q, kk)
         out_pos = np.empty((q, kk), dtype=np.int64)
         out_val = np.empty((q, kk), dtype=np.float32)
         q_chunk = max(1, min(q, 1024))
@@ -296,6 +320,18 @@ class ExactIndex:
             out_val[qs : qs + q_chunk] = best_v
             out_pos[qs : qs + q_chunk] = best_p
         return self._ids[out_pos].tolist(), out_val
+
+    def _search_cuda(self, Q: np.ndarray, kk: int) -> tuple[list[list[str]], np.ndarray]:
+        """Top-kk on the GPU: the gallery stays on the device, queries go in chunks."""
+        G = self._cuda.rows(self._vecs, self._n, self._changes)
+        rows = max(1, self.block_bytes // (4 * self._n))
+        values, positions = [], []
+        for start in range(0, Q.shape[0], rows):
+            S = torch.as_tensor(np.ascontiguousarray(Q[start : start + rows]), device="cuda") @ G.T
+            top = torch.topk(S, kk, dim=1, largest=True, sorted=True)
+            values.append(top.values.cpu().numpy())
+            positions.append(top.indices.cpu().numpy())
+        return self._ids[np.vstack(positions)].tolist(), np.vstack(values).astype(np.float32)
 
     def score_all(self, queries: np.ndarray) -> tuple[list[str], np.ndarray]:
         """Dense scores of every query against the whole gallery.

@@ -209,6 +209,9 @@ class Alignment:
         self.store = store
         self.fits = store.fits
         self.settings = settings
+        from convergent.server.align import resolve_device
+
+        self.device = resolve_device(settings.device)
         self.stats_cache = StatsCache()
         self._estimators: OrderedDict[str, object] = OrderedDict()
         self._estimators_lock = threading.Lock()
@@ -234,7 +237,7 @@ class Alignment:
                 self.stats_cache.full_reads += 1
             if since < version.data_version:
                 for _, X, Y in reader.iter_pairs(written_after=since):
-                    stats.update(X, Y)
+                    stats.update(X, Y, device=self.device)
             ids = reader.pair_ids()
             held = heldout_split(ids, seed=seed, fraction=HELDOUT_FRACTION, cap=HELDOUT_CAP)
             held_ids, X_held, Y_held = reader.pairs_by_id([i for i, h in zip(ids, held) if h])

@@ -255,7 +255,8 @@ class Galleries:
             from convergent.server.inference import ExactIndex, HnswIndex
 
             version, ids, vectors = self.galleries.items(tenant, gallery.name, model.dim)
-            index = ExactIndex(model.dim) if gallery.index_kind == "exact" else HnswIndex(model.dim)
+            backend = "cuda" if self.alignment.device == "cuda" else "auto"
+            index = ExactIndex(model.dim, backend=backend) if gallery.index_kind == "exact" else HnswIndex(model.dim)
             if ids:
                 index.add(ids, _unit(vectors))
             entry.index, entry.version = index, version
