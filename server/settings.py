@@ -48,6 +48,12 @@ class ServerSettings(BaseSettings):
     device: Literal["cpu", "cuda", "auto"] = Field(
         "cpu", description="where fits' statistics and exact search run: cpu, cuda, or auto (CUDA when present)"
     )
+    gallery_backend: Literal["local", "milvus"] = Field(
+        "local", description="where gallery indexes live: in the server process, or in Milvus"
+    )
+    milvus_uri: str | None = Field(
+        None, description="Milvus server URI, or a milvus-lite .db file (default: milvus.db in data_dir)"
+    )
     metrics_port: int | None = Field(
         None, ge=0, le=65535, description="serve Prometheus /metrics on this port (0: a free one); off if unset"
     )
@@ -62,6 +68,9 @@ class ServerSettings(BaseSettings):
         if self.tls_client_ca is not None and self.tls_cert is None:
             raise ValueError("tls_client_ca (mTLS) needs tls_cert and tls_key")
         return self
+
+    def resolved_milvus_uri(self) -> str:
+        return self.milvus_uri or str((self.data_dir / "milvus.db").resolve())
 
     def auth_enabled(self) -> bool:
         """Explicit setting, else on for every host that is not a loopback address."""

@@ -86,6 +86,8 @@ def serve(
     metrics_port: Annotated[Optional[int], typer.Option(help="serve Prometheus /metrics on this port (0: a free one)")] = None,
     database_url: Annotated[Optional[str], typer.Option(help="e.g. postgresql://user:pass@host/db [SQLite in --data-dir]")] = None,
     device: Annotated[Optional[str], typer.Option(help="cpu, cuda or auto: where fits and exact search run [cpu]")] = None,
+    gallery_backend: Annotated[Optional[str], typer.Option(help="local or milvus: where gallery indexes live [local]")] = None,
+    milvus_uri: Annotated[Optional[str], typer.Option(help="Milvus URI or milvus-lite .db file [DATA_DIR/milvus.db]")] = None,
 ) -> None:
     """Run the gRPC server until SIGTERM/SIGINT (settings also from CONVERGENT_* variables)."""
     from pydantic import ValidationError
@@ -101,6 +103,7 @@ def serve(
         "require_auth": require_auth, "bootstrap_keys_file": bootstrap_keys_file, "tls_cert": tls_cert,
         "tls_key": tls_key, "tls_client_ca": tls_client_ca, "max_vectors_per_tenant": max_vectors_per_tenant,
         "metrics_port": metrics_port, "database_url": database_url, "device": device,
+        "gallery_backend": gallery_backend, "milvus_uri": milvus_uri,
     }
     try:
         settings = ServerSettings(**{k: v for k, v in flags.items() if v is not None})

@@ -108,6 +108,7 @@ class Galleries:
         self.settings = settings
         self._entries: dict[tuple[str, str], _Entry] = {}
         self._entries_lock = threading.Lock()
+        self._milvus = None  # MilvusClient, when gallery_backend is "milvus"
         # fit id -> PairScores of its anchor calibration (fits are immutable); the newest few only
         self._anchor_scores: OrderedDict[str, object] = OrderedDict()
         self._anchor_scores_lock = threading.Lock()
@@ -133,6 +134,10 @@ class Galleries:
         entry = self._entry(tenant, name)
         with entry.lock:
             self.galleries.delete(tenant, name)
+            if self.settings.gallery_backend == "milvus":
+                from convergent.server.inference.milvus_index import collection_name
+
+                self._milvus_client().drop_collection(collection_name(tenant, name))
             entry.index = None
 
     # ------------------------------------------------------------ enrol / remove
@@ -217,14 +222,15 @@ class Galleries:
 
     def index_sizes(self) -> dict[str, int]:
         """Vectors held by the in-memory indexes, by index kind (for metrics)."""
+        kinds = {"ExactIndex": "exact", "HnswIndex": "hnsw", "MilvusIndex": "milvus"}
         sizes = {"exact": 0, "hnsw": 0}
         with self._entries_lock:
             entries = list(self._entries.values())
         for entry in entries:
             index = entry.index
             if index is not None:
-                kind = "exact" if type(index).__name__ == "ExactIndex" else "hnsw"
-                sizes[kind] += len(index)
+                kind = kinds.get(type(index).__name__, "other")
+                sizes[kind] = sizes.get(kind, 0) + len(index)
         return sizes
 
     def forget_indexes(self, tenant: str, names: list[str]) -> None:
@@ -255,12 +261,38 @@ class Galleries:
             from convergent.server.inference import ExactIndex, HnswIndex
 
             version, ids, vectors = self.galleries.items(tenant, gallery.name, model.dim)
-            backend = "cuda" if self.alignment.device == "cuda" else "auto"
-            index = ExactIndex(model.dim, backend=backend) if gallery.index_kind == "exact" else HnswIndex(model.dim)
+            if self.settings.gallery_backend == "milvus":
+                index = self._milvus_index(tenant, gallery, model, fresh=True)
+            elif gallery.index_kind == "exact":
+                index = ExactIndex(model.dim, backend="cuda" if self.alignment.device == "cuda" else "auto")
+            else:
+                index = HnswIndex(model.dim)
             if ids:
                 index.add(ids, _unit(vectors))
             entry.index, entry.version = index, version
         return entry.index
+
+    def _milvus_index(self, tenant: str, gallery: GalleryRecord, model: ModelRecord, fresh: bool):  # noqa: ANN202
+        """The gallery's Milvus collection (FLAT for exact, HNSW otherwise). ``fresh``: emptied
+        first, because it is about to be filled from the database (the source of truth)."""
+        from convergent.server.inference.milvus_index import MilvusIndex, collection_name
+
+        name = collection_name(tenant, gallery.name)
+        kind = "FLAT" if gallery.index_kind == "exact" else "HNSW"
+        index = MilvusIndex(model.dim, self.settings.resolved_milvus_uri(), name, index=kind, client=self._milvus_client())
+        if fresh:
+            index.drop()
+            index = MilvusIndex(model.dim, self.settings.resolved_milvus_uri(), name, index=kind, client=self._milvus_client())
+        return index
+
+    def _milvus_client(self):  # noqa: ANN202
+        """One MilvusClient per server (milvus-lite allows one process per file)."""
+        with self._entries_lock:
+            if self._milvus is None:
+                from pymilvus import MilvusClient
+
+                self._milvus = MilvusClient(self.settings.resolved_milvus_uri())
+            return self._milvus
 
     # ------------------------------------------------------------ routes
     def _route(self, tenant: str, src: ModelRecord, tgt: ModelRecord) -> FitRecord | None:
@@ -365,7 +397,7 @@ class Galleries:
             if size == 0:
                 n = next(iter(rows))
                 return FusedIdentifyResult([[] for _ in range(n)], np.zeros((n, 0), np.float32), weights)
-            if gallery.index_kind == "exact" and size <= DENSE_FUSION_MAX:
+            if hasattr(index, "score_all") and size <= DENSE_FUSION_MAX:  # exact, in process
                 per_party = {}
                 for model_name, Q in queries.items():
                     ids, per_party[model_name] = index.score_all(Q)

@@ -1,0 +1,102 @@
+"""A gallery index in Milvus (pymilvus ``MilvusClient``): a Milvus server URI in production,
+a local milvus-lite ``.db`` file for tests and single-node trials (one process per file).
+
+Same contract as :class:`~convergent.server.inference.index.ExactIndex`: inner product on the
+caller's unit vectors (cosine), scores higher = more similar, results sorted best first.
+``index="FLAT"`` is exact; ``"HNSW"`` approximate (``M``, ``ef_construction``, ``ef_search``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+from convergent.server.errors import AlreadyExists, InvalidInput
+from convergent.server.inference._validate import as_ids, as_vectors, positive_int
+
+INDEX_TYPES = ("FLAT", "HNSW")
+_ID_LENGTH = 512
+
+
+def collection_name(*parts: str) -> str:
+    """A valid Milvus collection name for e.g. (tenant, gallery): Milvus allows letters, digits
+    and underscores, so the parts are hashed (stable, collision-resistant)."""
+    return "g_" + hashlib.sha256("\x00".join(parts).encode()).hexdigest()[:32]
+
+
+class MilvusIndex:
+    """Gallery vectors in one Milvus collection (created on first use)."""
+
+    def __init__(self, dim: int, uri: str, collection: str, *, index: str = "FLAT", M: int = 32,
+                 ef_construction: int = 200, ef_search: int = 128, client=None) -> None:  # noqa: ANN001
+        from pymilvus import DataType, MilvusClient
+
+        self.dim = positive_int(dim, "dim")
+        if index not in INDEX_TYPES:
+            raise InvalidInput(f"Milvus index must be one of {list(INDEX_TYPES)}, got {index!r}")
+        self.index_type, self.collection, self.ef_search = index, collection, ef_search
+        self.client = client if client is not None else MilvusClient(uri)
+        if not self.client.has_collection(collection):
+            schema = self.client.create_schema(auto_id=False, enable_dynamic_field=False)
+            schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=_ID_LENGTH)
+            schema.add_field("vector", DataType.FLOAT_VECTOR, dim=self.dim)
+            params = self.client.prepare_index_params()
+            extra = {"M": M, "efConstruction": ef_construction} if index == "HNSW" else {}
+            params.add_index(field_name="vector", index_type=index, metric_type="IP", params=extra)
+            self.client.create_collection(collection, schema=schema, index_params=params, consistency_level="Strong")
+
+    def drop(self) -> None:
+        """Delete the collection (the gallery is gone, or is rebuilt from the database)."""
+        self.client.drop_collection(self.collection)
+
+    def _present(self, ids: Sequence[str]) -> list[str]:
+        found = []
+        for start in range(0, len(ids), 1000):
+            found += [row["id"] for row in self.client.get(self.collection, ids=list(ids[start : start + 1000]), output_fields=["id"])]
+        return found
+
+    def __len__(self) -> int:
+        rows = self.client.query(self.collection, filter="", output_fields=["count(*)"])
+        return int(rows[0]["count(*)"])
+
+    def __contains__(self, id_: object) -> bool:
+        return isinstance(id_, str) and bool(self._present([id_]))
+
+    def add(self, ids: Sequence[str], vectors: np.ndarray) -> None:
+        """Insert (ids, (n, dim) vectors); :class:`AlreadyExists` if an id is present."""
+        ids = as_ids(ids)
+        X = as_vectors(vectors, "vectors", dim=self.dim)
+        if len(ids) != X.shape[0]:
+            raise InvalidInput(f"{len(ids)} ids for {X.shape[0]} vectors")
+        taken = self._present(ids)
+        if taken:
+            raise AlreadyExists(f"id {taken[0]!r} is already in the index")
+        for start in range(0, len(ids), 2000):
+            rows = [{"id": i, "vector": v} for i, v in zip(ids[start : start + 2000], X[start : start + 2000].tolist())]
+            self.client.insert(self.collection, rows)
+
+    def remove(self, ids: Iterable[str]) -> int:
+        """Delete ids (unknown ones are ignored); returns how many were removed."""
+        ids = [i for i in dict.fromkeys(ids) if isinstance(i, str)]
+        present = self._present(ids)
+        if present:
+            self.client.delete(self.collection, ids=present)
+        return len(present)
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[list[list[str]], np.ndarray]:
+        """Top-k by inner product: (ids, scores (q, min(k, len)) float32), best first."""
+        Q = as_vectors(queries, "queries", dim=self.dim)
+        k = positive_int(k, "k")
+        width = min(k, len(self))
+        if width == 0:
+            return [[] for _ in range(len(Q))], np.empty((len(Q), 0), dtype=np.float32)
+        params = {"metric_type": "IP", "params": {"ef": max(self.ef_search, width)} if self.index_type == "HNSW" else {}}
+        hits = self.client.search(self.collection, data=Q.tolist(), limit=width, search_params=params, output_fields=["id"])
+        ids = [[hit["id"] for hit in row] for row in hits]
+        scores = np.full((len(Q), width), -np.inf, dtype=np.float32)
+        for r, row in enumerate(hits):
+            scores[r, : len(row)] = [hit["distance"] for hit in row]
+            ids[r] += [""] * (width - len(row))
+        return ids, scores

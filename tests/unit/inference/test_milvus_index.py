@@ -1,0 +1,70 @@
+"""The Milvus gallery index on milvus-lite: FLAT equals the exact local index, HNSW recall."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("pymilvus", reason="pymilvus is not installed (extra 'milvus')")
+pytest.importorskip("milvus_lite", reason="milvus-lite is not installed (extra 'milvus')")
+
+from convergent.server.errors import AlreadyExists, InvalidInput  # noqa: E402
+from convergent.server.inference import ExactIndex, normalize_rows  # noqa: E402
+from convergent.server.inference.milvus_index import MilvusIndex, collection_name  # noqa: E402
+
+
+@pytest.fixture
+def uri(tmp_path: Path) -> str:
+    return str(tmp_path / "milvus.db")
+
+
+def test_collection_names_are_valid_and_distinct():
+    a, b = collection_name("t1", "staff"), collection_name("t2", "staff")
+    assert a != b and a.startswith("g_") and a.replace("_", "").isalnum() and len(a) <= 255
+
+
+def test_flat_equals_exact(uri):
+    rng = np.random.default_rng(0)
+    G = normalize_rows(rng.standard_normal((3000, 32)).astype(np.float32))
+    Q = normalize_rows(rng.standard_normal((50, 32)).astype(np.float32))
+    ids = [f"p{i}" for i in range(3000)]
+    milvus = MilvusIndex(32, uri, collection_name("t", "g"), index="FLAT")
+    exact = ExactIndex(32, backend="numpy")
+    milvus.add(ids, G)
+    exact.add(ids, G)
+    assert len(milvus) == 3000 and "p7" in milvus
+    (mi, ms), (ei, es) = milvus.search(Q, 10), exact.search(Q, 10)
+    assert mi == ei
+    np.testing.assert_allclose(ms, es, atol=1e-5)
+    with pytest.raises(AlreadyExists, match="'p3'"):
+        milvus.add(["p3"], G[:1])
+    assert milvus.remove(["p0", "p1", "nope"]) == 2 and len(milvus) == 2998
+    assert "p0" not in milvus.search(G[:1], 5)[0][0]
+    with pytest.raises(InvalidInput):
+        milvus.search(Q[:, :5], 3)
+
+
+def test_hnsw_recall(uri):
+    rng = np.random.default_rng(1)
+    centres = rng.standard_normal((300, 64))
+    G = normalize_rows((centres[rng.integers(0, 300, 5000)] + 0.3 * rng.standard_normal((5000, 64))).astype(np.float32))
+    Q = normalize_rows((centres[rng.integers(0, 300, 200)] + 0.3 * rng.standard_normal((200, 64))).astype(np.float32))
+    ids = [f"p{i}" for i in range(5000)]
+    milvus = MilvusIndex(64, uri, collection_name("t", "h"), index="HNSW")
+    exact = ExactIndex(64, backend="numpy")
+    milvus.add(ids, G)
+    exact.add(ids, G)
+    approx, truth = milvus.search(Q, 10)[0], exact.search(Q, 10)[0]
+    recall = np.mean([len(set(a) & set(t)) / 10 for a, t in zip(approx, truth)])
+    assert recall >= 0.95, recall
+
+
+def test_small_collection_and_empty(uri):
+    index = MilvusIndex(4, uri, collection_name("t", "small"))
+    ids, scores = index.search(np.ones((2, 4), np.float32), 3)
+    assert ids == [[], []] and scores.shape == (2, 0)
+    index.add(["a", "b"], normalize_rows(np.eye(4, dtype=np.float32)[:2]))
+    ids, scores = index.search(np.eye(4, dtype=np.float32)[:1], 5)
+    assert ids == [["a", "b"]] and scores.shape == (1, 2)
