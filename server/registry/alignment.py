@@ -20,7 +20,7 @@ import numpy as np
 
 from convergent.server.errors import FailedPrecondition, InvalidInput, NotFitted, NotFound, SpaceMismatch
 from convergent.server.registry.records import FitRecord, ModelRecord, Page
-from convergent.server.registry.service import l2_normalize_rows, prepare_vectors, valid_name
+from convergent.server.registry.service import check_model_version, l2_normalize_rows, prepare_vectors, valid_name
 from convergent.server.registry import paging
 from convergent.server.settings import ServerSettings
 from convergent.server.storage.protocols import Store
@@ -392,9 +392,8 @@ class Alignment:
     def list_fits(self, tenant: str, page_size: int, page_token: str, source: str = "", target: str = "") -> Page:
         limit = paging.page_size(page_size, self.settings.default_page_size, self.settings.max_page_size)
         items = self.fits.list(tenant, paging.decode_token(page_token), limit + 1, source, target)
-        more = len(items) > limit
-        items = [self._with_staleness(tenant, r) for r in items[:limit]]
-        return Page(items=tuple(items), next_token=paging.encode_token(items[-1].id) if more else "")
+        page = paging.make_page(items, limit, key="id")
+        return page.model_copy(update={"items": tuple(self._with_staleness(tenant, r) for r in page.items)})
 
     def delete_fit(self, tenant: str, fit_id: str) -> None:
         self.fits.delete(tenant, fit_id)
@@ -478,11 +477,7 @@ class Alignment:
         computed (a hot path; ``get_fit`` tells).
         """
         valid_name(source, "source model")
-        src = self.store.get_model(tenant, source)
-        if source_version not in (0, src.version):
-            raise SpaceMismatch(
-                f"vectors are of model {source!r} version {source_version}, the registered version is {src.version}"
-            )
+        src = check_model_version(self.store.get_model(tenant, source), source_version)
         if target.startswith("shared:") or (fit_id and not target and self.fits.get(tenant, fit_id).method == "shared"):
             record = self.fits.get(tenant, target.removeprefix("shared:") or fit_id)
             if record.method != "shared" or source not in record.params["models"]:

@@ -29,6 +29,7 @@ from convergent.server.registry import paging
 from convergent.server.registry.alignment import Alignment
 from convergent.server.registry.records import FitRecord, GalleryRecord, ModelRecord, Page
 from convergent.server.registry.service import (
+    check_model_version,
     check_stream_complete,
     check_stream_order,
     prepare_vectors,
@@ -124,10 +125,7 @@ class Galleries:
 
     def list(self, tenant: str, page_size: int, page_token: str) -> Page:
         limit = paging.page_size(page_size, self.settings.default_page_size, self.settings.max_page_size)
-        items = self.galleries.list(tenant, paging.decode_token(page_token), limit + 1)
-        more = len(items) > limit
-        items = items[:limit]
-        return Page(items=tuple(items), next_token=paging.encode_token(items[-1].name) if more else "")
+        return paging.make_page(self.galleries.list(tenant, paging.decode_token(page_token), limit + 1), limit)
 
     def delete(self, tenant: str, name: str) -> None:
         valid_name(name, "gallery name")
@@ -159,12 +157,7 @@ class Galleries:
                 valid_name(chunk.model, "model name")
                 if chunk.index_kind not in INDEX_KINDS:
                     raise InvalidInput(f"unknown index {chunk.index_kind!r}; choose from {list(INDEX_KINDS)}")
-                model = self.store.get_model(tenant, chunk.model)
-                if chunk.model_version not in (0, model.version):
-                    raise SpaceMismatch(
-                        f"vectors are of model {model.name!r} version {chunk.model_version}, "
-                        f"the registered version is {model.version}"
-                    )
+                model = check_model_version(self.store.get_model(tenant, chunk.model), chunk.model_version)
             elif (chunk.gallery, chunk.model) not in (("", ""), (header.gallery, header.model)):
                 raise InvalidInput(f"message {number} names another gallery or model than the first message")
             if len(chunk.ids) > self.settings.max_vectors_per_message:
@@ -315,11 +308,7 @@ class Galleries:
             raise InvalidInput(f"k must be in 1..{self.settings.max_k}, got {k}")
         gallery = self.get(tenant, name)
         valid_name(model_name, "model name")
-        probe_model = self.store.get_model(tenant, model_name)
-        if model_version not in (0, probe_model.version):
-            raise SpaceMismatch(
-                f"vectors are of model {model_name!r} version {model_version}, the registered version is {probe_model.version}"
-            )
+        probe_model = check_model_version(self.store.get_model(tenant, model_name), model_version)
         gallery_model = self.store.get_model(tenant, gallery.model)
         self._check_gallery_model(gallery, gallery_model)
         if fit_id:
@@ -378,11 +367,7 @@ class Galleries:
         queries, weights = {}, []
         for model_name, version, vectors in parties:
             valid_name(model_name, "model name")
-            model = self.store.get_model(tenant, model_name)
-            if version not in (0, model.version):
-                raise SpaceMismatch(
-                    f"vectors are of model {model_name!r} version {version}, the registered version is {model.version}"
-                )
+            model = check_model_version(self.store.get_model(tenant, model_name), version)
             fit = self._route(tenant, model, gallery_model)
             weight, source = self.route_weight(fit, model, gallery_model)
             queries[model_name] = self._into(tenant, fit, prepare_vectors(model, vectors, f"{model_name} probes"), model, gallery_model)

@@ -6,6 +6,7 @@ import base64
 import binascii
 
 from convergent.server.errors import InvalidInput
+from convergent.server.registry.records import Page
 
 _PREFIX = "v1:"
 
@@ -25,6 +26,13 @@ def decode_token(token: str) -> str:
     if not text.startswith(_PREFIX):
         raise InvalidInput("page_token is not a token this server issued")
     return text[len(_PREFIX):]
+
+
+def make_page(items: list, limit: int, key: str = "name") -> Page:
+    """The first ``limit`` of ``items`` (read with limit + 1) and the token of the next page."""
+    more = len(items) > limit
+    items = items[:limit]
+    return Page(items=tuple(items), next_token=encode_token(getattr(items[-1], key)) if more else "")
 
 
 def page_size(requested: int, default: int, maximum: int) -> int:

@@ -14,7 +14,7 @@ import numpy as np
 
 from convergent.server.errors import InvalidInput, ResourceExhausted, SpaceMismatch
 from convergent.server.registry import paging
-from convergent.server.registry.records import AnchorSetRecord, ModelRecord, Page, UploadResult
+from convergent.server.registry.records import ModelRecord, Page, UploadResult
 from convergent.server.settings import ServerSettings
 from convergent.server.storage.protocols import Store
 from convergent.wire import WireError, check_finite, check_name
@@ -57,6 +57,15 @@ def prepare_vectors(model: ModelRecord, vectors: np.ndarray, what: str = "vector
     except WireError as exc:
         raise InvalidInput(str(exc)) from None
     return l2_normalize_rows(vectors) if model.normalize else vectors.astype(np.float32)
+
+
+def check_model_version(model: ModelRecord, version: int) -> ModelRecord:
+    """``model`` if vectors stamped ``version`` (0 = current) belong to it, else :class:`SpaceMismatch`."""
+    if version not in (0, model.version):
+        raise SpaceMismatch(
+            f"vectors are of model {model.name!r} version {version}, but the registered version is {model.version}"
+        )
+    return model
 
 
 @dataclass(frozen=True)
@@ -109,7 +118,7 @@ class Registry:
     def list_models(self, tenant: str, page_size: int, page_token: str) -> Page:
         limit = paging.page_size(page_size, self.settings.default_page_size, self.settings.max_page_size)
         items = self.store.list_models(tenant, paging.decode_token(page_token), limit + 1)
-        return _page(items, limit)
+        return paging.make_page(items, limit)
 
     def delete_model(self, tenant: str, name: str) -> int:
         valid_name(name, "model name")
@@ -138,12 +147,7 @@ class Registry:
                     header = chunk
                     valid_name(chunk.model, "model name")
                     valid_name(chunk.anchor_set, "anchor set name")
-                    model = self.store.get_model(tenant, chunk.model)
-                    if chunk.model_version not in (0, model.version):
-                        raise SpaceMismatch(
-                            f"vectors are of model {model.name!r} version {chunk.model_version}, "
-                            f"but the registered version is {model.version}"
-                        )
+                    model = check_model_version(self.store.get_model(tenant, chunk.model), chunk.model_version)
                 elif (chunk.model, chunk.anchor_set) not in (("", ""), (header.model, header.anchor_set)) or (
                     chunk.model_version not in (0, header.model_version)
                 ):
@@ -204,18 +208,12 @@ class Registry:
         items = self.store.list_anchor_sets(
             tenant, paging.decode_token(page_token), limit + 1, model or None
         )
-        return _page(items, limit)
+        return paging.make_page(items, limit)
 
     def delete_anchors(self, tenant: str, model: str, anchor_set: str, ids: list[str]) -> tuple[int, int]:
         valid_name(model, "model name")
         valid_name(anchor_set, "anchor set name")
         return self.store.delete_anchors(tenant, anchor_set, model, ids or None)
-
-
-def _page(items: list[ModelRecord] | list[AnchorSetRecord], limit: int) -> Page:
-    more = len(items) > limit
-    items = items[:limit]
-    return Page(items=tuple(items), next_token=paging.encode_token(items[-1].name) if more else "")
 
 
 def _read_back(spool, ids: list[str], dim: int, rows: int = 4096) -> Iterator[tuple[list[str], np.ndarray]]:  # noqa: ANN001
