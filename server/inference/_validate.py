@@ -85,3 +85,18 @@ def as_ids(ids, name: str = "ids") -> list[str]:
     if len(set(out)) != len(out):
         raise InvalidInput(f"{name} contains duplicates")
     return out
+
+
+def new_entries(ids, vectors, dim: int, present) -> tuple[list[str], np.ndarray]:  # noqa: ANN001
+    """Validated (ids, vectors (n, dim)) to add to an index; ``present(ids)`` -> the ids it holds
+    already, which are :class:`AlreadyExists` (remove one first to replace its vector)."""
+    from convergent.server.errors import AlreadyExists
+
+    ids = as_ids(ids)
+    X = as_vectors(vectors, "vectors", dim=dim, allow_empty=True)
+    if len(ids) != X.shape[0]:
+        raise InvalidInput(f"{len(ids)} ids for {X.shape[0]} vectors")
+    taken = present(ids)
+    if taken:
+        raise AlreadyExists(f"{len(taken)} id(s) already in the index, e.g. {taken[0]!r}")
+    return ids, X

@@ -23,8 +23,8 @@ from typing import Iterable, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
-from convergent.server.errors import AlreadyExists, InvalidInput
-from convergent.server.inference._validate import as_ids, as_vectors, positive_int
+from convergent.server.errors import InvalidInput
+from convergent.server.inference._validate import as_ids, as_vectors, new_entries, positive_int
 
 try:  # torch is a server dependency; keep the module importable without it
     import torch
@@ -239,13 +239,7 @@ class ExactIndex:
         InvalidInput for bad shapes / NaN / duplicate ids in the call; AlreadyExists when an id
         is already in the index (remove it first to replace a vector).
         """
-        ids = as_ids(ids)
-        X = as_vectors(vectors, "vectors", dim=self.dim, allow_empty=True)
-        if len(ids) != X.shape[0]:
-            raise InvalidInput(f"{len(ids)} ids for {X.shape[0]} vectors")
-        taken = [i for i in ids if i in self._pos]
-        if taken:
-            raise AlreadyExists(f"{len(taken)} id(s) already in the index, e.g. {taken[0]!r}")
+        ids, X = new_entries(ids, vectors, self.dim, lambda new: [i for i in new if i in self._pos])
         m, n = len(ids), self._n
         if m == 0:
             return
@@ -426,13 +420,7 @@ class HnswIndex:
 
     def add(self, ids: Sequence[str], vectors: np.ndarray) -> None:
         """Insert ``vectors`` (n, dim) under new unique ``ids``; AlreadyExists if one is live."""
-        ids = as_ids(ids)
-        X = as_vectors(vectors, "vectors", dim=self.dim, allow_empty=True)
-        if len(ids) != X.shape[0]:
-            raise InvalidInput(f"{len(ids)} ids for {X.shape[0]} vectors")
-        taken = [i for i in ids if i in self._pos]
-        if taken:
-            raise AlreadyExists(f"{len(taken)} id(s) already in the index, e.g. {taken[0]!r}")
+        ids, X = new_entries(ids, vectors, self.dim, lambda new: [i for i in new if i in self._pos])
         if not ids:
             return
         start = len(self._labels)

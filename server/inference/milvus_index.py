@@ -13,8 +13,8 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from convergent.server.errors import AlreadyExists, InvalidInput
-from convergent.server.inference._validate import as_ids, as_vectors, positive_int
+from convergent.server.errors import InvalidInput
+from convergent.server.inference._validate import as_vectors, new_entries, positive_int
 
 INDEX_TYPES = ("FLAT", "HNSW")
 _ID_LENGTH = 512
@@ -66,13 +66,7 @@ class MilvusIndex:
 
     def add(self, ids: Sequence[str], vectors: np.ndarray) -> None:
         """Insert (ids, (n, dim) vectors); :class:`AlreadyExists` if an id is present."""
-        ids = as_ids(ids)
-        X = as_vectors(vectors, "vectors", dim=self.dim)
-        if len(ids) != X.shape[0]:
-            raise InvalidInput(f"{len(ids)} ids for {X.shape[0]} vectors")
-        taken = self._present(ids)
-        if taken:
-            raise AlreadyExists(f"id {taken[0]!r} is already in the index")
+        ids, X = new_entries(ids, vectors, self.dim, self._present)
         for start in range(0, len(ids), 2000):
             rows = [{"id": i, "vector": v} for i, v in zip(ids[start : start + 2000], X[start : start + 2000].tolist())]
             self.client.insert(self.collection, rows)
