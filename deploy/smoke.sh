@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The install and start steps of deploy/Dockerfile, run as a script without Docker:
-#   1. a fresh venv; torch (pinned, CPU) first, then `.[server,postgres]` built from the same
+#   1. a fresh venv; torch (pinned, CPU) first, then `.[server,postgres,milvus]` built from the same
 #      files the Dockerfile COPYs;
 #   2. `convergent serve` with the image's settings from CONVERGENT_* variables (but bound to
 #      loopback on a free port, with a temporary data dir);
@@ -41,11 +41,11 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 step "pip install torch==$TORCH_VERSION"
 "$VENV_BIN/pip" install -q "torch==$TORCH_VERSION" || fail "installing torch"
 
-step "pip install .[server,postgres] (from a copy of: $SOURCES)"
+step "pip install .[server,postgres,milvus] (from a copy of: $SOURCES)"
 mkdir -p "$WORK/src"
 for source in $SOURCES; do cp -R "$REPO/$source" "$WORK/src/" || fail "copying $source"; done
 find "$WORK/src" -name __pycache__ -type d -prune -exec rm -rf {} +
-"$VENV_BIN/pip" install -q "$WORK/src[server,postgres]" || fail "installing .[server,postgres]"
+"$VENV_BIN/pip" install -q "$WORK/src[server,postgres,milvus]" || fail "installing .[server,postgres,milvus]"
 "$VENV_BIN/python" -c "import torch, sys; sys.exit(0 if not torch.cuda.is_available() else 1)" \
     || fail "torch is not the CPU build"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MiB = 1024 * 1024
@@ -53,6 +53,9 @@ class ServerSettings(BaseSettings):
     )
     milvus_uri: str | None = Field(
         None, description="Milvus server URI, or a milvus-lite .db file (default: milvus.db in data_dir)"
+    )
+    milvus_token: SecretStr | None = Field(
+        None, description="Milvus credentials ('user:password' or an API key); environment only: CONVERGENT_MILVUS_TOKEN"
     )
     metrics_port: int | None = Field(
         None, ge=0, le=65535, description="serve Prometheus /metrics on this port (0: a free one); off if unset"

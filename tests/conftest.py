@@ -18,12 +18,37 @@ def make_settings(data_dir: Path, **overrides: object) -> ServerSettings:
     return ServerSettings(host="127.0.0.1", port=0, data_dir=data_dir, workers=4, **overrides)
 
 
+def _serve(request, tmp_path: Path, database: str, gallery_backend: str = "local") -> Iterator[ConvergentServer]:
+    if gallery_backend == "milvus":
+        pytest.importorskip("pymilvus", reason="pymilvus is not installed (extra 'milvus')")
+        pytest.importorskip("milvus_lite", reason="milvus-lite is not installed (extra 'milvus')")
+    database_url = request.getfixturevalue("fresh_postgres") if database == "postgresql" else None
+    settings = make_settings(tmp_path / "data", database_url=database_url, gallery_backend=gallery_backend)
+    with ConvergentServer(settings) as running:  # milvus: a milvus-lite file in the data folder
+        yield running
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def server(request, tmp_path: Path) -> Iterator[ConvergentServer]:
     """A running server on SQLite in its own data folder, and again on a fresh PostgreSQL database."""
-    database_url = request.getfixturevalue("fresh_postgres") if request.param == "postgresql" else None
-    with ConvergentServer(make_settings(tmp_path / "data", database_url=database_url)) as running:
-        yield running
+    yield from _serve(request, tmp_path, request.param)
+
+
+@pytest.fixture(params=["sqlite", "postgresql", "sqlite-milvus", "postgresql-milvus"])
+def gallery_server(request, tmp_path: Path) -> Iterator[ConvergentServer]:
+    """``server`` on both databases, each with galleries in process and in Milvus (milvus-lite).
+    Gallery test modules use it as their ``server``."""
+    database, _, backend = request.param.partition("-")
+    yield from _serve(request, tmp_path, database, backend or "local")
+
+
+@pytest.fixture(params=["local", "milvus"])
+def gallery_backend(request) -> str:
+    """Both gallery backends, for tests that start their own servers (``start_server``)."""
+    if request.param == "milvus":
+        pytest.importorskip("pymilvus", reason="pymilvus is not installed (extra 'milvus')")
+        pytest.importorskip("milvus_lite", reason="milvus-lite is not installed (extra 'milvus')")
+    return request.param
 
 
 @pytest.fixture

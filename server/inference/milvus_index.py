@@ -9,12 +9,17 @@ caller's unit vectors (cosine), scores higher = more similar, results sorted bes
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+import logging
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 
-from convergent.server.errors import InvalidInput
+from convergent.server.errors import InvalidInput, Unavailable
 from convergent.server.inference._validate import as_vectors, new_entries, positive_int
+
+log = logging.getLogger("convergent.milvus")
 
 INDEX_TYPES = ("FLAT", "HNSW")
 _ID_LENGTH = 512
@@ -94,3 +99,94 @@ class MilvusIndex:
             scores[r, : len(row)] = [hit["distance"] for hit in row]
             ids[r] += [""] * (width - len(row))
         return ids, scores
+
+
+STATE_COLLECTION = "convergent_index_state"
+DIRTY = "dirty"
+
+
+class MilvusCatalog:
+    """A server's galleries in Milvus: one client, a collection per gallery, and a small state
+    collection that records which gallery state each collection holds.
+
+    The state is an opaque token chosen by the caller (convergent uses the gallery's creation
+    time and version, both from its database). A collection whose state does not equal the
+    token the database implies is stale and must be rebuilt; :data:`DIRTY` marks one being
+    changed, so a crash half-way through a change is never mistaken for a clean collection.
+    Several server replicas may share one Milvus server: the tokens live in Milvus beside the
+    collections and every change is made under the database's write lock.
+    """
+
+    def __init__(self, uri: str, *, token: str | None = None, M: int = 32, ef_construction: int = 200,
+                 ef_search: int = 128, client=None) -> None:  # noqa: ANN001
+        from pymilvus import DataType, MilvusClient
+
+        self.uri = uri
+        if uri.endswith(".db") and "://" not in uri:  # milvus-lite: a local file
+            Path(uri).parent.mkdir(parents=True, exist_ok=True)
+        self.options = {"M": M, "ef_construction": ef_construction, "ef_search": ef_search}
+        self._indexes: dict[tuple[str, int, str], MilvusIndex] = {}
+        self.client = client if client is not None else MilvusClient(uri, **({"token": token} if token else {}))
+        if not self.client.has_collection(STATE_COLLECTION):
+            schema = self.client.create_schema(auto_id=False, enable_dynamic_field=False)
+            schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=64)
+            schema.add_field("state", DataType.VARCHAR, max_length=256)
+            schema.add_field("unused", DataType.FLOAT_VECTOR, dim=2)  # Milvus requires a vector field
+            params = self.client.prepare_index_params()
+            params.add_index(field_name="unused", index_type="FLAT", metric_type="L2")
+            self.client.create_collection(STATE_COLLECTION, schema=schema, index_params=params, consistency_level="Strong")
+
+    def close(self) -> None:
+        self._indexes.clear()
+        self.client.close()
+
+    def state(self, collection: str) -> str | None:
+        """The token recorded for ``collection`` (None: never built or dropped)."""
+        rows = self.client.get(STATE_COLLECTION, ids=[collection], output_fields=["state"])
+        return rows[0]["state"] if rows else None
+
+    def set_state(self, collection: str, token: str) -> None:
+        self.client.upsert(STATE_COLLECTION, [{"id": collection, "state": token, "unused": [0.0, 0.0]}])
+
+    def index(self, collection: str, dim: int, index: str) -> MilvusIndex:
+        """The collection as an index (created empty if missing)."""
+        key = (collection, dim, index)
+        found = self._indexes.get(key)
+        if found is None:
+            found = self._indexes[key] = MilvusIndex(dim, self.uri, collection, index=index, client=self.client, **self.options)
+        return found
+
+    def _forget(self, collection: str) -> None:
+        for key in [key for key in self._indexes if key[0] == collection]:
+            self._indexes.pop(key, None)
+
+    def drop(self, collection: str) -> None:
+        """Delete the collection and its state."""
+        self.set_state(collection, DIRTY)
+        self._forget(collection)
+        self.client.drop_collection(collection)
+        self.client.delete(STATE_COLLECTION, ids=[collection])
+
+    def rebuild(self, collection: str, dim: int, index: str, ids: Sequence[str], vectors: np.ndarray, token: str) -> MilvusIndex:
+        """Replace the collection's contents with (ids, (n, dim) unit vectors) and record ``token``."""
+        self.set_state(collection, DIRTY)
+        self._forget(collection)
+        self.client.drop_collection(collection)
+        built = self.index(collection, dim, index)
+        if len(ids):
+            built.add(ids, vectors)
+        self.set_state(collection, token)
+        return built
+
+
+@contextmanager
+def milvus_errors() -> Iterator[None]:
+    """Report a failed Milvus call (server down, timeout, collection gone) as :class:`Unavailable`:
+    the caller may retry; the details go to the server log, not to the caller."""
+    from pymilvus.exceptions import MilvusException
+
+    try:
+        yield
+    except MilvusException as exc:
+        log.warning("Milvus call failed: %s", exc)
+        raise Unavailable("the gallery index service (Milvus) is unavailable; retry later") from exc

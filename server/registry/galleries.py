@@ -4,15 +4,19 @@ A gallery is bound to one model (version) when created. Probes of another model 
 through the latest probe-model -> gallery-model fit. Every similarity is a cosine: higher is
 more similar; verification accepts ``score >= threshold``.
 
-Indexes live in memory, one per gallery, built lazily from the stored items and updated after
-each committed enroll or remove; a per-gallery lock keeps the database and the index in step.
+The database is the source of truth. With ``gallery_backend="local"`` indexes live in memory,
+one per gallery, built lazily from the stored items and updated after each committed enroll or
+remove; a per-gallery lock keeps the database and the index in step. With ``"milvus"`` each
+gallery is a Milvus collection changed inside the database's write transaction (see
+:meth:`Galleries._sync_milvus`), so replicas sharing one Milvus server stay consistent.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,7 +31,7 @@ from convergent.server.errors import (
 )
 from convergent.server.registry import paging
 from convergent.server.registry.alignment import Alignment
-from convergent.server.registry.records import FitRecord, GalleryRecord, ModelRecord, Page
+from convergent.server.registry.records import BeforeCommit, FitRecord, GalleryChange, GalleryRecord, ModelRecord, Page
 from convergent.server.registry.service import (
     check_model_version,
     check_stream_complete,
@@ -41,8 +45,8 @@ from convergent.server.storage.protocols import Store
 INDEX_KINDS = ("exact", "hnsw")
 CALIBRATION_ANCHORS = 2000     # anchors sampled for the default (anchor-set) calibration
 CALIBRATION_IMPOSTORS = 400_000
-DENSE_FUSION_MAX = 200_000
-ANCHOR_CALIBRATIONS_KEPT = 16  # cached anchor-calibration score sets (each up to ~2 MB)     # exact galleries up to this size are fused on full score rows
+DENSE_FUSION_MAX = 200_000     # exact galleries up to this size are fused on full score rows
+ANCHOR_CALIBRATIONS_KEPT = 16  # cached anchor-calibration score sets (each up to ~2 MB)
 
 
 @dataclass(frozen=True)
@@ -109,7 +113,7 @@ class Galleries:
         self.settings = settings
         self._entries: dict[tuple[str, str], _Entry] = {}
         self._entries_lock = threading.Lock()
-        self._milvus = None  # MilvusClient, when gallery_backend is "milvus"
+        self._milvus = None  # MilvusCatalog, when gallery_backend is "milvus"
         # fit id -> PairScores of its anchor calibration (fits are immutable); the newest few only
         self._anchor_scores: OrderedDict[str, object] = OrderedDict()
         self._anchor_scores_lock = threading.Lock()
@@ -131,11 +135,7 @@ class Galleries:
         valid_name(name, "gallery name")
         entry = self._entry(tenant, name)
         with entry.lock:
-            self.galleries.delete(tenant, name)
-            if self.settings.gallery_backend == "milvus":
-                from convergent.server.inference.milvus_index import collection_name
-
-                self._milvus_client().drop_collection(collection_name(tenant, name))
+            self.galleries.delete(tenant, name, before_commit=self.before_commit(tenant))
             entry.index = None
 
     # ------------------------------------------------------------ enrol / remove
@@ -193,8 +193,11 @@ class Galleries:
             record, _, added_ids, added = self.galleries.enroll(
                 tenant, header.gallery, model.name, model.version, existing.index_kind if existing else header.index_kind,
                 [(ids, vectors)], quota=self.settings.max_vectors_per_tenant, still_wanted=still_wanted,
+                before_commit=self.before_commit(tenant),
             )
-            if entry.index is not None and entry.version == record.version - 1:
+            if self._milvus_backend:
+                pass  # the collection changed in the transaction
+            elif entry.index is not None and entry.version == record.version - 1:
                 entry.index.add(added_ids, _unit(added))
                 entry.version = record.version
             else:  # this replica's index missed another change: rebuild on next use
@@ -215,7 +218,7 @@ class Galleries:
 
     def index_sizes(self) -> dict[str, int]:
         """Vectors held by the in-memory indexes, by index kind (for metrics)."""
-        kinds = {"ExactIndex": "exact", "HnswIndex": "hnsw", "MilvusIndex": "milvus"}
+        kinds = {"ExactIndex": "exact", "HnswIndex": "hnsw"}
         sizes = {"exact": 0, "hnsw": 0}
         with self._entries_lock:
             entries = list(self._entries.values())
@@ -239,8 +242,10 @@ class Galleries:
             raise InvalidInput("give the ids to remove")
         entry = self._entry(tenant, name)
         with entry.lock:
-            removed, size, version = self.galleries.remove(tenant, name, ids)
-            if removed and entry.index is not None and entry.version == version - 1:
+            removed, size, version = self.galleries.remove(tenant, name, ids, before_commit=self.before_commit(tenant))
+            if self._milvus_backend:
+                pass  # the collection changed in the transaction
+            elif removed and entry.index is not None and entry.version == version - 1:
                 entry.index.remove(ids)
                 entry.version = version
             elif removed:  # this replica's index missed another change: rebuild on next use
@@ -248,15 +253,13 @@ class Galleries:
         return removed, size
 
     def _index(self, tenant: str, gallery: GalleryRecord, model: ModelRecord, entry: _Entry):  # noqa: ANN202
-        """The gallery's index (caller holds entry.lock), built from storage on first use and
-        rebuilt when the stored gallery has a newer version (another replica changed it)."""
+        """The gallery's in-process index (caller holds entry.lock), built from storage on first
+        use and rebuilt when the stored gallery has a newer version (another replica changed it)."""
         if entry.index is None or entry.version < gallery.version:
             from convergent.server.inference import ExactIndex, HnswIndex
 
             version, ids, vectors = self.galleries.items(tenant, gallery.name, model.dim)
-            if self.settings.gallery_backend == "milvus":
-                index = self._milvus_index(tenant, gallery, model, fresh=True)
-            elif gallery.index_kind == "exact":
+            if gallery.index_kind == "exact":
                 index = ExactIndex(model.dim, backend="cuda" if self.alignment.device == "cuda" else "auto")
             else:
                 index = HnswIndex(model.dim)
@@ -265,27 +268,112 @@ class Galleries:
             entry.index, entry.version = index, version
         return entry.index
 
-    def _milvus_index(self, tenant: str, gallery: GalleryRecord, model: ModelRecord, fresh: bool):  # noqa: ANN202
-        """The gallery's Milvus collection (FLAT for exact, HNSW otherwise). ``fresh``: emptied
-        first, because it is about to be filled from the database (the source of truth)."""
-        from convergent.server.inference.milvus_index import MilvusIndex, collection_name
+    # ------------------------------------------------------------ Milvus backend
+    @property
+    def _milvus_backend(self) -> bool:
+        return self.settings.gallery_backend == "milvus"
 
-        name = collection_name(tenant, gallery.name)
-        kind = "FLAT" if gallery.index_kind == "exact" else "HNSW"
-        index = MilvusIndex(model.dim, self.settings.resolved_milvus_uri(), name, index=kind, client=self._milvus_client())
-        if fresh:
-            index.drop()
-            index = MilvusIndex(model.dim, self.settings.resolved_milvus_uri(), name, index=kind, client=self._milvus_client())
-        return index
+    def before_commit(self, tenant: str) -> BeforeCommit | None:
+        """The hook that keeps Milvus collections in step with gallery writes (None for local indexes)."""
+        if not self._milvus_backend:
+            return None
+        return lambda change: self._sync_milvus(tenant, change)
 
-    def _milvus_client(self):  # noqa: ANN202
-        """One MilvusClient per server (milvus-lite allows one process per file)."""
+    def _catalog(self):  # noqa: ANN202
+        """The server's :class:`MilvusCatalog` (one client; milvus-lite allows one process per file)."""
+        from convergent.server.inference.milvus_index import MilvusCatalog, milvus_errors
+
         with self._entries_lock:
             if self._milvus is None:
-                from pymilvus import MilvusClient
-
-                self._milvus = MilvusClient(self.settings.resolved_milvus_uri())
+                with milvus_errors():
+                    token = self.settings.milvus_token
+                    self._milvus = MilvusCatalog(
+                        self.settings.resolved_milvus_uri(), token=token.get_secret_value() if token else None
+                    )
             return self._milvus
+
+    def close(self) -> None:
+        """Close the Milvus client, if one was opened (the server is stopping)."""
+        with self._entries_lock:
+            catalog, self._milvus = self._milvus, None
+        if catalog is not None:
+            catalog.close()
+
+    @staticmethod
+    def _milvus_state(gallery: GalleryRecord) -> str:
+        """The state token of a gallery's collection: its creation time and version (a gallery
+        deleted and created again under the same name gets a new token)."""
+        return f"{gallery.created_at!r}/{gallery.version}"
+
+    def _sync_milvus(self, tenant: str, change: GalleryChange) -> None:
+        """Bring the gallery's collection to ``change.after``; runs inside the database's write
+        transaction, so every replica's changes reach Milvus in commit order.
+
+        The collection is marked dirty before it is touched and given the new state token last;
+        if the transaction then fails, the token matches no committed version and the next use
+        rebuilds the collection from the database. Incremental when the collection held
+        ``change.before``, a rebuild from the transaction's view otherwise.
+        """
+        from convergent.server.inference.milvus_index import DIRTY as MILVUS_DIRTY
+        from convergent.server.inference.milvus_index import collection_name, milvus_errors
+
+        gallery = change.after or change.before
+        if gallery is None:
+            return
+        name = collection_name(tenant, gallery.name)
+        with milvus_errors():
+            catalog = self._catalog()
+            if change.after is None:
+                catalog.drop(name)
+                return
+            state, target = catalog.state(name), self._milvus_state(change.after)
+            if change.before is change.after:  # nothing changes: rebuild only if stale
+                if state == target:
+                    return
+                incremental = False
+            else:
+                incremental = change.before is not None and state == self._milvus_state(change.before)
+            dim = self.store.get_model(tenant, gallery.model).dim
+            kind = "FLAT" if gallery.index_kind == "exact" else "HNSW"
+            if not incremental:
+                ids, vectors = change.items()
+                catalog.rebuild(name, dim, kind, ids, _unit(vectors) if len(ids) else vectors, target)
+                return
+            catalog.set_state(name, MILVUS_DIRTY)
+            index = catalog.index(name, dim, kind)
+            if change.removed_ids:
+                index.remove(change.removed_ids)
+            if change.added_ids:
+                index.add(change.added_ids, _unit(change.added))
+            catalog.set_state(name, target)
+
+    def _milvus_index(self, tenant: str, gallery: GalleryRecord, model: ModelRecord):  # noqa: ANN202
+        """The gallery's collection, rebuilt first (under the write lock) if its state token is
+        not the database's: a write that failed half-way, or a database restored from a backup."""
+        from convergent.server.inference.milvus_index import collection_name, milvus_errors
+
+        name = collection_name(tenant, gallery.name)
+        with milvus_errors():
+            catalog = self._catalog()
+            if catalog.state(name) != self._milvus_state(gallery):
+                self.galleries.hold(tenant, gallery.name, lambda change: self._sync_milvus(tenant, change))
+                if catalog.state(name) is None:
+                    raise NotFound(f"gallery {gallery.name!r} not found")
+            return catalog.index(name, model.dim, "FLAT" if gallery.index_kind == "exact" else "HNSW")
+
+    @contextlib.contextmanager
+    def _searchable(self, tenant: str, gallery: GalleryRecord, model: ModelRecord) -> Iterator:
+        """The gallery's index, held for searching: an in-process index under its gallery lock;
+        a Milvus collection needs none (Milvus serves concurrent reads)."""
+        if self._milvus_backend:
+            from convergent.server.inference.milvus_index import milvus_errors
+
+            with milvus_errors():
+                yield self._milvus_index(tenant, gallery, model)
+            return
+        entry = self._entry(tenant, gallery.name)
+        with entry.lock:
+            yield self._index(tenant, gallery, model, entry)
 
     # ------------------------------------------------------------ routes
     def _route(self, tenant: str, src: ModelRecord, tgt: ModelRecord) -> FitRecord | None:
@@ -321,9 +409,7 @@ class Galleries:
         else:
             fit = self._route(tenant, probe_model, gallery_model)
         Q = self._into(tenant, fit, prepare_vectors(probe_model, vectors, "probes"), probe_model, gallery_model)
-        entry = self._entry(tenant, name)
-        with entry.lock:
-            index = self._index(tenant, gallery, gallery_model, entry)
+        with self._searchable(tenant, gallery, gallery_model) as index:
             size = len(index)
             if size == 0:
                 return IdentifyResult([[] for _ in range(len(Q))], np.zeros((len(Q), 0), np.float32), _route_name(fit))
@@ -375,9 +461,7 @@ class Galleries:
         if sum(w.weight for w in weights) <= 0:  # nobody measured well: fall back to equal weights
             weights = [PartyWeight(w.model, w.route, 1.0, "equal (no party had a positive weight)") for w in weights]
         weight_of = {w.model: w.weight for w in weights}
-        entry = self._entry(tenant, name)
-        with entry.lock:
-            index = self._index(tenant, gallery, gallery_model, entry)
+        with self._searchable(tenant, gallery, gallery_model) as index:
             size = len(index)
             if size == 0:
                 n = next(iter(rows))

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 
@@ -90,3 +94,25 @@ class ErasureReport(Record):
     anchor_sets_changed: list[str]
     galleries_changed: list[str]
     stale_fits: list[str]
+
+
+@dataclass
+class GalleryChange:
+    """What a write transaction does to one gallery, handed to a ``before_commit`` hook while
+    the write lock is held (no other write anywhere meanwhile). If the hook raises, nothing
+    is committed.
+
+    ``before`` is None for a gallery this transaction creates, ``after`` None for one it
+    deletes; both are the same record when nothing changes (the store's ``hold``).
+    ``items()`` reads the gallery as the transaction sees it: (ids, (n, dim) float32).
+    """
+
+    before: GalleryRecord | None
+    after: GalleryRecord | None
+    items: Callable[[], tuple[list[str], np.ndarray]]
+    added_ids: list[str] = field(default_factory=list)
+    added: np.ndarray | None = None
+    removed_ids: list[str] = field(default_factory=list)
+
+
+BeforeCommit = Callable[[GalleryChange], None]

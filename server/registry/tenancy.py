@@ -14,8 +14,9 @@ class Tenancy:
 
     def erase(self, tenant: str, ids: list[str]) -> ErasureReport:
         """Delete these ids from every anchor set and gallery of the tenant (one transaction);
-        fits on the changed anchor sets turn stale; changed galleries' indexes are rebuilt."""
-        report = self.store.erase(tenant, ids)
+        fits on the changed anchor sets turn stale; changed galleries' in-process indexes are
+        rebuilt on next use, Milvus collections lose the ids inside the transaction."""
+        report = self.store.erase(tenant, ids, before_commit=self.galleries.before_commit(tenant))
         self.galleries.forget_indexes(tenant, report.galleries_changed)
         return report
 

@@ -55,6 +55,8 @@ class Backend:
         self.max_rows = registry.settings.max_vectors_per_message
 
     def close(self) -> None:
+        if self._galleries is not None:
+            self._galleries.close()
         self._registry = self._alignment = self._galleries = self._authenticator = self._tenancy = None
 
     @property

@@ -10,12 +10,14 @@ import numpy as np
 import sqlalchemy as sa
 
 from convergent.server.errors import AlreadyExists, NotFound
-from convergent.server.registry.records import GalleryRecord
+from convergent.server.registry.records import BeforeCommit, GalleryChange, GalleryRecord
 from convergent.server.storage.schema import calibrations, galleries, gallery_items
 from convergent.server.storage.guards import check_quota, ensure_wanted
 from convergent.server.storage import db
 
 ID_BATCH = 500
+
+
 
 
 def bump_gallery_versions(conn: sa.Connection, tenant: str, names: list[str]) -> None:
@@ -47,7 +49,7 @@ class GalleryStore:
             )
         ).scalar())
 
-    def _get(self, conn: sa.Connection, tenant: str, name: str) -> GalleryRecord | None:
+    def record_in(self, conn: sa.Connection, tenant: str, name: str) -> GalleryRecord | None:
         row = conn.execute(
             sa.select(galleries).where(galleries.c.tenant == tenant, galleries.c.name == name)
         ).first()
@@ -60,7 +62,7 @@ class GalleryStore:
 
     def get(self, tenant: str, name: str) -> GalleryRecord:
         with self.engine.connect() as conn, conn.begin():
-            record = self._get(conn, tenant, name)
+            record = self.record_in(conn, tenant, name)
         if record is None:
             raise NotFound(f"gallery {name!r} not found")
         return record
@@ -73,13 +75,14 @@ class GalleryStore:
                 .order_by(galleries.c.name)
                 .limit(limit)
             ).scalars().all()
-            return [self._get(conn, tenant, n) for n in names]
+            return [self.record_in(conn, tenant, n) for n in names]
 
     def enroll(
         self, tenant: str, name: str, model: str, model_version: int, index_kind: str,
         batches: Iterable[tuple[list[str], np.ndarray]],
         quota: int | None = None,
         still_wanted: Callable[[], bool] | None = None,
+        before_commit: BeforeCommit | None = None,
     ) -> tuple[GalleryRecord, bool, list[str], np.ndarray]:
         """Add items in one transaction, creating the gallery if needed.
 
@@ -87,7 +90,7 @@ class GalleryStore:
         an id that is enrolled already (nothing is stored then).
         """
         with self._write() as conn:
-            record = self._get(conn, tenant, name)
+            record = previous = self.record_in(conn, tenant, name)
             created = record is None
             if created:
                 conn.execute(galleries.insert().values(
@@ -125,33 +128,54 @@ class GalleryStore:
                     added.append(block)
             check_quota(conn, tenant, len(added_ids), quota)
             bump_gallery_versions(conn, tenant, [name])
-            record = self._get(conn, tenant, name)
+            record = self.record_in(conn, tenant, name)
             ensure_wanted(still_wanted)
-        dim = added[0].shape[1] if added else 0
-        return record, created, added_ids, (np.vstack(added) if added else np.zeros((0, dim), np.float32))
+            dim = added[0].shape[1] if added else 0
+            vectors = np.vstack(added) if added else np.zeros((0, dim), np.float32)
+            if before_commit is not None:
+                before_commit(GalleryChange(previous, record, self.items_reader(conn, tenant, name, dim), added_ids, vectors))
+        return record, created, added_ids, vectors
 
-    def remove(self, tenant: str, name: str, ids: list[str]) -> tuple[int, int, int]:
-        """Delete ids (unknown ones are ignored); returns (removed, size after, gallery version after)."""
+    def remove(
+        self, tenant: str, name: str, ids: list[str], before_commit: BeforeCommit | None = None
+    ) -> tuple[int, int, int]:
+        """Delete ids (unknown ones are ignored); returns (removed, size after, gallery version after).
+        ``before_commit`` sees the change only when something was removed."""
         with self._write() as conn:
-            if self._get(conn, tenant, name) is None:
+            previous = self.record_in(conn, tenant, name)
+            if previous is None:
                 raise NotFound(f"gallery {name!r} not found")
-            removed = 0
+            removed: list[str] = []
             for start in range(0, len(ids), ID_BATCH):
-                removed += conn.execute(gallery_items.delete().where(
-                    gallery_items.c.tenant == tenant, gallery_items.c.gallery == name,
-                    gallery_items.c.item_id.in_(ids[start : start + ID_BATCH]),
-                )).rowcount
+                key = (
+                    (gallery_items.c.tenant == tenant) & (gallery_items.c.gallery == name)
+                    & gallery_items.c.item_id.in_(ids[start : start + ID_BATCH])
+                )
+                removed += conn.execute(sa.select(gallery_items.c.item_id).where(key)).scalars().all()
+                conn.execute(gallery_items.delete().where(key))
             if removed:
                 bump_gallery_versions(conn, tenant, [name])
-            record = self._get(conn, tenant, name)
-            return int(removed), record.size, record.version
+            record = self.record_in(conn, tenant, name)
+            if removed and before_commit is not None:
+                before_commit(GalleryChange(previous, record, self.items_reader(conn, tenant, name), removed_ids=removed))
+            return len(removed), record.size, record.version
 
-    def delete(self, tenant: str, name: str) -> None:
+    def delete(self, tenant: str, name: str, before_commit: BeforeCommit | None = None) -> None:
         with self._write() as conn:
-            if self._get(conn, tenant, name) is None:
+            previous = self.record_in(conn, tenant, name)
+            if previous is None:
                 raise NotFound(f"gallery {name!r} not found")
             conn.execute(gallery_items.delete().where(gallery_items.c.tenant == tenant, gallery_items.c.gallery == name))
             conn.execute(galleries.delete().where(galleries.c.tenant == tenant, galleries.c.name == name))
+            if before_commit is not None:
+                before_commit(GalleryChange(previous, None, lambda: ([], np.zeros((0, 0), np.float32))))
+
+    def hold(self, tenant: str, name: str, action: BeforeCommit) -> None:
+        """Run ``action`` on the gallery as it stands (``before`` = ``after``; None if it does not
+        exist) under the write lock: no gallery changes anywhere while it runs."""
+        with self._write() as conn:
+            record = self.record_in(conn, tenant, name)
+            action(GalleryChange(record, record, self.items_reader(conn, tenant, name)))
 
     def items(self, tenant: str, name: str, dim: int) -> tuple[int, list[str], np.ndarray]:
         """(gallery version, ids, vectors (n, dim) float32) in enrolment order, one snapshot."""
@@ -159,13 +183,25 @@ class GalleryStore:
             version = conn.execute(
                 sa.select(galleries.c.version).where(galleries.c.tenant == tenant, galleries.c.name == name)
             ).scalar() or 0
+            ids, vectors = self.items_reader(conn, tenant, name, dim)()
+        return int(version), ids, vectors
+
+    @staticmethod
+    def items_reader(conn: sa.Connection, tenant: str, name: str, dim: int = 0) -> Callable[[], tuple[list[str], np.ndarray]]:
+        """A function reading the gallery's (ids, (n, dim) float32) in enrolment order on ``conn``
+        (``dim`` from the stored rows when not given)."""
+
+        def read() -> tuple[list[str], np.ndarray]:
             rows = conn.execute(
                 sa.select(gallery_items.c.item_id, gallery_items.c.vector)
                 .where(gallery_items.c.tenant == tenant, gallery_items.c.gallery == name)
                 .order_by(gallery_items.c.seq)
             ).all()
-        vectors = np.frombuffer(b"".join(r[1] for r in rows), dtype="<f4").reshape(len(rows), dim)
-        return int(version), [r[0] for r in rows], vectors
+            width = dim or (len(rows[0][1]) // 4 if rows else 0)
+            vectors = np.frombuffer(b"".join(r[1] for r in rows), dtype="<f4").reshape(len(rows), width)
+            return [r[0] for r in rows], vectors
+
+        return read
 
     # ------------------------------------------------------------ labelled calibration pairs
     def save_calibration(

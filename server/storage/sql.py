@@ -18,7 +18,7 @@ from convergent.server.registry.records import AnchorSetRecord, ErasureReport, M
 from convergent.server.storage import db
 from convergent.server.storage.guards import check_quota, ensure_wanted, stored_vectors
 from convergent.server.storage.fit_store import FitStore
-from convergent.server.storage.gallery_store import GalleryStore, bump_gallery_versions
+from convergent.server.storage.gallery_store import BeforeCommit, GalleryChange, GalleryStore, bump_gallery_versions
 from convergent.server.storage.key_store import KeyStore
 from convergent.server.storage.pairs import SqlPairReader
 from convergent.server.storage.schema import anchor_sets, anchors, fits, gallery_items, model_versions, models
@@ -385,15 +385,17 @@ class SqlStore:
         with self._read() as conn:
             return stored_vectors(conn, tenant)
 
-    def erase(self, tenant: str, ids: list[str]) -> ErasureReport:
+    def erase(self, tenant: str, ids: list[str], before_commit: BeforeCommit | None = None) -> ErasureReport:
         """Delete every anchor (any model, any set) and gallery item with one of ``ids`` in one
         transaction; changed anchor sets get a new (destructive) data version, changed
-        galleries a new version. Labelled calibration pairs hold no ids and are not touched."""
+        galleries a new version (``before_commit`` sees each gallery's change). Labelled
+        calibration pairs hold no ids and are not touched."""
         if not ids:
             raise InvalidInput("give the ids to erase")
         ids = list(dict.fromkeys(ids))
         with self._write() as conn:
-            sets, changed_galleries = set(), set()
+            sets: set[str] = set()
+            removed: dict[str, list[str]] = {}  # gallery -> its erased items
             anchors_deleted = items_deleted = 0
             for start in range(0, len(ids), ID_BATCH):
                 chunk = ids[start : start + ID_BATCH]
@@ -401,11 +403,20 @@ class SqlStore:
                 sets |= set(conn.execute(sa.select(anchors.c.anchor_set).where(key).distinct()).scalars())
                 anchors_deleted += conn.execute(anchors.delete().where(key)).rowcount
                 item_key = (gallery_items.c.tenant == tenant) & gallery_items.c.item_id.in_(chunk)
-                changed_galleries |= set(conn.execute(sa.select(gallery_items.c.gallery).where(item_key).distinct()).scalars())
+                for gallery, item in conn.execute(sa.select(gallery_items.c.gallery, gallery_items.c.item_id).where(item_key)):
+                    removed.setdefault(gallery, []).append(item)
                 items_deleted += conn.execute(gallery_items.delete().where(item_key)).rowcount
             for anchor_set in sorted(sets):
                 self._bump_version(conn, tenant, anchor_set, destructive=True)
-            bump_gallery_versions(conn, tenant, sorted(changed_galleries))
+            changed_galleries = sorted(removed)
+            before = {name: self.galleries.record_in(conn, tenant, name) for name in changed_galleries}
+            bump_gallery_versions(conn, tenant, changed_galleries)
+            if before_commit is not None:
+                for name in changed_galleries:
+                    before_commit(GalleryChange(
+                        before[name], self.galleries.record_in(conn, tenant, name),
+                        GalleryStore.items_reader(conn, tenant, name), removed_ids=removed[name],
+                    ))
             stale = sorted(conn.execute(
                 sa.select(fits.c.id).where(fits.c.tenant == tenant, fits.c.anchor_set.in_(sorted(sets)))
             ).scalars()) if sets else []

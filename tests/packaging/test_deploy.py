@@ -172,13 +172,13 @@ def test_dockerfile_is_slim_multi_stage_and_non_root():
     assert exec_form(dict(runtime)["VOLUME"]) == [DATA]
 
 
-def test_dockerfile_installs_cpu_torch_first_then_the_server_and_postgres_extras():
+def test_dockerfile_installs_cpu_torch_first_then_the_server_postgres_and_milvus_extras():
     build = stages()[0]
     pips = [a for k, a in build if k == "RUN" and "pip install" in a]
     assert len(pips) == 2
     torch_line, server_line = pips
     assert re.search(r"pip install torch==\d+\.\d+\.\d+ --index-url https://download\.pytorch\.org/whl/cpu$", torch_line)
-    assert 'pip install ".[server,postgres]"' in server_line
+    assert 'pip install ".[server,postgres,milvus]"' in server_line
     # The CPU index is used for torch only; nothing else in the image or in deploy/ names a URL.
     assert "--index-url" not in server_line and "--extra-index-url" not in " ".join(pips)
     for path in DEPLOY.rglob("*"):

@@ -1,5 +1,5 @@
-"""deploy/ scale-out: compose.scale.yaml (two replicas on one PostgreSQL behind Envoy),
-envoy.yaml and k8s/scale agree with each other, with the single-server files, with the CLI and
+"""deploy/ scale-out: compose.scale.yaml (two replicas on one PostgreSQL and one Milvus
+standalone behind Envoy), envoy.yaml and k8s/scale agree with each other, with the single-server files, with the CLI and
 with the server settings.
 
 No Docker engine, Envoy binary or cluster is needed: files are parsed and cross-checked
@@ -37,6 +37,7 @@ BIN = Path(sys.executable).with_name("convergent")
 PORT = 50051
 METRICS_PORT = 9090
 POSTGRES_PORT = 5432
+MILVUS_PORT = 19530
 DATA = "/data"
 REPLICAS = 2
 IMAGE = "convergent:latest"
@@ -134,6 +135,10 @@ def check_env(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> ServerSet
     assert settings.auth_enabled() is True
     assert settings.metrics_port == METRICS_PORT
     assert settings.resolved_database_url().startswith("postgresql+psycopg://"), "psycopg 3 (the postgres extra)"
+    # Galleries in a Milvus server: milvus-lite (a local file) cannot be shared by replicas.
+    assert settings.gallery_backend == "milvus"
+    milvus = urlsplit(settings.resolved_milvus_uri())
+    assert milvus.scheme == "http" and milvus.port == MILVUS_PORT and milvus.hostname
     return settings
 
 
@@ -154,9 +159,9 @@ def free_port() -> int:
 
 
 # --------------------------------------------------------------------------- compose
-def test_compose_scale_has_two_replicas_postgres_and_envoy():
+def test_compose_scale_has_two_replicas_postgres_milvus_and_envoy():
     services = compose()["services"]
-    assert set(services) == {*replicas(), "envoy", "postgres"}
+    assert set(services) == {*replicas(), "envoy", "postgres", "milvus", "milvus-etcd", "milvus-minio"}
     assert len(replicas()) == REPLICAS
     for service in replicas().values():
         context = (DEPLOY / service["build"]["context"]).resolve()
@@ -165,6 +170,7 @@ def test_compose_scale_has_two_replicas_postgres_and_envoy():
         assert service["healthcheck"]["test"] == ["CMD", "convergent", "health", "--address", f"127.0.0.1:{PORT}"]
         assert int(service["stop_grace_period"].rstrip("s")) > ServerSettings().grace_seconds
         assert service["depends_on"]["postgres"]["condition"] == "service_healthy"
+        assert service["depends_on"]["milvus"]["condition"] == "service_healthy"
     assert set(services["envoy"]["depends_on"]) == set(replicas())
 
 
@@ -186,6 +192,41 @@ def test_compose_scale_replicas_share_one_definition_and_database_url(monkeypatc
     assert url.username == postgres["POSTGRES_USER"] and url.path == f"/{postgres['POSTGRES_DB']}"
     password = re.search(r"convergent:([^@]*)@", shared["environment"]["CONVERGENT_DATABASE_URL"]).group(1)
     assert password == postgres["POSTGRES_PASSWORD"], "one variable sets both"
+
+
+def test_compose_scale_milvus_standalone_with_its_etcd_and_object_store():
+    services = compose()["services"]
+    milvus, etcd, minio = services["milvus"], services["milvus-etcd"], services["milvus-minio"]
+    # The replicas' URI names this service and the port Milvus serves.
+    uri = urlsplit(compose()["x-convergent"]["environment"]["CONVERGENT_MILVUS_URI"])
+    assert uri.hostname == "milvus" and uri.port == MILVUS_PORT
+    assert re.fullmatch(r"milvusdb/milvus:v\d+\.\d+\.\d+", milvus["image"]), "pinned"
+    assert milvus["command"] == ["milvus", "run", "standalone"]
+    env = milvus["environment"]
+    # etcd and MinIO: the services, on the ports they listen on.
+    etcd_host, etcd_port = env["ETCD_ENDPOINTS"].split(":")
+    assert etcd_host == "milvus-etcd" and f"--listen-client-urls=http://0.0.0.0:{etcd_port}" in etcd["command"]
+    assert f"--advertise-client-urls=http://milvus-etcd:{etcd_port}" in etcd["command"]
+    minio_host, minio_port = env["MINIO_ADDRESS"].split(":")
+    assert minio_host == "milvus-minio" and minio_port == "9000"  # MinIO's default S3 port
+    # Milvus logs in to MinIO with MinIO's own user and password (one variable sets both).
+    assert env["MINIO_ACCESS_KEY_ID"] == minio["environment"]["MINIO_ROOT_USER"]
+    assert env["MINIO_SECRET_ACCESS_KEY"] == minio["environment"]["MINIO_ROOT_PASSWORD"]
+    assert "${MINIO_PASSWORD" in env["MINIO_SECRET_ACCESS_KEY"]
+    assert len(interpolate(env["MINIO_SECRET_ACCESS_KEY"])) >= 8, "MinIO refuses shorter passwords"
+    assert milvus["depends_on"] == {"milvus-etcd": {"condition": "service_healthy"},
+                                    "milvus-minio": {"condition": "service_healthy"}}
+    data_dirs = {"milvus": "/var/lib/milvus", "milvus-etcd": "/etcd", "milvus-minio": "/minio_data"}
+    for name, path in data_dirs.items():
+        service = services[name]
+        assert "ports" not in service, f"{name} is not published"
+        (volume,) = service["volumes"]
+        volume_name, mount = volume.split(":")[:2]
+        assert volume_name in compose()["volumes"] and mount == path, name
+        assert service["healthcheck"]["test"][0] == "CMD", name
+        assert service["restart"] == "unless-stopped"
+    assert "--data-dir=/etcd" in etcd["command"] and minio["command"][-1] == "/minio_data"
+    assert "9091/healthz" in " ".join(milvus["healthcheck"]["test"])
 
 
 def test_compose_scale_keys_come_from_a_mounted_file():
@@ -312,15 +353,16 @@ def test_cli_commands_and_flags_used_by_the_scale_files_exist():
             assert flags_in(shlex.split(line)) <= health_flags, (path.name, line)
 
 
-def test_dockerfile_and_smoke_script_install_the_postgres_extra():
+def test_dockerfile_and_smoke_script_install_the_postgres_and_milvus_extras():
     tomllib = pytest.importorskip("tomllib", reason="Python >= 3.11")
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     assert any(req.startswith("psycopg[binary]") for req in extras["postgres"])
+    assert any(req.startswith("pymilvus") for req in extras["milvus"])
     dockerfile = (DEPLOY / "Dockerfile").read_text()
     smoke = (DEPLOY / "smoke.sh").read_text()
     (image_extras,) = re.findall(r'pip install "\.\[([a-z,]+)\]"', dockerfile)
     (smoke_extras,) = re.findall(r'pip" install -q "\$WORK/src\[([a-z,]+)\]"', smoke)
-    assert image_extras.split(",") == smoke_extras.split(",") == ["server", "postgres"]
+    assert image_extras.split(",") == smoke_extras.split(",") == ["server", "postgres", "milvus"]
 
 
 # --------------------------------------------------------------------------- k8s
@@ -376,7 +418,7 @@ def test_k8s_scale_deployment_matches_the_base_but_for_the_scale_out_settings():
     pod["affinity"] = scale["spec"]["template"]["spec"]["affinity"]
     c, scale_c = container(expected), container(scale)
     c["ports"] += [p for p in scale_c["ports"] if p["name"] == "metrics"]
-    added = {"CONVERGENT_DATABASE_URL", "CONVERGENT_METRICS_PORT"}
+    added = {"CONVERGENT_DATABASE_URL", "CONVERGENT_METRICS_PORT", "CONVERGENT_GALLERY_BACKEND", "CONVERGENT_MILVUS_URI"}
     assert not added & {e["name"] for e in c["env"]}
     c["env"] = [e for e in scale_c["env"] if e["name"] in added or e in c["env"]]
     assert [e["name"] for e in c["env"]] == [e["name"] for e in scale_c["env"]]
@@ -405,7 +447,7 @@ def test_k8s_scale_services_clusterip_and_headless_for_per_call_balancing():
 
 
 def test_k8s_scale_postgres_statefulset_matches_the_database_secret():
-    sts = one("StatefulSet")
+    sts = one("StatefulSet", "convergent-postgres")
     service = one("Service", sts["spec"]["serviceName"])
     assert service["spec"]["selector"].items() <= sts["spec"]["template"]["metadata"]["labels"].items()
     assert not SERVER_LABELS.items() <= sts["spec"]["template"]["metadata"]["labels"].items(), \
@@ -435,6 +477,61 @@ def test_k8s_scale_postgres_statefulset_matches_the_database_secret():
     assert url.password == secret_value(env["POSTGRES_PASSWORD"])
 
 
+def env_of(c: dict) -> dict[str, dict]:
+    return {e["name"]: e for e in c["env"]}
+
+
+def test_k8s_scale_milvus_standalone_etcd_and_minio_agree_with_the_deployment():
+    statefulsets = {s["metadata"]["name"]: s for s in k8s("StatefulSet")}
+    assert set(statefulsets) == {"convergent-postgres", "convergent-milvus", "convergent-milvus-etcd", "convergent-milvus-minio"}
+
+    def serving(name: str) -> tuple[dict, dict, dict]:
+        """(StatefulSet, its governing Service, its container) of a one-pod backing service."""
+        sts = statefulsets[name]
+        service = one("Service", sts["spec"]["serviceName"])
+        labels = sts["spec"]["template"]["metadata"]["labels"]
+        assert sts["spec"]["replicas"] == 1 and service["spec"]["selector"].items() <= labels.items()
+        assert sts["spec"]["selector"]["matchLabels"].items() <= labels.items()
+        assert not SERVER_LABELS.items() <= labels.items(), "the server Services must not select it"
+        (c,) = sts["spec"]["template"]["spec"]["containers"]
+        (template,) = sts["spec"]["volumeClaimTemplates"]
+        (mount,) = c["volumeMounts"]
+        assert mount["name"] == template["metadata"]["name"] and template["spec"]["accessModes"] == ["ReadWriteOnce"]
+        assert service["spec"].get("type", "ClusterIP") == "ClusterIP", "not reachable from outside the cluster"
+        return sts, service, c
+
+    def service_port(service: dict, c: dict) -> int:
+        (port,) = service["spec"]["ports"]
+        container_ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+        assert container_ports[port["targetPort"]] == port["port"]
+        return port["port"]
+
+    _, milvus_service, milvus = serving("convergent-milvus")
+    _, etcd_service, etcd = serving("convergent-milvus-etcd")
+    _, minio_service, minio = serving("convergent-milvus-minio")
+    # Every replica's URI names the Milvus Service and its port.
+    uri = urlsplit(env_values(container(one("Deployment")))["CONVERGENT_MILVUS_URI"])
+    assert uri.hostname == milvus_service["metadata"]["name"] and uri.port == service_port(milvus_service, milvus) == MILVUS_PORT
+    assert re.fullmatch(r"milvusdb/milvus:v\d+\.\d+\.\d+", milvus["image"]) and milvus["args"] == ["milvus", "run", "standalone"]
+    env = env_of(milvus)
+    etcd_host, etcd_port = env["ETCD_ENDPOINTS"]["value"].split(":")
+    assert etcd_host == etcd_service["metadata"]["name"] and int(etcd_port) == service_port(etcd_service, etcd)
+    assert f"--listen-client-urls=http://0.0.0.0:{etcd_port}" in etcd["command"]
+    minio_host, minio_port = env["MINIO_ADDRESS"]["value"].split(":")
+    assert minio_host == minio_service["metadata"]["name"] and int(minio_port) == service_port(minio_service, minio)
+    # Milvus logs in to MinIO with the user and password MinIO is started with: one Secret.
+    minio_env = env_of(minio)
+    for milvus_name, minio_name in (("MINIO_ACCESS_KEY_ID", "MINIO_ROOT_USER"), ("MINIO_SECRET_ACCESS_KEY", "MINIO_ROOT_PASSWORD")):
+        assert "value" not in env[milvus_name] and env[milvus_name]["valueFrom"] == minio_env[minio_name]["valueFrom"]
+        assert secret_value(env[milvus_name]), milvus_name
+    assert milvus["volumeMounts"][0]["mountPath"] == "/var/lib/milvus"
+    assert minio["args"][-1] == minio["volumeMounts"][0]["mountPath"]
+    assert f"--data-dir={etcd['volumeMounts'][0]['mountPath']}" in etcd["command"]
+    for c, path in ((milvus, "/healthz"), (etcd, "/health"), (minio, "/minio/health/")):
+        for probe in ("readinessProbe", "livenessProbe"):
+            assert c[probe]["httpGet"]["path"].startswith(path), (c["name"], probe)
+
+
 def test_k8s_scale_secret_is_a_marked_example():
     text = (SCALE / "secret.yaml").read_text()
     assert "EXAMPLE" in text.splitlines()[0]
@@ -455,7 +552,7 @@ def test_k8s_scale_kustomize_renders():
     assert result.returncode == 0, result.stderr
     docs = [d for d in yaml.safe_load_all(result.stdout) if d]
     kinds = sorted(d["kind"] for d in docs)
-    assert kinds == ["Deployment", "PodDisruptionBudget", "Service", "Service", "Service", "StatefulSet"]
+    assert kinds == ["Deployment", "PodDisruptionBudget", *["Service"] * 6, *["StatefulSet"] * 4]
     (dep,) = [d for d in docs if d["kind"] == "Deployment"]
     assert dep["spec"]["replicas"] == REPLICAS
 

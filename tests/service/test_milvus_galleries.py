@@ -50,3 +50,96 @@ def test_milvus_backend_matches_the_local_index(start_server, tmp_path, rng):
         assert c.identify(gallery="g", vectors=probes, model="a", k=5).ids == results["local"].ids
         c.delete_gallery("g")
         assert c.list_galleries() == []
+
+
+def test_replicas_sharing_one_milvus_agree(start_server, fresh_postgres, tmp_path, rng):
+    """Two servers on one PostgreSQL database and one Milvus (here one milvus-lite file, both
+    servers in this process): writes through either, concurrent ones included, are seen by both."""
+    import threading
+
+    shared = {"database_url": fresh_postgres, "gallery_backend": "milvus", "milvus_uri": str(tmp_path / "shared.db")}
+    a, b = start_server(**shared), start_server(**shared)
+    d = 8
+    X = unit(rng.standard_normal((400, d)))
+    with Client(a.address) as ca, Client(b.address) as cb:
+        ca.register_model("m", dim=d)
+        ca.enroll(gallery="g", model="m", ids=[f"x{i}" for i in range(100)], vectors=X[:100])
+        assert cb.identify(gallery="g", vectors=X[:5], model="m", k=1).ids == [[f"x{i}"] for i in range(5)]
+        assert cb.remove(gallery="g", ids=["x0"]) == 1
+        assert "x0" not in ca.identify(gallery="g", vectors=X[:1], model="m", k=3).ids[0]
+
+        def writer(client: Client, start: int) -> None:
+            for i in range(start, start + 150, 15):  # ten enrolls of 15, then one remove
+                client.enroll(gallery="g", model="m", ids=[f"x{j}" for j in range(i, i + 15)], vectors=X[i : i + 15])
+            client.remove(gallery="g", ids=[f"x{start}", f"x{start + 1}"])
+
+        threads = [threading.Thread(target=writer, args=(c, s)) for c, s in ((ca, 100), (cb, 250))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        kept = [i for i in range(1, 400) if i not in (100, 101, 250, 251)]
+        assert ca.count_gallery("g") == cb.count_gallery("g") == len(kept)
+        expected = [[f"x{kept[j]}" for j in np.argsort(-(q @ X[kept].T))[:5]] for q in X[:40]]
+        for client in (ca, cb):
+            assert client.identify(gallery="g", vectors=X[:40], model="m", k=5).ids == expected
+
+
+def test_a_write_that_dies_after_changing_milvus_is_never_served(start_server, rng):
+    """Another replica's enroll reaches Milvus, then its database transaction fails: the next
+    identify sees a state token that matches no committed version and rebuilds the collection."""
+    from convergent.server.inference.milvus_index import MilvusCatalog, collection_name
+    from convergent.server.registry.alignment import Alignment
+    from convergent.server.registry.galleries import Galleries
+
+    server = start_server(gallery_backend="milvus")
+    X = unit(rng.standard_normal((51, 8)))
+    with Client(server.address) as c:
+        c.register_model("m", dim=8)
+        c.enroll(gallery="g", model="m", ids=[f"p{i}" for i in range(50)], vectors=X[:50])
+        replica = Galleries(server.store, Alignment(server.store, server.settings), server.settings)
+        sync = replica.before_commit("default")
+
+        def dies_before_commit(change):  # noqa: ANN001, ANN202
+            sync(change)
+            raise RuntimeError("the replica died before its commit")
+
+        with pytest.raises(RuntimeError):
+            server.store.galleries.enroll("default", "g", "m", 1, "exact", [(["ghost"], X[50:])], before_commit=dies_before_commit)
+        catalog = MilvusCatalog(server.settings.resolved_milvus_uri())
+        assert "ghost" in catalog.index(collection_name("default", "g"), 8, "FLAT")  # Milvus has it ...
+        assert c.count_gallery("g") == 50  # ... the database does not
+        assert c.identify(gallery="g", vectors=X[50:], model="m", k=50).ids[0].count("ghost") == 0
+        assert "ghost" not in catalog.index(collection_name("default", "g"), 8, "FLAT")
+        replica.close()
+
+
+def test_a_restart_reuses_the_collections(start_server, monkeypatch, rng):
+    """Collections outlive the server: after a restart the state tokens match and nothing is rebuilt."""
+    from convergent.server.inference.milvus_index import MilvusCatalog
+
+    rebuilds = []
+    original = MilvusCatalog.rebuild
+    monkeypatch.setattr(MilvusCatalog, "rebuild", lambda self, *a, **kw: rebuilds.append(a[0]) or original(self, *a, **kw))
+    server = start_server(gallery_backend="milvus")
+    X = unit(rng.standard_normal((30, 8)))
+    with Client(server.address) as c:
+        c.register_model("m", dim=8)
+        c.enroll(gallery="g", model="m", ids=[f"p{i}" for i in range(20)], vectors=X[:20], index="hnsw")
+        c.enroll(gallery="g", model="m", ids=[f"p{i}" for i in range(20, 30)], vectors=X[20:])
+        before = c.identify(gallery="g", vectors=X[:5], model="m", k=3)
+    assert len(rebuilds) == 1  # the gallery's creation; the second enroll was incremental
+    server.stop(grace=0.5)
+    again = start_server(gallery_backend="milvus", data_dir=server.settings.data_dir)
+    with Client(again.address) as c:
+        assert c.identify(gallery="g", vectors=X[:5], model="m", k=3).ids == before.ids
+    assert len(rebuilds) == 1
+
+
+def test_milvus_unreachable_is_unavailable_and_stores_nothing(start_server):
+    server = start_server(gallery_backend="milvus", milvus_uri="http://127.0.0.1:9")
+    with Client(server.address, timeout=20) as c:
+        c.register_model("m", dim=4)
+        with pytest.raises(errors.Unavailable, match="Milvus"):
+            c.enroll(gallery="g", model="m", ids=["a"], vectors=np.ones((1, 4)))
+        assert c.list_galleries() == []

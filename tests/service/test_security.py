@@ -182,7 +182,8 @@ def test_rows_per_message_limit_on_unary_calls(start_server, rng):
             client.identify(gallery="g", vectors=rng.standard_normal((51, 4)), model="m")
 
 
-def test_audit_log_and_erasure(secured, rng):
+def test_audit_log_and_erasure(start_server, gallery_backend, rng):
+    secured = start_server(require_auth=True, gallery_backend=gallery_backend)
     admin_key = make_key(secured, "acme", "admin")
     reader_key = make_key(secured, "acme", "reader")
     with Client(secured.address, api_key=admin_key) as admin, Client(secured.address, api_key=reader_key) as reader:
@@ -200,6 +201,14 @@ def test_audit_log_and_erasure(secured, rng):
         assert admin.get_fit(fit.id).stale is True
         assert admin.count_anchors("a", anchor_set="s") == 28 and admin.count_gallery("g") == 1
         assert reader.identify(gallery="g", vectors=rng.standard_normal((1, 4)), model="b", k=5).ids == [["other"]]
+    if gallery_backend == "milvus":  # gone from the Milvus collection itself, not only from answers
+        from pymilvus import MilvusClient
+
+        from convergent.server.inference.milvus_index import collection_name
+
+        milvus = MilvusClient(secured.settings.resolved_milvus_uri())
+        stored = milvus.query(collection_name("acme", "g"), filter="", output_fields=["id"], limit=100)
+        assert [row["id"] for row in stored] == ["other"]
     entries = KeyStore(secured.store.engine).audit_entries("acme")
     methods = [(e.method, e.key_id, e.outcome) for e in reversed(entries)]
     assert ("Identify", reader_key.split(".")[1], "OK") in methods

@@ -9,6 +9,12 @@ from convergent.client import Client, errors
 from convergent.datasets import load_faces, synthetic_identities
 
 
+@pytest.fixture
+def server(gallery_server):
+    """Every test here runs with galleries in process and in Milvus (milvus-lite), on both databases."""
+    return gallery_server
+
+
 def rank1(result, truth) -> float:
     return float(np.mean([row[0] == t for row, t in zip(result.ids, truth)]))
 

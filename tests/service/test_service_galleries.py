@@ -11,6 +11,12 @@ from convergent.v1 import galleries_pb2, galleries_pb2_grpc
 from convergent.wire import encode_matrix
 
 
+@pytest.fixture
+def server(gallery_server):
+    """Every test here runs with galleries in process and in Milvus (milvus-lite), on both databases."""
+    return gallery_server
+
+
 def unit(A):
     return A / np.linalg.norm(A, axis=1, keepdims=True)
 
@@ -59,8 +65,8 @@ def test_identify_matches_brute_force_and_k_larger_than_gallery(client: Client, 
     assert result.ids == [[list("abcdefg")[j] for j in row] for row in expected]
 
 
-def test_enroll_remove_count_list_and_persistence(start_server, rng):
-    server = start_server()
+def test_enroll_remove_count_list_and_persistence(start_server, gallery_backend, rng):
+    server = start_server(gallery_backend=gallery_backend)
     X = rng.standard_normal((20, 4))
     with Client(server.address) as client:
         client.register_model("m", dim=4)
@@ -76,7 +82,7 @@ def test_enroll_remove_count_list_and_persistence(start_server, rng):
         before = client.identify(gallery="g", vectors=X[:3], model="m", k=2)
         assert "x0" not in before.ids[0]
     server.stop(grace=0.5)
-    restarted = start_server(data_dir=server.settings.data_dir)
+    restarted = start_server(data_dir=server.settings.data_dir, gallery_backend=gallery_backend)
     with Client(restarted.address) as client:
         after = client.identify(gallery="g", vectors=X[:3], model="m", k=2)
         assert after.ids == before.ids

@@ -16,6 +16,12 @@ pytestmark = pytest.mark.realdata
 
 
 @pytest.fixture
+def server(gallery_server):
+    """Every test here runs with galleries in process and in Milvus (milvus-lite), on both databases."""
+    return gallery_server
+
+
+@pytest.fixture
 def faces_service(client: Client, realdata):
     faces = load_faces(realdata)
     labels = faces.labels
