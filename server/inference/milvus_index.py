@@ -167,16 +167,31 @@ class MilvusCatalog:
         self.client.drop_collection(collection)
         self.client.delete(STATE_COLLECTION, ids=[collection])
 
-    def rebuild(self, collection: str, dim: int, index: str, ids: Sequence[str], vectors: np.ndarray, token: str) -> MilvusIndex:
-        """Replace the collection's contents with (ids, (n, dim) unit vectors) and record ``token``."""
+    def delete(self, collection: str, ids: Sequence[str]) -> None:
+        """Delete these ids from the collection (absent ones and a missing collection are fine)."""
+        if ids and self.client.has_collection(collection):
+            for start in range(0, len(ids), 1000):
+                self.client.delete(collection, ids=list(ids[start : start + 1000]))
+
+    def rebuild(self, collection: str, index: str, ids: Sequence[str], vectors: np.ndarray | None, token: str) -> None:
+        """Replace the collection's contents with (ids, (n, dim) unit vectors) and record ``token``.
+        With no ids it is recreated empty (same dimension), or left for :meth:`index` to create."""
         self.set_state(collection, DIRTY)
+        dim = vectors.shape[1] if len(ids) else self._dim(collection)
         self._forget(collection)
         self.client.drop_collection(collection)
-        built = self.index(collection, dim, index)
-        if len(ids):
-            built.add(ids, vectors)
+        if dim:
+            rebuilt = self.index(collection, dim, index)
+            if len(ids):
+                rebuilt.add(ids, vectors)
         self.set_state(collection, token)
-        return built
+
+    def _dim(self, collection: str) -> int | None:
+        """The vector dimension of an existing collection (None if it does not exist)."""
+        if not self.client.has_collection(collection):
+            return None
+        fields = self.client.describe_collection(collection)["fields"]
+        return next(int(f["params"]["dim"]) for f in fields if f["name"] == "vector")
 
 
 @contextmanager

@@ -195,14 +195,19 @@ class Galleries:
                 [(ids, vectors)], quota=self.settings.max_vectors_per_tenant, still_wanted=still_wanted,
                 before_commit=self.before_commit(tenant),
             )
-            if self._milvus_backend:
-                pass  # the collection changed in the transaction
-            elif entry.index is not None and entry.version == record.version - 1:
-                entry.index.add(added_ids, _unit(added))
-                entry.version = record.version
-            else:  # this replica's index missed another change: rebuild on next use
-                entry.index = None
+            if not self._milvus_backend:  # (a Milvus collection changed inside the transaction)
+                self._follow(entry, record.version, lambda index: index.add(added_ids, _unit(added)))
         return len(added_ids), record.size
+
+    @staticmethod
+    def _follow(entry: _Entry, version: int, change: Callable[[object], None]) -> None:
+        """Apply a committed change (now at ``version``) to this process's index if it held the
+        version before; otherwise it missed another replica's change: rebuilt on next use."""
+        if entry.index is not None and entry.version == version - 1:
+            change(entry.index)
+            entry.version = version
+        else:
+            entry.index = None
 
     @staticmethod
     def _check_gallery_model(gallery: GalleryRecord, model: ModelRecord) -> None:
@@ -243,13 +248,8 @@ class Galleries:
         entry = self._entry(tenant, name)
         with entry.lock:
             removed, size, version = self.galleries.remove(tenant, name, ids, before_commit=self.before_commit(tenant))
-            if self._milvus_backend:
-                pass  # the collection changed in the transaction
-            elif removed and entry.index is not None and entry.version == version - 1:
-                entry.index.remove(ids)
-                entry.version = version
-            elif removed:  # this replica's index missed another change: rebuild on next use
-                entry.index = None
+            if removed and not self._milvus_backend:  # (Milvus changed inside the transaction)
+                self._follow(entry, version, lambda index: index.remove(ids))
         return removed, size
 
     def _index(self, tenant: str, gallery: GalleryRecord, model: ModelRecord, entry: _Entry):  # noqa: ANN202
@@ -333,18 +333,16 @@ class Galleries:
                 incremental = False
             else:
                 incremental = change.before is not None and state == self._milvus_state(change.before)
-            dim = self.store.get_model(tenant, gallery.model).dim
             kind = "FLAT" if gallery.index_kind == "exact" else "HNSW"
             if not incremental:
                 ids, vectors = change.items()
-                catalog.rebuild(name, dim, kind, ids, _unit(vectors) if len(ids) else vectors, target)
+                catalog.rebuild(name, kind, ids, _unit(vectors) if ids else None, target)
                 return
             catalog.set_state(name, MILVUS_DIRTY)
-            index = catalog.index(name, dim, kind)
             if change.removed_ids:
-                index.remove(change.removed_ids)
+                catalog.delete(name, change.removed_ids)
             if change.added_ids:
-                index.add(change.added_ids, _unit(change.added))
+                catalog.index(name, change.added.shape[1], kind).add(change.added_ids, _unit(change.added))
             catalog.set_state(name, target)
 
     def _milvus_index(self, tenant: str, gallery: GalleryRecord, model: ModelRecord):  # noqa: ANN202

@@ -38,3 +38,23 @@ def test_quick_benchmark_writes_every_key(tmp_path: Path) -> None:
     assert results["machine"]["blas"], "the BLAS kernel in use is recorded"
     assert {"ingest", "fit_affine", "fit_permutation", "identify", "transform", "cuda"} <= set(results["absolute"])
     assert "ingest_ratio" in proc.stdout  # the table is printed
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("mode", [[], ["--service"]])
+def test_milvus_benchmark_runs_small(mode: list[str]) -> None:
+    """benchmarks/milvus.py on a small gallery: the table is printed, and through the servers the
+    Milvus backend's top-10 lists equal the local exact index's."""
+    pytest.importorskip("milvus_lite", reason="milvus-lite is not installed (extra 'milvus')")
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "milvus.py"), "--n", "3000", "--queries", "128",
+         "--rounds", "1", *mode],
+        cwd=ROOT, capture_output=True, text=True, timeout=280,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    if mode:
+        assert "| local |" in proc.stdout and "| milvus |" in proc.stdout
+        assert "identical to local: 1.000" in proc.stdout
+    else:
+        assert "| milvus FLAT |" in proc.stdout and "| local exact |" in proc.stdout

@@ -136,6 +136,21 @@ def test_a_restart_reuses_the_collections(start_server, monkeypatch, rng):
     assert len(rebuilds) == 1
 
 
+def test_erasure_reaches_milvus_after_the_gallery_model_was_deleted(start_server, rng):
+    server = start_server(gallery_backend="milvus")
+    with Client(server.address) as c:
+        c.register_model("m", dim=4)
+        c.enroll(gallery="g", model="m", ids=["alice", "bob"], vectors=rng.standard_normal((2, 4)))
+        c.delete_model("m")
+        report = c.erase(["alice"])
+        assert report.gallery_items_deleted == 1 and report.galleries_changed == ["g"]
+    from convergent.server.inference.milvus_index import MilvusCatalog, collection_name
+
+    catalog = MilvusCatalog(server.settings.resolved_milvus_uri())
+    stored = catalog.client.query(collection_name("default", "g"), filter="", output_fields=["id"], limit=10)
+    assert [row["id"] for row in stored] == ["bob"]
+
+
 def test_milvus_unreachable_is_unavailable_and_stores_nothing(start_server):
     server = start_server(gallery_backend="milvus", milvus_uri="http://127.0.0.1:9")
     with Client(server.address, timeout=20) as c:

@@ -68,3 +68,26 @@ def test_small_collection_and_empty(uri):
     index.add(["a", "b"], normalize_rows(np.eye(4, dtype=np.float32)[:2]))
     ids, scores = index.search(np.eye(4, dtype=np.float32)[:1], 5)
     assert ids == [["a", "b"]] and scores.shape == (1, 2)
+
+
+def test_catalog_states_rebuild_delete_and_drop(uri):
+    from convergent.server.inference.milvus_index import DIRTY, MilvusCatalog
+
+    catalog = MilvusCatalog(uri)
+    name = collection_name("t", "cat")
+    assert catalog.state(name) is None
+    X = normalize_rows(np.random.default_rng(2).standard_normal((6, 8)).astype(np.float32))
+    catalog.rebuild(name, "FLAT", [f"p{i}" for i in range(6)], X, "t0/1")
+    assert catalog.state(name) == "t0/1" and len(catalog.index(name, 8, "FLAT")) == 6
+    catalog.set_state(name, DIRTY)
+    assert catalog.state(name) == DIRTY
+    catalog.delete(name, ["p0", "p1", "nope"])
+    assert catalog.index(name, 8, "FLAT").search(X[:1], 6)[0][0].count("p0") == 0
+    # Rebuilt with nothing: the collection stays (empty, same dimension) for readers that hold it.
+    catalog.rebuild(name, "FLAT", [], None, "t0/2")
+    assert catalog.state(name) == "t0/2" and len(catalog.index(name, 8, "FLAT")) == 0
+    # Another client on the same Milvus sees the same states (replicas share them).
+    assert MilvusCatalog(uri).state(name) == "t0/2"
+    catalog.drop(name)
+    assert catalog.state(name) is None and not catalog.client.has_collection(name)
+    catalog.delete(name, ["p2"])  # a missing collection is fine
