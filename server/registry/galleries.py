@@ -359,6 +359,11 @@ class Galleries:
                     raise NotFound(f"gallery {gallery.name!r} not found")
             return catalog.index(name, model.dim, "FLAT" if gallery.index_kind == "exact" else "HNSW")
 
+    def _size(self, index, gallery: GalleryRecord) -> int:  # noqa: ANN001
+        """Items in the index: the in-process index's own count; for Milvus the database's (a
+        Milvus count(*) scans the collection)."""
+        return gallery.size if self._milvus_backend else len(index)
+
     @contextlib.contextmanager
     def _searchable(self, tenant: str, gallery: GalleryRecord, model: ModelRecord) -> Iterator:
         """The gallery's index, held for searching: an in-process index under its gallery lock;
@@ -408,7 +413,7 @@ class Galleries:
             fit = self._route(tenant, probe_model, gallery_model)
         Q = self._into(tenant, fit, prepare_vectors(probe_model, vectors, "probes"), probe_model, gallery_model)
         with self._searchable(tenant, gallery, gallery_model) as index:
-            size = len(index)
+            size = self._size(index, gallery)
             if size == 0:
                 return IdentifyResult([[] for _ in range(len(Q))], np.zeros((len(Q), 0), np.float32), _route_name(fit))
             ids, scores = index.search(Q, min(k, size))
@@ -460,7 +465,7 @@ class Galleries:
             weights = [PartyWeight(w.model, w.route, 1.0, "equal (no party had a positive weight)") for w in weights]
         weight_of = {w.model: w.weight for w in weights}
         with self._searchable(tenant, gallery, gallery_model) as index:
-            size = len(index)
+            size = self._size(index, gallery)
             if size == 0:
                 n = next(iter(rows))
                 return FusedIdentifyResult([[] for _ in range(n)], np.zeros((n, 0), np.float32), weights)

@@ -18,16 +18,13 @@ from convergent.server.storage import db
 ID_BATCH = 500
 
 
-
-
-def bump_gallery_versions(conn: sa.Connection, tenant: str, names: list[str]) -> None:
-    """+1 on the version of these galleries (inside the transaction that changed them)."""
-    if names:
-        conn.execute(
-            galleries.update()
-            .where(galleries.c.tenant == tenant, galleries.c.name.in_(names))
-            .values(version=galleries.c.version + 1)
-        )
+def record_gallery_change(conn: sa.Connection, tenant: str, name: str, size_change: int, last_seq: int | None = None) -> None:
+    """+1 on the gallery's version, ``size_change`` on its size, and its newest enrolment number
+    (inside the transaction that changed its items)."""
+    values = {"version": galleries.c.version + 1, "size": galleries.c.size + size_change}
+    if last_seq is not None:
+        values["last_seq"] = last_seq
+    conn.execute(galleries.update().where(galleries.c.tenant == tenant, galleries.c.name == name).values(**values))
 
 
 class GalleryStore:
@@ -41,14 +38,6 @@ class GalleryStore:
         with db.write_connection(self.engine) as conn, conn.begin():
             yield conn
 
-    @staticmethod
-    def _count(conn: sa.Connection, tenant: str, name: str) -> int:
-        return int(conn.execute(
-            sa.select(sa.func.count()).select_from(gallery_items).where(
-                gallery_items.c.tenant == tenant, gallery_items.c.gallery == name
-            )
-        ).scalar())
-
     def record_in(self, conn: sa.Connection, tenant: str, name: str) -> GalleryRecord | None:
         row = conn.execute(
             sa.select(galleries).where(galleries.c.tenant == tenant, galleries.c.name == name)
@@ -57,7 +46,7 @@ class GalleryStore:
             return None
         return GalleryRecord(
             name=row.name, model=row.model, model_version=row.model_version, index_kind=row.index_kind,
-            size=self._count(conn, tenant, name), created_at=row.created_at, version=row.version,
+            size=row.size, created_at=row.created_at, version=row.version,
         )
 
     def get(self, tenant: str, name: str) -> GalleryRecord:
@@ -98,9 +87,7 @@ class GalleryStore:
                     index_kind=index_kind, created_at=time.time(),
                 ))
             seq = int(conn.execute(
-                sa.select(sa.func.coalesce(sa.func.max(gallery_items.c.seq), 0)).where(
-                    gallery_items.c.tenant == tenant, gallery_items.c.gallery == name
-                )
+                sa.select(galleries.c.last_seq).where(galleries.c.tenant == tenant, galleries.c.name == name)
             ).scalar())
             added_ids: list[str] = []
             added: list[np.ndarray] = []
@@ -126,8 +113,8 @@ class GalleryStore:
                     seq += len(chunk)
                     added_ids += chunk
                     added.append(block)
-            check_quota(conn, tenant, len(added_ids), quota)
-            bump_gallery_versions(conn, tenant, [name])
+            record_gallery_change(conn, tenant, name, len(added_ids), last_seq=seq)
+            check_quota(conn, tenant, len(added_ids), quota)  # counts the gallery's new size
             record = self.record_in(conn, tenant, name)
             ensure_wanted(still_wanted)
             dim = added[0].shape[1] if added else 0
@@ -154,7 +141,7 @@ class GalleryStore:
                 removed += conn.execute(sa.select(gallery_items.c.item_id).where(key)).scalars().all()
                 conn.execute(gallery_items.delete().where(key))
             if removed:
-                bump_gallery_versions(conn, tenant, [name])
+                record_gallery_change(conn, tenant, name, -len(removed))
             record = self.record_in(conn, tenant, name)
             if removed and before_commit is not None:
                 before_commit(GalleryChange(previous, record, self.items_reader(conn, tenant, name), removed_ids=removed))

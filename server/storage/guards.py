@@ -7,15 +7,14 @@ from collections.abc import Callable
 import sqlalchemy as sa
 
 from convergent.server.errors import Cancelled, ResourceExhausted
-from convergent.server.storage.schema import anchors, gallery_items
+from convergent.server.storage.schema import anchors, galleries
 
 
 def stored_vectors(conn: sa.Connection, tenant: str) -> int:
     """Anchors + gallery items the tenant stores (what its quota counts)."""
-    count = 0
-    for table in (anchors, gallery_items):
-        count += int(conn.execute(sa.select(sa.func.count()).select_from(table).where(table.c.tenant == tenant)).scalar())
-    return count
+    anchor_count = conn.execute(sa.select(sa.func.count()).select_from(anchors).where(anchors.c.tenant == tenant)).scalar()
+    item_count = conn.execute(sa.select(sa.func.coalesce(sa.func.sum(galleries.c.size), 0)).where(galleries.c.tenant == tenant)).scalar()
+    return int(anchor_count) + int(item_count)
 
 
 def check_quota(conn: sa.Connection, tenant: str, added: int, quota: int | None) -> None:

@@ -111,6 +111,10 @@ galleries = sa.Table(
     # +1 on every enrol, removal or erasure: a replica whose index was built at another
     # version rebuilds it from the items.
     sa.Column("version", sa.BigInteger, nullable=False, server_default="0"),
+    # Items enrolled now, and the enrolment number of the newest (kept by every write, so no
+    # call counts or scans the items).
+    sa.Column("size", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("last_seq", sa.BigInteger, nullable=False, server_default="0"),
 )
 
 # Enrolled vectors (normalised as their model says); the in-memory index is rebuilt from these.

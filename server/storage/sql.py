@@ -18,7 +18,7 @@ from convergent.server.registry.records import AnchorSetRecord, ErasureReport, M
 from convergent.server.storage import db
 from convergent.server.storage.guards import check_quota, ensure_wanted, stored_vectors
 from convergent.server.storage.fit_store import FitStore
-from convergent.server.storage.gallery_store import BeforeCommit, GalleryChange, GalleryStore, bump_gallery_versions
+from convergent.server.storage.gallery_store import BeforeCommit, GalleryChange, GalleryStore, record_gallery_change
 from convergent.server.storage.key_store import KeyStore
 from convergent.server.storage.pairs import SqlPairReader
 from convergent.server.storage.schema import anchor_sets, anchors, fits, gallery_items, model_versions, models
@@ -410,7 +410,8 @@ class SqlStore:
                 self._bump_version(conn, tenant, anchor_set, destructive=True)
             changed_galleries = sorted(removed)
             before = {name: self.galleries.record_in(conn, tenant, name) for name in changed_galleries}
-            bump_gallery_versions(conn, tenant, changed_galleries)
+            for name in changed_galleries:
+                record_gallery_change(conn, tenant, name, -len(removed[name]))
             if before_commit is not None:
                 for name in changed_galleries:
                     before_commit(GalleryChange(

@@ -73,6 +73,57 @@ def test_migrations_upgrade_an_old_database(tmp_path: Path):
     engine.dispose()
 
 
+def test_migrations_build_exactly_the_schema_the_code_declares(database_url):
+    """Alembic's comparison of the migrated database with ``schema.metadata`` finds nothing to
+    change (a column added to one but not the other fails here)."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from convergent.server.storage.schema import metadata
+
+    engine = db.create_engine(database_url)
+    db.migrate(engine)
+    try:
+        with engine.connect() as conn:
+            context = MigrationContext.configure(conn, opts={"compare_type": True})
+            assert compare_metadata(context, metadata) == []
+    finally:
+        engine.dispose()
+
+
+def test_migration_0006_backfills_gallery_sizes_and_enrolment_numbers(tmp_path: Path):
+    """Galleries enrolled before 0006 get their item count and newest enrolment number; the next
+    enrolment continues after it."""
+    from convergent.server.storage.sql import SqlStore
+
+    url = f"sqlite:///{tmp_path / 'old.sqlite3'}"
+    engine = db.create_engine(url)
+    db.migrate(engine, "0005")
+    with engine.connect().execution_options(write=True) as conn, conn.begin():
+        conn.exec_driver_sql(
+            "INSERT INTO galleries (tenant, name, model, model_version, index_kind, created_at, version) "
+            "VALUES ('t', 'g', 'm', 1, 'exact', 0, 3), ('t', 'empty', 'm', 1, 'exact', 0, 2)"
+        )
+        for item, seq in (("a", 1), ("c", 7)):
+            conn.exec_driver_sql(
+                "INSERT INTO gallery_items (tenant, gallery, item_id, seq, vector) VALUES ('t', 'g', ?, ?, ?)",
+                (item, seq, np.ones(2, "<f4").tobytes()),
+            )
+    db.migrate(engine)
+    with engine.connect() as conn:
+        rows = conn.exec_driver_sql("SELECT name, size, last_seq FROM galleries ORDER BY name").all()
+    assert [tuple(r) for r in rows] == [("empty", 0, 0), ("g", 2, 7)]
+    engine.dispose()
+    store = SqlStore(url)
+    try:
+        record, _, _, _ = store.galleries.enroll("t", "g", "m", 1, "exact", [(["d"], np.ones((1, 2)))])
+        assert record.size == 3 and record.version == 4
+        assert store.galleries.items("t", "g", 2)[1] == ["a", "c", "d"]  # enrolment order kept
+        assert store.galleries.remove("t", "g", ["a", "nope"])[:2] == (1, 2)
+    finally:
+        store.close()
+
+
 def test_upload_normalises_and_is_idempotent(registry: Registry, rng):
     registry.register_model(T, "a", dim=8, normalize=True)
     ids = [f"x{i}" for i in range(30)]
