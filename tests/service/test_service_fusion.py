@@ -80,8 +80,11 @@ def test_fusion_on_real_faces_with_a_weak_third_party(client: Client, realdata):
         rng = np.random.default_rng(draw)
         gallery = np.array([rng.choice(unseen[labels[unseen] == p]) for p in range(20, 40)])
         probes = np.setdiff1d(unseen, gallery)
-        name = f"mobileface-{draw}"
-        client.enroll(gallery=name, model="mobileface", ids=[f"person{labels[i]}" for i in gallery], vectors=views["mobileface"][gallery])
+        name = "mobileface"  # re-enrolled each draw (one collection on Milvus, changed in place)
+        enrolled = [f"person{labels[i]}" for i in gallery]
+        if draw:
+            assert client.remove(gallery=name, ids=enrolled) == len(enrolled)
+        client.enroll(gallery=name, model="mobileface", ids=enrolled, vectors=views["mobileface"][gallery])
         truth = [f"person{label}" for label in labels[probes]]
         for party in ("dlib", "facenet", "pixels"):
             r = client.identify(gallery=name, vectors=views[party][probes], model=party, k=1)
