@@ -14,11 +14,18 @@ import numpy as np
 import sqlalchemy as sa
 
 from convergent.server.errors import AlreadyExists, InvalidInput, NotFound, SpaceMismatch
-from convergent.server.registry.records import AnchorSetRecord, ErasureReport, ModelRecord, UploadResult
+from convergent.server.registry.records import (
+    AnchorSetRecord,
+    BeforeCommit,
+    ErasureReport,
+    GalleryChange,
+    ModelRecord,
+    UploadResult,
+)
 from convergent.server.storage import db
 from convergent.server.storage.guards import check_quota, ensure_wanted, stored_vectors
 from convergent.server.storage.fit_store import FitStore
-from convergent.server.storage.gallery_store import BeforeCommit, GalleryChange, GalleryStore, record_gallery_change
+from convergent.server.storage.gallery_store import GalleryStore, record_gallery_change
 from convergent.server.storage.key_store import KeyStore
 from convergent.server.storage.pairs import SqlPairReader
 from convergent.server.storage.schema import anchor_sets, anchors, fits, gallery_items, model_versions, models
