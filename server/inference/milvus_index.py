@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -125,6 +126,7 @@ class MilvusCatalog:
             Path(uri).parent.mkdir(parents=True, exist_ok=True)
         self.options = {"M": M, "ef_construction": ef_construction, "ef_search": ef_search}
         self._indexes: dict[tuple[str, int, str], MilvusIndex] = {}
+        self._indexes_lock = threading.Lock()  # one creation per collection among a server's threads
         self.client = client if client is not None else MilvusClient(uri, **({"token": token} if token else {}))
         if not self.client.has_collection(STATE_COLLECTION):
             schema = self.client.create_schema(auto_id=False, enable_dynamic_field=False)
@@ -136,8 +138,13 @@ class MilvusCatalog:
             self.client.create_collection(STATE_COLLECTION, schema=schema, index_params=params, consistency_level="Strong")
 
     def close(self) -> None:
-        self._indexes.clear()
+        with self._indexes_lock:
+            self._indexes.clear()
         self.client.close()
+
+    def galleries(self) -> list[str]:
+        """Names of the gallery collections (all but the state collection)."""
+        return [name for name in self.client.list_collections() if name != STATE_COLLECTION]
 
     def state(self, collection: str) -> str | None:
         """The token recorded for ``collection`` (None: never built or dropped)."""
@@ -150,14 +157,16 @@ class MilvusCatalog:
     def index(self, collection: str, dim: int, index: str) -> MilvusIndex:
         """The collection as an index (created empty if missing)."""
         key = (collection, dim, index)
-        found = self._indexes.get(key)
-        if found is None:
-            found = self._indexes[key] = MilvusIndex(dim, self.uri, collection, index=index, client=self.client, **self.options)
-        return found
+        with self._indexes_lock:
+            found = self._indexes.get(key)
+            if found is None:
+                found = self._indexes[key] = MilvusIndex(dim, self.uri, collection, index=index, client=self.client, **self.options)
+            return found
 
     def _forget(self, collection: str) -> None:
-        for key in [key for key in self._indexes if key[0] == collection]:
-            self._indexes.pop(key, None)
+        with self._indexes_lock:
+            for key in [key for key in self._indexes if key[0] == collection]:
+                del self._indexes[key]
 
     def drop(self, collection: str) -> None:
         """Delete the collection and its state."""

@@ -14,6 +14,7 @@ gallery is a Milvus collection changed inside the database's write transaction (
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
@@ -41,6 +42,8 @@ from convergent.server.registry.service import (
 )
 from convergent.server.settings import ServerSettings
 from convergent.server.storage.protocols import Store
+
+log = logging.getLogger("convergent.galleries")
 
 INDEX_KINDS = ("exact", "hnsw")
 CALIBRATION_ANCHORS = 2000     # anchors sampled for the default (anchor-set) calibration
@@ -114,6 +117,7 @@ class Galleries:
         self._entries: dict[tuple[str, str], _Entry] = {}
         self._entries_lock = threading.Lock()
         self._milvus = None  # MilvusCatalog, when gallery_backend is "milvus"
+        self._connecting: threading.Thread | None = None
         # fit id -> PairScores of its anchor calibration (fits are immutable); the newest few only
         self._anchor_scores: OrderedDict[str, object] = OrderedDict()
         self._anchor_scores_lock = threading.Lock()
@@ -292,8 +296,30 @@ class Galleries:
                     )
             return self._milvus
 
+    def connect_backend(self) -> threading.Thread | None:
+        """Milvus only: connect in the background now (not on the first gallery call) and log
+        whether it answered, so a wrong URI shows in the log at start-up. Gallery calls answer
+        UNAVAILABLE while Milvus cannot be reached; everything else serves."""
+        if not self._milvus_backend:
+            return None
+
+        def connect() -> None:
+            try:
+                catalog = self._catalog()
+            except Exception as exc:  # noqa: BLE001 - reported, retried on the next gallery call
+                log.warning("Milvus at %s is not reachable (%s): gallery calls answer UNAVAILABLE until it is",
+                            self.settings.resolved_milvus_uri(), exc.__cause__ or exc)
+                return
+            log.info("galleries in Milvus at %s (%d gallery collections)", catalog.uri, len(catalog.galleries()))
+
+        self._connecting = threading.Thread(target=connect, name="milvus-connect", daemon=True)
+        self._connecting.start()
+        return self._connecting
+
     def close(self) -> None:
         """Close the Milvus client, if one was opened (the server is stopping)."""
+        if self._connecting is not None:
+            self._connecting.join(timeout=30)
         with self._entries_lock:
             catalog, self._milvus = self._milvus, None
         if catalog is not None:

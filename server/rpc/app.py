@@ -129,6 +129,7 @@ class ConvergentServer:
         bootstrap = load_bootstrap_keys(s.bootstrap_keys_file) if s.bootstrap_keys_file else None
         authenticator = Authenticator(s.auth_enabled(), self.store.keys, bootstrap)
         galleries = Galleries(self.store, alignment, s)
+        galleries.connect_backend()
         self._backend.open(Registry(self.store, s), alignment, galleries, authenticator)
         if s.metrics_port is not None:
             self.metrics.watch_store(self.store.vector_counts, galleries.index_sizes)

@@ -206,13 +206,14 @@ def test_fits_and_transforms_during_uploads_see_committed_snapshots(server):
 
 
 @pytest.mark.slow
-def test_enroll_and_identify_concurrently_show_only_committed_ids(server):
-    """2 enrolling clients add batches of 10 (and send batches that are rejected whole: fresh
+def test_enroll_and_identify_concurrently_show_only_committed_ids(gallery_server):
+    """(In-process indexes and Milvus, both databases.) 2 enrolling clients add batches of 10 (and send batches that are rejected whole: fresh
     ids plus one already enrolled -> ALREADY_EXISTS); 2 identifying clients search meanwhile
     with k larger than the gallery will ever be. Every answer's width (the gallery size at that
     moment) is a whole number of batches, every returned id belongs to an accepted batch, none
     to a rejected one, and probes equal to vectors acknowledged before the call find themselves
     first."""
+    server = gallery_server
     batch, n_enrollers, n_batches = 10, 2, 8
     dim = 16
     rng = np.random.default_rng(424242)  # not one of the batch seeds below (equal vectors would tie)

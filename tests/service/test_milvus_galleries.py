@@ -158,3 +158,23 @@ def test_milvus_unreachable_is_unavailable_and_stores_nothing(start_server):
         with pytest.raises(errors.Unavailable, match="Milvus"):
             c.enroll(gallery="g", model="m", ids=["a"], vectors=np.ones((1, 4)))
         assert c.list_galleries() == []
+
+
+def test_start_up_logs_whether_milvus_answers(start_server, tmp_path, caplog):
+    import logging
+
+    import time
+
+    def logged() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.name == "convergent.galleries"]
+
+    with caplog.at_level(logging.INFO, logger="convergent.galleries"):
+        good = start_server(gallery_backend="milvus")
+        start_server(gallery_backend="milvus", milvus_uri="http://127.0.0.1:9")
+        expected = (f"galleries in Milvus at {good.settings.resolved_milvus_uri()} (0 gallery collections)",
+                    "Milvus at http://127.0.0.1:9 is not reachable")
+        deadline = time.monotonic() + 60  # the connection is made in the background
+        while not all(any(m.startswith(e) for m in logged()) for e in expected):
+            assert time.monotonic() < deadline, logged()
+            time.sleep(0.1)
+    assert any("gallery calls answer UNAVAILABLE until it is" in m for m in logged())
