@@ -18,10 +18,14 @@ def make_settings(data_dir: Path, **overrides: object) -> ServerSettings:
     return ServerSettings(host="127.0.0.1", port=0, data_dir=data_dir, workers=4, **overrides)
 
 
+def _require_milvus() -> None:
+    pytest.importorskip("pymilvus", reason="pymilvus is not installed (extra 'milvus')")
+    pytest.importorskip("milvus_lite", reason="milvus-lite is not installed (extra 'milvus')")
+
+
 def _serve(request, tmp_path: Path, database: str, gallery_backend: str = "local") -> Iterator[ConvergentServer]:
     if gallery_backend == "milvus":
-        pytest.importorskip("pymilvus", reason="pymilvus is not installed (extra 'milvus')")
-        pytest.importorskip("milvus_lite", reason="milvus-lite is not installed (extra 'milvus')")
+        _require_milvus()
     database_url = request.getfixturevalue("fresh_postgres") if database == "postgresql" else None
     settings = make_settings(tmp_path / "data", database_url=database_url, gallery_backend=gallery_backend)
     with ConvergentServer(settings) as running:  # milvus: a milvus-lite file in the data folder
@@ -46,8 +50,7 @@ def gallery_server(request, tmp_path: Path) -> Iterator[ConvergentServer]:
 def gallery_backend(request) -> str:
     """Both gallery backends, for tests that start their own servers (``start_server``)."""
     if request.param == "milvus":
-        pytest.importorskip("pymilvus", reason="pymilvus is not installed (extra 'milvus')")
-        pytest.importorskip("milvus_lite", reason="milvus-lite is not installed (extra 'milvus')")
+        _require_milvus()
     return request.param
 
 
