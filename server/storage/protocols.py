@@ -63,6 +63,15 @@ class GalleryStorage(Protocol):
                          b_version: int, d_b: int) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None: ...
 
 
+class PairStatsStorage(Protocol):
+    """Statistics of an anchor set's (source, target) pairs; key = (anchor set, source, source
+    version, target, target version)."""
+
+    def load(self, tenant: str, key: tuple[str, str, int, str, int]) -> tuple[int, int, dict[str, np.ndarray]] | None: ...
+    def save(self, tenant: str, key: tuple[str, str, int, str, int], data_version: int, n: int,
+             arrays: dict[str, np.ndarray]) -> bool: ...
+
+
 class KeyStorage(Protocol):
     def insert(self, key_id: str, tenant: str, name: str, role: str, secret_sha256: str) -> None: ...
     def get(self, key_id: str): ...  # noqa: ANN201 - a row with tenant, role, secret_sha256, revoked_at
@@ -76,6 +85,7 @@ class Store(Protocol):
     fits: FitStorage
     galleries: GalleryStorage
     keys: KeyStorage
+    pair_stats: PairStatsStorage
 
     def insert_model(self, tenant: str, name: str, dim: int, normalize: bool) -> ModelRecord: ...
     def get_model(self, tenant: str, name: str) -> ModelRecord: ...

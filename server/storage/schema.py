@@ -65,6 +65,28 @@ anchors = sa.Table(
 
 sa.Index("ix_anchors_model", anchors.c.tenant, anchors.c.model, anchors.c.anchor_set)
 
+# Statistics of all (source, target) pairs of an anchor set at one data version: float64 count,
+# sums and cross-products (an .npz, no pickle), so a restarted server or another replica fits
+# from them instead of reading every pair again. They summarise the anchors, so a delete,
+# overwrite or erasure in the set deletes them in its transaction.
+pair_stats = sa.Table(
+    "pair_stats",
+    metadata,
+    sa.Column("tenant", sa.String(128), primary_key=True),
+    sa.Column("anchor_set", sa.String(128), primary_key=True),
+    sa.Column("source", sa.String(128), primary_key=True),
+    sa.Column("source_version", sa.Integer, primary_key=True),
+    sa.Column("target", sa.String(128), primary_key=True),
+    sa.Column("target_version", sa.Integer, primary_key=True),
+    sa.Column("data_version", sa.BigInteger, nullable=False),
+    sa.Column("n", sa.BigInteger, nullable=False),
+    sa.Column("arrays", sa.LargeBinary, nullable=False),
+    sa.Column("saved_at", sa.Float, nullable=False),
+    sa.ForeignKeyConstraint(
+        ["tenant", "anchor_set"], ["anchor_sets.tenant", "anchor_sets.name"], ondelete="CASCADE"
+    ),
+)
+
 fits = sa.Table(
     "fits",
     metadata,

@@ -27,6 +27,7 @@ from convergent.server.storage.guards import check_quota, ensure_wanted, stored_
 from convergent.server.storage.fit_store import FitStore
 from convergent.server.storage.gallery_store import GalleryStore, record_gallery_change
 from convergent.server.storage.key_store import KeyStore
+from convergent.server.storage.pair_stats import PairStatsStore, delete_for_set
 from convergent.server.storage.pairs import SqlPairReader
 from convergent.server.storage.schema import anchor_sets, anchors, fits, gallery_items, model_versions, models
 
@@ -76,6 +77,7 @@ class SqlStore:
         self.fits = FitStore(self.engine)
         self.galleries = GalleryStore(self.engine)
         self.keys = KeyStore(self.engine)
+        self.pair_stats = PairStatsStore(self.engine)
 
     def describe(self) -> str:
         """The database URL with any password hidden (for logs)."""
@@ -197,6 +199,7 @@ class SqlStore:
         values = {"data_version": current + 1, "updated_at": now}
         if destructive:
             values["rewritten_version"] = current + 1
+            delete_for_set(conn, tenant, anchor_set)  # stored statistics summarise the old anchors
         conn.execute(
             anchor_sets.update()
             .where(anchor_sets.c.tenant == tenant, anchor_sets.c.name == anchor_set)

@@ -231,3 +231,86 @@ def test_params_struct_of_wrong_kind_over_raw_grpc(server):
         stub.FitAlignment(alignment_pb2.FitAlignmentRequest(source="a", target="b", anchor_set="s", method="ridge", params=params), timeout=5)
     channel.close()
     assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+
+
+def _stats_counts(server) -> tuple[int, int, int]:  # noqa: ANN001
+    cache = server._backend.alignment.stats_cache
+    return cache.full_reads, cache.stored_reads, cache.incremental_updates
+
+
+def _stored_pair_stats(server) -> list[tuple]:  # noqa: ANN001
+    import sqlalchemy as sa
+
+    from convergent.server.storage.schema import pair_stats
+
+    with server.store.engine.connect() as conn:
+        return [tuple(r) for r in conn.execute(sa.select(pair_stats.c.anchor_set, pair_stats.c.data_version, pair_stats.c.n))]
+
+
+def test_statistics_are_stored_so_a_restart_fits_warm(start_server, rng):
+    n, d = 300, 12
+    X = rng.standard_normal((n, d))
+    Y = X @ rng.standard_normal((d, d)) + 0.1 * rng.standard_normal((n, d))
+    ids = [f"id{i:04d}" for i in range(n)]
+    first = start_server()
+    with Client(first.address) as client:
+        upload_pair(client, X[:200], Y[:200], ids=ids[:200])
+        before = client.fit_alignment("a", "b", anchor_set="s", method="ridge", alpha=1.0)
+    assert _stats_counts(first) == (1, 0, 0) and _stored_pair_stats(first) == [("s", 2, 200)]
+    first.stop(grace=0.5)
+    second = start_server(data_dir=first.settings.data_dir)
+    with Client(second.address) as client:
+        again = client.fit_alignment("a", "b", anchor_set="s", method="ridge", alpha=1.0)
+        np.testing.assert_allclose(client.export_fit(again.id)["W"], client.export_fit(before.id)["W"], rtol=1e-12)
+        assert _stats_counts(second) == (0, 1, 0)  # from the database, no pair read
+        # New anchors after a restart: stored statistics + the new pairs only.
+        upload_pair(client, X[200:], Y[200:], ids=ids[200:])
+        second.stop(grace=0.5)
+    third = start_server(data_dir=first.settings.data_dir)
+    with Client(third.address) as client:
+        grown = client.fit_alignment("a", "b", anchor_set="s", method="ridge", alpha=1.0)
+        grown_W = client.export_fit(grown.id)["W"]
+        assert _stats_counts(third) == (0, 1, 1) and grown.metrics["n_anchors"] == n
+        assert _stored_pair_stats(third) == [("s", 4, n)]
+        # An overwrite or an erasure deletes the stored statistics in its own transaction (they
+        # summarise the old vectors); the next fit reads every pair again.
+        client.erase(["id0007"])
+        assert _stored_pair_stats(third) == []
+        client.fit_alignment("a", "b", anchor_set="s", method="ridge", alpha=1.0)
+        assert _stats_counts(third)[0] == 1 and _stored_pair_stats(third) == [("s", 5, n - 1)]
+    fresh = start_server()
+    with Client(fresh.address) as other:  # the same pairs from scratch: the same map
+        upload_pair(other, X, Y, ids=ids)
+        reference = other.fit_alignment("a", "b", anchor_set="s", method="ridge", alpha=1.0)
+        np.testing.assert_allclose(other.export_fit(reference.id)["W"], grown_W, rtol=1e-9)
+
+
+def test_stored_statistics_are_shared_by_replicas(start_server, fresh_postgres, rng):
+    X = rng.standard_normal((150, 6))
+    a, b = start_server(database_url=fresh_postgres), start_server(database_url=fresh_postgres)
+    with Client(a.address) as ca, Client(b.address) as cb:
+        upload_pair(ca, X, X @ rng.standard_normal((6, 6)))
+        ca.fit_alignment("a", "b", anchor_set="s", method="procrustes")
+        cb.fit_alignment("a", "b", anchor_set="s", method="procrustes")
+    assert _stats_counts(a)[:2] == (1, 0) and _stats_counts(b)[:2] == (0, 1)
+
+
+def test_statistics_computed_before_a_rewrite_are_not_stored(tmp_path):
+    """A fit that read the set before a concurrent delete must not store what it computed."""
+    from convergent.server.storage.sql import SqlStore
+
+    store = SqlStore(f"sqlite:///{tmp_path / 's.sqlite3'}")
+    try:
+        a, b = store.insert_model("t", "a", 2, False), store.insert_model("t", "b", 2, False)
+        for model in (a, b):
+            store.write_anchors("t", "s", model, [(["x", "y", "z"], np.eye(3, 2))], overwrite=False)
+        arrays = {"sum_x": np.zeros(2), "sum_y": np.zeros(2), "xtx": np.eye(2), "xty": np.eye(2), "yty": np.eye(2)}
+        key = ("s", "a", a.version, "b", b.version)
+        store.delete_anchors("t", "s", "a", ["x"])  # version 3, rewritten at 3
+        assert store.pair_stats.save("t", key, 2, 3, arrays) is False  # computed at 2: holds 'x'
+        assert store.pair_stats.save("t", key, 3, 2, arrays) is True
+        assert store.pair_stats.save("t", key, 3, 2, arrays) is False  # not newer than the stored
+        version, n, loaded = store.pair_stats.load("t", key)
+        assert (version, n) == (3, 2) and np.array_equal(loaded["xtx"], np.eye(2))
+    finally:
+        store.close()

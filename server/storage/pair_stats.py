@@ -1,0 +1,71 @@
+"""Stored statistics of an anchor set's pairs (see ``schema.pair_stats``)."""
+
+from __future__ import annotations
+
+import io
+import time
+
+import numpy as np
+import sqlalchemy as sa
+
+from convergent.server.storage import db
+from convergent.server.storage.schema import anchor_sets, pair_stats
+
+# Larger statistics (d_x, d_y of several thousand) stay in memory only: a row this size is
+# already ~6 s of writing on a slow disk, and PostgreSQL's bytea stops at 1 GB.
+MAX_STORED_BYTES = 256 * 1024 * 1024
+
+PairKey = tuple[str, str, int, str, int]  # (anchor set, source, source version, target, target version)
+
+
+def _where(tenant: str, key: PairKey) -> sa.ColumnElement:
+    anchor_set, source, source_version, target, target_version = key
+    c = pair_stats.c
+    return sa.and_(
+        c.tenant == tenant, c.anchor_set == anchor_set, c.source == source, c.source_version == source_version,
+        c.target == target, c.target_version == target_version,
+    )
+
+
+def delete_for_set(conn: sa.Connection, tenant: str, anchor_set: str) -> None:
+    """Inside the transaction that deletes or replaces anchors of the set."""
+    conn.execute(pair_stats.delete().where(pair_stats.c.tenant == tenant, pair_stats.c.anchor_set == anchor_set))
+
+
+class PairStatsStore:
+    def __init__(self, engine: sa.Engine) -> None:
+        self.engine = engine
+
+    def load(self, tenant: str, key: PairKey) -> tuple[int, int, dict[str, np.ndarray]] | None:
+        """(data version, n, arrays) stored for the pair, or None."""
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(pair_stats.c.data_version, pair_stats.c.n, pair_stats.c.arrays)
+                               .where(_where(tenant, key))).first()
+        if row is None:
+            return None
+        with np.load(io.BytesIO(row.arrays), allow_pickle=False) as npz:
+            return int(row.data_version), int(row.n), {name: npz[name] for name in npz.files}
+
+    def save(self, tenant: str, key: PairKey, data_version: int, n: int, arrays: dict[str, np.ndarray]) -> bool:
+        """Store statistics computed at ``data_version``, unless the set was rewritten after that
+        version or newer statistics are stored already; True if stored."""
+        if sum(a.nbytes for a in arrays.values()) > MAX_STORED_BYTES:
+            return False
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)
+        with db.write_connection(self.engine) as conn, conn.begin():
+            rewritten = conn.execute(sa.select(anchor_sets.c.rewritten_version).where(
+                anchor_sets.c.tenant == tenant, anchor_sets.c.name == key[0])).scalar()
+            if rewritten is None or rewritten > data_version:
+                return False  # the set is gone or lost anchors since: these statistics include them
+            stored = conn.execute(sa.select(pair_stats.c.data_version).where(_where(tenant, key))).scalar()
+            if stored is not None and stored >= data_version:
+                return False
+            conn.execute(pair_stats.delete().where(_where(tenant, key)))
+            anchor_set, source, source_version, target, target_version = key
+            conn.execute(pair_stats.insert().values(
+                tenant=tenant, anchor_set=anchor_set, source=source, source_version=source_version, target=target,
+                target_version=target_version, data_version=data_version, n=n, arrays=buffer.getvalue(),
+                saved_at=time.time(),
+            ))
+        return True
