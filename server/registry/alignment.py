@@ -2,8 +2,9 @@
 
 Statistics of all pairs of (source, target, anchor set) are cached per model versions, stored
 in the database for restarts and other replicas, and updated incrementally with the anchors
-written since (recomputed after a delete, an overwrite or an erasure). Each fit holds out ``min(20% of pairs, 2000)`` anchors chosen by a seeded hash of
-their ids, scores the map (or every ``auto`` candidate) on them, and refits on all pairs.
+written since (recomputed after a delete, an overwrite or an erasure). Each fit holds out
+``min(20% of pairs, 2000)`` anchors chosen by a seeded hash of their ids, scores the map (or
+every ``auto`` candidate) on them, and refits on all pairs.
 """
 
 from __future__ import annotations
@@ -246,6 +247,7 @@ class Alignment:
             cached = self.stats_cache.get(key)
             if not usable(cached):
                 cached = self._stored_stats(tenant, key, source, target)
+                self.stats_cache.stored_reads += usable(cached)
             stats, since = self._stats_since(cached if usable(cached) else None, reader, version.data_version, source, target)
             ids = reader.pair_ids()
             if stats.n != len(ids):  # what we started from disagrees with the table: read everything
@@ -295,7 +297,6 @@ class Alignment:
         if {name: arrays[name].shape for name in shapes if name in arrays} != shapes:
             log.error("stored statistics of %s have other shapes than the models: ignored", key)
             return None
-        self.stats_cache.stored_reads += 1
         return _Cached(data_version, PairedStats(n, **{name: arrays[name] for name in shapes}))
 
     # ------------------------------------------------------------ fitting
