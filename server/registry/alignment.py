@@ -264,9 +264,8 @@ class Alignment:
         """Store statistics a fit computed, for restarts and other replicas (after the fit is
         stored: a rejected fit writes nothing)."""
         if snap.computed:
-            stats = snap.stats
-            arrays = {name: getattr(stats, name) for name in ("sum_x", "sum_y", "xtx", "xty", "yty")}
-            self.store.pair_stats.save(snap.key[0], snap.key[1:], snap.data_version, stats.n, arrays)
+            params, arrays = snap.stats.get_state()
+            self.store.pair_stats.save(snap.key[0], snap.key[1:], snap.data_version, params["n"], arrays)
 
     def _stats_since(self, start: _Cached | None, reader, data_version: int, source: ModelRecord, target: ModelRecord):  # noqa: ANN001, ANN202
         """(statistics at ``data_version``, the version they started from): ``start`` plus the
@@ -285,19 +284,19 @@ class Alignment:
         return stats, since
 
     def _stored_stats(self, tenant: str, key: tuple, source: ModelRecord, target: ModelRecord) -> _Cached | None:
-        """The pair's statistics stored in the database, if their shapes fit the models."""
+        """The pair's statistics stored in the database, if they fit the models."""
         from convergent.server.align import PairedStats
 
         stored = self.store.pair_stats.load(tenant, key[1:])
         if stored is None:
             return None
         data_version, n, arrays = stored
-        shapes = {"sum_x": (source.dim,), "sum_y": (target.dim,), "xtx": (source.dim, source.dim),
-                  "xty": (source.dim, target.dim), "yty": (target.dim, target.dim)}
-        if {name: arrays[name].shape for name in shapes if name in arrays} != shapes:
-            log.error("stored statistics of %s have other shapes than the models: ignored", key)
+        try:
+            stats = PairedStats.from_state({"n": n, "d_x": source.dim, "d_y": target.dim}, arrays)
+        except InvalidInput as exc:
+            log.error("stored statistics of %s are ignored: %s", key, exc)
             return None
-        return _Cached(data_version, PairedStats(n, **{name: arrays[name] for name in shapes}))
+        return _Cached(data_version, stats)
 
     # ------------------------------------------------------------ fitting
     def fit(self, tenant: str, source: str, target: str, anchor_set: str, method: str, params: dict) -> FitRecord:
