@@ -87,6 +87,14 @@ def as_ids(ids, name: str = "ids") -> list[str]:
     return out
 
 
+def removal_ids(ids) -> list[str]:  # noqa: ANN001
+    """The distinct string ids of a removal, in order (others are ignored, as unknown ids are);
+    a bare string is refused: it would otherwise be read as one id per character."""
+    if isinstance(ids, (str, bytes)):
+        raise InvalidInput("ids must be a sequence of strings, not a single string")
+    return [i for i in dict.fromkeys(ids) if isinstance(i, str)]
+
+
 def new_entries(ids, vectors, dim: int, present) -> tuple[list[str], np.ndarray]:  # noqa: ANN001
     """Validated (ids, vectors (n, dim)) to add to an index; ``present(ids)`` -> the ids it holds
     already, which are :class:`AlreadyExists` (remove one first to replace its vector)."""

@@ -24,7 +24,7 @@ from typing import Iterable, Protocol, Sequence, runtime_checkable
 import numpy as np
 
 from convergent.server.errors import InvalidInput
-from convergent.server.inference._validate import as_ids, as_vectors, new_entries, positive_int
+from convergent.server.inference._validate import as_ids, as_vectors, new_entries, positive_int, removal_ids
 
 try:  # torch is a server dependency; keep the module importable without it
     import torch
@@ -254,9 +254,7 @@ class ExactIndex:
 
     def remove(self, ids: Iterable[str]) -> int:
         """Delete ``ids`` (unknown ones ignored); returns the number removed."""
-        if isinstance(ids, (str, bytes)):
-            raise InvalidInput("ids must be a sequence of strings, not a single string")
-        gone = {i for i in ids if isinstance(i, str) and i in self._pos}
+        gone = {i for i in removal_ids(ids) if i in self._pos}
         if not gone:
             return 0
         pos = np.sort(np.fromiter((self._pos.pop(i) for i in gone), dtype=np.int64, count=len(gone)))
@@ -432,9 +430,7 @@ class HnswIndex:
 
     def remove(self, ids: Iterable[str]) -> int:
         """Mark ``ids`` deleted (unknown ids ignored); returns the number removed."""
-        if isinstance(ids, (str, bytes)):
-            raise InvalidInput("ids must be a sequence of strings, not a single string")
-        gone = {i for i in ids if isinstance(i, str) and i in self._pos}
+        gone = {i for i in removal_ids(ids) if i in self._pos}
         if not gone:
             return 0
         self._live[[self._pos.pop(i) for i in gone]] = False

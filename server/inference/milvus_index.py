@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from convergent.server.errors import InvalidInput, Unavailable
-from convergent.server.inference._validate import as_vectors, new_entries, positive_int
+from convergent.server.inference._validate import as_vectors, new_entries, positive_int, removal_ids
 
 log = logging.getLogger("convergent.milvus")
 
@@ -79,8 +79,7 @@ class MilvusIndex:
 
     def remove(self, ids: Iterable[str]) -> int:
         """Delete ids (unknown ones are ignored); returns how many were removed."""
-        ids = [i for i in dict.fromkeys(ids) if isinstance(i, str)]
-        present = self._present(ids)
+        present = self._present(removal_ids(ids))
         if present:
             self.client.delete(self.collection, ids=present)
         return len(present)
