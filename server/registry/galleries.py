@@ -27,15 +27,16 @@ from convergent.server.errors import (
     FailedPrecondition,
     InvalidInput,
     NotFound,
-    ResourceExhausted,
     SpaceMismatch,
 )
 from convergent.server.registry import paging
 from convergent.server.registry.alignment import Alignment
 from convergent.server.registry.records import BeforeCommit, FitRecord, GalleryChange, GalleryRecord, ModelRecord, Page
 from convergent.server.registry.service import (
+    check_message_size,
     check_model_version,
     check_stream_complete,
+    check_stream_ids,
     check_stream_order,
     prepare_vectors,
     valid_name,
@@ -164,19 +165,8 @@ class Galleries:
                 model = check_model_version(self.store.get_model(tenant, chunk.model), chunk.model_version)
             elif (chunk.gallery, chunk.model) not in (("", ""), (header.gallery, header.model)):
                 raise InvalidInput(f"message {number} names another gallery or model than the first message")
-            if len(chunk.ids) > self.settings.max_vectors_per_message:
-                raise ResourceExhausted(
-                    f"message {number} holds {len(chunk.ids)} vectors; the limit is "
-                    f"max_vectors_per_message={self.settings.max_vectors_per_message}"
-                )
-            if chunk.vectors.shape[0] != len(chunk.ids):
-                raise InvalidInput(f"message {number}: {len(chunk.ids)} ids but {chunk.vectors.shape[0]} vector rows")
-            for item in chunk.ids:
-                if not item or len(item) > self.settings.max_id_length:
-                    raise InvalidInput(f"ids must have 1-{self.settings.max_id_length} characters, got {item[:40]!r}")
-                if item in seen:
-                    raise AlreadyExists(f"id {item!r} appears twice in one enroll")
-                seen.add(item)
+            check_message_size(number, len(chunk.ids), chunk.vectors.shape[0], self.settings.max_vectors_per_message)
+            check_stream_ids(chunk.ids, seen, self.settings.max_id_length, "id", "enroll", AlreadyExists)
             if chunk.ids:
                 blocks.append(prepare_vectors(model, chunk.vectors, f"message {number}: vectors"))
                 ids += chunk.ids
@@ -421,8 +411,7 @@ class Galleries:
     ) -> IdentifyResult:
         """Top-k gallery items per probe; probes of another model go through its latest fit
         (or the fit ``fit_id``, which must map the probe model into the gallery model)."""
-        if k <= 0 or k > self.settings.max_k:
-            raise InvalidInput(f"k must be in 1..{self.settings.max_k}, got {k}")
+        self._check_k(k)
         gallery = self.get(tenant, name)
         valid_name(model_name, "model name")
         probe_model = check_model_version(self.store.get_model(tenant, model_name), model_version)
@@ -446,6 +435,10 @@ class Galleries:
         width = min(k, size)
         return IdentifyResult([row[:width] for row in ids], np.asarray(scores, np.float32)[:, :width], _route_name(fit))
 
+    def _check_k(self, k: int) -> None:
+        if k <= 0 or k > self.settings.max_k:
+            raise InvalidInput(f"k must be in 1..{self.settings.max_k}, got {k}")
+
     # ------------------------------------------------------------ federated identify
     def route_weight(self, fit: FitRecord | None, src: ModelRecord, tgt: ModelRecord) -> tuple[float, str]:
         """Weight of a party in fusion: the share of the gallery model's variance its route
@@ -466,8 +459,7 @@ class Galleries:
         """Fuse several parties' probes (model, version, (n, d_model)) of the same n subjects."""
         from convergent.server.inference import fuse_dense, fuse_scores
 
-        if k <= 0 or k > self.settings.max_k:
-            raise InvalidInput(f"k must be in 1..{self.settings.max_k}, got {k}")
+        self._check_k(k)
         if not parties:
             raise InvalidInput("give at least one party's probes")
         models = [p[0] for p in parties]

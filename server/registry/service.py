@@ -88,6 +88,27 @@ def check_stream_order(number: int, chunk_last: bool, seen_last: bool) -> bool:
     return chunk_last
 
 
+def check_message_size(number: int, n_ids: int, rows: int, limit: int) -> None:
+    """One message of an upload or enroll stream: at most ``limit`` vectors, one row per id."""
+    if n_ids > limit:
+        raise ResourceExhausted(f"message {number} holds {n_ids} vectors; the limit is max_vectors_per_message={limit}")
+    if rows != n_ids:
+        raise InvalidInput(f"message {number}: {n_ids} ids but {rows} vector rows")
+
+
+def check_stream_ids(
+    ids: Iterable[str], seen: set[str], max_length: int, noun: str, stream: str, duplicate: type[Exception]
+) -> None:
+    """Ids of one stream message: 1..max_length characters, each once in the whole stream
+    (``seen`` collects them; a repeat raises ``duplicate``)."""
+    for item in ids:
+        if not item or len(item) > max_length:
+            raise InvalidInput(f"{noun}s must have 1-{max_length} characters, got {item[:40]!r}")
+        if item in seen:
+            raise duplicate(f"{noun} {item!r} appears twice in one {stream}")
+        seen.add(item)
+
+
 def check_stream_complete(seen_last: bool) -> None:
     if not seen_last:
         raise InvalidInput(
@@ -139,7 +160,6 @@ class Registry:
         seen_last = False
         seen: set[str] = set()
         ids: list[str] = []
-        max_id = self.settings.max_id_length
         with tempfile.SpooledTemporaryFile(max_size=self.settings.spool_memory_bytes) as spool:
             for number, chunk in enumerate(chunks):
                 seen_last = check_stream_order(number, chunk.last, seen_last)
@@ -155,26 +175,13 @@ class Registry:
                         f"message {number} names another model or anchor set than the first message"
                     )
                 n = len(chunk.ids)
-                if n > self.settings.max_vectors_per_message:
-                    raise ResourceExhausted(
-                        f"message {number} holds {n} vectors; the limit is "
-                        f"max_vectors_per_message={self.settings.max_vectors_per_message}"
-                    )
-                if chunk.vectors.shape[0] != n:
-                    raise InvalidInput(
-                        f"message {number}: {n} ids but {chunk.vectors.shape[0]} vector rows"
-                    )
+                check_message_size(number, n, chunk.vectors.shape[0], self.settings.max_vectors_per_message)
                 if n and chunk.vectors.shape[1] != model.dim:
                     raise InvalidInput(
                         f"message {number}: vectors have dimension {chunk.vectors.shape[1]}, "
                         f"model {model.name!r} has dimension {model.dim}"
                     )
-                for anchor_id in chunk.ids:
-                    if not anchor_id or len(anchor_id) > max_id:
-                        raise InvalidInput(f"anchor ids must have 1-{max_id} characters, got {anchor_id[:40]!r}")
-                    if anchor_id in seen:
-                        raise InvalidInput(f"anchor id {anchor_id!r} appears twice in one upload")
-                    seen.add(anchor_id)
+                check_stream_ids(chunk.ids, seen, self.settings.max_id_length, "anchor id", "upload", InvalidInput)
                 try:
                     check_finite(chunk.vectors, first_row=len(ids))
                 except WireError as exc:
