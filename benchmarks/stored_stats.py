@@ -10,8 +10,8 @@ from the statistics stored by the first fit.
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -20,12 +20,13 @@ from convergent.client import Client
 from convergent.server.rpc.app import ConvergentServer
 from convergent.server.settings import ServerSettings
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import timed  # noqa: E402
+
 
 def timed_fit(server: ConvergentServer, method: str) -> float:
     with Client(server.address, timeout=3600) as client:
-        t0 = time.perf_counter()
-        client.fit_alignment("a", "b", anchor_set="s", method=method)
-        return time.perf_counter() - t0
+        return timed(client.fit_alignment, "a", "b", anchor_set="s", method=method)[0]
 
 
 def main() -> None:
