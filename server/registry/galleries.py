@@ -286,12 +286,12 @@ class Galleries:
                     )
             return self._milvus
 
-    def connect_backend(self) -> threading.Thread | None:
+    def connect_backend(self) -> None:
         """Milvus only: connect in the background now (not on the first gallery call) and log
         whether it answered, so a wrong URI shows in the log at start-up. Gallery calls answer
         UNAVAILABLE while Milvus cannot be reached; everything else serves."""
         if not self._milvus_backend:
-            return None
+            return
 
         def connect() -> None:
             try:
@@ -304,7 +304,6 @@ class Galleries:
 
         self._connecting = threading.Thread(target=connect, name="milvus-connect", daemon=True)
         self._connecting.start()
-        return self._connecting
 
     def close(self) -> None:
         """Close the Milvus client, if one was opened (the server is stopping)."""
