@@ -189,6 +189,15 @@ def identify_vs_gallery(sizes: list[int], hnsw_cap: int, dim: int = 512, batches
     return rows
 
 
+def _finish(fig, ax, path: Path) -> str:  # noqa: ANN001
+    """Grid, legend, layout; save ``path``; returns its file name."""
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return path.name
+
+
 def plot(out: dict, folder: Path) -> list[str]:
     import matplotlib
 
@@ -207,11 +216,7 @@ def plot(out: dict, folder: Path) -> list[str]:
     ax.plot([r["n"] for r in sk], [r["sklearn_ridgecv_s"] for r in sk], "x--", label="sklearn RidgeCV, in memory")
     ax.set(xscale="log", yscale="log", xlabel="paired anchors n (d = 512 -> 512)", ylabel="seconds",
            title="Ridge fit time vs n")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(folder / "fit_vs_n.png", dpi=110)
-    files.append("fit_vs_n.png")
+    files.append(_finish(fig, ax, folder / "fit_vs_n.png"))
 
     rows = out["fit_vs_d"]
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
@@ -222,11 +227,7 @@ def plot(out: dict, folder: Path) -> list[str]:
     ax.set(xscale="log", yscale="log", xlabel=f"dimension d (n = {rows[0]['n']:,})", ylabel="seconds",
            title="Fit time vs d")
     ax.set_xticks(ds, [str(d) for d in ds])
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(folder / "fit_vs_d.png", dpi=110)
-    files.append("fit_vs_d.png")
+    files.append(_finish(fig, ax, folder / "fit_vs_d.png"))
 
     rows = out["identify_vs_gallery"]
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
@@ -238,11 +239,7 @@ def plot(out: dict, folder: Path) -> list[str]:
                     textcoords="offset points", xytext=(4, 4))
     ax.set(xscale="log", yscale="log", xlabel="gallery size (d = 512)", ylabel="queries / s (batches of 256, k = 10)",
            title="Identify throughput vs gallery size (in process)")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(folder / "identify_vs_gallery.png", dpi=110)
-    files.append("identify_vs_gallery.png")
+    files.append(_finish(fig, ax, folder / "identify_vs_gallery.png"))
     plt.close("all")
     return files
 
