@@ -68,6 +68,16 @@ QUICK = dict(rounds=3, ingest_n=20_000, fit_n=20_000, fit_d=256, perm_n=20_000, 
 DIM = 512  # ingest, identify and transform dimension
 
 
+def interleaved(r: int, run_convergent, run_baseline) -> tuple:  # noqa: ANN001
+    """(convergent's result, the baseline's) of round ``r``; who runs first alternates by round,
+    so neither always meets the caches (or the machine's load) the other left."""
+    if r % 2:
+        first = run_convergent()
+        return first, run_baseline()
+    second = run_baseline()
+    return run_convergent(), second
+
+
 def ids_for(prefix: str, n: int) -> list[str]:
     return [f"{prefix}{i:07d}" for i in range(n)]
 
@@ -158,7 +168,7 @@ class Bench:
                 def run_b() -> float:
                     return timed(b.upload_anchors, "ing", anchor_set=f"ing{r}", ids=ids, vectors=X, chunk_size=512)[0]
 
-                tc, tb = (run_c(), run_b()) if r % 2 else (run_b(), run_c())[::-1]
+                tc, tb = interleaved(r, run_c, run_b)
                 if r:
                     ratios.append(tb / tc)
                     conv_t.append(tc)
@@ -210,11 +220,7 @@ class Bench:
                 def run_base() -> float:
                     return timed(baseline, X, Y)[0]
 
-                if r % 2:
-                    (tc, tw), tb = run_conv(), run_base()
-                else:
-                    tb = run_base()
-                    tc, tw = run_conv()
+                (tc, tw), tb = interleaved(r, run_conv, run_base)
                 if r:
                     cold.append(tc)
                     warm.append(tw)
@@ -280,7 +286,7 @@ class Bench:
                         out.append(client.identify("g", probes[s : s + batch], model="face", k=k))
                     return time.perf_counter() - t0, out
 
-                (tc, oc), (tb, ob) = (run(c), run(b)) if r % 2 else (run(b), run(c))[::-1]
+                (tc, oc), (tb, ob) = interleaved(r, lambda: run(c), lambda: run(b))
                 if agree is None:
                     agree = float(np.mean([a.ids == bb.ids for a, bb in zip(oc, ob)]))
                 if r:
@@ -331,7 +337,7 @@ class Bench:
                             out.append(client.transform(probes[s : s + batch], source="ts", target="tt"))
                         return time.perf_counter() - t0, out
 
-                    (tc, oc), (tb, ob) = (run(c), run(b)) if r % 2 else (run(b), run(c))[::-1]
+                    (tc, oc), (tb, ob) = interleaved(r, lambda: run(c), lambda: run(b))
                     if r == 0:
                         err = float(max(np.abs(a - bb).max() for a, bb in zip(oc, ob)))
                     if r:
