@@ -8,9 +8,11 @@ from convergent.client.types import (
     GalleryInfo,
     IdentifyResult,
     ModelInfo,
+    OperatingPoint,
     ServerInfo,
     TlsConfig,
     Usage,
+    VerificationReport,
     VerifyResult,
 )
 
@@ -22,8 +24,10 @@ __all__ = [
     "GalleryInfo",
     "IdentifyResult",
     "ModelInfo",
+    "OperatingPoint",
     "ServerInfo",
     "TlsConfig",
     "Usage",
+    "VerificationReport",
     "VerifyResult",
 ]

@@ -27,6 +27,8 @@ from convergent.client.types import (
     IdentifyResult,
     ModelInfo,
     ServerInfo,
+    OperatingPoint,
+    VerificationReport,
     VerifyResult,
 )
 from convergent.v1 import (
@@ -55,7 +57,7 @@ _IDEMPOTENT = {
     "convergent.v1.AnchorService": ("CountAnchors", "ListAnchorSets"),
     "convergent.v1.InfoService": ("GetServerInfo",),
     "convergent.v1.AlignmentService": ("GetFit", "ListFits", "Transform", "ExportFit"),
-    "convergent.v1.GalleryService": ("GetGallery", "ListGalleries", "Identify", "IdentifyFused", "Verify"),
+    "convergent.v1.GalleryService": ("GetGallery", "ListGalleries", "Identify", "IdentifyFused", "Verify", "VerificationReport"),
     "grpc.health.v1.Health": ("Check",),
 }
 _SERVICE_CONFIG = json.dumps(
@@ -475,7 +477,20 @@ class Client:
             scores=decode_matrix(r.scores)[:, 0].copy(), accept=np.array(r.accept, dtype=bool),
             threshold=r.threshold, far_requested=r.far_requested, far_calibration=r.far_calibration,
             tar_calibration=r.tar_calibration, calibration=r.calibration, n_genuine=r.n_genuine,
-            n_impostor=r.n_impostor, route=r.route,
+            n_impostor=r.n_impostor, route=r.route, calibration_pairs=r.calibration_pairs,
+            n_excluded=r.n_excluded,
+        )
+
+    def verification_report(self, a_model: str, b_model: str) -> VerificationReport:
+        """Operating points of the calibration :meth:`verify` uses for ``a_model`` -> ``b_model``:
+        TAR at FAR 1e-2 / 1e-3 / 1e-4 where the calibration pairs resolve it, and the EER."""
+        r = self._call(self._galleries.VerificationReport,
+                       galleries_pb2.VerificationReportRequest(a_model=a_model, b_model=b_model))
+        return VerificationReport(
+            calibration=r.calibration, calibration_pairs=r.calibration_pairs, route=r.route,
+            points=[OperatingPoint(p.requested_far, p.threshold, p.far, p.tar) for p in r.points],
+            eer=r.eer, eer_threshold=r.eer_threshold, n_genuine=r.n_genuine, n_impostor=r.n_impostor,
+            n_excluded=r.n_excluded,
         )
 
     def calibrate(self, a: np.ndarray, a_model: str, b: np.ndarray, b_model: str, same: Sequence[bool]) -> dict[str, int]:

@@ -98,7 +98,12 @@ class VerifyResult:
     """``scores`` (n,): cosine of each pair in b's space (higher = more similar); ``accept`` (n,):
     score >= ``threshold``, the threshold calibrated for ``far_requested``. ``far_calibration`` /
     ``tar_calibration``: false / true accept rates measured on the calibration pairs
-    (``calibration`` = "anchors" or "labelled", with ``n_genuine`` / ``n_impostor`` pairs)."""
+    (``n_genuine`` / ``n_impostor`` of them), whose population ``calibration_pairs`` names in
+    words. ``calibration``: "labelled" (pairs given to calibrate), "anchors-repeats-excluded"
+    (anchor pairs, with ``n_excluded`` pairs of different anchors that look like one subject
+    left out of the impostors) or "anchors-distinct". Anchor genuine pairs are the same item
+    seen by both models, each mapped by a refit that never saw it: their TAR is higher than
+    two different photos of one person get (docs/verification.md has both)."""
 
     scores: Any
     accept: Any
@@ -110,6 +115,36 @@ class VerifyResult:
     n_genuine: int
     n_impostor: int
     route: str
+    calibration_pairs: str = ""
+    n_excluded: int = 0
+
+
+@dataclass(frozen=True)
+class OperatingPoint:
+    """TAR at a requested FAR: accept iff score >= ``threshold``; ``far`` as achieved on the
+    calibration impostors (<= ``requested_far``), ``tar`` on its genuine pairs."""
+
+    requested_far: float
+    threshold: float
+    far: float
+    tar: float
+
+
+@dataclass(frozen=True)
+class VerificationReport:
+    """Operating points of a model pair's verification calibration (see :class:`VerifyResult`
+    for ``calibration`` and ``calibration_pairs``). ``points``: only the FARs the impostor pairs
+    resolve (>= 10 / FAR of them). ``eer``: equal error rate, at ``eer_threshold``."""
+
+    calibration: str
+    calibration_pairs: str
+    route: str
+    points: list[OperatingPoint]
+    eer: float
+    eer_threshold: float
+    n_genuine: int
+    n_impostor: int
+    n_excluded: int
 
 
 @dataclass(frozen=True)

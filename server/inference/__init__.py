@@ -6,12 +6,17 @@ verification rule is ``accept iff score >= threshold``.
 
 from convergent.server.inference.calibration import (
     Calibration,
+    EqualErrorRate,
+    OperatingPoint,
     PairScores,
     calibrate_threshold,
+    equal_error_rate,
     labelled_pairs,
     min_impostors_for,
+    operating_points,
     pairs_from_anchor_set,
 )
+from convergent.server.inference.repeats import RepeatedSubjects, find_repeated_subjects
 from convergent.server.inference.fusion import FusedResult, fuse_dense, fuse_scores, zscore_rows
 from convergent.server.inference.identify import cosine_scores, normalize_rows
 from convergent.server.inference.index import ExactIndex, HnswIndex, VectorIndex, index_from_state, matmul_backend
@@ -19,13 +24,18 @@ from convergent.server.inference.verify import verify
 
 __all__ = [
     "Calibration",
+    "EqualErrorRate",
     "ExactIndex",
     "FusedResult",
     "HnswIndex",
+    "OperatingPoint",
     "PairScores",
+    "RepeatedSubjects",
     "VectorIndex",
     "calibrate_threshold",
     "cosine_scores",
+    "equal_error_rate",
+    "find_repeated_subjects",
     "fuse_dense",
     "fuse_scores",
     "index_from_state",
@@ -33,6 +43,7 @@ __all__ = [
     "matmul_backend",
     "min_impostors_for",
     "normalize_rows",
+    "operating_points",
     "pairs_from_anchor_set",
     "verify",
     "zscore_rows",

@@ -22,7 +22,18 @@ from convergent.server.errors import FailedPrecondition, InvalidInput
 from convergent.server.inference._validate import as_scores, as_vectors, open_unit_float, positive_int
 from convergent.server.inference.identify import normalize_rows
 
-__all__ = ["Calibration", "PairScores", "calibrate_threshold", "labelled_pairs", "min_impostors_for", "pairs_from_anchor_set"]
+__all__ = [
+    "Calibration",
+    "EqualErrorRate",
+    "OperatingPoint",
+    "PairScores",
+    "calibrate_threshold",
+    "equal_error_rate",
+    "labelled_pairs",
+    "min_impostors_for",
+    "operating_points",
+    "pairs_from_anchor_set",
+]
 
 
 @dataclass(frozen=True)
@@ -86,8 +97,52 @@ def calibrate_threshold(genuine: np.ndarray, impostor: np.ndarray, far: float, *
                        n_genuine=int(gen.shape[0]), n_impostor=int(m))
 
 
+@dataclass(frozen=True)
+class OperatingPoint:
+    """TAR at a requested FAR: threshold (accept iff score >= threshold), far (achieved on the impostors, <= requested)."""
+
+    requested_far: float
+    threshold: float
+    far: float
+    tar: float
+
+
+@dataclass(frozen=True)
+class EqualErrorRate:
+    """The threshold where FAR and false-reject rate (1 - TAR) meet: eer = their mean there."""
+
+    eer: float
+    threshold: float
+
+
+def operating_points(genuine: np.ndarray, impostor: np.ndarray, fars=(1e-2, 1e-3, 1e-4), *,
+                     min_errors: int = 10) -> list[OperatingPoint]:
+    """One :class:`OperatingPoint` per FAR in ``fars`` that ``impostor`` (m,) resolves
+    (m >= min_errors / far); FARs it cannot resolve are left out."""
+    points = []
+    for far in fars:
+        try:
+            cal = calibrate_threshold(genuine, impostor, far, min_errors=min_errors)
+        except FailedPrecondition:
+            continue
+        points.append(OperatingPoint(requested_far=far, threshold=cal.threshold, far=cal.far, tar=cal.tar))
+    return points
+
+
+def equal_error_rate(genuine: np.ndarray, impostor: np.ndarray) -> EqualErrorRate:
+    """EER of genuine (g,) and impostor (m,) scores (higher = more similar): over the candidate
+    thresholds (every score), the one minimising |FAR - FRR|, reported as (FAR + FRR) / 2."""
+    gen = np.sort(as_scores(genuine, "genuine").astype(np.float64))
+    imp = np.sort(as_scores(impostor, "impostor").astype(np.float64))
+    t = np.unique(np.concatenate([gen, imp]))
+    far = 1.0 - np.searchsorted(imp, t, side="left") / imp.size   # impostors >= t
+    frr = np.searchsorted(gen, t, side="left") / gen.size         # genuine < t
+    best = int(np.argmin(np.abs(far - frr)))
+    return EqualErrorRate(eer=float((far[best] + frr[best]) / 2), threshold=float(t[best]))
+
+
 def pairs_from_anchor_set(A_mapped: np.ndarray, B: np.ndarray, max_impostors: int = 100_000, *,
-                          seed: int = 0, chunk: int = 16384) -> PairScores:
+                          same: np.ndarray | None = None, seed: int = 0, chunk: int = 16384) -> PairScores:
     """Genuine and impostor cosine scores from a paired anchor set.
 
     A_mapped (n, d): anchors of model A mapped into B's space; B (n, d): the same anchors
@@ -96,10 +151,10 @@ def pairs_from_anchor_set(A_mapped: np.ndarray, B: np.ndarray, max_impostors: in
     n(n-1) of them when that is <= ``max_impostors``, else a uniform sample of ``max_impostors``
     distinct off-diagonal pairs drawn with ``seed`` (vectorised, scored in ``chunk``-row blocks).
 
-    Conservative assumption: anchors are unlabeled, so two different rows may show the same
-    person (two photos of one face). Such pairs are counted as impostors; they score high,
-    which raises the threshold for a given FAR. The real FAR at that threshold is therefore
-    at most the reported one, and the reported TAR is a lower bound.
+    ``same`` (n, n) bool: pairs that probably show one subject (see
+    :func:`~convergent.server.inference.repeats.find_repeated_subjects`): left out of the
+    impostors. Without it every pair of different rows counts as an impostor: conservative when
+    two rows may show one person (the real FAR is then at most the reported one).
     """
     A = normalize_rows(as_vectors(A_mapped, "A_mapped"))
     Bn = normalize_rows(as_vectors(B, "B"))
@@ -110,21 +165,30 @@ def pairs_from_anchor_set(A_mapped: np.ndarray, B: np.ndarray, max_impostors: in
     n = A.shape[0]
     if n < 2:
         raise InvalidInput("at least 2 anchors are needed to form impostor pairs")
+    if same is not None and np.shape(same) != (n, n):
+        raise InvalidInput(f"same must be ({n}, {n}), got {np.shape(same)}")
     genuine = np.einsum("ij,ij->i", A, Bn)
     total = n * (n - 1)
     if total <= max_impostors:
-        S = A @ Bn.T
-        impostor = S[~np.eye(n, dtype=bool)]
+        rows, cols = np.nonzero(~np.eye(n, dtype=bool))
     else:
         t = np.random.default_rng(seed).choice(total, size=max_impostors, replace=False)
         rows = t // (n - 1)
         r = t % (n - 1)
         cols = r + (r >= rows)  # skip the diagonal
-        impostor = np.empty(max_impostors, dtype=np.float32)
-        for s in range(0, max_impostors, chunk):
-            i, j = rows[s : s + chunk], cols[s : s + chunk]
-            impostor[s : s + chunk] = np.einsum("ij,ij->i", A[i], Bn[j])
-    return PairScores(genuine=genuine.astype(np.float32), impostor=impostor.astype(np.float32))
+    scores = _row_pair_scores(A, Bn, rows, cols, chunk)
+    if same is not None:
+        scores = scores[~np.asarray(same, dtype=bool)[rows, cols]]
+    return PairScores(genuine=genuine.astype(np.float32), impostor=scores)
+
+
+def _row_pair_scores(A: np.ndarray, B: np.ndarray, rows: np.ndarray, cols: np.ndarray, chunk: int) -> np.ndarray:
+    """cos(A[rows[t]], B[cols[t]]) for unit rows, (len(rows),) float32, in ``chunk``-pair blocks."""
+    out = np.empty(len(rows), dtype=np.float32)
+    for s in range(0, len(rows), chunk):
+        i, j = rows[s : s + chunk], cols[s : s + chunk]
+        out[s : s + chunk] = np.einsum("ij,ij->i", A[i], B[j])
+    return out
 
 
 def labelled_pairs(scores: np.ndarray, same: np.ndarray) -> PairScores:

@@ -19,6 +19,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -44,6 +45,9 @@ from convergent.server.registry.service import (
 from convergent.server.settings import ServerSettings
 from convergent.server.storage.protocols import Store
 
+if TYPE_CHECKING:
+    from convergent.server.inference.calibration import EqualErrorRate, PairScores
+
 log = logging.getLogger("convergent.galleries")
 
 INDEX_KINDS = ("exact", "hnsw")
@@ -51,6 +55,7 @@ CALIBRATION_ANCHORS = 2000     # anchors sampled for the default (anchor-set) ca
 CALIBRATION_IMPOSTORS = 400_000
 DENSE_FUSION_MAX = 200_000     # exact galleries up to this size are fused on full score rows
 ANCHOR_CALIBRATIONS_KEPT = 16  # cached anchor-calibration score sets (each up to ~2 MB)
+REPORT_FARS = (1e-2, 1e-3, 1e-4)
 
 
 @dataclass(frozen=True)
@@ -96,10 +101,34 @@ class VerifyResult:
     far_requested: float
     far_calibration: float
     tar_calibration: float
-    calibration: str       # "anchors" or "labelled"
+    calibration: str       # "labelled", "anchors-repeats-excluded" or "anchors-distinct"
     n_genuine: int
     n_impostor: int
     route: str
+    calibration_pairs: str = ""      # what population far/tar_calibration were measured on, in words
+    n_excluded: int = 0              # anchor pairs left out of the impostors as probably one subject
+
+
+@dataclass(frozen=True)
+class AnchorCalibration:
+    """The pairs verify calibrates on, with their name and population in words."""
+
+    scores: PairScores
+    name: str
+    population: str
+    n_excluded: int
+
+
+@dataclass(frozen=True)
+class VerificationReport:
+    calibration: str
+    calibration_pairs: str
+    route: str
+    points: list              # [OperatingPoint]: only the FARs the impostor pairs resolve
+    eer: EqualErrorRate
+    n_genuine: int
+    n_impostor: int
+    n_excluded: int
 
 
 class _Entry:
@@ -120,7 +149,7 @@ class Galleries:
         self._milvus = None  # MilvusCatalog, when gallery_backend is "milvus"
         self._connecting: threading.Thread | None = None
         # fit id -> PairScores of its anchor calibration (fits are immutable); the newest few only
-        self._anchor_scores: OrderedDict[str, object] = OrderedDict()
+        self._anchor_scores: OrderedDict[str, AnchorCalibration] = OrderedDict()
         self._anchor_scores_lock = threading.Lock()
 
     def _entry(self, tenant: str, name: str) -> _Entry:
@@ -509,10 +538,13 @@ class Galleries:
         scores = cosine_scores(self._into(tenant, fit, prepare_vectors(src, a), src, tgt), _unit(prepare_vectors(tgt, b)))
         return labelled_pairs(scores, same)
 
-    def _pair_scores_anchors(self, tenant, src, tgt, fit):  # noqa: ANN001, ANN202
-        """Genuine = the same anchor id in both models, impostors = different ids (conservative:
-        two photos of one person count as impostors), on up to 2000 anchors of the fit's set."""
-        from convergent.server.inference import pairs_from_anchor_set
+    def _pair_scores_anchors(self, tenant, src, tgt, fit) -> AnchorCalibration:  # noqa: ANN001
+        """Anchor calibration of a route: genuine = the same anchor in both models, impostors =
+        different anchors, on up to 2000 anchors of the fit's set, each mapped out of fold
+        (:mod:`.crossfit`); pairs that probably show one subject (:mod:`..inference.repeats`)
+        are left out of the impostors."""
+        from convergent.server.inference import find_repeated_subjects, pairs_from_anchor_set
+        from convergent.server.registry.crossfit import FOLDS, calibration_anchors
 
         if fit is None:
             raise FailedPrecondition(
@@ -522,19 +554,36 @@ class Galleries:
             cached = self._anchor_scores.get(fit.id)
         if cached is not None:
             return cached
-        with self.store.read_pairs(tenant, fit.anchor_set, src, tgt) as reader:
-            ids = reader.pair_ids()
-            rng = np.random.default_rng(0)
-            chosen = sorted(rng.choice(len(ids), size=min(len(ids), CALIBRATION_ANCHORS), replace=False)) if ids else []
-            _, X, Y = reader.pairs_by_id([ids[i] for i in chosen])
-        if len(X) < 2:
-            raise FailedPrecondition(f"anchor set {fit.anchor_set!r} has too few pairs left to calibrate on")
-        scores = pairs_from_anchor_set(self._into(tenant, fit, X, src, tgt), _unit(Y), max_impostors=CALIBRATION_IMPOSTORS)
+        anchors = calibration_anchors(self.alignment, tenant, fit, src, tgt, CALIBRATION_ANCHORS)
+        repeats = find_repeated_subjects(anchors.source, anchors.target)
+        scores = pairs_from_anchor_set(_unit(anchors.mapped), _unit(anchors.target), max_impostors=CALIBRATION_IMPOSTORS,
+                                       same=repeats.same if repeats.detected else None)
+        n = len(anchors.ids)
+        if repeats.detected:
+            name = "anchors-repeats-excluded"
+            population = (f"{n} anchors of set {fit.anchor_set!r}, each mapped by a {FOLDS}-fold refit that never saw it; "
+                          f"genuine = the same anchor in both models, impostors = pairs of different anchors without "
+                          f"the pairs that look like one subject ({repeats.reason})")
+        else:
+            name = "anchors-distinct"
+            population = (f"{n} anchors of set {fit.anchor_set!r}, each mapped by a {FOLDS}-fold refit that never saw it; "
+                          f"genuine = the same anchor in both models, impostors = every pair of different anchors "
+                          f"(taken as distinct subjects: {repeats.reason})")
+        result = AnchorCalibration(scores, name, population, int(repeats.share * n * (n - 1) / 2 + 0.5))
         with self._anchor_scores_lock:
-            self._anchor_scores[fit.id] = scores
+            self._anchor_scores[fit.id] = result
             while len(self._anchor_scores) > ANCHOR_CALIBRATIONS_KEPT:
                 self._anchor_scores.popitem(last=False)
-        return scores
+        return result
+
+    def _calibration_pairs(self, tenant, src, tgt, fit) -> AnchorCalibration:  # noqa: ANN001
+        """The pairs verify calibrates on: labelled ones when stored for this model pair, else anchors."""
+        labelled = self._pair_scores_labelled(tenant, src, tgt, fit)
+        if labelled is None:
+            return self._pair_scores_anchors(tenant, src, tgt, fit)
+        population = (f"{len(labelled.genuine) + len(labelled.impostor)} labelled pairs given to calibrate, scored "
+                      f"through {_route_name(fit)} (optimistic if the map was fitted on these items)")
+        return AnchorCalibration(labelled, "labelled", population, 0)
 
     def _models_and_route(self, tenant, a_model, b_model):  # noqa: ANN001, ANN202
         valid_name(a_model, "a_model")
@@ -553,16 +602,28 @@ class Galleries:
         A, B = prepare_vectors(src, a, "a"), prepare_vectors(tgt, b, "b")
         if len(A) != len(B):
             raise InvalidInput(f"a has {len(A)} rows and b {len(B)}: they must pair row by row")
-        pair_scores = self._pair_scores_labelled(tenant, src, tgt, fit)
-        source = "labelled"
-        if pair_scores is None:
-            pair_scores, source = self._pair_scores_anchors(tenant, src, tgt, fit), "anchors"
-        cal = calibrate_threshold(pair_scores.genuine, pair_scores.impostor, far)
+        pairs = self._calibration_pairs(tenant, src, tgt, fit)
+        cal = calibrate_threshold(pairs.scores.genuine, pairs.scores.impostor, far)
         scores = cosine_scores(self._into(tenant, fit, A, src, tgt), _unit(B))
         return VerifyResult(
             scores=scores, accept=scores.astype(np.float64) >= cal.threshold, threshold=cal.threshold,
-            far_requested=far, far_calibration=cal.far, tar_calibration=cal.tar, calibration=source,
+            far_requested=far, far_calibration=cal.far, tar_calibration=cal.tar, calibration=pairs.name,
             n_genuine=cal.n_genuine, n_impostor=cal.n_impostor, route=_route_name(fit),
+            calibration_pairs=pairs.population, n_excluded=pairs.n_excluded,
+        )
+
+    def verification_report(self, tenant: str, a_model: str, b_model: str) -> VerificationReport:
+        """Operating points of the calibration verify uses for (a_model, b_model): TAR at FAR 1e-2,
+        1e-3, 1e-4 where the impostor pairs resolve it, and the equal error rate."""
+        from convergent.server.inference import equal_error_rate, operating_points
+
+        src, tgt, fit = self._models_and_route(tenant, a_model, b_model)
+        pairs = self._calibration_pairs(tenant, src, tgt, fit)
+        genuine, impostor = pairs.scores.genuine, pairs.scores.impostor
+        return VerificationReport(
+            calibration=pairs.name, calibration_pairs=pairs.population, route=_route_name(fit),
+            points=operating_points(genuine, impostor, REPORT_FARS), eer=equal_error_rate(genuine, impostor),
+            n_genuine=len(genuine), n_impostor=len(impostor), n_excluded=pairs.n_excluded,
         )
 
     def calibrate(self, tenant: str, a_model: str, a: np.ndarray, b_model: str, b: np.ndarray, same: np.ndarray) -> tuple[int, int, str]:

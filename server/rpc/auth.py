@@ -44,6 +44,7 @@ METHOD_ROLES: dict[str, str] = {
     # galleries and inference
     "Enroll": "party", "Remove": "admin", "GetGallery": "reader", "ListGalleries": "reader",
     "DeleteGallery": "admin", "Identify": "reader", "IdentifyFused": "reader", "Verify": "reader",
+    "VerificationReport": "reader",
     "Calibrate": "party", "Erase": "admin",
 }
 # Calls written to the audit log (who, when, on what, outcome).

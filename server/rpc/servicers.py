@@ -313,6 +313,18 @@ class GalleryServicer(galleries_pb2_grpc.GalleryServiceServicer):
             scores=encode_matrix(r.scores[:, None]), accept=r.accept.tolist(), threshold=r.threshold,
             far_requested=r.far_requested, far_calibration=r.far_calibration, tar_calibration=r.tar_calibration,
             calibration=r.calibration, n_genuine=r.n_genuine, n_impostor=r.n_impostor, route=r.route,
+            calibration_pairs=r.calibration_pairs, n_excluded=r.n_excluded,
+        )
+
+    @rpc_method
+    def VerificationReport(self, request, context):  # noqa: ANN001, N802
+        r = self.backend.galleries.verification_report(tenant_of(context), request.a_model, request.b_model)
+        return galleries_pb2.VerificationReportResponse(
+            calibration=r.calibration, calibration_pairs=r.calibration_pairs, route=r.route,
+            points=[galleries_pb2.OperatingPoint(requested_far=p.requested_far, threshold=p.threshold, far=p.far, tar=p.tar)
+                    for p in r.points],
+            eer=r.eer.eer, eer_threshold=r.eer.threshold, n_genuine=r.n_genuine, n_impostor=r.n_impostor,
+            n_excluded=r.n_excluded,
         )
 
     @rpc_method

@@ -124,7 +124,9 @@ def test_verify_anchor_calibration_and_labelled_pairs(client: Client, two_models
     b_same = people @ R.T
     b_other = rng.standard_normal((n, 16)) @ R.T
     v = client.verify(a=np.vstack([a, a]), a_model="a", b=np.vstack([b_same, b_other]), b_model="b", far=1e-2)
-    assert v.calibration == "anchors" and v.route == f"fit:{fit.id}"
+    # Every anchor is a different item: nothing looks like a repeated subject, nothing is excluded.
+    assert v.calibration == "anchors-distinct" and v.n_excluded == 0 and v.route == f"fit:{fit.id}"
+    assert "every pair of different anchors" in v.calibration_pairs
     assert v.n_genuine == 600 and v.n_impostor > 1e4
     assert v.far_calibration <= 1e-2 and v.far_requested == 1e-2
     assert v.accept[:n].mean() > 0.95 and v.accept[n:].mean() < 0.03

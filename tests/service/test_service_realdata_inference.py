@@ -84,14 +84,14 @@ def test_verify_far_and_tar_on_unseen_people(client: Client, faces_service, far)
     print(
         f"\nFAR requested {far:g} on {int((~same).sum())} impostor / {int(same.sum())} genuine pairs of unseen people:\n"
         f"  anchor calibration:   threshold {anchors_cal.threshold:.3f}, measured FAR {far_anchor:.4f}, TAR {tar_anchor:.3f} "
-        f"(TAR on its own calibration pairs {anchors_cal.tar_calibration:.3f})\n"
+        f"(TAR on its held-out same-item calibration pairs {anchors_cal.tar_calibration:.3f})\n"
         f"  labelled calibration: threshold {labelled.threshold:.3f}, measured FAR {far_labelled:.4f}, TAR {tar_labelled:.3f} "
         f"({used['genuine']} genuine, {used['impostor']} impostor labelled pairs)"
     )
-    assert anchors_cal.calibration == "anchors" and labelled.calibration == "labelled"
-    # The anchor calibration counts other photos of a person as impostors: it is conservative.
-    assert far_anchor <= far * 1.5 + 1e-3
-    assert labelled.threshold < anchors_cal.threshold
-    assert far_labelled <= 3 * far + 1e-3
+    assert anchors_cal.calibration == "anchors-repeats-excluded" and labelled.calibration == "labelled"
+    # Without labels, pairs that look like one person in both models are left out of the
+    # impostors (more splits and both directions: test_verify_unlabeled.py).
+    assert far_anchor <= 2 * far and far_labelled <= 2 * far
+    assert tar_anchor >= tar_labelled - 0.15
     if far == 1e-2:
-        assert tar_labelled >= 0.6  # offline Procrustes with the same labelled pairs: ~0.73
+        assert tar_labelled >= 0.6 and tar_anchor >= 0.6  # measured 0.708 / 0.710

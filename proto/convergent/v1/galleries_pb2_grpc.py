@@ -79,6 +79,11 @@ class GalleryServiceStub:
                 request_serializer=convergent_dot_v1_dot_galleries__pb2.CalibrateRequest.SerializeToString,
                 response_deserializer=convergent_dot_v1_dot_galleries__pb2.CalibrateResponse.FromString,
                 _registered_method=True)
+        self.VerificationReport = channel.unary_unary(
+                '/convergent.v1.GalleryService/VerificationReport',
+                request_serializer=convergent_dot_v1_dot_galleries__pb2.VerificationReportRequest.SerializeToString,
+                response_deserializer=convergent_dot_v1_dot_galleries__pb2.VerificationReportResponse.FromString,
+                _registered_method=True)
 
 
 class GalleryServiceServicer:
@@ -148,6 +153,14 @@ class GalleryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def VerificationReport(self, request, context):
+        """Operating points of the calibration Verify uses for (a_model, b_model): TAR at FAR 1e-2,
+        1e-3, 1e-4 (where the impostor pairs resolve it) and the equal error rate.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GalleryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -195,6 +208,11 @@ def add_GalleryServiceServicer_to_server(servicer, server):
                     servicer.Calibrate,
                     request_deserializer=convergent_dot_v1_dot_galleries__pb2.CalibrateRequest.FromString,
                     response_serializer=convergent_dot_v1_dot_galleries__pb2.CalibrateResponse.SerializeToString,
+            ),
+            'VerificationReport': grpc.unary_unary_rpc_method_handler(
+                    servicer.VerificationReport,
+                    request_deserializer=convergent_dot_v1_dot_galleries__pb2.VerificationReportRequest.FromString,
+                    response_serializer=convergent_dot_v1_dot_galleries__pb2.VerificationReportResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -440,6 +458,33 @@ class GalleryService:
             '/convergent.v1.GalleryService/Calibrate',
             convergent_dot_v1_dot_galleries__pb2.CalibrateRequest.SerializeToString,
             convergent_dot_v1_dot_galleries__pb2.CalibrateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def VerificationReport(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/convergent.v1.GalleryService/VerificationReport',
+            convergent_dot_v1_dot_galleries__pb2.VerificationReportRequest.SerializeToString,
+            convergent_dot_v1_dot_galleries__pb2.VerificationReportResponse.FromString,
             options,
             channel_credentials,
             insecure,

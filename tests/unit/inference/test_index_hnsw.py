@@ -95,10 +95,12 @@ def test_state_round_trip(data, include_graph):
     back = index_from_state(params, arrays)
     assert isinstance(back, HnswIndex) and len(back) == 590 and ids[0] not in back
     got_ids, got_s = back.search(Q[:20], 10)
-    if include_graph:  # the same graph answers identically
+    if include_graph:  # the same graph visits the same nodes: the same ids, the same scores
         want_ids, want_s = ix.search(Q[:20], 10)
         assert got_ids == want_ids
-        np.testing.assert_array_equal(got_s, want_s)
+        # to float32 rounding, not bit for bit: faiss's SIMD distance kernels depend on where the
+        # loaded vectors lie in memory, and differ by 1 ULP on some CPUs (seen with OpenBLAS unforced)
+        np.testing.assert_allclose(got_s, want_s, rtol=0, atol=1e-6)
     exact = ExactIndex(64)
     exact.add(ids[10:600], G[10:600])
     assert _recall(got_ids, exact.search(Q[:20], 10)[0]) >= 0.9

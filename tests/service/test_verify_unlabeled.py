@@ -1,0 +1,114 @@
+"""Verification calibrated on unlabeled face anchors that hold several photos per person.
+
+Through the service, on identity-disjoint splits of the AT&T faces: anchors = every photo of
+the anchor people (uploaded without labels); test = every cross pair (a photo of model A, a
+different photo of model B) of the other people. The default calibration must keep its FAR
+promise there (measured FAR <= 2x requested) and come close to a labelled calibration.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from convergent.client import Client
+from convergent.datasets import load_faces
+
+pytestmark = pytest.mark.realdata
+
+SPLITS = {
+    "people 0-19 anchors": np.arange(20),          # the issue's split
+    "people 20-39 anchors": np.arange(20, 40),
+    "even people anchors": np.arange(0, 40, 2),
+    "random half (seed 1)": np.sort(np.random.default_rng(1).permutation(40)[:20]),
+}
+
+
+def cross_pairs(faces, people, a_model, b_model):
+    """Every (a photo, b photo) pair of these people except a photo with itself."""
+    rows = np.flatnonzero(np.isin(faces.labels, people))
+    i, j = np.meshgrid(rows, rows, indexing="ij")
+    keep = i != j
+    i, j = i[keep], j[keep]
+    return faces.vectors[a_model][i], faces.vectors[b_model][j], faces.labels[i] == faces.labels[j]
+
+
+def measured(result, same) -> tuple[float, float]:
+    return float(result.accept[~same].mean()), float(result.accept[same].mean())
+
+
+@pytest.fixture
+def server(start_server):
+    """SQLite only: the calibration math does not depend on the database (both run elsewhere)."""
+    return start_server()
+
+
+def upload_anchors(client: Client, faces, people) -> None:
+    anchors = np.flatnonzero(np.isin(faces.labels, people))
+    for model in ("dlib", "facenet"):
+        client.register_model(model, dim=128)
+        client.upload_anchors(model, anchor_set="att", ids=[faces.ids[i] for i in anchors], vectors=faces.vectors[model][anchors])
+
+
+# Known misses, measured and kept visible (docs/verification.md): both come with auto choosing
+# unscaled Procrustes for FaceNet -> dlib; labelled calibration misses the same way there.
+KNOWN_MISSES = {
+    ("people 0-19 anchors", "facenet"): "TAR 0.587 < 0.6 at FAR 1e-2 (labelled: 0.566)",
+    ("people 20-39 anchors", "facenet"): "measured FAR 0.0224 > 2 x 1e-2 (labelled: 0.0155 offline)",
+}
+CASES = [
+    pytest.param(split, a, b, marks=[pytest.mark.xfail(strict=True, reason=KNOWN_MISSES[(split, a)])]
+                 if (split, a) in KNOWN_MISSES else [])
+    for split in SPLITS for a, b in (("dlib", "facenet"), ("facenet", "dlib"))
+]
+
+
+@pytest.mark.parametrize(("split", "a_model", "b_model"), CASES)
+def test_unlabeled_calibration_keeps_far_and_nears_labelled(client: Client, realdata, split, a_model, b_model):
+    faces = load_faces(realdata)
+    anchor_people = SPLITS[split]
+    test_people = np.setdiff1d(np.arange(40), anchor_people)
+    upload_anchors(client, faces, anchor_people)
+    client.fit_alignment(a_model, b_model, anchor_set="att")
+    A, B, same = cross_pairs(faces, test_people, a_model, b_model)
+    lines, checks = [], []
+    for far in (1e-2, 1e-3):
+        unlabeled = client.verify(a=A, a_model=a_model, b=B, b_model=b_model, far=far)
+        assert unlabeled.calibration == "anchors-repeats-excluded"
+        assert "never saw it" in unlabeled.calibration_pairs and unlabeled.n_excluded > 0
+        far_u, tar_u = measured(unlabeled, same)
+        lines.append(f"FAR {far:g}: unlabeled: measured FAR {far_u:.4f} TAR {tar_u:.3f} (threshold {unlabeled.threshold:.3f}; "
+                     f"on its pairs: FAR {unlabeled.far_calibration:.4f}, TAR same item {unlabeled.tar_calibration:.3f}, "
+                     f"{unlabeled.n_excluded} pairs excluded)")
+        checks.append(far_u <= 2 * far)
+        if far == 1e-2:
+            tar_unlabeled = tar_u
+    # Labelled: every cross pair of the anchor people, labelled same / different person.
+    La, Lb, Lsame = cross_pairs(faces, anchor_people, a_model, b_model)
+    client.calibrate(a=La, a_model=a_model, b=Lb, b_model=b_model, same=Lsame)
+    labelled = client.verify(a=A, a_model=a_model, b=B, b_model=b_model, far=1e-2)
+    assert labelled.calibration == "labelled"
+    far_l, tar_l = measured(labelled, same)
+    lines.append(f"FAR 0.01: labelled: measured FAR {far_l:.4f} TAR {tar_l:.3f}")
+    print(f"\n[{split}, {a_model}->{b_model}] " + f"\n[{split}, {a_model}->{b_model}] ".join(lines))
+    checks.append(tar_unlabeled >= tar_l - 0.15)
+    if split == "people 0-19 anchors":
+        checks.append(tar_unlabeled >= 0.6)
+    assert all(checks), lines
+
+
+def test_verification_report_operating_points(client: Client, realdata):
+    faces = load_faces(realdata)
+    upload_anchors(client, faces, np.arange(20))
+    client.fit_alignment("dlib", "facenet", anchor_set="att")
+    report = client.verification_report(a_model="dlib", b_model="facenet")
+    print(f"\n{report}")
+    assert report.calibration == "anchors-repeats-excluded"
+    # 200 anchors give ~38,000 impostor pairs: 1e-2 and 1e-3 resolve (>= 10/FAR), 1e-4 does not.
+    assert [p.requested_far for p in report.points] == [1e-2, 1e-3]
+    assert all(p.far <= p.requested_far for p in report.points)
+    assert report.points[0].tar >= report.points[1].tar
+    assert 0 < report.eer < 0.5
+    # The report is the calibration verify uses: same threshold at FAR 1e-2.
+    A, B, _ = cross_pairs(faces, np.arange(20, 40), "dlib", "facenet")
+    assert client.verify(a=A[:5], a_model="dlib", b=B[:5], b_model="facenet", far=1e-2).threshold == report.points[0].threshold
