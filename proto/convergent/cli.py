@@ -387,14 +387,64 @@ def verify(
     b, _ = _load_npz(b_file, None, b_model, "ids")
     with _connected(address, api_key) as client:
         result = client.verify(a=a, a_model=a_model, b=b, b_model=b_model, far=far)
-    typer.echo(
-        f"threshold {result.threshold:.4f} for FAR {far:g} ({result.calibration} calibration: "
-        f"{result.n_genuine} genuine, {result.n_impostor} impostor pairs; FAR {result.far_calibration:.2g}, "
-        f"TAR {result.tar_calibration:.3f} on them); route {result.route}"
-    )
+    typer.echo(f"threshold {result.threshold:.4f} for FAR {far:g}, route {result.route}, calibration {result.calibration}:")
+    typer.echo(f"  measured on {result.calibration_pairs}")
+    typer.echo(f"  there: FAR {result.far_calibration:.2g} on {result.n_impostor} impostor pairs, "
+               f"TAR {result.tar_calibration:.3f} on {result.n_genuine} genuine pairs")
     typer.echo(f"accepted {int(result.accept.sum())} of {len(result.accept)} pairs")
     if out is not None:
         np.savez(out, scores=result.scores, accept=result.accept)
+
+
+@app.command()
+def calibrate(
+    a_file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help=".npz with the a vectors")],
+    b_file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help=".npz with the b vectors (row-paired)")],
+    a_model: Annotated[str, typer.Option(help="model of the a vectors")],
+    b_model: Annotated[str, typer.Option(help="model of the b vectors")],
+    same_key: Annotated[str, typer.Option(help="bool array (in the a or b file): row i shows one subject in a and b")] = "same",
+    address: Address = DEFAULT_ADDRESS,
+    api_key: ApiKey = None,
+) -> None:
+    """Store labelled pairs for a model pair: verify then calibrates on them instead of the anchors."""
+    import numpy as np
+
+    a, _ = _load_npz(a_file, None, a_model, "ids")
+    b, _ = _load_npz(b_file, None, b_model, "ids")
+    same = None
+    for file in (a_file, b_file):
+        with np.load(file, allow_pickle=False) as data:
+            if same_key in data.files:
+                same = data[same_key]
+                break
+    if same is None:
+        _fail(ValueError(f"neither {a_file} nor {b_file} has a {same_key!r} array: name it with --same-key"))
+    if same.dtype != bool:
+        _fail(ValueError(f"{same_key!r} must be a bool array (True = same subject), got dtype {same.dtype}"))
+    with _connected(address, api_key) as client:
+        used = client.calibrate(a=a, a_model=a_model, b=b, b_model=b_model, same=same)
+    typer.echo(f"stored {used['genuine']} genuine and {used['impostor']} impostor labelled pairs for {a_model} -> {b_model}; "
+               f"verify now calibrates on them")
+
+
+@app.command("verification-report")
+def verification_report(
+    a_model: Annotated[str, typer.Option(help="model of the a (probe) side")],
+    b_model: Annotated[str, typer.Option(help="model of the b (reference) side")],
+    address: Address = DEFAULT_ADDRESS,
+    api_key: ApiKey = None,
+) -> None:
+    """Operating points of the calibration verify uses: TAR at FAR 1e-2 / 1e-3 / 1e-4 and the EER."""
+    with _connected(address, api_key) as client:
+        report = client.verification_report(a_model=a_model, b_model=b_model)
+    typer.echo(f"{a_model} -> {b_model}, route {report.route}, calibration {report.calibration}:")
+    typer.echo(f"  measured on {report.calibration_pairs}")
+    typer.echo(f"  {report.n_genuine} genuine, {report.n_impostor} impostor pairs ({report.n_excluded} excluded)")
+    for p in report.points:
+        typer.echo(f"  FAR {p.requested_far:g}: threshold {p.threshold:.4f}, FAR {p.far:.2g}, TAR {p.tar:.3f}")
+    if len(report.points) < 3:
+        typer.echo(f"  (smaller FARs need at least 10/FAR impostor pairs; there are {report.n_impostor})")
+    typer.echo(f"  EER {report.eer:.4f} at threshold {report.eer_threshold:.4f}")
 
 
 @app.command()

@@ -129,6 +129,23 @@ def test_enroll_identify_verify_commands(server, tmp_path: Path, rng):
     failed = run("verify", str(tmp_path / "a.npz"), str(tmp_path / "a.npz"), "--a-model", "face", "--b-model", "face", *address, check=False)
     assert failed.returncode == 1 and "FAILED_PRECONDITION" in failed.stderr and "calibrate" in failed.stderr
 
+    # Labelled pairs from the CLI: 200 genuine (a photo and a slightly different one), 2000 impostors.
+    A = rng.standard_normal((2200, 8))
+    same = np.r_[np.ones(200, bool), np.zeros(2000, bool)]
+    B = np.where(same[:, None], A + 0.05 * rng.standard_normal(A.shape), rng.standard_normal(A.shape))
+    np.savez(tmp_path / "la.npz", face=A, same=same)
+    np.savez(tmp_path / "lb.npz", face=B)
+    nokey = run("calibrate", str(tmp_path / "la.npz"), str(tmp_path / "lb.npz"), "--a-model", "face", "--b-model", "face",
+                "--same-key", "labels", *address, check=False)
+    assert nokey.returncode == 1 and "--same-key" in nokey.stderr
+    stored = run("calibrate", str(tmp_path / "la.npz"), str(tmp_path / "lb.npz"), "--a-model", "face", "--b-model", "face", *address)
+    assert "stored 200 genuine and 2000 impostor labelled pairs" in stored.stdout
+    verified = run("verify", str(tmp_path / "a.npz"), str(tmp_path / "a.npz"), "--a-model", "face", "--b-model", "face",
+                   "--far", "0.01", *address).stdout
+    assert "calibration labelled" in verified and "2200 labelled pairs" in verified and "accepted 3 of 3 pairs" in verified
+    report = run("verification-report", "--a-model", "face", "--b-model", "face", *address).stdout
+    assert "FAR 0.01: threshold" in report and "FAR 0.001: threshold" not in report and "EER" in report
+
 
 def test_backup_and_restore_commands(server, tmp_path: Path, rng):
     if server.store.engine.dialect.name != "sqlite":
