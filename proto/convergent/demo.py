@@ -134,6 +134,44 @@ class Demo:
             + f"\n\n![CMC curves]({plot.name})\n"
         )
 
+    def verification(self) -> None:
+        """Verify probe vs gallery model on unseen people: the default (unlabeled) calibration
+        and a labelled one, as operating points on a DET curve of the same pairs."""
+        s, labels = self.s, self.s.faces.labels
+        rng = np.random.default_rng(0)
+
+        def pairs(rows: np.ndarray, impostors: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            i, j = np.meshgrid(rows, rows, indexing="ij")
+            i, j = i[i != j], j[i != j]
+            same = labels[i] == labels[j]
+            keep = np.r_[np.flatnonzero(same), rng.choice(np.flatnonzero(~same), impostors, replace=False)]
+            return s.faces.vectors[s.probe][i[keep]], s.faces.vectors[s.gallery][j[keep]], same[keep]
+
+        self.c.fit_alignment(s.probe, s.gallery, anchor_set="faces")  # verify's route: auto
+        A, B, same = pairs(self.unseen, 10_000)
+        unlabeled = self.c.verify(a=A, a_model=s.probe, b=B, b_model=s.gallery, far=1e-2)
+        La, Lb, Lsame = pairs(self.anchors, 10_000)
+        self.c.calibrate(a=La, a_model=s.probe, b=Lb, b_model=s.gallery, same=Lsame)
+        labelled = self.c.verify(a=A, a_model=s.probe, b=B, b_model=s.gallery, far=1e-2)
+        points, rows = {}, []
+        for name, v in ((f"no labels ({unlabeled.calibration})", unlabeled), ("labelled anchor pairs", labelled)):
+            far, tar = float(v.accept[~same].mean()), float(v.accept[same].mean())
+            points[name] = (far, 1 - tar)
+            rows.append((name, f"{v.threshold:.3f}", f"{far:.4f}", f"{tar:.3f}"))
+        self.step("verified unseen pairs")
+        plot = report.plot_det(report.det_curve(unlabeled.scores[same], unlabeled.scores[~same]), points,
+                               self.out / "det_verification.png", f"{s.probe} vs {s.gallery} verification, unseen people")
+        self.summary.append((f"{s.probe}→{s.gallery} verification at FAR 1e-2, no labels (unseen pairs)",
+                             f"measured FAR {rows[0][2]}, TAR {rows[0][3]} (labelled: TAR {rows[1][3]})"))
+        self.sections.append(
+            f"## Verification without labels: {s.probe} vs {s.gallery}\n\n"
+            f"Requested FAR 1e-2. Measured on unseen identities: all {int(same.sum())} genuine pairs (two different items "
+            f"of one identity) and {int((~same).sum())} sampled impostor pairs. Default calibration: {unlabeled.calibration_pairs}. "
+            f"Labelled: {int(Lsame.sum())} genuine and {int((~Lsame).sum())} impostor pairs of the anchor identities.\n\n"
+            + report.markdown_table(("calibration", "threshold", "measured FAR", "measured TAR"), rows)
+            + f"\n\n![DET curve]({plot.name})\n"
+        )
+
     def fusion(self) -> None:
         """Parties probe -> third-model gallery alone and fused, over several gallery draws."""
         s, labels = self.s, self.s.faces.labels
@@ -267,7 +305,7 @@ def run_demo(out: Path, realdata: Path | None = None, quick: bool = False, synth
     started = time.perf_counter()
     scenario = _scenario(realdata, synthetic)
     out.mkdir(parents=True, exist_ok=True)
-    total = 1 + len(PAIR_METHODS) + 1 + 1 + (3 if quick else 7) + 1
+    total = 1 + len(PAIR_METHODS) + 1 + 1 + 1 + (3 if quick else 7) + 1
     with tempfile.TemporaryDirectory(prefix="convergent-demo-") as data_dir:
         settings = ServerSettings(host="127.0.0.1", port=0, data_dir=Path(data_dir))
         with ConvergentServer(settings) as server, Client(server.address, timeout=120) as client, \
@@ -276,6 +314,7 @@ def run_demo(out: Path, realdata: Path | None = None, quick: bool = False, synth
             demo = Demo(client, scenario, out, quick, progress)
             demo.upload()
             demo.methods()
+            demo.verification()
             demo.fusion()
             demo.text_curve()
             demo.convergent_learning()

@@ -41,6 +41,35 @@ def plot_cmc(curves: Mapping[str, np.ndarray], path: Path, title: str) -> Path:
     return path
 
 
+def det_curve(genuine: np.ndarray, impostor: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(FAR, FRR) at every distinct score as threshold (accept iff score >= threshold)."""
+    gen, imp = np.sort(genuine), np.sort(impostor)
+    t = np.unique(np.concatenate([gen, imp]))
+    far = 1.0 - np.searchsorted(imp, t, side="left") / imp.size
+    frr = np.searchsorted(gen, t, side="left") / gen.size
+    return far, frr
+
+
+def plot_det(curve: tuple[np.ndarray, np.ndarray], points: Mapping[str, tuple[float, float]], path: Path, title: str) -> Path:
+    """DET plot: false-reject rate against false-accept rate (log axis), lower-left is better;
+    ``points``: label -> (measured FAR, measured FRR) of an operating point."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    far, frr = curve
+    keep = far > 0
+    ax.plot(far[keep], frr[keep], "-", color="0.3", label="all thresholds")
+    for (label, (x, y)), marker in zip(points.items(), "os^D"):
+        ax.plot(max(x, 1e-5), y, marker, markersize=8, label=f"{label}: FAR {x:.4f}, TAR {1 - y:.3f}")
+    ax.set(xscale="log", xlabel="false-accept rate (impostor pairs accepted)", ylabel="false-reject rate (1 - TAR)",
+           title=title, ylim=(0, 1.02), xlim=(1e-5, 1))
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8, loc="upper right", title="operating points at requested FAR 1e-2", title_fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plot_anchor_curve(counts: Sequence[int], series: Mapping[str, Sequence[float]], dim: int, path: Path, title: str) -> Path:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))

@@ -27,11 +27,22 @@ def _inv_sqrt_psd(C: np.ndarray, floor: float = 1e-12) -> np.ndarray:
 
 
 class _AffineMap:
-    """Shared plumbing: validation, transform/score, sklearn params, state round trip."""
+    """Shared plumbing: validation, transform/score, sklearn params, state round trip.
+
+    Learned arrays (attributes ending in ``_``) are always stored C-contiguous, whether set
+    by ``fit_stats`` or by ``from_state``. A transposed view (Fortran order) would make BLAS
+    pick another kernel in ``transform`` than the row-major arrays ``from_state`` rebuilds,
+    and the round trip would then differ in the last bit on some CPUs.
+    """
 
     _hyper: tuple[str, ...] = ()
     _state_arrays: tuple[str, ...] = ()
     _state_scalars: tuple[str, ...] = ()
+
+    def __setattr__(self, name: str, value) -> None:
+        if name.endswith("_") and isinstance(value, np.ndarray) and not value.flags.c_contiguous:
+            value = np.ascontiguousarray(value)
+        super().__setattr__(name, value)
 
     # sklearn-style parameters -----------------------------------------------------------
     def get_params(self, deep: bool = True) -> dict:
@@ -112,7 +123,7 @@ class _AffineMap:
             "n_anchors_": int(self.n_anchors_),
         }
         params.update({k: _jsonable(getattr(self, k)) for k in self._state_scalars})
-        arrays = {k: np.array(getattr(self, k), dtype=np.float64) for k in self._state_arrays}
+        arrays = {k: np.array(getattr(self, k), dtype=np.float64, order="C") for k in self._state_arrays}
         return params, arrays
 
     @classmethod
@@ -124,7 +135,7 @@ class _AffineMap:
             for k in ("n_features_in_", "n_outputs_", "n_anchors_", *cls._state_scalars):
                 setattr(est, k, params[k])
             for k in cls._state_arrays:
-                setattr(est, k, np.asarray(arrays[k], dtype=np.float64).copy())
+                setattr(est, k, np.array(arrays[k], dtype=np.float64, order="C"))
         except (KeyError, TypeError) as exc:
             raise InvalidInput(f"incomplete {cls.__name__} state: {exc}") from exc
         W, b = est._affine()
@@ -198,7 +209,7 @@ class RidgeMap(_AffineMap):
             gcv[i] = rss / (n * d_y) / denom**2 if denom > 1e-12 else np.inf
         best = int(np.argmin(gcv)) if np.isfinite(gcv).any() else int(np.argmax(alphas))
         self.alphas_, self.gcv_, self.alpha_ = alphas, gcv, float(alphas[best])
-        self.coef_ = ((V / (e + self.alpha_)) @ P).T
+        self.coef_ = np.ascontiguousarray(((V / (e + self.alpha_)) @ P).T)  # row-major, as from_state
         self.intercept_ = stats.mean_y - self.coef_ @ stats.mean_x if self.fit_intercept else np.zeros(d_y)
         return self
 
@@ -225,7 +236,7 @@ class ProcrustesMap(_AffineMap):
         self._start_fit(stats, 2 if self.fit_intercept else 1)
         sxx, sxy, _ = stats.scatter() if self.fit_intercept else (stats.xtx, stats.xty, None)
         U, S, Vt = np.linalg.svd(sxy, full_matrices=False)
-        R = (U @ Vt).T
+        R = np.ascontiguousarray((U @ Vt).T)  # row-major, as from_state rebuilds it
         s = 1.0
         if self.scale:
             denom = float(np.einsum("ij,ij->", R @ sxx, R))
