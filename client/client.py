@@ -189,19 +189,20 @@ class Client:
 
     # ----------------------------------------------------------------- server
     def health(self) -> bool:
-        """True if the server reports SERVING, False if NOT_SERVING; :class:`Unavailable` if unreachable."""
-        response = self._call(self._health.Check, health_pb2.HealthCheckRequest(service=""))
+        """True if the server reports SERVING; False if NOT_SERVING or unreachable (no answer
+        within the client's timeout)."""
+        try:
+            response = self._call(self._health.Check, health_pb2.HealthCheckRequest(service=""))
+        except (errors.Unavailable, errors.DeadlineExceeded):
+            return False
         return response.status == health_pb2.HealthCheckResponse.SERVING
 
     def wait_until_serving(self, timeout: float = 30.0) -> None:
         """Poll :meth:`health` until SERVING; :class:`Unavailable` after ``timeout`` seconds."""
         deadline = time.monotonic() + timeout
         while True:
-            try:
-                if self.health():
-                    return
-            except errors.Unavailable:
-                pass
+            if self.health():
+                return
             if time.monotonic() > deadline:
                 raise errors.Unavailable(f"{self.address} is not SERVING after {timeout:.0f} s")
             time.sleep(0.1)

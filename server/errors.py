@@ -52,5 +52,9 @@ class PermissionDenied(ConvergentError):
     """A valid key whose role may not make this call."""
 
 
+class StartupError(Exception):
+    """The server cannot start (port in use, data folder not writable); never sent to a caller."""
+
+
 class Cancelled(ConvergentError):
     """The caller went away (cancelled the call or its deadline passed) before the commit."""

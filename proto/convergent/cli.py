@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+
+from convergent.wire import FIT_METHODS
 
 app = typer.Typer(
     help="convergent: fit maps between embedding models' spaces and serve cross-model inference.",
@@ -19,11 +23,22 @@ app.add_typer(models_app, name="models")
 app.add_typer(anchors_app, name="anchors")
 fits_app = typer.Typer(help="List, show and export fitted maps.", no_args_is_help=True)
 app.add_typer(fits_app, name="fits")
+galleries_app = typer.Typer(help="List, show, delete galleries and remove items.", no_args_is_help=True)
+app.add_typer(galleries_app, name="galleries")
 keys_app = typer.Typer(help="API keys of tenants (run on the server host, against its data folder).", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 
-# TLS of the client commands (set by the global options below).
+# TLS of the client commands and --debug (set by the global options below).
 _TLS: dict[str, Optional[Path]] = {}
+_DEBUG = {"on": bool(os.environ.get("CONVERGENT_DEBUG"))}
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from convergent import __version__
+
+        typer.echo(f"convergent {__version__}")
+        raise typer.Exit()
 
 
 @app.callback()
@@ -31,9 +46,12 @@ def _global_options(
     tls_ca: Annotated[Optional[Path], typer.Option(envvar="CONVERGENT_TLS_CA", help="client commands: connect with TLS, trusting this CA (PEM)")] = None,
     tls_client_cert: Annotated[Optional[Path], typer.Option(envvar="CONVERGENT_TLS_CLIENT_CERT", help="client certificate for mTLS (PEM)")] = None,
     tls_client_key: Annotated[Optional[Path], typer.Option(envvar="CONVERGENT_TLS_CLIENT_KEY", help="client key for mTLS (PEM)")] = None,
+    debug: Annotated[bool, typer.Option("--debug", help="show the traceback of an unexpected error [env CONVERGENT_DEBUG]")] = False,
+    version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True, help="print the version and exit")] = False,
 ) -> None:
     """convergent: fit maps between embedding models' spaces and serve cross-model inference."""
     _TLS.update(ca=tls_ca, cert=tls_client_cert, key=tls_client_key)
+    _DEBUG["on"] = _DEBUG["on"] or debug
 
 Address = Annotated[str, typer.Option("--address", envvar="CONVERGENT_ADDRESS", help="server HOST:PORT")]
 ApiKey = Annotated[Optional[str], typer.Option("--api-key", envvar="CONVERGENT_API_KEY", help="API key")]
@@ -50,20 +68,28 @@ def _client(address: str, api_key: str | None):  # noqa: ANN202
     return Client(address, api_key=api_key, tls=tls)
 
 
-def _fail(error: Exception) -> None:
+def _fail(error: Exception | str) -> None:
+    """Print one line ``error: ...`` on stderr and exit 1."""
     typer.echo(f"error: {error}", err=True)
     raise typer.Exit(code=1)
 
 
 @contextmanager
 def _connected(address: str, api_key: str | None):  # noqa: ANN202
-    """A client for one command; a failed call prints its status and message and exits 1."""
-    from convergent.client.errors import ConvergentError
+    """A client for one command; a failed call prints its status and message (with the fix
+    for an unreachable server or missing credentials) and exits 1."""
+    from convergent.client import errors
 
     try:
         with _client(address, api_key) as client:
             yield client
-    except ConvergentError as exc:
+    except errors.Unavailable as exc:
+        reason = exc.details.rsplit(": ", 1)[-1]
+        _fail(f"cannot reach a convergent server at {address} ({reason}): is `convergent serve` running there? "
+              f"Set the address with --address or CONVERGENT_ADDRESS")
+    except (errors.Unauthenticated, errors.PermissionDenied) as exc:
+        _fail(f"{exc}; pass an API key with --api-key or CONVERGENT_API_KEY (make one with `convergent keys create` on the server host)")
+    except errors.ConvergentError as exc:
         _fail(exc)
 
 
@@ -93,6 +119,7 @@ def serve(
     from pydantic import ValidationError
 
     from convergent.server import logs
+    from convergent.server.errors import StartupError
     from convergent.server.rpc.app import serve as run_server
     from convergent.server.settings import ServerSettings
 
@@ -108,9 +135,13 @@ def serve(
     try:
         settings = ServerSettings(**{k: v for k, v in flags.items() if v is not None})
     except ValidationError as exc:
-        _fail(exc)
+        _fail("; ".join(f"--{'-'.join(str(p) for p in e['loc']).replace('_', '-')}: {e['msg']}" for e in exc.errors())
+              or str(exc))
     logs.configure(settings.log_level, settings.log_format)
-    run_server(settings)
+    try:
+        run_server(settings)
+    except StartupError as exc:
+        _fail(exc)
 
 
 @app.command()
@@ -118,7 +149,7 @@ def health(address: Address = DEFAULT_ADDRESS, api_key: ApiKey = None) -> None:
     """Exit 0 if the server is SERVING, 1 otherwise (for container health checks)."""
     with _connected(address, api_key) as client:
         serving = client.health()
-    typer.echo("SERVING" if serving else "NOT_SERVING")
+    typer.echo("SERVING" if serving else f"NOT_SERVING or unreachable at {address}")
     raise typer.Exit(code=0 if serving else 1)
 
 
@@ -168,21 +199,151 @@ def anchors_list(
         typer.echo(f"{s.name} (version {s.data_version}): {counts}")
 
 
-def _load_npz(file: Path, key: str | None, model: str, ids_key: str):  # noqa: ANN202
-    """(vectors, ids or None) from an .npz: array ``key``, else the model's name, else the only 2-D one."""
+def _read_arrays(file: Path) -> dict:
+    """The arrays of an .npz (np.savez) or .npy (np.save) file; a clear error for anything else."""
+    import zipfile
+
     import numpy as np
 
-    with np.load(file, allow_pickle=False) as data:
-        names = list(data.keys())
+    how = "write one with np.savez(FILE, vectors=..., ids=np.array(ids, dtype=str))"
+    with open(file, "rb") as handle:
+        magic = handle.read(6)
+    if not (magic.startswith(b"PK") or magic == b"\x93NUMPY"):
+        _fail(f"{file} is not an .npz or .npy file (it does not start like one): {how}")
+    try:
+        loaded = np.load(file, allow_pickle=False)
+    except ValueError as exc:
+        if "pickled" in str(exc):
+            _fail(f"{file} holds an object (pickled) array, which is never loaded: save numbers and strings only")
+        _fail(f"{file} cannot be read ({exc}): {how}")
+    except (OSError, EOFError, zipfile.BadZipFile) as exc:
+        _fail(f"{file} cannot be read as .npz or .npy ({exc}): {how}")
+    if isinstance(loaded, np.ndarray):  # .npy: one array
+        return {file.stem: loaded}
+    with loaded as data:
+        arrays = {}
+        for name in data.files:
+            try:
+                arrays[name] = data[name]
+            except ValueError:
+                _fail(f"{file}: array {name!r} is an object (pickled) array, which is never loaded: save it as numbers "
+                      f"or strings (np.array(values, dtype=str))")
+        return arrays
+
+
+def _load_npz(file: Path, key: str | None, model: str, ids_key: str | None, *, need_ids: bool = False,
+              row_ids: bool = False):  # noqa: ANN202
+    """(vectors, ids or None) from an .npz or .npy file.
+
+    vectors: array ``key`` when given (an error if missing), else the model's name, else the
+    only 2-D array. ids: array ``ids_key`` (an error if the file lacks it and ``need_ids``);
+    row numbers "0".."n-1" only with ``row_ids``.
+    """
+    arrays = _read_arrays(file)
+    names = sorted(arrays)
+    if key is None:
+        matrices = [k for k in names if arrays[k].ndim == 2]
+        key = model if model in names else (matrices[0] if len(matrices) == 1 else None)
         if key is None:
-            matrices = [k for k in names if data[k].ndim == 2]
-            key = model if model in names else (matrices[0] if len(matrices) == 1 else None)
-            if key is None:
-                _fail(ValueError(f"{file} holds {matrices}: choose one with --key"))
-        if key not in names:
-            _fail(ValueError(f"{file} has no array {key!r} (it has {names})"))
-        ids = [str(i) for i in data[ids_key]] if ids_key in names else None
-        return data[key], ids
+            _fail(f"{file} holds {matrices or names}: choose the vectors with --key")
+    if key not in arrays:
+        _fail(f"{file} has no array {key!r} (it has {names}): check --key")
+    vectors = arrays[key]
+    if vectors.ndim != 2 or not _numeric(vectors):
+        _fail(f"{file}: array {key!r} must be a 2-D numeric (rows, dim) array, got {vectors.dtype} {vectors.shape}")
+    if row_ids:
+        return vectors, [str(i) for i in range(len(vectors))]
+    if ids_key is not None and ids_key in arrays:
+        ids = arrays[ids_key]
+        if ids.ndim != 1 or len(ids) != len(vectors):
+            _fail(f"{file}: ids {ids_key!r} must be 1-D with one id per row ({len(vectors)}), got shape {ids.shape}")
+        return vectors, [str(i) for i in ids]
+    if need_ids:
+        _fail(f"{file} has no ids array {ids_key!r} (it has {names}): add one, name it with --ids-key, "
+              f"or pass --row-ids to use the row numbers 0..{len(vectors) - 1} as ids")
+    return vectors, None
+
+
+def _numeric(a) -> bool:  # noqa: ANN001
+    import numpy as np
+
+    return bool(np.issubdtype(a.dtype, np.number)) and a.dtype != bool
+
+
+@anchors_app.command("delete")
+def anchors_delete(
+    anchor_set: Annotated[str, typer.Argument(help="anchor set")],
+    model: Annotated[str, typer.Option(help="delete this model's anchors in the set")],
+    ids: Annotated[Optional[list[str]], typer.Option("--id", help="only these ids (repeatable); default: all of the model's")] = None,
+    address: Address = DEFAULT_ADDRESS,
+    api_key: ApiKey = None,
+) -> None:
+    """Delete a model's anchors from a set (all, or the ids given); fits on the set become stale."""
+    with _connected(address, api_key) as client:
+        deleted = client.delete_anchors(model, anchor_set, ids=ids or None)
+    typer.echo(f"deleted {deleted} anchors of {model} from {anchor_set}")
+
+
+@galleries_app.command("list")
+def galleries_list(address: Address = DEFAULT_ADDRESS, api_key: ApiKey = None) -> None:
+    """List galleries with their model, index and size."""
+    with _connected(address, api_key) as client:
+        galleries = client.list_galleries()
+    typer.echo(f"{'name':<32} {'model':<24} {'version':>7} {'index':<6} {'size':>9}")
+    for g in galleries:
+        typer.echo(f"{g.name:<32} {g.model:<24} {g.model_version:>7} {g.index:<6} {g.size:>9}")
+
+
+@galleries_app.command("show")
+def galleries_show(name: str, address: Address = DEFAULT_ADDRESS, api_key: ApiKey = None) -> None:
+    """Show one gallery."""
+    with _connected(address, api_key) as client:
+        g = client.get_gallery(name)
+    typer.echo(f"gallery {g.name}: model {g.model} v{g.model_version}, index {g.index}, {g.size} items")
+
+
+@galleries_app.command("delete")
+def galleries_delete(name: str, address: Address = DEFAULT_ADDRESS, api_key: ApiKey = None) -> None:
+    """Delete a gallery and every item in it (admin)."""
+    with _connected(address, api_key) as client:
+        client.delete_gallery(name)
+    typer.echo(f"deleted gallery {name}")
+
+
+@galleries_app.command("remove")
+def galleries_remove(
+    name: str,
+    ids: Annotated[list[str], typer.Option("--id", help="id to remove (repeatable)")],
+    address: Address = DEFAULT_ADDRESS,
+    api_key: ApiKey = None,
+) -> None:
+    """Remove items from a gallery by id (erasure requests)."""
+    with _connected(address, api_key) as client:
+        removed = client.remove(name, ids)
+    typer.echo(f"removed {removed} of {len(ids)} ids from {name}")
+
+
+@app.command()
+def erase(
+    ids: Annotated[list[str], typer.Argument(help="subject ids to erase from every anchor set and gallery")],
+    address: Address = DEFAULT_ADDRESS,
+    api_key: ApiKey = None,
+) -> None:
+    """Erase subjects everywhere in the tenant (admin); fits on changed anchor sets become stale."""
+    with _connected(address, api_key) as client:
+        report = client.erase(ids)
+    typer.echo(f"erased {report.anchors_deleted} anchors and {report.gallery_items_deleted} gallery items; "
+               f"anchor sets changed {report.anchor_sets_changed or '[]'}, galleries changed {report.galleries_changed or '[]'}, "
+               f"stale fits {report.stale_fits or '[]'}")
+
+
+@app.command()
+def usage(address: Address = DEFAULT_ADDRESS, api_key: ApiKey = None) -> None:
+    """The caller's tenant, its stored vectors against the quota, and the key's role."""
+    with _connected(address, api_key) as client:
+        u = client.usage()
+    quota = f"of {u.max_vectors}" if u.max_vectors else "(no quota)"
+    typer.echo(f"tenant {u.tenant}: {u.stored_vectors} vectors stored {quota}; key {u.key_id or '-'} role {u.role}")
 
 
 @app.command()
@@ -191,7 +352,8 @@ def upload(
     model: Annotated[str, typer.Option(help="registered model the vectors come from")],
     anchor_set: Annotated[str, typer.Option(help="anchor set to add them to")],
     key: Annotated[Optional[str], typer.Option(help="array in the .npz (default: the model name, else the only 2-D array)")] = None,
-    ids_key: Annotated[str, typer.Option(help="array of ids (default 'ids'; row numbers if absent)")] = "ids",
+    ids_key: Annotated[str, typer.Option(help="array of ids; a file without it is an error unless --row-ids")] = "ids",
+    row_ids: Annotated[bool, typer.Option("--row-ids", help="use the row numbers 0..n-1 as ids (the file has none)")] = False,
     chunk_size: Annotated[int, typer.Option(help="rows per message")] = 512,
     overwrite: Annotated[bool, typer.Option(help="replace stored vectors of the same ids")] = False,
     address: Address = DEFAULT_ADDRESS,
@@ -200,8 +362,7 @@ def upload(
     """Upload anchor embeddings from an .npz file, with a progress bar."""
     import numpy as np
 
-    vectors, ids = _load_npz(file, key, model, ids_key)
-    ids = ids if ids is not None else [str(i) for i in range(len(vectors))]
+    vectors, ids = _load_npz(file, key, model, ids_key, need_ids=True, row_ids=row_ids)
     with _connected(address, api_key) as client:
         total = client.upload_anchors(
             model, anchor_set=anchor_set, ids=ids, vectors=vectors, chunk_size=chunk_size,
@@ -242,7 +403,7 @@ def fit(
     source: Annotated[str, typer.Option(help="model the map starts from")],
     target: Annotated[str, typer.Option(help="model the map goes to")],
     anchor_set: Annotated[str, typer.Option(help="anchor set both models embedded")],
-    method: Annotated[str, typer.Option(help="auto, ridge, procrustes, cca")] = "auto",
+    method: Annotated[str, typer.Option(help="one of: " + "; ".join(f"{name} ({what})" for name, what in FIT_METHODS.items()))] = "auto",
     param: Annotated[Optional[list[str]], typer.Option(help="hyper-parameter key=value (repeatable)")] = None,
     address: Address = DEFAULT_ADDRESS,
     api_key: ApiKey = None,
@@ -251,6 +412,21 @@ def fit(
     params = _parse_params(param or [])
     with _connected(address, api_key) as client:
         info = client.fit_alignment(source, target, anchor_set=anchor_set, method=method, **params)
+    _print_fit(info)
+
+
+@app.command("fit-shared")
+def fit_shared(
+    models: Annotated[list[str], typer.Option("--model", help="a model of the space (repeat, at least 2)")],
+    anchor_set: Annotated[str, typer.Option(help="anchor set the models embedded")],
+    param: Annotated[Optional[list[str]], typer.Option(help="n_components, reg or seed as key=value (repeatable)")] = None,
+    address: Address = DEFAULT_ADDRESS,
+    api_key: ApiKey = None,
+) -> None:
+    """Fit one shared space for N models (transform to shared:<id>; identify/verify route through it)."""
+    params = _parse_params(param or [])
+    with _connected(address, api_key) as client:
+        info = client.fit_shared_space(models, anchor_set=anchor_set, **params)
     _print_fit(info)
 
 
@@ -335,9 +511,7 @@ def enroll(
     api_key: ApiKey = None,
 ) -> None:
     """Enroll vectors into a gallery, with a progress bar."""
-    vectors, ids = _load_npz(file, key, model, ids_key)
-    if ids is None:
-        _fail(ValueError(f"{file} has no {ids_key!r} array: galleries need ids"))
+    vectors, ids = _load_npz(file, key, model, ids_key, need_ids=True)
     with _connected(address, api_key) as client:
         size = client.enroll(gallery=gallery, model=model, ids=ids, vectors=vectors, index=index, progress=True)
     typer.echo(f"enrolled {len(ids)} vectors of {model} into {gallery}; gallery size {size}")
@@ -413,10 +587,10 @@ def calibrate(
     b, _ = _load_npz(b_file, None, b_model, "ids")
     same = None
     for file in (a_file, b_file):
-        with np.load(file, allow_pickle=False) as data:
-            if same_key in data.files:
-                same = data[same_key]
-                break
+        arrays = _read_arrays(file)
+        if same_key in arrays:
+            same = arrays[same_key]
+            break
     if same is None:
         _fail(ValueError(f"neither {a_file} nor {b_file} has a {same_key!r} array: name it with --same-key"))
     if same.dtype != bool:
@@ -591,7 +765,18 @@ def demo(
 
 
 def main(argv: list[str] | None = None) -> None:
-    app(args=argv, prog_name="convergent")
+    """Entry point: user mistakes print one ``error:`` line (exit 1, usage errors exit 2); an
+    unexpected exception prints one line too, with its traceback only under --debug."""
+    try:
+        app(args=argv, prog_name="convergent")
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
+    except Exception as exc:  # noqa: BLE001 - the last resort of a command line
+        if _DEBUG["on"] or "--debug" in (argv if argv is not None else sys.argv[1:]):
+            raise
+        typer.echo(f"error: unexpected {type(exc).__name__}: {exc} (run with --debug for the traceback)", err=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

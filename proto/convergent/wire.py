@@ -20,6 +20,18 @@ NAME_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,128}")
 MAX_NAME_LENGTH = 128
 REQUEST_ID_KEY = "x-request-id"
 
+# The map methods FitAlignment accepts (the server's parameter table covers exactly these).
+FIT_METHODS: dict[str, str] = {
+    "auto": "held-out choice among permutation, procrustes, scaled procrustes, ridge",
+    "ridge": "affine least squares with a GCV-chosen penalty",
+    "procrustes": "orthogonal rotation (optionally scaled) + offset",
+    "cca": "canonical correlation subspace",
+    "permutation": "one-to-one unit matching (Hungarian)",
+    "semi_matching": "each unit to its best-correlated unit (may repeat)",
+    "sparse": "one-to-many L1 (Lasso) prediction of units",
+    "spectral": "many-to-many groups of units (spectral clustering)",
+}
+
 _DTYPES: dict[int, np.dtype] = {
     types_pb2.DTYPE_FLOAT32: np.dtype("<f4"),
     types_pb2.DTYPE_FLOAT64: np.dtype("<f8"),

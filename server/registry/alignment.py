@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from convergent.wire import FIT_METHODS
 from convergent.server.errors import FailedPrecondition, InvalidInput, NotFitted, NotFound, SpaceMismatch
 from convergent.server.registry.records import FitRecord, ModelRecord, Page
 from convergent.server.registry.service import check_model_version, l2_normalize_rows, prepare_vectors, valid_name
@@ -90,6 +91,8 @@ PARAMS: dict[str, dict[str, Callable[[str, object], object]]] = {
     "spectral": {"n_groups": _at_least_one, "reg": _fraction, "seed": _int},
 }
 METHODS = tuple(PARAMS)
+if set(METHODS) != set(FIT_METHODS):  # the contract's method list and this table are one list
+    raise ImportError(f"methods {sorted(set(METHODS) ^ set(FIT_METHODS))} are in only one of wire.FIT_METHODS and PARAMS")
 SHARED_PARAMS: dict[str, Callable[[str, object], object]] = {
     "n_components": _at_least_one, "reg": _fraction, "seed": _int,
 }

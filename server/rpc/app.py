@@ -6,10 +6,12 @@ import logging
 import signal
 import threading
 from concurrent import futures
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from convergent.server.errors import StartupError
 from convergent.server.metrics import Metrics
 from convergent.server.registry.alignment import Alignment
 from convergent.server.registry.galleries import Galleries
@@ -108,19 +110,33 @@ class ConvergentServer:
         return _address(self.settings.host, self.port or 0)
 
     def start(self) -> int:
-        """Bind, start serving, open storage, then report SERVING. Returns the bound port."""
+        """Bind, start serving, open storage, then report SERVING. Returns the bound port.
+
+        :class:`StartupError` (before binding) for a data folder that cannot be written or a
+        port that cannot be bound."""
         s = self.settings
-        if s.tls_cert is not None:
-            credentials = grpc.ssl_server_credentials(
-                [(s.tls_key.read_bytes(), s.tls_cert.read_bytes())],
-                root_certificates=s.tls_client_ca.read_bytes() if s.tls_client_ca else None,
-                require_client_auth=s.tls_client_ca is not None,
-            )
-            self.port = self._server.add_secure_port(_address(s.host, s.port), credentials)
-        else:
-            self.port = self._server.add_insecure_port(_address(s.host, s.port))
+        if not s.database_url:  # SQLite (and milvus-lite) live in the data folder
+            _check_data_dir(s.data_dir)
+        address = _address(s.host, s.port)
+        try:
+            if s.tls_cert is not None:
+                credentials = grpc.ssl_server_credentials(
+                    [(s.tls_key.read_bytes(), s.tls_cert.read_bytes())],
+                    root_certificates=s.tls_client_ca.read_bytes() if s.tls_client_ca else None,
+                    require_client_auth=s.tls_client_ca is not None,
+                )
+                self.port = self._server.add_secure_port(address, credentials)
+            else:
+                self.port = self._server.add_insecure_port(address)
+        except RuntimeError as exc:  # grpc: "Failed to bind to address ..."
+            raise StartupError(
+                f"cannot listen on {address}: the port is in use (another `convergent serve`?) or the host is not "
+                f"an address of this machine; choose another with --port (0 picks a free one) or --host"
+            ) from exc
+        except OSError as exc:
+            raise StartupError(f"cannot read the TLS files: {exc}") from exc
         if self.port == 0:
-            raise OSError(f"could not bind {_address(s.host, s.port)}")
+            raise StartupError(f"cannot listen on {address}; choose another with --port or --host")
         self._server.start()
         security = "mTLS" if s.tls_client_ca else "TLS" if s.tls_cert else "plaintext"
         log.info("listening on %s (%s, API keys %s)", self.address, security, "required" if s.auth_enabled() else "off")
@@ -165,6 +181,19 @@ class ConvergentServer:
         self.stop(grace=1.0)
 
 
+def _check_data_dir(folder: Path) -> None:
+    """Create the data folder if needed; :class:`StartupError` if it cannot be written."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / ".convergent-write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise StartupError(
+            f"cannot use the data folder {folder} ({exc.strerror or exc}); choose a writable one with --data-dir"
+        ) from exc
+
+
 def serve(settings: ServerSettings) -> None:
     """Run a server in the foreground until SIGTERM or SIGINT, then stop gracefully."""
     server = ConvergentServer(settings)
@@ -174,9 +203,9 @@ def serve(settings: ServerSettings) -> None:
         log.info("received %s", signal.Signals(signum).name)
         stop_requested.set()
 
+    server.start()  # a StartupError leaves nothing to stop
     previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        server.start()
         while not stop_requested.wait(0.5):
             pass
     finally:

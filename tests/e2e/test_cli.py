@@ -42,7 +42,7 @@ def test_health_exit_codes(server):
     assert run("health", "--address", server.address).stdout.strip() == "SERVING"
     server.stop(grace=0.2)
     down = run("health", "--address", server.address, check=False, timeout=60)
-    assert down.returncode == 1 and "UNAVAILABLE" in down.stderr
+    assert down.returncode == 1 and f"NOT_SERVING or unreachable at {server.address}" in down.stdout
 
 
 PLOTS = ("cmc_methods.png", "cmc_fusion.png", "anchors_curve.png", "matched_correlations.png")
@@ -153,7 +153,7 @@ def test_backup_and_restore_commands(server, tmp_path: Path, rng):
     address = ["--address", server.address]
     run("models", "register", "face", "--dim", "4", *address)
     np.savez(tmp_path / "x.npz", face=rng.standard_normal((50, 4)))
-    run("upload", str(tmp_path / "x.npz"), "--model", "face", "--anchor-set", "s", *address)
+    run("upload", str(tmp_path / "x.npz"), "--model", "face", "--anchor-set", "s", "--row-ids", *address)
     data_dir = str(server.settings.data_dir)
     wrote = run("backup", str(tmp_path / "b.tar.gz"), "--data-dir", data_dir).stdout
     assert "anchors=50" in wrote and "models=1" in wrote
@@ -165,3 +165,67 @@ def test_backup_and_restore_commands(server, tmp_path: Path, rng):
     (tmp_path / "bad.tar").write_bytes(b"not a backup")
     bad = run("backup", str(tmp_path / "bad.tar"), "--verify", check=False)
     assert bad.returncode == 1 and "error:" in bad.stderr
+
+
+def one_error_line(result: subprocess.CompletedProcess) -> str:
+    """The command failed with exactly one line on stderr, starting with 'error:'."""
+    lines = [line for line in result.stderr.splitlines() if line.strip() and not line.startswith(("E1", "W1", "I1"))]
+    assert result.returncode == 1 and len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    return lines[0]
+
+
+def test_user_mistakes_give_one_line_and_change_nothing(server, tmp_path: Path, rng):
+    address = ["--address", server.address]
+    run("models", "register", "face", "--dim", "4", *address)
+    (tmp_path / "bad.npz").write_text("not numpy at all")
+    assert "not an .npz or .npy file" in one_error_line(run("upload", str(tmp_path / "bad.npz"), "--model", "face", "--anchor-set", "s", *address, check=False))
+    np.savez(tmp_path / "obj.npz", face=np.array([object()] * 4, dtype=object))
+    assert "object (pickled) array" in one_error_line(run("upload", str(tmp_path / "obj.npz"), "--model", "face", "--anchor-set", "s", *address, check=False))
+    np.savez(tmp_path / "x.npz", face=rng.standard_normal((20, 4)), ids=np.array([f"i{k}" for k in range(20)]))
+    typo = one_error_line(run("upload", str(tmp_path / "x.npz"), "--model", "face", "--anchor-set", "s", "--ids-key", "idz", *address, check=False))
+    assert "no ids array 'idz'" in typo and "--row-ids" in typo
+    assert "no array 'vecs'" in one_error_line(run("upload", str(tmp_path / "x.npz"), "--model", "face", "--anchor-set", "s", "--key", "vecs", *address, check=False))
+    assert "has no" in one_error_line(run("enroll", str(tmp_path / "x.npz"), "--gallery", "g", "--model", "face", "--ids-key", "nope", *address, check=False))
+    assert "s (" not in run("anchors", "list", *address).stdout  # nothing was stored by any of them
+    # A .npy file holds one array: fine where ids come from the rows on request.
+    np.save(tmp_path / "one.npy", rng.standard_normal((6, 4)))
+    assert "ids array" in one_error_line(run("upload", str(tmp_path / "one.npy"), "--model", "face", "--anchor-set", "s", *address, check=False))
+    assert "uploaded 6 vectors" in run("upload", str(tmp_path / "one.npy"), "--model", "face", "--anchor-set", "s", "--row-ids", *address).stdout
+    assert "convergent " in run("--version").stdout
+
+
+def test_server_down_and_serve_mistakes(tmp_path: Path):
+    import socket
+
+    with socket.socket() as sock:  # a port nobody listens on, then one that is taken
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        down = one_error_line(run("models", "list", "--address", f"127.0.0.1:{port}", check=False))
+        assert f"cannot reach a convergent server at 127.0.0.1:{port}" in down and "convergent serve" in down
+        sock.listen()
+        taken = one_error_line(run("serve", "--port", str(port), "--data-dir", str(tmp_path / "d"), check=False, timeout=60))
+        assert f"cannot listen on 127.0.0.1:{port}" in taken and "--port" in taken
+    nowhere = one_error_line(run("serve", "--port", "0", "--data-dir", "/proc/convergent-nope", check=False, timeout=60))
+    assert "cannot use the data folder /proc/convergent-nope" in nowhere and "--data-dir" in nowhere
+
+
+def test_gallery_anchor_erase_usage_and_shared_space_commands(server, tmp_path: Path, rng):
+    address = ["--address", server.address]
+    ids = np.array([f"p{i}" for i in range(40)])
+    for name, dim in (("a", 6), ("b", 5), ("c", 4)):
+        run("models", "register", name, "--dim", str(dim), *address)
+        np.savez(tmp_path / f"{name}.npz", **{name: rng.standard_normal((40, dim))}, ids=ids)
+        run("upload", str(tmp_path / f"{name}.npz"), "--model", name, "--anchor-set", "s", *address)
+    shared = run("fit-shared", "--model", "a", "--model", "b", "--model", "c", "--anchor-set", "s", "--param", "n_components=3", *address).stdout
+    assert "method shared" in shared and "a->b.top1" in shared
+    run("enroll", str(tmp_path / "a.npz"), "--gallery", "g", "--model", "a", *address)
+    assert "g " in run("galleries", "list", *address).stdout
+    assert "gallery g: model a v1, index exact, 40 items" in run("galleries", "show", "g", *address).stdout
+    assert "removed 2 of 3 ids from g" in run("galleries", "remove", "g", "--id", "p0", "--id", "p1", "--id", "zz", *address).stdout
+    assert "deleted 1 anchors of c from s" in run("anchors", "delete", "s", "--model", "c", "--id", "p5", *address).stdout
+    erased = run("erase", "p7", *address).stdout
+    assert "erased 3 anchors and 1 gallery items" in erased and "'s'" in erased
+    assert "vectors stored" in run("usage", *address).stdout
+    assert "deleted gallery g" in run("galleries", "delete", "g", *address).stdout
+    missing = one_error_line(run("galleries", "show", "g", *address, check=False))
+    assert "NOT_FOUND" in missing
