@@ -4,6 +4,7 @@ from convergent.client.client import Client
 from convergent.client.errors import ConvergentError
 from convergent.client.types import (
     AnchorSetInfo,
+    ErasureReport,
     FitInfo,
     GalleryInfo,
     IdentifyResult,
@@ -20,6 +21,7 @@ __all__ = [
     "AnchorSetInfo",
     "Client",
     "ConvergentError",
+    "ErasureReport",
     "FitInfo",
     "GalleryInfo",
     "IdentifyResult",

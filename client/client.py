@@ -104,6 +104,35 @@ def _pem(value: bytes | str | None) -> bytes | None:
     return Path(value).read_bytes()
 
 
+UINT32_MAX = 2**32 - 1
+
+
+def _count(value: Any, name: str, low: int = 1, high: int = UINT32_MAX) -> int:
+    """An int in [low, high] (bools and floats refused), else :class:`InvalidArgument` before
+    anything is sent (protobuf would raise a bare ValueError for a negative uint32)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not low <= value <= high:
+        raise errors.InvalidArgument(f"{name} must be an integer in {low}..{high}, got {value!r}")
+    return int(value)
+
+
+def _matrix(vectors: Any, name: str) -> np.ndarray:
+    array = np.asarray(vectors)
+    if array.ndim != 2:
+        raise errors.InvalidArgument(f"{name} must be 2-D (n, dim), got shape {array.shape}")
+    return array
+
+
+def _joined(replies: Sequence[Any]) -> tuple[list[list[str]], np.ndarray]:
+    """The ids (row lists) and scores (n, k') of identify replies of consecutive probe batches."""
+    ids: list[list[str]] = []
+    blocks = []
+    for reply in replies:
+        scores = decode_matrix(reply.scores)
+        ids += _rows(list(reply.ids), scores)
+        blocks.append(scores)
+    return ids, np.vstack(blocks) if len(blocks) > 1 else blocks[0].copy()
+
+
 def _rows(flat: list[str], scores: np.ndarray) -> list[list[str]]:
     """Row-major flat ids -> one list per row of ``scores``."""
     width = scores.shape[1]
@@ -223,7 +252,7 @@ class Client:
     # ----------------------------------------------------------------- models
     def register_model(self, name: str, dim: int, normalize: bool = True) -> ModelInfo:
         """Register a model. ``normalize=True``: the server L2-normalises its vectors on every path."""
-        request = models_pb2.RegisterModelRequest(name=name, dim=dim, normalize=normalize)
+        request = models_pb2.RegisterModelRequest(name=name, dim=_count(dim, "dim"), normalize=bool(normalize))
         return _model_info(self._call(self._models.RegisterModel, request))
 
     def get_model(self, name: str) -> ModelInfo:
@@ -257,8 +286,10 @@ class Client:
         chunk_size: int = 512,
         overwrite: bool = False,
         progress: bool = False,
+        model_version: int = 0,
     ) -> int:
         """Stream ``vectors`` (n, dim) with their ``ids`` (n,) in one transaction.
+        ``model_version``: 0 = the model's current version, else it must be it (FAILED_PRECONDITION).
 
         Returns the number of anchors stored for (model, anchor set) after the commit.
         Chunks hold at most ``chunk_size`` rows and are cut smaller when needed so that no
@@ -266,7 +297,9 @@ class Client:
         is idempotent (same ids and vectors store nothing new), so it is retried whole on
         UNAVAILABLE.
         """
-        header = anchors_pb2.UploadAnchorsRequest(model=model, anchor_set=anchor_set, overwrite=overwrite)
+        header = anchors_pb2.UploadAnchorsRequest(
+            model=model, anchor_set=anchor_set, overwrite=overwrite, model_version=_count(model_version, "model_version", 0)
+        )
         response = self._stream(
             self._anchors.UploadAnchors, anchors_pb2.UploadAnchorsRequest, header, ids, vectors,
             chunk_size, progress and f"upload {model}/{anchor_set}", retry=True,
@@ -284,6 +317,7 @@ class Client:
         ALREADY_EXISTS), so it is not retried.
         """
         ids = [str(i) for i in ids]
+        chunk_size = _count(chunk_size, "chunk_size")
         vectors = np.asarray(vectors)
         if vectors.ndim != 2:
             raise errors.InvalidArgument(f"vectors must be 2-D (n, dim), got shape {vectors.shape}")
@@ -377,22 +411,21 @@ class Client:
 
     def transform(
         self, vectors: np.ndarray, source: str, target: str | None = None, fit_id: str | None = None,
-        batch_size: int = 4096,
+        batch_size: int = 4096, source_version: int = 0,
     ) -> np.ndarray:
         """Map ``vectors`` (n, d_source) of model ``source`` into ``target``'s space: (n, d_target) float32.
 
         Uses the latest ``source`` -> ``target`` fit unless ``fit_id`` is given (reverse fits
         are never used). ``target="shared:<fit id>"`` maps into a shared space (n, k). Rows go
-        in batches of ``batch_size`` (cut to the message limit).
+        in batches of ``batch_size`` (cut to the message limit). ``source_version``: 0 = current.
         """
-        vectors = np.asarray(vectors)
-        if vectors.ndim != 2:
-            raise errors.InvalidArgument(f"vectors must be 2-D (n, dim), got shape {vectors.shape}")
-        rows = min(batch_size, rows_per_chunk(max(vectors.shape[1], 1), batch_size, self._max_message_bytes))
+        vectors = _matrix(vectors, "vectors")
+        source_version = _count(source_version, "source_version", 0)
+        rows = min(_count(batch_size, "batch_size"), rows_per_chunk(max(vectors.shape[1], 1), batch_size, self._max_message_bytes))
         outputs = []
         for start in range(0, max(len(vectors), 1), rows):
             request = alignment_pb2.TransformRequest(
-                source=source, target=target or "", fit_id=fit_id or "",
+                source=source, source_version=source_version, target=target or "", fit_id=fit_id or "",
                 vectors=encode_matrix(vectors[start : start + rows]),
             )
             outputs.append(decode_matrix(self._call(self._alignment.Transform, request).vectors))
@@ -406,14 +439,16 @@ class Client:
     # ----------------------------------------------------------------- galleries
     def enroll(
         self, gallery: str, model: str, ids: Sequence[str], vectors: np.ndarray, index: str = "exact",
-        chunk_size: int = 512, progress: bool = False,
+        chunk_size: int = 512, progress: bool = False, model_version: int = 0,
     ) -> int:
         """Enroll ``vectors`` (n, dim) of ``model`` under ``ids`` in one transaction; returns the
         gallery size. The first enroll creates the gallery, bound to ``model``, with ``index``
         ("exact" or "hnsw"). An id already enrolled is ALREADY_EXISTS (nothing is stored)."""
         if index not in _INDEX_KINDS:
             raise errors.InvalidArgument(f"index must be one of {sorted(_INDEX_KINDS)}, got {index!r}")
-        header = galleries_pb2.EnrollRequest(gallery=gallery, model=model, index=_INDEX_KINDS[index])
+        header = galleries_pb2.EnrollRequest(
+            gallery=gallery, model=model, index=_INDEX_KINDS[index], model_version=_count(model_version, "model_version", 0)
+        )
         response = self._stream(
             self._galleries.Enroll, galleries_pb2.EnrollRequest, header, ids, vectors, chunk_size,
             progress and f"enroll {gallery}", retry=False,
@@ -439,33 +474,53 @@ class Client:
 
     def identify(
         self, gallery: str, vectors: np.ndarray | Mapping[str, np.ndarray], model: str | None = None, k: int = 5,
-        fit_id: str | None = None,
+        fit_id: str | None = None, model_version: int = 0, batch_size: int = 4096,
     ) -> IdentifyResult:
         """Top-``k`` gallery items for each probe.
 
-        ``vectors`` (n, dim) of ``model``: probes of another model than the gallery's go through
-        the latest ``model`` -> gallery-model fit (or ``fit_id``). ``vectors={"dlib": Pd, "facenet": Pf}``
-        (federated inference): row i of every party is the same subject; each party goes through
-        its own route, and the scores are fused (z-normalised, weighted by each route's held-out
-        quality); ``result.parties`` holds the weights, ``result.contributors`` who counted.
+        ``vectors`` (n, dim) of ``model`` (``model_version`` 0 = current): probes of another model
+        than the gallery's go through the latest ``model`` -> gallery-model fit (or ``fit_id``).
+        ``vectors={"dlib": Pd, "facenet": Pf}`` (federated inference): row i of every party is the
+        same subject; each party goes through its own route, and the scores are fused
+        (z-normalised, weighted by each route's held-out quality); ``result.parties`` holds the
+        weights, ``result.contributors`` who counted. Probes go in batches of ``batch_size``
+        rows (cut to the message limit), as :meth:`transform`.
         """
+        k = _count(k, "k")
+        batch_size = _count(batch_size, "batch_size")
         if isinstance(vectors, Mapping):
-            parties = [galleries_pb2.PartyProbes(model=m, vectors=encode_matrix(v)) for m, v in vectors.items()]
-            fused = self._call(self._galleries.IdentifyFused, galleries_pb2.IdentifyFusedRequest(gallery=gallery, parties=parties, k=k))
+            parties = {m: _matrix(v, f"vectors[{m!r}]") for m, v in vectors.items()}
+            n = max((len(v) for v in parties.values()), default=0)
+            width = sum(v.shape[1] for v in parties.values()) or 1
+            rows = min(batch_size, rows_per_chunk(width, batch_size, self._max_message_bytes))
+            replies = [
+                self._call(self._galleries.IdentifyFused, galleries_pb2.IdentifyFusedRequest(
+                    gallery=gallery, k=k,
+                    parties=[galleries_pb2.PartyProbes(model=m, vectors=encode_matrix(v[start : start + rows]))
+                             for m, v in parties.items()],
+                ))
+                for start in range(0, max(n, 1), rows)
+            ]
+            ids, scores = _joined(replies)
+            last = replies[-1]
             return IdentifyResult(
-                ids=_rows(list(fused.ids), decode_matrix(fused.scores)), scores=decode_matrix(fused.scores).copy(),
-                route="fused", parties={p.model: p.weight for p in fused.parties},
-                party_routes={p.model: p.route for p in fused.parties},
-                weight_sources={p.model: p.weight_source for p in fused.parties},
+                ids=ids, scores=scores, route="fused", parties={p.model: p.weight for p in last.parties},
+                party_routes={p.model: p.route for p in last.parties},
+                weight_sources={p.model: p.weight_source for p in last.parties},
             )
         if model is None:
             raise errors.InvalidArgument("give the probes' model (or a dict of party model -> probes)")
-        request = galleries_pb2.IdentifyRequest(
-            gallery=gallery, model=model, k=k, vectors=encode_matrix(vectors), fit_id=fit_id or ""
-        )
-        response = self._call(self._galleries.Identify, request)
-        scores = decode_matrix(response.scores).copy()
-        return IdentifyResult(ids=_rows(list(response.ids), scores), scores=scores, route=response.route)
+        probes = _matrix(vectors, "vectors")
+        rows = min(batch_size, rows_per_chunk(max(probes.shape[1], 1), batch_size, self._max_message_bytes))
+        replies = [
+            self._call(self._galleries.Identify, galleries_pb2.IdentifyRequest(
+                gallery=gallery, model=model, model_version=_count(model_version, "model_version", 0), k=k,
+                vectors=encode_matrix(probes[start : start + rows]), fit_id=fit_id or "",
+            ))
+            for start in range(0, max(len(probes), 1), rows)
+        ]
+        ids, scores = _joined(replies)
+        return IdentifyResult(ids=ids, scores=scores, route=replies[-1].route)
 
     def verify(self, a: np.ndarray, a_model: str, b: np.ndarray, b_model: str, far: float = 1e-3) -> VerifyResult:
         """Compare row i of ``a`` (model ``a_model``) with row i of ``b`` (``b_model``) at the

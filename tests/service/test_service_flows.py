@@ -112,3 +112,35 @@ def test_reflection_lists_services(start_server):
     services = set(ProtoReflectionDescriptorDatabase(channel).get_services())
     channel.close()
     assert {"convergent.v1.ModelService", "convergent.v1.AnchorService", "grpc.health.v1.Health"} <= services
+
+
+def test_sdk_checks_arguments_before_sending(client: Client, rng):
+    for bad in (-3, 0, 2.5, True, 2**32):
+        with pytest.raises(errors.InvalidArgument, match="dim must be an integer"):
+            client.register_model("m", dim=bad)
+    client.register_model("m", dim=4)
+    client.enroll(gallery="g", model="m", ids=["a", "b", "c"], vectors=rng.standard_normal((3, 4)))
+    for bad in (-1, 0, 1.0):
+        with pytest.raises(errors.InvalidArgument, match="k must be an integer"):
+            client.identify(gallery="g", vectors=np.ones((1, 4)), model="m", k=bad)
+    with pytest.raises(errors.InvalidArgument, match="model_version"):
+        client.identify(gallery="g", vectors=np.ones((1, 4)), model="m", model_version=-1)
+    with pytest.raises(errors.InvalidArgument, match="chunk_size"):
+        client.upload_anchors("m", anchor_set="s", ids=["a"], vectors=np.ones((1, 4)), chunk_size=0)
+    assert client.list_anchor_sets() == []  # nothing reached the server
+
+
+def test_identify_sends_probes_in_batches(client: Client, rng):
+    """More probes than one message may hold: batched like transform, answers in probe order."""
+    client.register_model("m", dim=8)
+    G = rng.standard_normal((50, 8))
+    client.enroll(gallery="g", model="m", ids=[f"p{i}" for i in range(50)], vectors=G)
+    probes = G[rng.integers(0, 50, size=700)] + 0.01 * rng.standard_normal((700, 8))
+    whole = client.identify(gallery="g", vectors=probes, model="m", k=3)
+    batched = client.identify(gallery="g", vectors=probes, model="m", k=3, batch_size=64)
+    assert batched.ids == whole.ids and batched.scores.shape == (700, 3)
+    np.testing.assert_allclose(batched.scores, whole.scores, rtol=0, atol=1e-6)
+    fused = client.identify(gallery="g", vectors={"m": probes}, k=2, batch_size=100)
+    assert [row[0] for row in fused.ids] == [row[0] for row in whole.ids]
+    with pytest.raises(errors.InvalidArgument, match="no rows"):
+        client.identify(gallery="g", vectors=probes[:0], model="m")

@@ -54,6 +54,12 @@ def test_distinct_items_are_left_alone_whatever_the_seed():
     for seed in range(3):
         A, B, _ = two_models(1, seed=seed, noise=0.0)
         assert not find_repeated_subjects(A, B, seed=seed).detected
+    # One model an exact rotation of the other: the pairs' similarities agree perfectly, and a
+    # narrow component fits the far tail with a large separation; without a valley it is no mode.
+    rng = np.random.default_rng(4)
+    X = rng.standard_normal((400, 16))
+    found = find_repeated_subjects(X, X @ np.linalg.qr(rng.standard_normal((16, 16)))[0])
+    assert not found.detected, found.reason
 
 
 def test_too_few_anchors_and_bad_input():
