@@ -29,6 +29,9 @@ class ServerSettings(BaseSettings):
     default_page_size: int = Field(100, ge=1)
     max_id_length: int = Field(256, ge=1, le=4096)
     max_k: int = Field(10_000, ge=1, description="largest k of identify")
+    max_fit_bytes: int = Field(
+        8 * 1024 * MiB, ge=64 * MiB, description="a fit whose estimated working memory exceeds this is refused"
+    )
     spool_memory_bytes: int = Field(
         64 * MiB, ge=0, description="an upload stream is buffered in memory up to this, then on disk"
     )

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from convergent.wire import FIT_METHODS
-from convergent.server.errors import FailedPrecondition, InvalidInput, NotFitted, NotFound, SpaceMismatch
+from convergent.server.errors import FailedPrecondition, InvalidInput, NotFitted, NotFound, ResourceExhausted, SpaceMismatch
 from convergent.server.registry.records import FitRecord, ModelRecord, Page
 from convergent.server.registry.service import check_model_version, l2_normalize_rows, prepare_vectors, valid_name
 from convergent.server.registry import paging
@@ -35,21 +35,33 @@ HELDOUT_FRACTION, HELDOUT_CAP = 0.2, 2000
 
 
 # ---------------------------------------------------------------- parameters per method
+# Every hyper-parameter has a range with an upper bound: a hostile value is INVALID_ARGUMENT
+# before any math runs (a Lasso path of 1e8 alphas once tried to allocate 11.9 TiB).
+SEED_MAX = 2**32 - 1
+ALPHA_MAX = 1e12
+LIST_MAX = 100          # alphas given as a list
+N_ALPHAS_MAX = 200      # generated Lasso path length
+MAX_ITER_MAX = 100_000  # coordinate-descent sweeps per alpha
+COMPONENTS_MAX = 8192   # CCA / shared-space components, spectral groups (also <= the dims at fit time)
+
+
 def _bool(name: str, value: object) -> bool:
     if not isinstance(value, bool):
         raise InvalidInput(f"parameter {name!r} must be a boolean, got {value!r}")
     return value
 
 
-def _int(name: str, value: object, low: int = 0) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not float(value).is_integer() or value < low:
-        raise InvalidInput(f"parameter {name!r} must be an integer >= {low}, got {value!r}")
+def _int(name: str, value: object, low: int = 0, high: int = SEED_MAX) -> int:
+    if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+            or not float(value).is_integer() or not low <= value <= high):
+        raise InvalidInput(f"parameter {name!r} must be an integer in {low}..{high}, got {value!r}")
     return int(value)
 
 
 def _positive(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise InvalidInput(f"parameter {name!r} must be a finite number > 0, got {value!r}")
+    if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+            or not 0 < value <= ALPHA_MAX):
+        raise InvalidInput(f"parameter {name!r} must be a number in (0, {ALPHA_MAX:g}], got {value!r}")
     return float(value)
 
 
@@ -60,42 +72,75 @@ def _fraction(name: str, value: object) -> float:
 
 
 def _positives(name: str, value: object) -> list[float]:
-    if not isinstance(value, list) or not value:
-        raise InvalidInput(f"parameter {name!r} must be a non-empty list of numbers > 0, got {value!r}")
+    if not isinstance(value, list) or not 1 <= len(value) <= LIST_MAX:
+        shown = f"a list of {len(value)}" if isinstance(value, list) else repr(value)
+        raise InvalidInput(f"parameter {name!r} must be a list of 1..{LIST_MAX} numbers in (0, {ALPHA_MAX:g}], got {shown}")
     return [_positive(name, v) for v in value]
 
 
 def _candidates(name: str, value: object) -> list[str]:
     from convergent.server.align import CANDIDATES
 
-    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
-        raise InvalidInput(f"parameter {name!r} must be a non-empty list of names, got {value!r}")
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value) or len(value) > len(CANDIDATES):
+        raise InvalidInput(f"parameter {name!r} must be a non-empty list of candidate names, got {value!r}")
     unknown = sorted(set(value) - set(CANDIDATES))
     if unknown:
         raise InvalidInput(f"unknown candidates {unknown}; choose from {sorted(CANDIDATES)}")
     return list(value)
 
 
-def _at_least_one(name: str, value: object) -> int:
-    return _int(name, value, 1)
+def _components(name: str, value: object) -> int:
+    return _int(name, value, 1, COMPONENTS_MAX)
+
+
+def _n_alphas(name: str, value: object) -> int:
+    return _int(name, value, 1, N_ALPHAS_MAX)
+
+
+def _max_iter(name: str, value: object) -> int:
+    return _int(name, value, 1, MAX_ITER_MAX)
 
 
 PARAMS: dict[str, dict[str, Callable[[str, object], object]]] = {
     "auto": {"candidates": _candidates, "seed": _int},
     "ridge": {"alphas": _positives, "alpha": _positive, "fit_intercept": _bool, "seed": _int},
     "procrustes": {"scale": _bool, "fit_intercept": _bool, "seed": _int},
-    "cca": {"n_components": _at_least_one, "reg": _fraction, "seed": _int},
+    "cca": {"n_components": _components, "reg": _fraction, "seed": _int},
     "permutation": {"sign": _bool, "scale": _bool, "seed": _int},
     "semi_matching": {"sign": _bool, "scale": _bool, "seed": _int},
-    "sparse": {"alphas": _positives, "alpha": _positive, "n_alphas": _at_least_one, "max_iter": _at_least_one, "seed": _int},
-    "spectral": {"n_groups": _at_least_one, "reg": _fraction, "seed": _int},
+    "sparse": {"alphas": _positives, "alpha": _positive, "n_alphas": _n_alphas, "max_iter": _max_iter, "seed": _int},
+    "spectral": {"n_groups": _components, "reg": _fraction, "seed": _int},
 }
 METHODS = tuple(PARAMS)
 if set(METHODS) != set(FIT_METHODS):  # the contract's method list and this table are one list
     raise ImportError(f"methods {sorted(set(METHODS) ^ set(FIT_METHODS))} are in only one of wire.FIT_METHODS and PARAMS")
 SHARED_PARAMS: dict[str, Callable[[str, object], object]] = {
-    "n_components": _at_least_one, "reg": _fraction, "seed": _int,
+    "n_components": _components, "reg": _fraction, "seed": _int,
 }
+
+
+def fit_memory_bytes(method: str, params: dict, d_x: int, d_y: int, n_models: int = 2) -> int:
+    """Estimated peak working memory of a fit, in bytes (float64): the pair statistics and their
+    working copies, plus what the method adds (a sparse path's coefficients per alpha; the joint
+    (d_x + d_y)^2 matrices of CCA, spectral matching and shared spaces)."""
+    stats = 8 * (d_x * d_x + d_x * d_y + d_y * d_y) * 4
+    joint = 8 * (d_x + d_y) ** 2 * 4
+    extra = {
+        "sparse": 8 * d_x * d_y * (len(params.get("alphas") or [0]) if "alphas" in params or "alpha" in params
+                                   else params.get("n_alphas", 12)),
+        "cca": joint, "spectral": joint, "shared": joint * max(n_models - 1, 1),
+    }.get(method, 0)
+    return stats * (n_models * (n_models - 1) // 2) + extra
+
+
+def check_fit_memory(method: str, params: dict, d_x: int, d_y: int, limit: int, n_models: int = 2) -> None:
+    """:class:`ResourceExhausted` when :func:`fit_memory_bytes` is over the server's ``limit``."""
+    need = fit_memory_bytes(method, params, d_x, d_y, n_models)
+    if need > limit:
+        raise ResourceExhausted(
+            f"a {method} fit of {d_x} -> {d_y} dims with these parameters needs about {need / 2**30:.1f} GiB, "
+            f"over this server's limit of {limit / 2**30:.1f} GiB (max_fit_bytes): use fewer alphas or components"
+        )
 
 
 def validate_params(method: str, params: dict) -> dict:
@@ -313,6 +358,7 @@ class Alignment:
         if source == target:
             raise InvalidInput("source and target must be different models")
         src, tgt = self.store.get_model(tenant, source), self.store.get_model(tenant, target)
+        check_fit_memory(method, params, src.dim, tgt.dim, self.settings.max_fit_bytes)
         started = time.perf_counter()
         snap = self.snapshot(tenant, anchor_set, src, tgt, seed=params.get("seed", 0))
         n_pairs = snap.stats.n
@@ -384,6 +430,8 @@ class Alignment:
         for name in models:
             valid_name(name, "model name")
             records[name] = self.store.get_model(tenant, name)
+        widest = max(r.dim for r in records.values())
+        check_fit_memory("shared", params, widest, widest, self.settings.max_fit_bytes, n_models=len(models))
         started = time.perf_counter()
         snaps = {}
         for i, a in enumerate(models):

@@ -155,7 +155,7 @@ def test_list_get_delete_and_reverse_fits_are_not_used(client: Client, rng):
     [
         ({"method": "magic"}, errors.InvalidArgument, "unknown method 'magic'"),
         ({"method": "ridge", "lambda_": 1.0}, errors.InvalidArgument, "unknown parameters ['lambda_']"),
-        ({"method": "ridge", "alpha": "big"}, errors.InvalidArgument, "'alpha' must be a finite number > 0"),
+        ({"method": "ridge", "alpha": "big"}, errors.InvalidArgument, "'alpha' must be a number in (0, 1e+12]"),
         ({"method": "ridge", "alpha": -1}, errors.InvalidArgument, "'alpha' must be"),
         ({"method": "procrustes", "scale": 1}, errors.InvalidArgument, "'scale' must be a boolean"),
         ({"method": "cca", "n_components": 2.5}, errors.InvalidArgument, "'n_components' must be an integer"),
@@ -314,3 +314,20 @@ def test_statistics_computed_before_a_rewrite_are_not_stored(tmp_path):
         assert (version, n) == (3, 2) and np.array_equal(loaded["xtx"], np.eye(2))
     finally:
         store.close()
+
+
+def test_fit_over_the_memory_limit_is_resource_exhausted(start_server):
+    """The estimate is checked before any anchor is read: nothing is allocated, nothing stored."""
+    server = start_server(max_fit_bytes=64 * 2**20)
+    with Client(server.address, timeout=20) as client:
+        client.register_model("wide", dim=2048)
+        client.register_model("other", dim=2048)
+        with pytest.raises(errors.ResourceExhausted, match="needs about .* GiB, over this server's limit of 0.1 GiB"):
+            client.fit_alignment("wide", "other", anchor_set="none", method="ridge")
+        with pytest.raises(errors.ResourceExhausted, match="max_fit_bytes"):
+            client.fit_shared_space(["wide", "other"], anchor_set="none")
+        assert client.list_fits() == []
+        client.register_model("small", dim=8)
+        client.register_model("small2", dim=8)
+        with pytest.raises(errors.NotFound):  # within the limit: the request goes on to its anchors
+            client.fit_alignment("small", "small2", anchor_set="none", method="ridge")
