@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from convergent.client import Client
-from convergent.datasets import find_realdata, load_faces, load_text
+from convergent.server.datasets import find_realdata, load_faces, load_text
 from convergent.server import logs
 from convergent.server.rpc.app import ConvergentServer
 from convergent.server.settings import ServerSettings

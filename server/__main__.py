@@ -1,6 +1,6 @@
 """``python -m convergent.server`` = ``convergent serve`` (same flags)."""
 
-from convergent.cli import main
+from convergent.server.cli import main
 
 if __name__ == "__main__":
     main(["serve", *__import__("sys").argv[1:]])

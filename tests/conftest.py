@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from convergent.client import Client
-from convergent.datasets import find_realdata
+from convergent.server.datasets import find_realdata
 from convergent.server.rpc.app import ConvergentServer
 from convergent.server.settings import ServerSettings
 

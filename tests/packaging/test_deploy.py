@@ -122,7 +122,7 @@ def cli_env_names() -> set[str]:
     """Environment variables the `convergent` CLI itself reads (e.g. CONVERGENT_ADDRESS)."""
     import typer
 
-    from convergent.cli import app
+    from convergent.server.cli import app
 
     names: set[str] = set()
 

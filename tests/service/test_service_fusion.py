@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from convergent.client import Client, errors
-from convergent.datasets import load_faces, synthetic_identities
+from convergent.server.datasets import load_faces, synthetic_identities
 
 
 @pytest.fixture

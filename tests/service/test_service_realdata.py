@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from convergent.client import Client
-from convergent.datasets import load_faces, load_text
+from convergent.server.datasets import load_faces, load_text
 from convergent.server.align import ProcrustesMap, RidgeMap
 
 pytestmark = pytest.mark.realdata

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from convergent.client import Client
-from convergent.datasets import load_faces
+from convergent.server.datasets import load_faces
 
 pytestmark = pytest.mark.realdata
 

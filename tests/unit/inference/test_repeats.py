@@ -77,7 +77,7 @@ def test_too_few_anchors_and_bad_input():
 @pytest.mark.parametrize("n", [200, 400, 1000])
 def test_text_anchors_are_distinct_items(realdata, n):
     """WordNet glosses: every anchor is a different gloss; nothing is excluded (calibration as before)."""
-    from convergent.datasets import load_text
+    from convergent.server.datasets import load_text
 
     text = load_text(realdata, n=n)
     found = find_repeated_subjects(text.vectors["minilm_l6"], text.vectors["mpnet"])
@@ -88,7 +88,7 @@ def test_text_anchors_are_distinct_items(realdata, n):
 @pytest.mark.realdata
 @pytest.mark.parametrize("people", [range(20), range(20, 40)])
 def test_face_anchors_hold_ten_photos_per_person(realdata, people):
-    from convergent.datasets import load_faces
+    from convergent.server.datasets import load_faces
 
     faces = load_faces(realdata)
     rows = np.flatnonzero(np.isin(faces.labels, list(people)))

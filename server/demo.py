@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from convergent import report
-from convergent.datasets import EmbeddingSet, find_realdata, load_faces, load_text, synthetic_identities
+from convergent.server import report
+from convergent.server.datasets import EmbeddingSet, find_realdata, load_faces, load_text, synthetic_identities
 
 PAIR_METHODS = ("auto", "ridge", "procrustes", "cca", "permutation", "semi_matching", "sparse", "spectral")
 

@@ -145,10 +145,18 @@ def serve(
 
 
 @app.command()
-def health(address: Address = DEFAULT_ADDRESS, api_key: ApiKey = None) -> None:
+def health(
+    address: Address = DEFAULT_ADDRESS,
+    api_key: ApiKey = None,
+    wait: Annotated[float, typer.Option(help="keep asking for up to this many seconds (a server that is starting)")] = 0.0,
+) -> None:
     """Exit 0 if the server is SERVING, 1 otherwise (for container health checks)."""
+    import time
+
+    deadline = time.monotonic() + max(wait, 0.0)
     with _connected(address, api_key) as client:
-        serving = client.health()
+        while not (serving := client.health()) and time.monotonic() < deadline:
+            time.sleep(0.2)
     typer.echo("SERVING" if serving else f"NOT_SERVING or unreachable at {address}")
     raise typer.Exit(code=0 if serving else 1)
 
@@ -751,6 +759,20 @@ def audit(
         typer.echo(f"{at}Z {r.tenant} key={r.key_id} {r.method} {r.target} -> {r.outcome} [{r.request_id}]")
 
 
+@app.command("example-data")
+def example_data(
+    folder: Annotated[Path, typer.Argument(help="where to write anchors.npz, gallery.npz, probes.npz")] = Path("."),
+    realdata: Annotated[Optional[Path], typer.Option(help="folder of real embeddings [../shared/realdata]")] = None,
+    synthetic: Annotated[bool, typer.Option(help="synthetic identities even when real data is present")] = False,
+) -> None:
+    """Write the README tour's files: two face models' anchors, a gallery and probes."""
+    from convergent.server.datasets import write_tour_files
+
+    provenance = write_tour_files(folder, realdata=realdata, synthetic=synthetic)
+    typer.echo(f"wrote anchors.npz (200 anchors, dlib + facenet), gallery.npz (20 people, facenet), "
+               f"probes.npz (180 photos, dlib) to {folder}: {provenance}")
+
+
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="folder for the report")] = Path("convergent-report"),
@@ -759,7 +781,7 @@ def demo(
     synthetic: Annotated[bool, typer.Option(help="ignore real data even when present")] = False,
 ) -> None:
     """Start an embedded server, play the parties, and print what happened."""
-    from convergent.demo import run_demo
+    from convergent.server.demo import run_demo
 
     run_demo(out=out, realdata=realdata, quick=quick, synthetic=synthetic)
 

@@ -26,7 +26,7 @@ def find_realdata(explicit: Path | str | None = None) -> Path | None:
         return Path(explicit) if (Path(explicit) / "face_embeddings.npz").exists() else None
     if os.environ.get(REALDATA_ENV):
         candidates.append(Path(os.environ[REALDATA_ENV]))
-    repo_root = Path(__file__).resolve().parents[2]  # proto/convergent/datasets.py -> repo root
+    repo_root = Path(__file__).resolve().parents[1]  # server/datasets.py -> repo root
     candidates += [repo_root.parent / "shared" / "realdata", Path.cwd().parent / "shared" / "realdata"]
     for candidate in candidates:
         if (candidate / "face_embeddings.npz").exists():
@@ -86,3 +86,35 @@ def synthetic_identities(
         vectors[name] = (hidden @ rng.standard_normal((2 * dim, dim)) / np.sqrt(2 * dim)).astype(np.float32)
     ids = [f"syn-{i:04d}" for i in range(len(labels))]
     return EmbeddingSet("synthetic-identities", ids, vectors, labels, source=f"generated, seed {seed}")
+
+
+def write_tour_files(folder: Path, realdata: Path | None = None, synthetic: bool = False) -> str:
+    """The README tour's files in ``folder``; returns where the vectors came from, in words.
+
+    anchors.npz: ``dlib`` and ``facenet`` (200, 128) embeddings of the same photos of people
+    0-19, ``ids`` (the photos); gallery.npz: ``facenet`` (20, 128), one photo of each of people
+    20-39, ``ids`` = "person20".."person39"; probes.npz: ``dlib`` (180, 128), their other
+    photos, ``ids`` and ``person`` (the true gallery id of each probe, to check answers).
+    Real AT&T faces when ``shared/realdata`` is found (and not ``synthetic``), else synthetic
+    identities seen through two random encoders of the same dimensions.
+    """
+    source = None if synthetic else find_realdata(realdata)
+    if source is not None:
+        faces = load_faces(source)
+        provenance = f"real AT&T face embeddings from {source}"
+    else:
+        faces = synthetic_identities(dims={"dlib": 128, "facenet": 128}, noise=0.6, seed=0)
+        provenance = "SYNTHETIC identities (no shared/realdata found): random encoders named dlib and facenet"
+    labels, ids = faces.labels, np.array(faces.ids)
+    anchors = np.flatnonzero(labels < 20)
+    unseen = np.flatnonzero(labels >= 20)
+    gallery = np.array([unseen[labels[unseen] == p][0] for p in range(20, 40)])
+    probes = np.setdiff1d(unseen, gallery)
+    folder.mkdir(parents=True, exist_ok=True)
+    np.savez(folder / "anchors.npz", dlib=faces.vectors["dlib"][anchors], facenet=faces.vectors["facenet"][anchors],
+             ids=ids[anchors])
+    np.savez(folder / "gallery.npz", facenet=faces.vectors["facenet"][gallery],
+             ids=np.array([f"person{labels[i]}" for i in gallery]))
+    np.savez(folder / "probes.npz", dlib=faces.vectors["dlib"][probes], ids=ids[probes],
+             person=np.array([f"person{labels[i]}" for i in probes]))
+    return provenance
