@@ -25,16 +25,22 @@ def cmc(ranks: np.ndarray, max_rank: int) -> np.ndarray:
     return np.array([np.mean(found & (ranks <= r)) for r in range(1, max_rank + 1)])
 
 
-def plot_cmc(curves: Mapping[str, np.ndarray], path: Path, title: str) -> Path:
+def plot_cmc(curves: Mapping[str, np.ndarray], path: Path, title: str, highlight: str | None = None,
+             legend_title: str = "method") -> Path:
+    """CMC curves; legend entries "label: rank-1 r". ``highlight``: the one curve drawn on top,
+    thick and in black (e.g. what ``auto`` chose, which may coincide with another method)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for label, curve in curves.items():
         style = "--" if label.startswith("unmapped") else "-"
-        ax.plot(np.arange(1, len(curve) + 1), curve, style, marker="o", markersize=3, label=f"{label} ({curve[0]:.2f})")
+        chosen = label == highlight
+        ax.plot(np.arange(1, len(curve) + 1), curve, style, marker="o", markersize=5 if chosen else 3,
+                lw=3.5 if chosen else 1.2, color="black" if chosen else None, zorder=3 if chosen else 2, alpha=0.8 if chosen else 1,
+                label=f"{label}: rank-1 {curve[0]:.2f}")
     ax.set(xlabel="rank", ylabel="identification rate (CMC)", title=title, ylim=(0, 1.02))
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right", title="method (rank-1)", title_fontsize=8)
+    ax.legend(fontsize=8, loc="lower right", title=legend_title, title_fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -94,9 +100,9 @@ def plot_histogram(values: Mapping[str, np.ndarray], path: Path, title: str) -> 
     bins = np.linspace(min(0.0, *(np.nanmin(v) for v in values.values())), 1.0, 26)
     for label, v in values.items():
         v = np.asarray(v)[np.isfinite(v)]
-        ax.hist(v, bins=bins, alpha=0.55, label=f"{label} (mean {v.mean():.3f})")
+        ax.hist(v, bins=bins, histtype="step", lw=2, label=f"{label} (mean {v.mean():.3f})")
     ax.set(xlabel="correlation of a unit with its matched unit", ylabel="units", title=title)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, title="outlines, one per matching", title_fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

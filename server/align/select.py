@@ -78,8 +78,11 @@ class AutoResult:
 
     name: the chosen candidate; estimator: it, refitted on all anchors when ``refit``;
     scores / stderr: per candidate, mean held-out criterion (higher is better) and its standard
-    error; n_fit / n_heldout: anchors used to fit / to score; criterion; diagnostics: of the
-    chosen map fitted on the fitting anchors only, on the held-out anchors (see
+    error; gap: the best score minus the candidate's (>= 0); allowed: the gap the one-SE rule
+    tolerates for that candidate, max(paired standard error of the per-anchor differences to
+    the best, RELATIVE_TOLERANCE x |best score|); the chosen candidate is the simplest with
+    gap <= allowed. n_fit / n_heldout: anchors used to fit / to score; criterion; diagnostics:
+    of the chosen map fitted on the fitting anchors only, on the held-out anchors (see
     :func:`diagnostics`).
     """
 
@@ -91,6 +94,8 @@ class AutoResult:
     n_heldout: int
     criterion: str
     diagnostics: dict = field(default_factory=dict)
+    gap: dict[str, float] = field(default_factory=dict)
+    allowed: dict[str, float] = field(default_factory=dict)
 
 
 def _per_row(criterion: str, pred: np.ndarray, target: np.ndarray) -> np.ndarray:
@@ -141,21 +146,21 @@ def fit_auto_stats(
     scores = {k: float(v.mean()) for k, v in rows.items()}
     stderr = {k: float(v.std(ddof=1) / np.sqrt(m)) for k, v in rows.items()}
     best = max(names, key=scores.__getitem__)
+    gap, allowed = {}, {}
+    for name in names:
+        diff = rows[best] - rows[name]
+        gap[name] = float(diff.mean())
+        # Near-identical maps make the paired standard error vanish; a relative floor
+        # (RELATIVE_TOLERANCE of the best score) keeps the simpler one in that case.
+        allowed[name] = float(max(diff.std(ddof=1) / np.sqrt(m), RELATIVE_TOLERANCE * abs(scores[best])))
     chosen = best
     if one_se:
-        for name in names:  # simplest first
-            diff = rows[best] - rows[name]
-            # Near-identical maps make the paired standard error vanish; a relative floor
-            # (RELATIVE_TOLERANCE of the best score) keeps the simpler one in that case.
-            allowed = max(diff.std(ddof=1) / np.sqrt(m), RELATIVE_TOLERANCE * abs(scores[best]))
-            if diff.mean() <= allowed:
-                chosen = name
-                break
+        chosen = next(name for name in names if gap[name] <= allowed[name])  # simplest first; best qualifies
     diag = diagnostics(fitted[chosen], X_held, Y_held, fit_stats.n, fit_stats.d_x, fit_stats=fit_stats)
     estimator = fitted[chosen]
     if refit:
         estimator = CANDIDATES[chosen]().fit_stats(fit_stats.copy().update(X_held, Y_held))
-    return AutoResult(chosen, estimator, scores, stderr, fit_stats.n, m, criterion, diag)
+    return AutoResult(chosen, estimator, scores, stderr, fit_stats.n, m, criterion, diag, gap, allowed)
 
 
 def fit_auto(

@@ -380,6 +380,8 @@ class Alignment:
             for name, score in result.scores.items():
                 metrics[f"auto.{name}.margin"] = score
                 metrics[f"auto.{name}.stderr"] = result.stderr[name]
+                metrics[f"auto.{name}.gap"] = result.gap[name]
+                metrics[f"auto.{name}.gap_allowed"] = result.allowed[name]
             learned = {"candidate": result.name, **_learned_params(estimator)}
         else:
             chosen = method

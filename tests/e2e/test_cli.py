@@ -45,7 +45,7 @@ def test_health_exit_codes(server):
     assert down.returncode == 1 and f"NOT_SERVING or unreachable at {server.address}" in down.stdout
 
 
-PLOTS = ("cmc_methods.png", "cmc_fusion.png", "anchors_curve.png", "matched_correlations.png")
+PLOTS = ("cmc_methods.png", "det_verification.png", "cmc_fusion.png", "anchors_curve.png", "matched_correlations.png")
 
 
 def check_report(folder: Path) -> str:

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from convergent.server.align import (
+    CANDIDATES,
     PairedStats,
     ProcrustesMap,
     RidgeMap,
@@ -119,3 +120,19 @@ def test_diagnostics_keys_and_warnings():
     assert "n close to d (interpolation threshold)" not in dg2["warnings"]  # Procrustes is not least squares
     for k in ("r2", "cka", "top1", "mutual_knn"):
         assert dg[k] <= 1
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_the_choice_follows_the_reported_gap_and_allowance(seed):
+    """The rule as documented, from the numbers auto reports: the chosen candidate is the first
+    in simplicity order whose gap to the best is within its allowance, and the best has gap 0."""
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((120, 10))
+    Y = X @ np.linalg.qr(rng.standard_normal((10, 10)))[0] * (1 + seed) + 0.3 * rng.standard_normal((120, 10))
+    result = fit_auto(X, Y)
+    order = [c for c in CANDIDATES if c in result.scores]
+    best = max(result.scores, key=result.scores.__getitem__)
+    assert result.gap[best] == 0.0 and all(g >= -1e-12 for g in result.gap.values())
+    for name in order:
+        assert result.gap[name] == pytest.approx(result.scores[best] - result.scores[name], abs=1e-9)
+    assert result.name == next(c for c in order if result.gap[c] <= result.allowed[c])
