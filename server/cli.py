@@ -368,7 +368,6 @@ def upload(
     api_key: ApiKey = None,
 ) -> None:
     """Upload anchor embeddings from an .npz file, with a progress bar."""
-    import numpy as np
 
     vectors, ids = _load_npz(file, key, model, ids_key, need_ids=True, row_ids=row_ids)
     with _connected(address, api_key) as client:
@@ -589,7 +588,6 @@ def calibrate(
     api_key: ApiKey = None,
 ) -> None:
     """Store labelled pairs for a model pair: verify then calibrates on them instead of the anchors."""
-    import numpy as np
 
     a, _ = _load_npz(a_file, None, a_model, "ids")
     b, _ = _load_npz(b_file, None, b_model, "ids")

@@ -569,7 +569,7 @@ class Galleries:
             population = (f"{n} anchors of set {fit.anchor_set!r}, each mapped by a {FOLDS}-fold refit that never saw it; "
                           f"genuine = the same anchor in both models, impostors = every pair of different anchors "
                           f"(taken as distinct subjects: {repeats.reason})")
-        result = AnchorCalibration(scores, name, population, int(repeats.share * n * (n - 1) / 2 + 0.5))
+        result = AnchorCalibration(scores, name, population, int(np.count_nonzero(repeats.same)) // 2)
         with self._anchor_scores_lock:
             self._anchor_scores[fit.id] = result
             while len(self._anchor_scores) > ANCHOR_CALIBRATIONS_KEPT:

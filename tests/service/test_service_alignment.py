@@ -8,7 +8,7 @@ import pytest
 from scipy.stats import ortho_group
 
 from convergent.client import Client, errors
-from convergent.server.align import PairedStats, ProcrustesMap, RidgeMap
+from convergent.server.align import RidgeMap
 
 
 def upload_pair(client: Client, X, Y, anchor_set="s", ids=None, normalize=False, names=("a", "b")):
