@@ -474,7 +474,7 @@ class Client:
 
     def identify(
         self, gallery: str, vectors: np.ndarray | Mapping[str, np.ndarray], model: str | None = None, k: int = 5,
-        fit_id: str | None = None, model_version: int = 0, batch_size: int = 4096,
+        fit_id: str | None = None, model_version: int = 0, batch_size: int = 4096, scoring: str = "cosine",
     ) -> IdentifyResult:
         """Top-``k`` gallery items for each probe.
 
@@ -484,7 +484,9 @@ class Client:
         same subject; each party goes through its own route, and the scores are fused
         (z-normalised, weighted by each route's held-out quality); ``result.parties`` holds the
         weights, ``result.contributors`` who counted. Probes go in batches of ``batch_size``
-        rows (cut to the message limit), as :meth:`transform`.
+        rows (cut to the message limit), as :meth:`transform`. ``scoring``: "cosine" (scores in
+        [-1, 1]) or "csls" (hubness-corrected 2 cos - r_T - r_S in [-4, 4], for probes routed
+        through a map); ``result.scoring`` says which produced the scores.
         """
         k = _count(k, "k")
         batch_size = _count(batch_size, "batch_size")
@@ -495,7 +497,7 @@ class Client:
             rows = min(batch_size, rows_per_chunk(width, batch_size, self._max_message_bytes))
             replies = [
                 self._call(self._galleries.IdentifyFused, galleries_pb2.IdentifyFusedRequest(
-                    gallery=gallery, k=k,
+                    gallery=gallery, k=k, scoring=scoring,
                     parties=[galleries_pb2.PartyProbes(model=m, vectors=encode_matrix(v[start : start + rows]))
                              for m, v in parties.items()],
                 ))
@@ -506,7 +508,7 @@ class Client:
             return IdentifyResult(
                 ids=ids, scores=scores, route="fused", parties={p.model: p.weight for p in last.parties},
                 party_routes={p.model: p.route for p in last.parties},
-                weight_sources={p.model: p.weight_source for p in last.parties},
+                weight_sources={p.model: p.weight_source for p in last.parties}, scoring=last.scoring or "cosine",
             )
         if model is None:
             raise errors.InvalidArgument("give the probes' model (or a dict of party model -> probes)")
@@ -515,12 +517,12 @@ class Client:
         replies = [
             self._call(self._galleries.Identify, galleries_pb2.IdentifyRequest(
                 gallery=gallery, model=model, model_version=_count(model_version, "model_version", 0), k=k,
-                vectors=encode_matrix(probes[start : start + rows]), fit_id=fit_id or "",
+                vectors=encode_matrix(probes[start : start + rows]), fit_id=fit_id or "", scoring=scoring,
             ))
             for start in range(0, max(len(probes), 1), rows)
         ]
         ids, scores = _joined(replies)
-        return IdentifyResult(ids=ids, scores=scores, route=replies[-1].route)
+        return IdentifyResult(ids=ids, scores=scores, route=replies[-1].route, scoring=replies[-1].scoring or "cosine")
 
     def verify(self, a: np.ndarray, a_model: str, b: np.ndarray, b_model: str, far: float = 1e-3) -> VerifyResult:
         """Compare row i of ``a`` (model ``a_model``) with row i of ``b`` (``b_model``) at the

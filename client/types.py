@@ -74,14 +74,16 @@ class GalleryInfo:
 
 @dataclass(frozen=True)
 class IdentifyResult:
-    """``ids[i]``: gallery ids for probe i, best first; ``scores`` (n, k'): cosine similarity,
-    higher = more similar, k' = min(k, gallery size); hnsw pads missing hits with "" / -inf.
+    """``ids[i]``: gallery ids for probe i, best first; ``scores`` (n, k'): higher = more
+    similar, k' = min(k, gallery size); hnsw pads missing hits with "" / -inf. ``scoring``:
+    what the scores are, "cosine" (in [-1, 1]) or "csls" (2 cos - r_T - r_S, in [-4, 4]).
     ``route``: "direct" or "fit:<id>" (the map the probes went through). A fused identify
     (several parties) returns fused z-scores instead (higher = better) and fills ``parties``."""
 
     ids: list[list[str]]
     scores: Any
     route: str = ""
+    scoring: str = "cosine"
     # Fused identify only: party model -> weight (0 = did not contribute), and how it was set.
     parties: dict[str, float] = field(default_factory=dict)
     party_routes: dict[str, str] = field(default_factory=dict)

@@ -532,6 +532,7 @@ def identify(
     k: Annotated[int, typer.Option(help="candidates per probe")] = 5,
     key: Annotated[Optional[str], typer.Option(help="array in the .npz")] = None,
     out: Annotated[Optional[Path], typer.Option(help=".npz to write ids (n, k) and scores (n, k)")] = None,
+    scoring: Annotated[str, typer.Option(help="cosine, or csls (hubness-corrected; probes routed through a map)")] = "cosine",
     address: Address = DEFAULT_ADDRESS,
     api_key: ApiKey = None,
 ) -> None:
@@ -540,8 +541,8 @@ def identify(
 
     vectors, probe_ids = _load_npz(file, key, model, "ids")
     with _connected(address, api_key) as client:
-        result = client.identify(gallery=gallery, vectors=vectors, model=model, k=k)
-    typer.echo(f"route: {result.route}; top-1 of the first probes (cosine, higher = more similar):")
+        result = client.identify(gallery=gallery, vectors=vectors, model=model, k=k, scoring=scoring)
+    typer.echo(f"route: {result.route}; top-1 of the first probes ({result.scoring}, higher = more similar):")
     for i, (row, scores) in enumerate(zip(result.ids[:10], result.scores[:10])):
         name = probe_ids[i] if probe_ids else str(i)
         typer.echo(f"  {name}: {row[0] if row else '-'} ({scores[0]:.3f})" if row else f"  {name}: -")

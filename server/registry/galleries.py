@@ -71,11 +71,15 @@ class EnrollChunk:
     last: bool = False
 
 
+SCORINGS = ("cosine", "csls")
+
+
 @dataclass(frozen=True)
 class IdentifyResult:
     ids: list[list[str]]   # (n, k') gallery ids, best first; "" pads
-    scores: np.ndarray     # (n, k') float32 cosine, higher = more similar; -inf pads
+    scores: np.ndarray     # (n, k') float32, higher = more similar; -inf pads: cosine in [-1, 1] or CSLS in [-4, 4]
     route: str             # "direct" or "fit:<id>"
+    scoring: str = "cosine"
 
 
 @dataclass(frozen=True)
@@ -91,6 +95,7 @@ class FusedIdentifyResult:
     ids: list[list[str]]   # (n, k') gallery ids, best first
     scores: np.ndarray     # (n, k') fused z-scores, higher = better match
     parties: list[PartyWeight]
+    scoring: str = "cosine"
 
 
 @dataclass(frozen=True)
@@ -151,6 +156,9 @@ class Galleries:
         # fit id -> PairScores of its anchor calibration (fits are immutable); the newest few only
         self._anchor_scores: OrderedDict[str, AnchorCalibration] = OrderedDict()
         self._anchor_scores_lock = threading.Lock()
+        from convergent.server.registry.hubness import Hubness
+
+        self.hubness = Hubness(store, alignment)
 
     def _entry(self, tenant: str, name: str) -> _Entry:
         with self._entries_lock:
@@ -435,11 +443,14 @@ class Galleries:
 
     # ------------------------------------------------------------ identify
     def identify(
-        self, tenant: str, name: str, model_name: str, model_version: int, vectors: np.ndarray, k: int, fit_id: str = ""
+        self, tenant: str, name: str, model_name: str, model_version: int, vectors: np.ndarray, k: int, fit_id: str = "",
+        scoring: str = "cosine",
     ) -> IdentifyResult:
         """Top-k gallery items per probe; probes of another model go through its latest fit
-        (or the fit ``fit_id``, which must map the probe model into the gallery model)."""
+        (or the fit ``fit_id``, which must map the probe model into the gallery model).
+        ``scoring``: "cosine" or "csls" (hubness-corrected, routes through a map only)."""
         self._check_k(k)
+        scoring = self._check_scoring(scoring)
         gallery = self.get(tenant, name)
         valid_name(model_name, "model name")
         probe_model = check_model_version(self.store.get_model(tenant, model_name), model_version)
@@ -455,6 +466,8 @@ class Galleries:
         else:
             fit = self._route(tenant, probe_model, gallery_model)
         Q = self._into(tenant, fit, prepare_vectors(probe_model, vectors, "probes"), probe_model, gallery_model)
+        if scoring == "csls":
+            return self._identify_csls(tenant, gallery, gallery_model, probe_model, fit, Q, k)
         with self._searchable(tenant, gallery, gallery_model) as index:
             size = self._size(index, gallery)
             if size == 0:
@@ -462,6 +475,39 @@ class Galleries:
             ids, scores = index.search(Q, min(k, size))
         width = min(k, size)
         return IdentifyResult([row[:width] for row in ids], np.asarray(scores, np.float32)[:, :width], _route_name(fit))
+
+    def _csls_route(self, tenant: str, gallery: GalleryRecord, probe_model: ModelRecord, fit: FitRecord | None):  # noqa: ANN202
+        """(references, route key) of a CSLS identify; errors for routes and backends without it."""
+        if fit is None:
+            raise InvalidInput(
+                f"scoring='csls' needs a route through a map: {probe_model.name!r} is the gallery's own model "
+                f"(the route's anchors are CSLS's reference neighbourhoods); use scoring='cosine'"
+            )
+        if self._milvus_backend:
+            raise FailedPrecondition("scoring='csls' runs on local gallery indexes in this release; use scoring='cosine' with Milvus")
+        gallery_model = self.store.get_model(tenant, gallery.model)
+        return self.hubness.references(tenant, fit, probe_model, gallery_model), f"{fit.id}/{probe_model.name}"
+
+    def _identify_csls(self, tenant: str, gallery: GalleryRecord, gallery_model: ModelRecord, probe_model: ModelRecord,
+                       fit: FitRecord | None, Q: np.ndarray, k: int) -> IdentifyResult:
+        from convergent.server.inference.csls import augment_queries, csls_from_augmented, neighbourhood_mean
+
+        refs, route_key = self._csls_route(tenant, gallery, probe_model, fit)
+        corrected = self.hubness.corrected_index(tenant, gallery, gallery_model, refs, route_key, self.alignment.device)
+        size = len(corrected.index)
+        if size == 0:
+            return IdentifyResult([[] for _ in range(len(Q))], np.zeros((len(Q), 0), np.float32), _route_name(fit), "csls")
+        ids, inner = corrected.index.search(augment_queries(Q), min(k, size))
+        scores = csls_from_augmented(inner, neighbourhood_mean(Q, refs.target))
+        width = min(k, size)
+        return IdentifyResult([row[:width] for row in ids], scores[:, :width], _route_name(fit), "csls")
+
+    @staticmethod
+    def _check_scoring(scoring: str) -> str:
+        scoring = scoring or "cosine"
+        if scoring not in SCORINGS:
+            raise InvalidInput(f"unknown scoring {scoring!r}; choose from {list(SCORINGS)}")
+        return scoring
 
     def _check_k(self, k: int) -> None:
         if k <= 0 or k > self.settings.max_k:
@@ -483,11 +529,15 @@ class Galleries:
             return 0.0, f"fit {fit.id} has no {key}"
         return max(float(value), 0.0), f"held-out {key} of fit {fit.id}"
 
-    def identify_fused(self, tenant: str, name: str, parties: list[tuple[str, int, np.ndarray]], k: int) -> FusedIdentifyResult:
-        """Fuse several parties' probes (model, version, (n, d_model)) of the same n subjects."""
+    def identify_fused(self, tenant: str, name: str, parties: list[tuple[str, int, np.ndarray]], k: int,
+                       scoring: str = "cosine") -> FusedIdentifyResult:
+        """Fuse several parties' probes (model, version, (n, d_model)) of the same n subjects.
+        ``scoring="csls"``: parties routed through a map are CSLS-scored before the per-party
+        z-normalisation; the gallery model's own party keeps cosine."""
         from convergent.server.inference import fuse_dense, fuse_scores
 
         self._check_k(k)
+        scoring = self._check_scoring(scoring)
         if not parties:
             raise InvalidInput("give at least one party's probes")
         models = [p[0] for p in parties]
@@ -499,7 +549,7 @@ class Galleries:
         gallery = self.get(tenant, name)
         gallery_model = self.store.get_model(tenant, gallery.model)
         self._check_gallery_model(gallery, gallery_model)
-        queries, weights = {}, []
+        queries, weights, routed, corrections = {}, [], {}, {}
         for model_name, version, vectors in parties:
             valid_name(model_name, "model name")
             model = check_model_version(self.store.get_model(tenant, model_name), version)
@@ -507,25 +557,48 @@ class Galleries:
             weight, source = self.route_weight(fit, model, gallery_model)
             queries[model_name] = self._into(tenant, fit, prepare_vectors(model, vectors, f"{model_name} probes"), model, gallery_model)
             weights.append(PartyWeight(model_name, _route_name(fit), weight, source))
+            if scoring == "csls" and fit is not None:
+                routed[model_name] = self._csls_route(tenant, gallery, model, fit)
         if sum(w.weight for w in weights) <= 0:  # nobody measured well: fall back to equal weights
             weights = [PartyWeight(w.model, w.route, 1.0, "equal (no party had a positive weight)") for w in weights]
         weight_of = {w.model: w.weight for w in weights}
         with self._searchable(tenant, gallery, gallery_model) as index:
+            if routed:  # under the gallery's lock: the corrected indexes hold the same items as ``index``
+                from convergent.server.inference.csls import neighbourhood_mean
+
+                current = self.get(tenant, name)
+                for model_name, (refs, route_key) in routed.items():
+                    corrected = self.hubness.corrected_index(tenant, current, gallery_model, refs, route_key, self.alignment.device)
+                    corrections[model_name] = (corrected, neighbourhood_mean(queries[model_name], refs.target))
             size = self._size(index, gallery)
             if size == 0:
                 n = next(iter(rows))
-                return FusedIdentifyResult([[] for _ in range(n)], np.zeros((n, 0), np.float32), weights)
+                return FusedIdentifyResult([[] for _ in range(n)], np.zeros((n, 0), np.float32), weights, scoring)
             if hasattr(index, "score_all") and size <= DENSE_FUSION_MAX:  # exact, in process
                 per_party = {}
                 for model_name, Q in queries.items():
                     ids, per_party[model_name] = index.score_all(Q)
+                    if model_name in corrections:  # 2 cos - r_T - r_S
+                        corrected, r_T = corrections[model_name]
+                        r_S = np.array([corrected.penalty[i] for i in ids], dtype=np.float32)
+                        per_party[model_name] = 2 * per_party[model_name] - r_T[:, None] - r_S[None, :]
                 fused = fuse_dense(per_party, weight_of, k=min(k, size), ids=ids)
             else:
+                from convergent.server.inference.csls import augment_queries, csls_from_augmented
+
                 depth = min(size, max(10 * k, 100))
-                per_party = {m: index.search(Q, depth) for m, Q in queries.items()}
+                per_party = {}
+                for model_name, Q in queries.items():
+                    if model_name in corrections:
+                        corrected, r_T = corrections[model_name]
+                        found, inner = corrected.index.search(augment_queries(Q), depth)
+                        per_party[model_name] = (found, csls_from_augmented(inner, r_T))
+                    else:
+                        per_party[model_name] = index.search(Q, depth)
                 fused = fuse_scores(per_party, weight_of, k=min(k, size))
         width = min(k, size)
-        return FusedIdentifyResult([row[:width] for row in fused.ids], np.asarray(fused.scores, np.float32)[:, :width], weights)
+        return FusedIdentifyResult([row[:width] for row in fused.ids], np.asarray(fused.scores, np.float32)[:, :width], weights,
+                                   scoring)
 
     # ------------------------------------------------------------ verify and calibrate
     def _pair_scores_labelled(self, tenant, src, tgt, fit):  # noqa: ANN001, ANN202

@@ -282,10 +282,11 @@ class GalleryServicer(galleries_pb2_grpc.GalleryServiceServicer):
     def Identify(self, request, context):  # noqa: ANN001, N802
         result = self.backend.galleries.identify(
             tenant_of(context), request.gallery, request.model, request.model_version,
-            self.backend.rows(request.vectors, "probes"), request.k, request.fit_id,
+            self.backend.rows(request.vectors, "probes"), request.k, request.fit_id, request.scoring,
         )
         return galleries_pb2.IdentifyResponse(
-            ids=[i for row in result.ids for i in row], scores=encode_matrix(result.scores), route=result.route
+            ids=[i for row in result.ids for i in row], scores=encode_matrix(result.scores), route=result.route,
+            scoring=result.scoring,
         )
 
     @rpc_method
@@ -294,9 +295,9 @@ class GalleryServicer(galleries_pb2_grpc.GalleryServiceServicer):
             (p.model, p.model_version, self.backend.rows(p.vectors, f"{p.model or 'party'} probes"))
             for p in request.parties
         ]
-        result = self.backend.galleries.identify_fused(tenant_of(context), request.gallery, parties, request.k)
+        result = self.backend.galleries.identify_fused(tenant_of(context), request.gallery, parties, request.k, request.scoring)
         return galleries_pb2.IdentifyFusedResponse(
-            ids=[i for row in result.ids for i in row], scores=encode_matrix(result.scores),
+            ids=[i for row in result.ids for i in row], scores=encode_matrix(result.scores), scoring=result.scoring,
             parties=[
                 galleries_pb2.PartyContribution(model=w.model, route=w.route, weight=w.weight, weight_source=w.weight_source)
                 for w in result.parties

@@ -109,30 +109,34 @@ class DeleteGalleryResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class IdentifyRequest(_message.Message):
-    __slots__ = ("gallery", "model", "model_version", "vectors", "k", "fit_id")
+    __slots__ = ("gallery", "model", "model_version", "vectors", "k", "fit_id", "scoring")
     GALLERY_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     VECTORS_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
     FIT_ID_FIELD_NUMBER: _ClassVar[int]
+    SCORING_FIELD_NUMBER: _ClassVar[int]
     gallery: str
     model: str
     model_version: int
     vectors: _types_pb2.Matrix
     k: int
     fit_id: str
-    def __init__(self, gallery: _Optional[str] = ..., model: _Optional[str] = ..., model_version: _Optional[int] = ..., vectors: _Optional[_Union[_types_pb2.Matrix, _Mapping]] = ..., k: _Optional[int] = ..., fit_id: _Optional[str] = ...) -> None: ...
+    scoring: str
+    def __init__(self, gallery: _Optional[str] = ..., model: _Optional[str] = ..., model_version: _Optional[int] = ..., vectors: _Optional[_Union[_types_pb2.Matrix, _Mapping]] = ..., k: _Optional[int] = ..., fit_id: _Optional[str] = ..., scoring: _Optional[str] = ...) -> None: ...
 
 class IdentifyResponse(_message.Message):
-    __slots__ = ("ids", "scores", "route")
+    __slots__ = ("ids", "scores", "route", "scoring")
     IDS_FIELD_NUMBER: _ClassVar[int]
     SCORES_FIELD_NUMBER: _ClassVar[int]
     ROUTE_FIELD_NUMBER: _ClassVar[int]
+    SCORING_FIELD_NUMBER: _ClassVar[int]
     ids: _containers.RepeatedScalarFieldContainer[str]
     scores: _types_pb2.Matrix
     route: str
-    def __init__(self, ids: _Optional[_Iterable[str]] = ..., scores: _Optional[_Union[_types_pb2.Matrix, _Mapping]] = ..., route: _Optional[str] = ...) -> None: ...
+    scoring: str
+    def __init__(self, ids: _Optional[_Iterable[str]] = ..., scores: _Optional[_Union[_types_pb2.Matrix, _Mapping]] = ..., route: _Optional[str] = ..., scoring: _Optional[str] = ...) -> None: ...
 
 class PartyProbes(_message.Message):
     __slots__ = ("model", "model_version", "vectors")
@@ -145,14 +149,16 @@ class PartyProbes(_message.Message):
     def __init__(self, model: _Optional[str] = ..., model_version: _Optional[int] = ..., vectors: _Optional[_Union[_types_pb2.Matrix, _Mapping]] = ...) -> None: ...
 
 class IdentifyFusedRequest(_message.Message):
-    __slots__ = ("gallery", "parties", "k")
+    __slots__ = ("gallery", "parties", "k", "scoring")
     GALLERY_FIELD_NUMBER: _ClassVar[int]
     PARTIES_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
+    SCORING_FIELD_NUMBER: _ClassVar[int]
     gallery: str
     parties: _containers.RepeatedCompositeFieldContainer[PartyProbes]
     k: int
-    def __init__(self, gallery: _Optional[str] = ..., parties: _Optional[_Iterable[_Union[PartyProbes, _Mapping]]] = ..., k: _Optional[int] = ...) -> None: ...
+    scoring: str
+    def __init__(self, gallery: _Optional[str] = ..., parties: _Optional[_Iterable[_Union[PartyProbes, _Mapping]]] = ..., k: _Optional[int] = ..., scoring: _Optional[str] = ...) -> None: ...
 
 class PartyContribution(_message.Message):
     __slots__ = ("model", "route", "weight", "weight_source")
@@ -167,14 +173,16 @@ class PartyContribution(_message.Message):
     def __init__(self, model: _Optional[str] = ..., route: _Optional[str] = ..., weight: _Optional[float] = ..., weight_source: _Optional[str] = ...) -> None: ...
 
 class IdentifyFusedResponse(_message.Message):
-    __slots__ = ("ids", "scores", "parties")
+    __slots__ = ("ids", "scores", "parties", "scoring")
     IDS_FIELD_NUMBER: _ClassVar[int]
     SCORES_FIELD_NUMBER: _ClassVar[int]
     PARTIES_FIELD_NUMBER: _ClassVar[int]
+    SCORING_FIELD_NUMBER: _ClassVar[int]
     ids: _containers.RepeatedScalarFieldContainer[str]
     scores: _types_pb2.Matrix
     parties: _containers.RepeatedCompositeFieldContainer[PartyContribution]
-    def __init__(self, ids: _Optional[_Iterable[str]] = ..., scores: _Optional[_Union[_types_pb2.Matrix, _Mapping]] = ..., parties: _Optional[_Iterable[_Union[PartyContribution, _Mapping]]] = ...) -> None: ...
+    scoring: str
+    def __init__(self, ids: _Optional[_Iterable[str]] = ..., scores: _Optional[_Union[_types_pb2.Matrix, _Mapping]] = ..., parties: _Optional[_Iterable[_Union[PartyContribution, _Mapping]]] = ..., scoring: _Optional[str] = ...) -> None: ...
 
 class VerifyRequest(_message.Message):
     __slots__ = ("a_model", "a", "b_model", "b", "far")

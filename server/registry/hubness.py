@@ -1,0 +1,98 @@
+"""CSLS scoring for identify (see :mod:`convergent.server.inference.csls`): the reference
+neighbourhoods of a route and the hubness-corrected gallery indexes, cached in memory.
+
+A route's references are up to ``CSLS_ANCHORS`` anchors of its fit's set (seeded sample): the
+gallery model's own vectors (for r_T of the probes) and the probe model's vectors mapped through
+the route (for r_S of the gallery items). r_S of every gallery item is computed once per
+(gallery version, route) and kept in an augmented index [y, -r_S/2] of the gallery's kind
+(exact or HNSW), so a query costs one search with one extra dimension. First step: the
+augmented index is rebuilt (from the stored items) after each change of the gallery, and
+recomputed after a restart; Milvus galleries answer FAILED_PRECONDITION for CSLS.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import numpy as np
+
+from convergent.server.errors import FailedPrecondition
+from convergent.server.registry.records import FitRecord, GalleryRecord, ModelRecord
+
+CSLS_ANCHORS = 2000
+KEPT = 16  # routes' references and corrected indexes kept (LRU)
+
+
+@dataclass(frozen=True)
+class References:
+    target: np.ndarray  # (r, d_gallery) unit: anchors as the gallery model embedded them
+    mapped: np.ndarray  # (r, d_gallery) unit: the same anchors of the probe model, mapped
+
+
+@dataclass
+class CorrectedIndex:
+    version: int
+    index: object            # ExactIndex or HnswIndex over [y, -r_S(y)/2]
+    penalty: dict[str, float]  # gallery id -> r_S(y)
+
+
+class Hubness:
+    def __init__(self, store, alignment) -> None:  # noqa: ANN001
+        self.store, self.alignment = store, alignment
+        self._references: OrderedDict[str, References] = OrderedDict()
+        self._indexes: OrderedDict[tuple, CorrectedIndex] = OrderedDict()
+        self._lock = threading.Lock()
+        self.builds = 0  # corrected indexes built (for tests and metrics)
+
+    def references(self, tenant: str, fit: FitRecord, src: ModelRecord, tgt: ModelRecord) -> References:
+        """The route's reference neighbourhoods (fits are immutable: cached by fit id and probe model)."""
+        from convergent.server.inference import normalize_rows
+
+        key = f"{fit.id}/{src.name}"
+        with self._lock:
+            cached = self._references.get(key)
+        if cached is not None:
+            return cached
+        with self.store.read_pairs(tenant, fit.anchor_set, src, tgt) as reader:
+            ids = reader.pair_ids()
+            rng = np.random.default_rng(0)
+            chosen = sorted(rng.choice(len(ids), size=min(len(ids), CSLS_ANCHORS), replace=False)) if ids else []
+            _, X, Y = reader.pairs_by_id([ids[i] for i in chosen])
+        if len(X) < 2:
+            raise FailedPrecondition(f"anchor set {fit.anchor_set!r} has too few pairs left for CSLS scoring")
+        refs = References(target=normalize_rows(Y), mapped=normalize_rows(self.alignment.apply(tenant, fit, X, src, tgt)))
+        with self._lock:
+            self._references[key] = refs
+            while len(self._references) > KEPT:
+                self._references.popitem(last=False)
+        return refs
+
+    def corrected_index(self, tenant: str, gallery: GalleryRecord, model: ModelRecord, refs: References,
+                        route_key: str, device: str = "cpu") -> CorrectedIndex:
+        """The gallery's items with their r_S as an augmented index, at the gallery's version."""
+        from convergent.server.inference import ExactIndex, HnswIndex, normalize_rows
+        from convergent.server.inference.csls import augment_gallery, neighbourhood_mean
+
+        key = (tenant, gallery.name, gallery.created_at, route_key)
+        with self._lock:
+            cached = self._indexes.get(key)
+        if cached is not None and cached.version == gallery.version:
+            return cached
+        version, ids, vectors = self.store.galleries.items(tenant, gallery.name, model.dim)
+        G = normalize_rows(vectors) if ids else np.zeros((0, model.dim), np.float32)
+        r_S = neighbourhood_mean(G, refs.mapped) if ids else np.zeros(0, np.float32)
+        if gallery.index_kind == "exact":
+            index = ExactIndex(model.dim + 1, backend="cuda" if device == "cuda" else "auto")
+        else:
+            index = HnswIndex(model.dim + 1)
+        if ids:
+            index.add(ids, augment_gallery(G, r_S))
+        built = CorrectedIndex(version, index, dict(zip(ids, r_S.tolist())))
+        with self._lock:
+            self.builds += 1
+            self._indexes[key] = built
+            while len(self._indexes) > KEPT:
+                self._indexes.popitem(last=False)
+        return built
