@@ -4,14 +4,15 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test install proto clean
+.PHONY: demo test install proto constraints clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# torch first, pinned: this takes the CPU wheel; an unpinned torch pulls gigabytes of CUDA.
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[dev]'
+	# constraints.txt pins every dependency to the versions the suite last passed with.
+	$(PY) -m pip install -q -e '.[dev]' -c constraints.txt
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -24,6 +25,16 @@ test: $(STAMP)
 
 proto: $(STAMP)
 	PYTHON=$(PY) proto/gen.sh
+
+# Re-resolve the newest versions the project's ranges allow into constraints.txt (then run make test).
+constraints:
+	rm -rf .venv-constraints
+	$(PYTHON) -m venv .venv-constraints
+	.venv-constraints/bin/pip install -q torch==2.13.0
+	.venv-constraints/bin/pip install -q -e '.[dev]'
+	(echo "# Versions CI and 'make install' use (pip -c): what the suite was last run with. Refresh: make constraints"; \
+	 .venv-constraints/bin/pip freeze --exclude-editable | sed 's/^torch==\([0-9.]*\)+cpu$$/torch==\1/') > constraints.txt
+	rm -rf .venv-constraints
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache convergent-report
