@@ -228,6 +228,7 @@ class Galleries:
             )
             if not self._milvus_backend:  # (a Milvus collection changed inside the transaction)
                 self._follow(entry, record.version, lambda index: index.add(added_ids, _unit(added)))
+                self.hubness.follow(tenant, header.gallery, record.version, added_ids=added_ids, added=added)
         return len(added_ids), record.size
 
     @staticmethod
@@ -281,6 +282,7 @@ class Galleries:
             removed, size, version = self.galleries.remove(tenant, name, ids, before_commit=self.before_commit(tenant))
             if removed and not self._milvus_backend:  # (Milvus changed inside the transaction)
                 self._follow(entry, version, lambda index: index.remove(ids))
+                self.hubness.follow(tenant, name, version, removed_ids=ids)
         return removed, size
 
     def _index(self, tenant: str, gallery: GalleryRecord, model: ModelRecord, entry: _Entry):  # noqa: ANN202
@@ -493,11 +495,12 @@ class Galleries:
         from convergent.server.inference.csls import augment_queries, csls_from_augmented, neighbourhood_mean
 
         refs, route_key = self._csls_route(tenant, gallery, probe_model, fit)
-        corrected = self.hubness.corrected_index(tenant, gallery, gallery_model, refs, route_key, self.alignment.device)
-        size = len(corrected.index)
-        if size == 0:
-            return IdentifyResult([[] for _ in range(len(Q))], np.zeros((len(Q), 0), np.float32), _route_name(fit), "csls")
-        ids, inner = corrected.index.search(augment_queries(Q), min(k, size))
+        with self._entry(tenant, gallery.name).lock:  # enrolments update the corrected index under it
+            corrected = self.hubness.corrected_index(tenant, gallery, gallery_model, refs, route_key, self.alignment.device)
+            size = len(corrected.index)
+            if size == 0:
+                return IdentifyResult([[] for _ in range(len(Q))], np.zeros((len(Q), 0), np.float32), _route_name(fit), "csls")
+            ids, inner = corrected.index.search(augment_queries(Q), min(k, size))
         scores = csls_from_augmented(inner, neighbourhood_mean(Q, refs.target))
         width = min(k, size)
         return IdentifyResult([row[:width] for row in ids], scores[:, :width], _route_name(fit), "csls")

@@ -5,9 +5,12 @@ A route's references are up to ``CSLS_ANCHORS`` anchors of its fit's set (seeded
 gallery model's own vectors (for r_T of the probes) and the probe model's vectors mapped through
 the route (for r_S of the gallery items). r_S of every gallery item is computed once per
 (gallery version, route) and kept in an augmented index [y, -r_S/2] of the gallery's kind
-(exact or HNSW), so a query costs one search with one extra dimension. First step: the
-augmented index is rebuilt (from the stored items) after each change of the gallery, and
-recomputed after a restart; Milvus galleries answer FAILED_PRECONDITION for CSLS.
+(exact or HNSW), so a query costs one search with one extra dimension. First step: kept in
+memory (rebuilt from the stored items after a restart); Milvus galleries answer
+FAILED_PRECONDITION for CSLS.
+A committed enrolment or removal is applied to every cached corrected index of the gallery
+that held the version before (:meth:`Hubness.follow`: r_S of the new items only); one that
+missed a change (another replica's) is rebuilt on next use.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ class CorrectedIndex:
     version: int
     index: object            # ExactIndex or HnswIndex over [y, -r_S(y)/2]
     penalty: dict[str, float]  # gallery id -> r_S(y)
+    references: References
 
 
 class Hubness:
@@ -69,6 +73,32 @@ class Hubness:
                 self._references.popitem(last=False)
         return refs
 
+    def follow(self, tenant: str, gallery: str, version: int, added_ids: list[str] | None = None,
+               added: np.ndarray | None = None, removed_ids: list[str] | None = None) -> None:
+        """Apply a committed change (now at ``version``) of a gallery to its corrected indexes."""
+        from convergent.server.inference import normalize_rows
+        from convergent.server.inference.csls import augment_gallery, neighbourhood_mean
+
+        with self._lock:
+            entries = [(key, c) for key, c in self._indexes.items() if key[:2] == (tenant, gallery)]
+        for key, corrected in entries:
+            if corrected.version != version - 1:
+                with self._lock:
+                    self._indexes.pop(key, None)  # missed a change: rebuilt on next use
+                continue
+            if added_ids:
+                G = normalize_rows(added)
+                r_S = neighbourhood_mean(G, corrected.references.mapped)
+                corrected.index.add(added_ids, augment_gallery(G, r_S))
+                corrected.penalty.update(zip(added_ids, r_S.tolist()))
+            if removed_ids:
+                present = [i for i in removed_ids if i in corrected.penalty]
+                if present:
+                    corrected.index.remove(present)
+                for i in present:
+                    del corrected.penalty[i]
+            corrected.version = version
+
     def corrected_index(self, tenant: str, gallery: GalleryRecord, model: ModelRecord, refs: References,
                         route_key: str, device: str = "cpu") -> CorrectedIndex:
         """The gallery's items with their r_S as an augmented index, at the gallery's version."""
@@ -89,7 +119,7 @@ class Hubness:
             index = HnswIndex(model.dim + 1)
         if ids:
             index.add(ids, augment_gallery(G, r_S))
-        built = CorrectedIndex(version, index, dict(zip(ids, r_S.tolist())))
+        built = CorrectedIndex(version, index, dict(zip(ids, r_S.tolist())), refs)
         with self._lock:
             self.builds += 1
             self._indexes[key] = built

@@ -84,7 +84,7 @@ def test_csls_on_text_anchors(client: Client, realdata, n_anchors):
     assert np.mean(gains) >= (0.05 if n_anchors == 200 else -0.01), gains
 
 
-def test_csls_scores_route_and_errors(client: Client, rng):
+def test_csls_scores_route_and_errors(server, client: Client, rng):
     """The score is 2 cos - r_T - r_S computed offline from the same anchors; direct routes refuse."""
     from convergent.server.inference.csls import neighbourhood_mean
 
@@ -110,9 +110,16 @@ def test_csls_scores_route_and_errors(client: Client, rng):
         np.testing.assert_allclose([got[f"g{j}"] for j in range(15)], expected[row], atol=1e-4)
         assert dict(zip(cos.ids[row], cos.scores[row])).keys() == got.keys()
     assert csls.scoring == "csls" and cos.scoring == "cosine" and csls.route == cos.route
-    # An enrolment changes the gallery: the next CSLS identify sees the new item.
+    # An enrolment or removal is applied to the corrected index (r_S of the new item only), not rebuilt.
+    hubness = server._backend.galleries.hubness
+    builds = hubness.builds
     client.enroll(gallery="g", model="b", ids=["new"], vectors=mapped_probes[:1])
     assert client.identify(gallery="g", vectors=P[:1], model="a", k=1, scoring="csls").ids[0] == ["new"]
+    client.remove(gallery="g", ids=["g3"])
+    after = client.identify(gallery="g", vectors=P, model="a", k=15, scoring="csls")
+    assert all("g3" not in row for row in after.ids) and hubness.builds == builds
+    got = dict(zip(after.ids[1], after.scores[1]))
+    np.testing.assert_allclose([got[f"g{j}"] for j in range(15) if j != 3], np.delete(expected[1], 3), atol=1e-4)
     fused = client.identify(gallery="g", vectors={"a": P}, k=3, scoring="csls")
     assert fused.scoring == "csls" and fused.ids[0][0] == "new"
     with pytest.raises(errors.InvalidArgument, match="route through a map"):
