@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test install proto constraints clean
+.PHONY: demo test test-fast check install proto constraints clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,14 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The edit loop: everything but the tests marked slow.
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+# Lint (ruff, configured in pyproject.toml); CI runs it before the tests.
+check: $(STAMP)
+	$(VENV)/bin/ruff check .
 
 proto: $(STAMP)
 	PYTHON=$(PY) proto/gen.sh

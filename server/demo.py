@@ -226,7 +226,8 @@ class Demo:
         X, Y = s.text.vectors[s.text_source], s.text.vectors[s.text_target]
         dim = X.shape[1]
         test = slice(len(X) - 1000, len(X))
-        counts = [c for c in ((dim // 2, dim, 2 * dim) if self.quick else (dim // 4, dim // 2, 3 * dim // 4, dim, 5 * dim // 4, 2 * dim, 3 * dim)) if c <= len(X) - 1000]
+        grid = (dim // 2, dim, 2 * dim) if self.quick else (dim // 4, dim // 2, 3 * dim // 4, dim, 5 * dim // 4, 2 * dim, 3 * dim)
+        counts = [c for c in grid if c <= len(X) - 1000]
         service, lstsq = [], []
         for n in counts:
             name = f"text-{n}"

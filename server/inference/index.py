@@ -546,7 +546,7 @@ def _load_graph(faiss, params: dict, blob, n_labels: int, dim: int):
         return None
     try:
         graph = faiss.downcast_index(faiss.deserialize_index(np.asarray(blob, dtype=np.uint8)))
-    except Exception:  # corrupt or foreign bytes: rebuild from the vectors instead
+    except (RuntimeError, ValueError, TypeError):  # corrupt or foreign bytes (faiss raises RuntimeError): rebuild instead
         return None
     if (not isinstance(graph, faiss.IndexHNSWFlat) or graph.ntotal != n_labels or graph.d != dim
             or graph.metric_type != faiss.METRIC_INNER_PRODUCT):

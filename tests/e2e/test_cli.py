@@ -184,7 +184,8 @@ def test_user_mistakes_give_one_line_and_change_nothing(server, tmp_path: Path, 
     np.savez(tmp_path / "x.npz", face=rng.standard_normal((20, 4)), ids=np.array([f"i{k}" for k in range(20)]))
     typo = one_error_line(run("upload", str(tmp_path / "x.npz"), "--model", "face", "--anchor-set", "s", "--ids-key", "idz", *address, check=False))
     assert "no ids array 'idz'" in typo and "--row-ids" in typo
-    assert "no array 'vecs'" in one_error_line(run("upload", str(tmp_path / "x.npz"), "--model", "face", "--anchor-set", "s", "--key", "vecs", *address, check=False))
+    wrong_key = run("upload", str(tmp_path / "x.npz"), "--model", "face", "--anchor-set", "s", "--key", "vecs", *address, check=False)
+    assert "no array 'vecs'" in one_error_line(wrong_key)
     assert "has no" in one_error_line(run("enroll", str(tmp_path / "x.npz"), "--gallery", "g", "--model", "face", "--ids-key", "nope", *address, check=False))
     assert "s (" not in run("anchors", "list", *address).stdout  # nothing was stored by any of them
     # A .npy file holds one array: fine where ids come from the rows on request.

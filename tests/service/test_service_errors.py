@@ -69,7 +69,8 @@ def test_bad_dim(client: Client):
     [
         ([header(ids=["a", "b"], vectors=f32(2, 3))], "dimension 3"),
         ([header(ids=["a", "b"], vectors=f32(2, 4, np.nan))], "row 0 contains NaN or Inf"),
-        ([header(ids=["a"], vectors=f32(1, 4), last=False), anchors_pb2.UploadAnchorsRequest(ids=["b"], vectors=f32(1, 4, np.inf), last=True)], "row 1 contains NaN"),
+        ([header(ids=["a"], vectors=f32(1, 4), last=False),
+          anchors_pb2.UploadAnchorsRequest(ids=["b"], vectors=f32(1, 4, np.inf), last=True)], "row 1 contains NaN"),
         ([header(ids=["a", "b"], vectors=types_pb2.Matrix(data=b"\0" * 31, shape=[2, 4], dtype=types_pb2.DTYPE_FLOAT32))], "31 bytes"),
         ([header(ids=["a"], vectors=types_pb2.Matrix(data=b"\0" * 16, shape=[1, 4]))], "unsupported dtype"),
         ([header(ids=["a", "b"], vectors=f32(3, 4))], "2 ids but 3 vector rows"),
