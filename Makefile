@@ -27,9 +27,10 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
-# Lint (ruff, configured in pyproject.toml); CI runs it before the tests.
+# Lint and types (ruff and mypy, configured in pyproject.toml); CI runs it before the tests.
 check: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
 proto: $(STAMP)
 	PYTHON=$(PY) proto/gen.sh

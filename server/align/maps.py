@@ -80,6 +80,9 @@ class _AffineMap:
         if not hasattr(self, "n_features_in_"):
             raise NotFitted(f"{type(self).__name__} is not fitted yet; call fit or fit_stats first")
 
+    coef_: np.ndarray       # set by fit_stats / from_state of the affine subclasses
+    intercept_: np.ndarray
+
     def _affine(self) -> tuple[np.ndarray, np.ndarray]:
         """(W (d_y, d_x), b (d_y,)) of the fitted map."""
         return self.coef_, self.intercept_

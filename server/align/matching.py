@@ -15,6 +15,8 @@ convergent; ``matched_correlation_summary()`` gives mean/median/min/max via
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from convergent.server.align._units import restore_ints, slopes, unit_stats
@@ -156,7 +158,7 @@ class SemiMatchingMap(_UnitMatch):
         return out
 
 
-_ACTIVATIONS = {
+_ACTIVATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "relu": lambda z: np.maximum(z, 0.0),
     "tanh": np.tanh,
     "logistic": lambda z: 0.5 * (1.0 + np.tanh(0.5 * z)),

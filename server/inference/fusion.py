@@ -67,13 +67,13 @@ def _weights(parties: Sequence[str], weights: Mapping[str, float] | None) -> np.
     unknown = set(weights) - set(parties)
     if unknown:
         raise InvalidInput(f"weights name parties without scores: {sorted(unknown)}")
-    w = []
+    values: list[float] = []
     for p in parties:
         v = weights.get(p, 0.0)
         if isinstance(v, bool) or not isinstance(v, Real) or not math.isfinite(float(v)) or v < 0:
             raise InvalidInput(f"weight of party {p!r} must be a finite number >= 0, got {v!r}")
-        w.append(float(v))
-    w = np.asarray(w)
+        values.append(float(v))
+    w = np.asarray(values)
     if w.sum() <= 0:
         raise InvalidInput("at least one party needs a positive weight")
     return w
@@ -91,7 +91,7 @@ def fuse_dense(per_party: Mapping[str, np.ndarray], weights: Mapping[str, float]
     parties = tuple(per_party)
     w = _weights(parties, weights)
     k = positive_int(k, "k")
-    mats = []
+    mats: list[np.ndarray] = []
     for p in parties:
         S = np.asarray(per_party[p])
         if S.ndim != 2 or S.size == 0 or not np.issubdtype(S.dtype, np.number) or not np.all(np.isfinite(S)):
@@ -135,7 +135,8 @@ def fuse_scores(per_party: Mapping[str, tuple[Sequence[Sequence[str]], np.ndarra
     """
     parties = tuple(per_party)
     w = _weights(parties, weights)
-    lists, mats = [], []
+    lists: list = []
+    mats: list[np.ndarray] = []
     for p in parties:
         try:
             ids_p, S = per_party[p]

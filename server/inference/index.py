@@ -79,7 +79,7 @@ class _CudaGallery:
     """A device copy of an index's vectors, refreshed when the index changes ("cuda" backend)."""
 
     def __init__(self) -> None:
-        self.tensor = None
+        self.tensor: object = None  # a torch tensor on the GPU once loaded
         self.version = -1
 
     def rows(self, vecs: np.ndarray, n: int, version: int):  # noqa: ANN201 - a torch tensor
@@ -568,7 +568,7 @@ def _state_ids(arr, unique: bool = True) -> list[str]:
     return as_ids(ids, "state ids") if unique else ids
 
 
-_INDEX_CLASSES = {"ExactIndex": ExactIndex, "HnswIndex": HnswIndex}
+_INDEX_CLASSES: dict[str, type[ExactIndex] | type[HnswIndex]] = {"ExactIndex": ExactIndex, "HnswIndex": HnswIndex}
 
 
 def index_from_state(params: dict, arrays: dict[str, np.ndarray]) -> ExactIndex | HnswIndex:

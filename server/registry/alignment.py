@@ -17,6 +17,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -27,6 +28,9 @@ from convergent.server.registry.service import check_model_version, l2_normalize
 from convergent.server.registry import paging
 from convergent.server.settings import ServerSettings
 from convergent.server.storage.protocols import Store
+
+if TYPE_CHECKING:
+    from convergent.server.align import PairedStats
 
 log = logging.getLogger("convergent.alignment")
 
@@ -215,7 +219,7 @@ def _new_fit_id() -> str:
 @dataclass
 class _Cached:
     data_version: int
-    stats: object  # PairedStats
+    stats: PairedStats
 
 
 class StatsCache:
@@ -249,7 +253,7 @@ class StatsCache:
 @dataclass
 class PairSnapshot:
     data_version: int
-    stats: object  # PairedStats of all pairs
+    stats: PairedStats  # of all pairs
     held_ids: list[str]
     X_held: np.ndarray
     Y_held: np.ndarray

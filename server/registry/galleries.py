@@ -13,13 +13,15 @@ gallery is a Milvus collection changed inside the database's write transaction (
 
 from __future__ import annotations
 
+import builtins
+
 import contextlib
 import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -66,7 +68,7 @@ class EnrollChunk:
     model: str
     model_version: int
     index_kind: str
-    ids: list[str]
+    ids: builtins.list[str]
     vectors: np.ndarray
     last: bool = False
 
@@ -76,7 +78,7 @@ SCORINGS = ("cosine", "csls")
 
 @dataclass(frozen=True)
 class IdentifyResult:
-    ids: list[list[str]]   # (n, k') gallery ids, best first; "" pads
+    ids: builtins.list[builtins.list[str]]   # (n, k') gallery ids, best first; "" pads
     scores: np.ndarray     # (n, k') float32, higher = more similar; -inf pads: cosine in [-1, 1] or CSLS in [-4, 4]
     route: str             # "direct" or "fit:<id>"
     scoring: str = "cosine"
@@ -92,9 +94,9 @@ class PartyWeight:
 
 @dataclass(frozen=True)
 class FusedIdentifyResult:
-    ids: list[list[str]]   # (n, k') gallery ids, best first
+    ids: builtins.list[builtins.list[str]]   # (n, k') gallery ids, best first
     scores: np.ndarray     # (n, k') fused z-scores, higher = better match
-    parties: list[PartyWeight]
+    parties: builtins.list[PartyWeight]
     scoring: str = "cosine"
 
 
@@ -187,8 +189,8 @@ class Galleries:
         """Validate the whole stream, then add it in one transaction; returns (enrolled, size)."""
         header: EnrollChunk | None = None
         model: ModelRecord | None = None
-        ids: list[str] = []
-        blocks: list[np.ndarray] = []
+        ids: builtins.list[str] = []
+        blocks: builtins.list[np.ndarray] = []
         seen: set[str] = set()
         seen_last = False
         for number, chunk in enumerate(chunks):
@@ -232,7 +234,7 @@ class Galleries:
         return len(added_ids), record.size
 
     @staticmethod
-    def _follow(entry: _Entry, version: int, change: Callable[[object], None]) -> None:
+    def _follow(entry: _Entry, version: int, change: Callable[[Any], None]) -> None:
         """Apply a committed change (now at ``version``) to this process's index if it held the
         version before; otherwise it missed another replica's change: rebuilt on next use."""
         if entry.index is not None and entry.version == version - 1:
@@ -266,14 +268,14 @@ class Galleries:
                 sizes[kind] = sizes.get(kind, 0) + len(index)
         return sizes
 
-    def forget_indexes(self, tenant: str, names: list[str]) -> None:
+    def forget_indexes(self, tenant: str, names: builtins.list[str]) -> None:
         """Drop the in-memory indexes of these galleries (rebuilt from storage on next use)."""
         for name in names:
             entry = self._entry(tenant, name)
             with entry.lock:
                 entry.index = None
 
-    def remove(self, tenant: str, name: str, ids: list[str]) -> tuple[int, int]:
+    def remove(self, tenant: str, name: str, ids: builtins.list[str]) -> tuple[int, int]:
         valid_name(name, "gallery name")
         if not ids:
             raise InvalidInput("give the ids to remove")
@@ -532,7 +534,7 @@ class Galleries:
             return 0.0, f"fit {fit.id} has no {key}"
         return max(float(value), 0.0), f"held-out {key} of fit {fit.id}"
 
-    def identify_fused(self, tenant: str, name: str, parties: list[tuple[str, int, np.ndarray]], k: int,
+    def identify_fused(self, tenant: str, name: str, parties: builtins.list[tuple[str, int, np.ndarray]], k: int,
                        scoring: str = "cosine") -> FusedIdentifyResult:
         """Fuse several parties' probes (model, version, (n, d_model)) of the same n subjects.
         ``scoring="csls"``: parties routed through a map are CSLS-scored before the per-party

@@ -18,11 +18,15 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from convergent.server.errors import FailedPrecondition
 from convergent.server.registry.records import FitRecord, GalleryRecord, ModelRecord
+
+if TYPE_CHECKING:
+    from convergent.server.inference import ExactIndex, HnswIndex
 
 CSLS_ANCHORS = 2000
 KEPT = 16  # routes' references and corrected indexes kept (LRU)
@@ -37,7 +41,7 @@ class References:
 @dataclass
 class CorrectedIndex:
     version: int
-    index: object            # ExactIndex or HnswIndex over [y, -r_S(y)/2]
+    index: ExactIndex | HnswIndex  # over [y, -r_S(y)/2]
     penalty: dict[str, float]  # gallery id -> r_S(y)
     references: References
 

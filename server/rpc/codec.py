@@ -79,7 +79,7 @@ def fit_to_pb(record: FitRecord) -> alignment_pb2.Fit:
     )
 
 
-INDEX_KIND_NAMES = {
+INDEX_KIND_NAMES: dict[int, str] = {
     galleries_pb2.INDEX_KIND_UNSPECIFIED: "exact",
     galleries_pb2.INDEX_KIND_EXACT: "exact",
     galleries_pb2.INDEX_KIND_HNSW: "hnsw",

@@ -253,9 +253,9 @@ def backup_sqlite(database_path: Path, out: Path) -> BackupInfo:
             "tables": tables,
             "source": str(source_path.resolve()),
         }
-        mode = "w:gz" if out.name.endswith((".gz", ".tgz")) else "w"
+        gz = out.name.endswith((".gz", ".tgz"))
         with _temp_path(out.parent, f".{out.name}.", ".tmp") as archive:
-            with tarfile.open(archive, mode, format=tarfile.PAX_FORMAT) as tar:
+            with tarfile.open(archive, "w:gz" if gz else "w", format=tarfile.PAX_FORMAT) as tar:  # type: ignore[call-overload]
                 data = json.dumps(manifest, indent=2, sort_keys=True).encode()
                 info = tarfile.TarInfo(MANIFEST_NAME)
                 info.size, info.mtime, info.mode = len(data), int(now), 0o600

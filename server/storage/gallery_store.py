@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import builtins
+
 import time
 from collections.abc import Callable, Iterable
 from contextlib import contextmanager
@@ -56,7 +58,7 @@ class GalleryStore:
             raise NotFound(f"gallery {name!r} not found")
         return record
 
-    def list(self, tenant: str, after: str, limit: int) -> list[GalleryRecord]:
+    def list(self, tenant: str, after: str, limit: int) -> builtins.list[GalleryRecord]:
         with self.engine.connect() as conn, conn.begin():
             names = conn.execute(
                 sa.select(galleries.c.name)
@@ -68,11 +70,11 @@ class GalleryStore:
 
     def enroll(
         self, tenant: str, name: str, model: str, model_version: int, index_kind: str,
-        batches: Iterable[tuple[list[str], np.ndarray]],
+        batches: Iterable[tuple[builtins.list[str], np.ndarray]],
         quota: int | None = None,
         still_wanted: Callable[[], bool] | None = None,
         before_commit: BeforeCommit | None = None,
-    ) -> tuple[GalleryRecord, bool, list[str], np.ndarray]:
+    ) -> tuple[GalleryRecord, bool, builtins.list[str], np.ndarray]:
         """Add items in one transaction, creating the gallery if needed.
 
         Returns (gallery, created, ids, vectors) of what was added. :class:`AlreadyExists` for
@@ -89,8 +91,8 @@ class GalleryStore:
             seq = int(conn.execute(
                 sa.select(galleries.c.last_seq).where(galleries.c.tenant == tenant, galleries.c.name == name)
             ).scalar())
-            added_ids: list[str] = []
-            added: list[np.ndarray] = []
+            added_ids: builtins.list[str] = []
+            added: builtins.list[np.ndarray] = []
             for ids, vectors in batches:
                 for start in range(0, len(ids), ID_BATCH):
                     chunk = ids[start : start + ID_BATCH]
@@ -124,7 +126,7 @@ class GalleryStore:
         return record, created, added_ids, vectors
 
     def remove(
-        self, tenant: str, name: str, ids: list[str], before_commit: BeforeCommit | None = None
+        self, tenant: str, name: str, ids: builtins.list[str], before_commit: BeforeCommit | None = None
     ) -> tuple[int, int, int]:
         """Delete ids (unknown ones are ignored); returns (removed, size after, gallery version after).
         ``before_commit`` sees the change only when something was removed."""
@@ -132,7 +134,7 @@ class GalleryStore:
             previous = self.record_in(conn, tenant, name)
             if previous is None:
                 raise NotFound(f"gallery {name!r} not found")
-            removed: list[str] = []
+            removed: builtins.list[str] = []
             for start in range(0, len(ids), ID_BATCH):
                 key = (
                     (gallery_items.c.tenant == tenant) & (gallery_items.c.gallery == name)
@@ -164,7 +166,7 @@ class GalleryStore:
             record = self.record_in(conn, tenant, name)
             action(GalleryChange(record, record, self.items_reader(conn, tenant, name)))
 
-    def items(self, tenant: str, name: str, dim: int) -> tuple[int, list[str], np.ndarray]:
+    def items(self, tenant: str, name: str, dim: int) -> tuple[int, builtins.list[str], np.ndarray]:
         """(gallery version, ids, vectors (n, dim) float32) in enrolment order, one snapshot."""
         with self.engine.connect() as conn, conn.begin():
             version = conn.execute(
@@ -174,11 +176,11 @@ class GalleryStore:
         return int(version), ids, vectors
 
     @staticmethod
-    def items_reader(conn: sa.Connection, tenant: str, name: str, dim: int = 0) -> Callable[[], tuple[list[str], np.ndarray]]:
+    def items_reader(conn: sa.Connection, tenant: str, name: str, dim: int = 0) -> Callable[[], tuple[builtins.list[str], np.ndarray]]:
         """A function reading the gallery's (ids, (n, dim) float32) in enrolment order on ``conn``
         (``dim`` from the stored rows when not given)."""
 
-        def read() -> tuple[list[str], np.ndarray]:
+        def read() -> tuple[builtins.list[str], np.ndarray]:
             rows = conn.execute(
                 sa.select(gallery_items.c.item_id, gallery_items.c.vector)
                 .where(gallery_items.c.tenant == tenant, gallery_items.c.gallery == name)

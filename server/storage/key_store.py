@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import builtins
+
 import time
 
 import sqlalchemy as sa
@@ -29,7 +31,7 @@ class KeyStore:
         with self.engine.connect() as conn:
             return conn.execute(sa.select(api_keys).where(api_keys.c.key_id == key_id)).first()
 
-    def list(self, tenant: str | None = None) -> list[sa.Row]:
+    def list(self, tenant: str | None = None) -> builtins.list[sa.Row]:
         query = sa.select(api_keys).order_by(api_keys.c.tenant, api_keys.c.created_at)
         if tenant:
             query = query.where(api_keys.c.tenant == tenant)
@@ -49,7 +51,7 @@ class KeyStore:
                 outcome=outcome, request_id=request_id,
             ))
 
-    def audit_entries(self, tenant: str | None = None, limit: int = 100) -> list[sa.Row]:
+    def audit_entries(self, tenant: str | None = None, limit: int = 100) -> builtins.list[sa.Row]:
         query = sa.select(audit_log).order_by(audit_log.c.seq.desc()).limit(limit)
         if tenant:
             query = query.where(audit_log.c.tenant == tenant)

@@ -52,7 +52,7 @@ class PairStatsStore:
         if sum(a.nbytes for a in arrays.values()) > MAX_STORED_BYTES:
             return False
         buffer = io.BytesIO()
-        np.savez(buffer, **arrays)
+        np.savez(buffer, **arrays)  # type: ignore[arg-type]  # numpy's stub types **kwds as allow_pickle
         with db.write_connection(self.engine) as conn, conn.begin():
             rewritten = conn.execute(sa.select(anchor_sets.c.rewritten_version).where(
                 anchor_sets.c.tenant == tenant, anchor_sets.c.name == key[0])).scalar()

@@ -257,7 +257,7 @@ class SqlStore:
                     continue
                 for start in range(0, len(ids), ID_BATCH):
                     batch_ids = ids[start : start + ID_BATCH]
-                    existing = dict(
+                    existing: dict[str, bytes] = dict(
                         conn.execute(
                             sa.select(anchors.c.anchor_id, anchors.c.vector).where(
                                 key, anchors.c.anchor_id.in_(batch_ids)
