@@ -57,9 +57,17 @@ def test_bad_model_name_invalid_argument(client: Client, name):
         client.register_model(name, dim=4)
 
 
-def test_bad_dim(client: Client):
-    with pytest.raises(errors.InvalidArgument, match="dim must be positive"):
-        client.register_model("m", dim=0)
+def test_bad_dim(client: Client, server):
+    with pytest.raises(errors.InvalidArgument, match="dim must be an integer in 1..4294967295"):
+        client.register_model("m", dim=0)  # refused by the SDK before sending
+    import grpc
+
+    from convergent.v1 import models_pb2, models_pb2_grpc
+
+    with grpc.insecure_channel(server.address) as channel:  # the server refuses it as well
+        with pytest.raises(grpc.RpcError) as info:
+            models_pb2_grpc.ModelServiceStub(channel).RegisterModel(models_pb2.RegisterModelRequest(name="m", dim=0), timeout=10)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "dim must be positive" in info.value.details()
     with pytest.raises(errors.ResourceExhausted, match="max_dim=8192"):
         client.register_model("m", dim=100_000)
 
