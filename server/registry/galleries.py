@@ -14,7 +14,6 @@ gallery is a Milvus collection changed inside the database's write transaction (
 from __future__ import annotations
 
 import builtins
-
 import contextlib
 import logging
 import threading
@@ -68,7 +67,7 @@ class EnrollChunk:
     model: str
     model_version: int
     index_kind: str
-    ids: builtins.list[str]
+    ids: list[str]
     vectors: np.ndarray
     last: bool = False
 
@@ -78,7 +77,7 @@ SCORINGS = ("cosine", "csls")
 
 @dataclass(frozen=True)
 class IdentifyResult:
-    ids: builtins.list[builtins.list[str]]   # (n, k') gallery ids, best first; "" pads
+    ids: list[list[str]]   # (n, k') gallery ids, best first; "" pads
     scores: np.ndarray     # (n, k') float32, higher = more similar; -inf pads: cosine in [-1, 1] or CSLS in [-4, 4]
     route: str             # "direct" or "fit:<id>"
     scoring: str = "cosine"
@@ -94,9 +93,9 @@ class PartyWeight:
 
 @dataclass(frozen=True)
 class FusedIdentifyResult:
-    ids: builtins.list[builtins.list[str]]   # (n, k') gallery ids, best first
+    ids: list[list[str]]   # (n, k') gallery ids, best first
     scores: np.ndarray     # (n, k') fused z-scores, higher = better match
-    parties: builtins.list[PartyWeight]
+    parties: list[PartyWeight]
     scoring: str = "cosine"
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import builtins
-
 import time
 from collections.abc import Callable, Iterable
 from contextlib import contextmanager

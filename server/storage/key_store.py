@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import builtins
-
 import time
 
 import sqlalchemy as sa
