@@ -87,6 +87,13 @@ def _connected(address: str, api_key: str | None):  # noqa: ANN202
         reason = exc.details.rsplit(": ", 1)[-1]
         _fail(f"cannot reach a convergent server at {address} ({reason}): is `convergent serve` running there? "
               f"Set the address with --address or CONVERGENT_ADDRESS")
+    except errors.NotFound as exc:
+        hints = (("model '", "`convergent models list` shows the registered models; `convergent models register NAME --dim D` adds one"),
+                 ("anchor set '", "`convergent anchors list` shows the anchor sets"),
+                 ("fit '", "`convergent fits list` shows the fits"),
+                 ("gallery '", "`convergent galleries list` shows the galleries"))
+        hint = next((text for key, text in hints if key in exc.details), "")
+        _fail(f"{exc}; {hint}" if hint else exc)
     except (errors.Unauthenticated, errors.PermissionDenied) as exc:
         _fail(f"{exc}; pass an API key with --api-key or CONVERGENT_API_KEY (make one with `convergent keys create` on the server host)")
     except errors.ConvergentError as exc:

@@ -229,4 +229,4 @@ def test_gallery_anchor_erase_usage_and_shared_space_commands(server, tmp_path: 
     assert "vectors stored" in run("usage", *address).stdout
     assert "deleted gallery g" in run("galleries", "delete", "g", *address).stdout
     missing = one_error_line(run("galleries", "show", "g", *address, check=False))
-    assert "NOT_FOUND" in missing
+    assert "NOT_FOUND" in missing and "`convergent galleries list` shows the galleries" in missing
