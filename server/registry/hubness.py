@@ -79,12 +79,15 @@ class Hubness:
 
     def follow(self, tenant: str, gallery: str, version: int, added_ids: list[str] | None = None,
                added: np.ndarray | None = None, removed_ids: list[str] | None = None) -> None:
-        """Apply a committed change (now at ``version``) of a gallery to its corrected indexes."""
+        """Apply a committed change (now at ``version``) of a gallery to its corrected indexes.
+        Costs nothing (no import, no math) when the gallery has none: it runs after every commit."""
+        with self._lock:
+            entries = [(key, c) for key, c in self._indexes.items() if key[:2] == (tenant, gallery)]
+        if not entries:
+            return
         from convergent.server.inference import normalize_rows
         from convergent.server.inference.csls import augment_gallery, neighbourhood_mean
 
-        with self._lock:
-            entries = [(key, c) for key, c in self._indexes.items() if key[:2] == (tenant, gallery)]
         for key, corrected in entries:
             if corrected.version != version - 1:
                 with self._lock:
