@@ -34,6 +34,14 @@ class CalibrationAnchors:
     target: np.ndarray
 
 
+def sample_pairs(reader, max_anchors: int, seed: int = 0) -> tuple[list[str], np.ndarray, np.ndarray]:  # noqa: ANN001
+    """Up to ``max_anchors`` pairs of a pair reader, a seeded uniform sample: (ids, X, Y)."""
+    ids = reader.pair_ids()
+    rng = np.random.default_rng(seed)
+    chosen = sorted(rng.choice(len(ids), size=min(len(ids), max_anchors), replace=False)) if ids else []
+    return reader.pairs_by_id([ids[i] for i in chosen])
+
+
 def _refit(record: FitRecord, stats, src: ModelRecord, tgt: ModelRecord):  # noqa: ANN001, ANN202
     """A map of ``record``'s method and chosen hyper-parameters fitted on ``stats``; returns a
     function (m, d_src) -> (m, d_tgt)."""
@@ -65,10 +73,7 @@ def calibration_anchors(alignment, tenant: str, record: FitRecord, src: ModelRec
         with alignment.store.read_pairs(tenant, record.anchor_set, src, tgt) as reader:
             if reader.version().data_version != snap.data_version:
                 continue  # anchors arrived in between: the statistics would not hold these pairs
-            ids = reader.pair_ids()
-            rng = np.random.default_rng(seed)
-            chosen = sorted(rng.choice(len(ids), size=min(len(ids), max_anchors), replace=False)) if ids else []
-            ids, X, Y = reader.pairs_by_id([ids[i] for i in chosen])
+            ids, X, Y = sample_pairs(reader, max_anchors, seed)
         break
     else:
         raise Unavailable(f"anchor set {record.anchor_set!r} is being written: try verify again")

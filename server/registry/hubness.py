@@ -63,11 +63,10 @@ class Hubness:
             cached = self._references.get(key)
         if cached is not None:
             return cached
+        from convergent.server.registry.crossfit import sample_pairs
+
         with self.store.read_pairs(tenant, fit.anchor_set, src, tgt) as reader:
-            ids = reader.pair_ids()
-            rng = np.random.default_rng(0)
-            chosen = sorted(rng.choice(len(ids), size=min(len(ids), CSLS_ANCHORS), replace=False)) if ids else []
-            _, X, Y = reader.pairs_by_id([ids[i] for i in chosen])
+            _, X, Y = sample_pairs(reader, CSLS_ANCHORS)
         if len(X) < 2:
             raise FailedPrecondition(f"anchor set {fit.anchor_set!r} has too few pairs left for CSLS scoring")
         refs = References(target=normalize_rows(Y), mapped=normalize_rows(self.alignment.apply(tenant, fit, X, src, tgt)))
