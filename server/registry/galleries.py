@@ -1,4 +1,5 @@
-"""Use cases of galleries and cross-model inference: enroll, remove, identify, verify, calibrate.
+"""Use cases of galleries and cross-model inference: enroll, remove, identify (verify and
+calibrate: :mod:`.verification`).
 
 A gallery is bound to one model (version) when created. Probes of another model reach it
 through the latest probe-model -> gallery-model fit. Every similarity is a cosine: higher is
@@ -17,10 +18,9 @@ import builtins
 import contextlib
 import logging
 import threading
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -33,6 +33,7 @@ from convergent.server.errors import (
 )
 from convergent.server.registry import paging
 from convergent.server.registry.alignment import Alignment
+from convergent.server.registry.routes import Routed, route_name as _route_name, unit as _unit
 from convergent.server.registry.records import BeforeCommit, FitRecord, GalleryChange, GalleryRecord, ModelRecord, Page
 from convergent.server.registry.service import (
     check_message_size,
@@ -46,17 +47,10 @@ from convergent.server.registry.service import (
 from convergent.server.settings import ServerSettings
 from convergent.server.storage.protocols import Store
 
-if TYPE_CHECKING:
-    from convergent.server.inference.calibration import EqualErrorRate, PairScores
-
 log = logging.getLogger("convergent.galleries")
 
 INDEX_KINDS = ("exact", "hnsw")
-CALIBRATION_ANCHORS = 2000     # anchors sampled for the default (anchor-set) calibration
-CALIBRATION_IMPOSTORS = 400_000
 DENSE_FUSION_MAX = 200_000     # exact galleries up to this size are fused on full score rows
-ANCHOR_CALIBRATIONS_KEPT = 16  # cached anchor-calibration score sets (each up to ~2 MB)
-REPORT_FARS = (1e-2, 1e-3, 1e-4)
 
 
 @dataclass(frozen=True)
@@ -99,43 +93,6 @@ class FusedIdentifyResult:
     scoring: str = "cosine"
 
 
-@dataclass(frozen=True)
-class VerifyResult:
-    scores: np.ndarray     # (n,) float32 cosine in b's space
-    accept: np.ndarray     # (n,) bool: score >= threshold
-    threshold: float
-    far_requested: float
-    far_calibration: float
-    tar_calibration: float
-    calibration: str       # "labelled", "anchors-repeats-excluded" or "anchors-distinct"
-    n_genuine: int
-    n_impostor: int
-    route: str
-    calibration_pairs: str = ""      # what population far/tar_calibration were measured on, in words
-    n_excluded: int = 0              # anchor pairs left out of the impostors as probably one subject
-
-
-@dataclass(frozen=True)
-class AnchorCalibration:
-    """The pairs verify calibrates on, with their name and population in words."""
-
-    scores: PairScores
-    name: str
-    population: str
-    n_excluded: int
-
-
-@dataclass(frozen=True)
-class VerificationReport:
-    calibration: str
-    calibration_pairs: str
-    route: str
-    points: list              # [OperatingPoint]: only the FARs the impostor pairs resolve
-    eer: EqualErrorRate
-    n_genuine: int
-    n_impostor: int
-    n_excluded: int
-
 
 class _Entry:
     def __init__(self) -> None:
@@ -144,7 +101,7 @@ class _Entry:
         self.version = -1  # the gallery version the index reflects
 
 
-class Galleries:
+class Galleries(Routed):
     def __init__(self, store: Store, alignment: Alignment, settings: ServerSettings) -> None:
         self.store = store
         self.galleries = store.galleries
@@ -154,12 +111,11 @@ class Galleries:
         self._entries_lock = threading.Lock()
         self._milvus = None  # MilvusCatalog, when gallery_backend is "milvus"
         self._connecting: threading.Thread | None = None
-        # fit id -> PairScores of its anchor calibration (fits are immutable); the newest few only
-        self._anchor_scores: OrderedDict[str, AnchorCalibration] = OrderedDict()
-        self._anchor_scores_lock = threading.Lock()
         from convergent.server.registry.hubness import Hubness
+        from convergent.server.registry.verification import Verification
 
         self.hubness = Hubness(store, alignment)
+        self.verification = Verification(store, alignment)
 
     def _entry(self, tenant: str, name: str) -> _Entry:
         with self._entries_lock:
@@ -433,17 +389,6 @@ class Galleries:
         with entry.lock:
             yield self._index(tenant, gallery, model, entry)
 
-    # ------------------------------------------------------------ routes
-    def _route(self, tenant: str, src: ModelRecord, tgt: ModelRecord) -> FitRecord | None:
-        """None for the same model, else the fit that maps ``src`` into ``tgt``."""
-        if src.name == tgt.name:
-            return None
-        return self.alignment.latest_route(tenant, src, tgt)
-
-    def _into(self, tenant: str, fit: FitRecord | None, X: np.ndarray, src: ModelRecord, tgt: ModelRecord) -> np.ndarray:
-        """Prepared vectors of ``src`` as unit vectors in ``tgt``'s space (through ``fit``)."""
-        return _unit(X) if fit is None else _unit(self.alignment.apply(tenant, fit, X, src, tgt))
-
     # ------------------------------------------------------------ identify
     def identify(
         self, tenant: str, name: str, model_name: str, model_version: int, vectors: np.ndarray, k: int, fit_id: str = "",
@@ -604,124 +549,3 @@ class Galleries:
         return FusedIdentifyResult([row[:width] for row in fused.ids], np.asarray(fused.scores, np.float32)[:, :width], weights,
                                    scoring)
 
-    # ------------------------------------------------------------ verify and calibrate
-    def _pair_scores_labelled(self, tenant, src, tgt, fit):  # noqa: ANN001, ANN202
-        from convergent.server.inference import cosine_scores, labelled_pairs
-
-        stored = self.galleries.load_calibration(tenant, src.name, src.version, src.dim, tgt.name, tgt.version, tgt.dim)
-        if stored is None:
-            return None
-        a, b, same = stored
-        scores = cosine_scores(self._into(tenant, fit, prepare_vectors(src, a), src, tgt), _unit(prepare_vectors(tgt, b)))
-        return labelled_pairs(scores, same)
-
-    def _pair_scores_anchors(self, tenant, src, tgt, fit) -> AnchorCalibration:  # noqa: ANN001
-        """Anchor calibration of a route: genuine = the same anchor in both models, impostors =
-        different anchors, on up to 2000 anchors of the fit's set, each mapped out of fold
-        (:mod:`.crossfit`); pairs that probably show one subject (:mod:`..inference.repeats`)
-        are left out of the impostors."""
-        from convergent.server.inference import find_repeated_subjects, pairs_from_anchor_set
-        from convergent.server.registry.crossfit import FOLDS, calibration_anchors
-
-        if fit is None:
-            raise FailedPrecondition(
-                f"no calibration for {src.name!r} against itself: send labelled pairs with calibrate() first"
-            )
-        with self._anchor_scores_lock:
-            cached = self._anchor_scores.get(fit.id)
-        if cached is not None:
-            return cached
-        anchors = calibration_anchors(self.alignment, tenant, fit, src, tgt, CALIBRATION_ANCHORS)
-        repeats = find_repeated_subjects(anchors.source, anchors.target)
-        scores = pairs_from_anchor_set(_unit(anchors.mapped), _unit(anchors.target), max_impostors=CALIBRATION_IMPOSTORS,
-                                       same=repeats.same if repeats.detected else None)
-        n = len(anchors.ids)
-        if repeats.detected:
-            name = "anchors-repeats-excluded"
-            population = (f"{n} anchors of set {fit.anchor_set!r}, each mapped by a {FOLDS}-fold refit that never saw it; "
-                          f"genuine = the same anchor in both models, impostors = pairs of different anchors without "
-                          f"the pairs that look like one subject ({repeats.reason})")
-        else:
-            name = "anchors-distinct"
-            population = (f"{n} anchors of set {fit.anchor_set!r}, each mapped by a {FOLDS}-fold refit that never saw it; "
-                          f"genuine = the same anchor in both models, impostors = every pair of different anchors "
-                          f"(taken as distinct subjects: {repeats.reason})")
-        result = AnchorCalibration(scores, name, population, int(np.count_nonzero(repeats.same)) // 2)
-        with self._anchor_scores_lock:
-            self._anchor_scores[fit.id] = result
-            while len(self._anchor_scores) > ANCHOR_CALIBRATIONS_KEPT:
-                self._anchor_scores.popitem(last=False)
-        return result
-
-    def _calibration_pairs(self, tenant, src, tgt, fit) -> AnchorCalibration:  # noqa: ANN001
-        """The pairs verify calibrates on: labelled ones when stored for this model pair, else anchors."""
-        labelled = self._pair_scores_labelled(tenant, src, tgt, fit)
-        if labelled is None:
-            return self._pair_scores_anchors(tenant, src, tgt, fit)
-        population = (f"{len(labelled.genuine) + len(labelled.impostor)} labelled pairs given to calibrate, scored "
-                      f"through {_route_name(fit)} (optimistic if the map was fitted on these items)")
-        return AnchorCalibration(labelled, "labelled", population, 0)
-
-    def _models_and_route(self, tenant, a_model, b_model):  # noqa: ANN001, ANN202
-        valid_name(a_model, "a_model")
-        valid_name(b_model, "b_model")
-        src, tgt = self.store.get_model(tenant, a_model), self.store.get_model(tenant, b_model)
-        return src, tgt, self._route(tenant, src, tgt)
-
-    def verify(self, tenant: str, a_model: str, a: np.ndarray, b_model: str, b: np.ndarray, far: float) -> VerifyResult:
-        """Scores of row-paired vectors (a's mapped into b's space) and accept at the threshold
-        calibrated for ``far`` (labelled pairs when given for this model pair, else the anchors)."""
-        from convergent.server.inference import calibrate_threshold, cosine_scores
-
-        if not (0.0 < far < 1.0):
-            raise InvalidInput(f"far must be in (0, 1), got {far}")
-        src, tgt, fit = self._models_and_route(tenant, a_model, b_model)
-        A, B = prepare_vectors(src, a, "a"), prepare_vectors(tgt, b, "b")
-        if len(A) != len(B):
-            raise InvalidInput(f"a has {len(A)} rows and b {len(B)}: they must pair row by row")
-        pairs = self._calibration_pairs(tenant, src, tgt, fit)
-        cal = calibrate_threshold(pairs.scores.genuine, pairs.scores.impostor, far)
-        scores = cosine_scores(self._into(tenant, fit, A, src, tgt), _unit(B))
-        return VerifyResult(
-            scores=scores, accept=scores.astype(np.float64) >= cal.threshold, threshold=cal.threshold,
-            far_requested=far, far_calibration=cal.far, tar_calibration=cal.tar, calibration=pairs.name,
-            n_genuine=cal.n_genuine, n_impostor=cal.n_impostor, route=_route_name(fit),
-            calibration_pairs=pairs.population, n_excluded=pairs.n_excluded,
-        )
-
-    def verification_report(self, tenant: str, a_model: str, b_model: str) -> VerificationReport:
-        """Operating points of the calibration verify uses for (a_model, b_model): TAR at FAR 1e-2,
-        1e-3, 1e-4 where the impostor pairs resolve it, and the equal error rate."""
-        from convergent.server.inference import equal_error_rate, operating_points
-
-        src, tgt, fit = self._models_and_route(tenant, a_model, b_model)
-        pairs = self._calibration_pairs(tenant, src, tgt, fit)
-        genuine, impostor = pairs.scores.genuine, pairs.scores.impostor
-        return VerificationReport(
-            calibration=pairs.name, calibration_pairs=pairs.population, route=_route_name(fit),
-            points=operating_points(genuine, impostor, REPORT_FARS), eer=equal_error_rate(genuine, impostor),
-            n_genuine=len(genuine), n_impostor=len(impostor), n_excluded=pairs.n_excluded,
-        )
-
-    def calibrate(self, tenant: str, a_model: str, a: np.ndarray, b_model: str, b: np.ndarray, same: np.ndarray) -> tuple[int, int, str]:
-        """Store labelled pairs for (a_model, b_model); returns (n_genuine, n_impostor, route)."""
-        src, tgt, fit = self._models_and_route(tenant, a_model, b_model)
-        A, B = prepare_vectors(src, a, "a"), prepare_vectors(tgt, b, "b")
-        same = np.asarray(same, dtype=bool)
-        if not (len(A) == len(B) == len(same)):
-            raise InvalidInput(f"a, b and same must have the same length, got {len(A)}, {len(B)}, {len(same)}")
-        n_genuine = int(same.sum())
-        if n_genuine == 0 or n_genuine == len(same):
-            raise InvalidInput("labelled pairs need both genuine (same=True) and impostor (same=False) pairs")
-        self.galleries.save_calibration(tenant, src.name, src.version, tgt.name, tgt.version, A, B, same)
-        return n_genuine, len(same) - n_genuine, _route_name(fit)
-
-
-def _unit(X: np.ndarray) -> np.ndarray:
-    from convergent.server.inference import normalize_rows
-
-    return normalize_rows(X)
-
-
-def _route_name(fit: FitRecord | None) -> str:
-    return "direct" if fit is None else f"fit:{fit.id}"

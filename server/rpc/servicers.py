@@ -306,7 +306,7 @@ class GalleryServicer(galleries_pb2_grpc.GalleryServiceServicer):
 
     @rpc_method
     def Verify(self, request, context):  # noqa: ANN001, N802
-        r = self.backend.galleries.verify(
+        r = self.backend.galleries.verification.verify(
             tenant_of(context), request.a_model, self.backend.rows(request.a, "a"),
             request.b_model, self.backend.rows(request.b, "b"), request.far,
         )
@@ -319,7 +319,7 @@ class GalleryServicer(galleries_pb2_grpc.GalleryServiceServicer):
 
     @rpc_method
     def VerificationReport(self, request, context):  # noqa: ANN001, N802
-        r = self.backend.galleries.verification_report(tenant_of(context), request.a_model, request.b_model)
+        r = self.backend.galleries.verification.verification_report(tenant_of(context), request.a_model, request.b_model)
         return galleries_pb2.VerificationReportResponse(
             calibration=r.calibration, calibration_pairs=r.calibration_pairs, route=r.route,
             points=[galleries_pb2.OperatingPoint(requested_far=p.requested_far, threshold=p.threshold, far=p.far, tar=p.tar)
@@ -330,7 +330,7 @@ class GalleryServicer(galleries_pb2_grpc.GalleryServiceServicer):
 
     @rpc_method
     def Calibrate(self, request, context):  # noqa: ANN001, N802
-        n_genuine, n_impostor, route = self.backend.galleries.calibrate(
+        n_genuine, n_impostor, route = self.backend.galleries.verification.calibrate(
             tenant_of(context), request.a_model, self.backend.rows(request.a, "a"),
             request.b_model, self.backend.rows(request.b, "b"), list(request.same),
         )
