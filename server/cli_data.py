@@ -117,7 +117,8 @@ def fit(
     target: Annotated[str, typer.Option(help="model the map goes to")],
     anchor_set: Annotated[str, typer.Option(help="anchor set both models embedded")],
     method: Annotated[str, typer.Option(help="one of: " + "; ".join(f"{name} ({what})" for name, what in FIT_METHODS.items()))] = "auto",
-    param: Annotated[Optional[list[str]], typer.Option(help="hyper-parameter key=value (repeatable)")] = None,
+    param: Annotated[Optional[list[str]], typer.Option(
+        help="hyper-parameter key=value (repeatable); `convergent methods` lists each method's")] = None,
     address: Address = DEFAULT_ADDRESS,
     api_key: ApiKey = None,
 ) -> None:
@@ -126,6 +127,25 @@ def fit(
     with _connected(address, api_key) as client:
         info = client.fit_alignment(source, target, anchor_set=anchor_set, method=method, **params)
     _print_fit(info)
+
+
+@app.command()
+def methods(
+    markdown: Annotated[bool, typer.Option(help="print the table as Markdown (as in docs/alignment.md)")] = False,
+) -> None:
+    """List the fit methods of this version with their parameters, accepted values and defaults."""
+    from convergent.server.align import methods as table
+
+    if markdown:
+        typer.echo(table.markdown_table())
+        return
+    for name in (*table.PARAMS, table.SHARED):
+        summary = FIT_METHODS.get(name, "one space for N models (convergent fit-shared)")
+        typer.echo(f"{name}: {summary}")
+        for key, accepted, default, meaning in table.describe(name):
+            typer.echo(f"  {key:<14} {accepted:<42} default {default:<6} {meaning}")
+    order = " < ".join(table.CANDIDATES)
+    typer.echo(f"auto tries {', '.join(table.DEFAULT_CANDIDATES)} by default; simple to complex: {order}")
 
 
 @app.command("fit-shared")

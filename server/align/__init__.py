@@ -3,7 +3,8 @@
 Pure numpy/scipy; no gRPC, no storage. See DESIGN.md, "The math module".
 """
 
-from convergent.server.align.maps import CCAMap, ProcrustesMap, RidgeMap, estimator_from_state
+from convergent.server.align.maps import CCAMap, ProcrustesMap, RidgeMap
+from convergent.server.align.methods import METHODS, estimator_from_state
 from convergent.server.align.matching import PermutationMap, SemiMatchingMap, hidden_activations
 from convergent.server.align.metrics import (
     linear_cka,
@@ -34,6 +35,7 @@ __all__ = [
     "CANDIDATES",
     "CCAMap",
     "DEFAULT_CANDIDATES",
+    "METHODS",
     "PairedStats",
     "ProcrustesMap",
     "RidgeMap",

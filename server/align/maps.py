@@ -345,17 +345,3 @@ class CCAMap(_AffineMap):
             canonical_correlations=self.canonical_correlations_.copy(),
         )
         return out
-
-
-ESTIMATORS = {cls.__name__: cls for cls in (RidgeMap, ProcrustesMap, CCAMap)}
-# matching.py (PermutationMap, SemiMatchingMap), sparse.py (SparseMap) and spectral.py
-# (SpectralMatching) add themselves here when imported; the package __init__ imports them, and
-# importing any submodule runs it first, so the registry is always complete.
-
-
-def estimator_from_state(params: dict, arrays: dict[str, np.ndarray]) -> _AffineMap:
-    """Rebuild any estimator of this module from ``get_state()`` output (dispatch on params["class"])."""
-    cls = ESTIMATORS.get(params.get("class")) if isinstance(params, dict) else None
-    if cls is None:
-        raise InvalidInput(f"unknown estimator class in state: {params.get('class') if isinstance(params, dict) else params!r}")
-    return cls.from_state(params, arrays)

@@ -21,7 +21,7 @@ import numpy as np
 
 from convergent.server.align._units import restore_ints, slopes, unit_stats
 from convergent.server.align._validate import as_matrix
-from convergent.server.align.maps import ESTIMATORS, _AffineMap
+from convergent.server.align.maps import _AffineMap
 from convergent.server.align.metrics import matched_correlation_stats
 from convergent.server.align.stats import PairedStats
 from convergent.server.errors import InvalidInput
@@ -188,6 +188,3 @@ def hidden_activations(mlp, X, layer: int = 0) -> np.ndarray:
     for W, b in zip(coefs[: int(layer) + 1], intercepts[: int(layer) + 1]):
         H = act(H @ W + b)
     return H
-
-
-ESTIMATORS.update({cls.__name__: cls for cls in (PermutationMap, SemiMatchingMap)})

@@ -36,10 +36,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from convergent.server.align._validate import as_pair
-from convergent.server.align.maps import CCAMap, ProcrustesMap, RidgeMap, _AffineMap
-from convergent.server.align.matching import PermutationMap, SemiMatchingMap
-from convergent.server.align.sparse import SparseMap
-from convergent.server.align.spectral import SpectralMatching
+from convergent.server.align.maps import CCAMap, RidgeMap, _AffineMap
+from convergent.server.align.methods import CANDIDATES, DEFAULT_CANDIDATES
 from convergent.server.align.metrics import (
     linear_cka,
     mutual_knn,
@@ -52,21 +50,10 @@ from convergent.server.align.split import heldout_split
 from convergent.server.align.stats import PairedStats
 from convergent.server.errors import InvalidInput
 
-#: candidate name -> factory, in order of increasing flexibility (the 1-SE rule's order)
-CANDIDATES = {
-    "permutation": lambda: PermutationMap(),
-    "semi_matching": lambda: SemiMatchingMap(),
-    "procrustes": lambda: ProcrustesMap(scale=False),
-    "procrustes_scaled": lambda: ProcrustesMap(scale=True),
-    "spectral": lambda: SpectralMatching(),
-    "ridge": lambda: RidgeMap(),
-    "sparse": lambda: SparseMap(),
-    "cca": lambda: CCAMap(),
-}
-# Unit matching (one free parameter per unit) is the simplest family: it wins only where units
-# really correspond (networks trained alike); elsewhere its margin is far below and the 1-SE
-# rule passes it by.
-DEFAULT_CANDIDATES = ("permutation", "procrustes", "procrustes_scaled", "ridge")
+# CANDIDATES (name -> a callable giving a fresh estimator, in the 1-SE rule's order) and
+# DEFAULT_CANDIDATES come from the method table (methods.py). Unit matching (one free
+# parameter per unit) is the simplest family: it wins only where units really correspond
+# (networks trained alike); elsewhere its margin is far below and the 1-SE rule passes it by.
 CRITERIA = ("margin_l2", "margin_cos", "top1")
 MIN_HELDOUT = 3
 RELATIVE_TOLERANCE = 0.005

@@ -10,7 +10,7 @@ consensus and so needs equal dimensions; MAXVAR takes any d_m.
 
 Everything is computed from the joint covariance of the concatenated units, so cached
 pairwise :class:`PairedStats` suffice (:meth:`SharedSpace.fit_stats`). Not a pairwise map and
-not in ``maps.ESTIMATORS``; :meth:`SharedSpace.pair_map` exports the affine A -> B map
+not in the method table (methods.py); :meth:`SharedSpace.pair_map` exports the affine A -> B map
 through the shared space in the usual {"W", "b"} form.
 """
 

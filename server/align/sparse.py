@@ -15,7 +15,7 @@ import numpy as np
 
 from convergent.server.align._units import unit_stats
 from convergent.server.align._validate import as_pair
-from convergent.server.align.maps import ESTIMATORS, _AffineMap
+from convergent.server.align.maps import _AffineMap
 from convergent.server.align.stats import PairedStats
 from convergent.server.errors import InvalidInput
 
@@ -174,6 +174,3 @@ class SparseMap(_AffineMap):
             path_nnz=np.array(self.path_nnz_, dtype=np.float64),
         )
         return out
-
-
-ESTIMATORS[SparseMap.__name__] = SparseMap

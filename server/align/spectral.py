@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from convergent.server.align._units import restore_ints, unit_stats
-from convergent.server.align.maps import ESTIMATORS, _AffineMap
+from convergent.server.align.maps import _AffineMap
 from convergent.server.align.stats import PairedStats
 from convergent.server.errors import InvalidInput
 
@@ -129,6 +129,3 @@ class SpectralMatching(_AffineMap):
             group_correlation=np.array(self.group_correlation_, dtype=np.float64),
         )
         return out
-
-
-ESTIMATORS[SpectralMatching.__name__] = SpectralMatching

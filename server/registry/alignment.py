@@ -10,18 +10,15 @@ every ``auto`` candidate) on them, and refits on all pairs.
 from __future__ import annotations
 
 import logging
-import math
 import secrets
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from convergent.wire import FIT_METHODS
 from convergent.server.errors import FailedPrecondition, InvalidInput, NotFitted, NotFound, ResourceExhausted, SpaceMismatch
 from convergent.server.registry.records import FitRecord, ModelRecord, Page
 from convergent.server.registry.service import check_model_version, l2_normalize_rows, prepare_vectors, valid_name
@@ -38,155 +35,16 @@ MIN_PAIRS = 10  # below this neither a map nor its held-out diagnostics mean any
 HELDOUT_FRACTION, HELDOUT_CAP = 0.2, 2000
 
 
-# ---------------------------------------------------------------- parameters per method
-# Every hyper-parameter has a range with an upper bound: a hostile value is INVALID_ARGUMENT
-# before any math runs (a Lasso path of 1e8 alphas once tried to allocate 11.9 TiB).
-SEED_MAX = 2**32 - 1
-ALPHA_MAX = 1e12
-LIST_MAX = 100          # alphas given as a list
-N_ALPHAS_MAX = 200      # generated Lasso path length
-MAX_ITER_MAX = 100_000  # coordinate-descent sweeps per alpha
-COMPONENTS_MAX = 8192   # CCA / shared-space components, spectral groups (also <= the dims at fit time)
-
-
-def _bool(name: str, value: object) -> bool:
-    if not isinstance(value, bool):
-        raise InvalidInput(f"parameter {name!r} must be a boolean, got {value!r}")
-    return value
-
-
-def _int(name: str, value: object, low: int = 0, high: int = SEED_MAX) -> int:
-    if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
-            or not float(value).is_integer() or not low <= value <= high):
-        raise InvalidInput(f"parameter {name!r} must be an integer in {low}..{high}, got {value!r}")
-    return int(value)
-
-
-def _positive(name: str, value: object) -> float:
-    if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
-            or not 0 < value <= ALPHA_MAX):
-        raise InvalidInput(f"parameter {name!r} must be a number in (0, {ALPHA_MAX:g}], got {value!r}")
-    return float(value)
-
-
-def _fraction(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
-        raise InvalidInput(f"parameter {name!r} must be a number in [0, 1), got {value!r}")
-    return float(value)
-
-
-def _positives(name: str, value: object) -> list[float]:
-    if not isinstance(value, list) or not 1 <= len(value) <= LIST_MAX:
-        shown = f"a list of {len(value)}" if isinstance(value, list) else repr(value)
-        raise InvalidInput(f"parameter {name!r} must be a list of 1..{LIST_MAX} numbers in (0, {ALPHA_MAX:g}], got {shown}")
-    return [_positive(name, v) for v in value]
-
-
-def _candidates(name: str, value: object) -> list[str]:
-    from convergent.server.align import CANDIDATES
-
-    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value) or len(value) > len(CANDIDATES):
-        raise InvalidInput(f"parameter {name!r} must be a non-empty list of candidate names, got {value!r}")
-    unknown = sorted(set(value) - set(CANDIDATES))
-    if unknown:
-        raise InvalidInput(f"unknown candidates {unknown}; choose from {sorted(CANDIDATES)}")
-    return list(value)
-
-
-def _components(name: str, value: object) -> int:
-    return _int(name, value, 1, COMPONENTS_MAX)
-
-
-def _n_alphas(name: str, value: object) -> int:
-    return _int(name, value, 1, N_ALPHAS_MAX)
-
-
-def _max_iter(name: str, value: object) -> int:
-    return _int(name, value, 1, MAX_ITER_MAX)
-
-
-PARAMS: dict[str, dict[str, Callable[[str, object], object]]] = {
-    "auto": {"candidates": _candidates, "seed": _int},
-    "ridge": {"alphas": _positives, "alpha": _positive, "fit_intercept": _bool, "seed": _int},
-    "procrustes": {"scale": _bool, "fit_intercept": _bool, "seed": _int},
-    "cca": {"n_components": _components, "reg": _fraction, "seed": _int},
-    "permutation": {"sign": _bool, "scale": _bool, "seed": _int},
-    "semi_matching": {"sign": _bool, "scale": _bool, "seed": _int},
-    "sparse": {"alphas": _positives, "alpha": _positive, "n_alphas": _n_alphas, "max_iter": _max_iter, "seed": _int},
-    "spectral": {"n_groups": _components, "reg": _fraction, "seed": _int},
-}
-METHODS = tuple(PARAMS)
-if set(METHODS) != set(FIT_METHODS):  # the contract's method list and this table are one list
-    raise ImportError(f"methods {sorted(set(METHODS) ^ set(FIT_METHODS))} are in only one of wire.FIT_METHODS and PARAMS")
-SHARED_PARAMS: dict[str, Callable[[str, object], object]] = {
-    "n_components": _components, "reg": _fraction, "seed": _int,
-}
-
-
-def fit_memory_bytes(method: str, params: dict, d_x: int, d_y: int, n_models: int = 2) -> int:
-    """Estimated peak working memory of a fit, in bytes (float64): the pair statistics and their
-    working copies, plus what the method adds (a sparse path's coefficients per alpha; the joint
-    (d_x + d_y)^2 matrices of CCA, spectral matching and shared spaces)."""
-    stats = 8 * (d_x * d_x + d_x * d_y + d_y * d_y) * 4
-    joint = 8 * (d_x + d_y) ** 2 * 4
-    extra = {
-        "sparse": 8 * d_x * d_y * (len(params.get("alphas") or [0]) if "alphas" in params or "alpha" in params
-                                   else params.get("n_alphas", 12)),
-        "cca": joint, "spectral": joint, "shared": joint * max(n_models - 1, 1),
-    }.get(method, 0)
-    return stats * (n_models * (n_models - 1) // 2) + extra
-
-
 def check_fit_memory(method: str, params: dict, d_x: int, d_y: int, limit: int, n_models: int = 2) -> None:
-    """:class:`ResourceExhausted` when :func:`fit_memory_bytes` is over the server's ``limit``."""
+    """:class:`ResourceExhausted` when the fit's estimated memory is over the server's ``limit``."""
+    from convergent.server.align.methods import fit_memory_bytes
+
     need = fit_memory_bytes(method, params, d_x, d_y, n_models)
     if need > limit:
         raise ResourceExhausted(
             f"a {method} fit of {d_x} -> {d_y} dims with these parameters needs about {need / 2**30:.1f} GiB, "
             f"over this server's limit of {limit / 2**30:.1f} GiB (max_fit_bytes): use fewer alphas or components"
         )
-
-
-def validate_params(method: str, params: dict) -> dict:
-    """Checked, typed hyper-parameters of ``method`` (INVALID_ARGUMENT for unknown keys or types)."""
-    if method not in PARAMS:
-        raise InvalidInput(f"unknown method {method!r}; choose from {list(METHODS)}")
-    spec = PARAMS[method]
-    unknown = sorted(set(params) - set(spec))
-    if unknown:
-        raise InvalidInput(f"unknown parameters {unknown} for method {method!r}; it takes {sorted(spec)}")
-    checked = {key: spec[key](key, value) for key, value in params.items()}
-    if "alpha" in checked and "alphas" in checked:
-        raise InvalidInput("give either 'alpha' or 'alphas', not both")
-    return checked
-
-
-def _estimator(method: str, params: dict):  # noqa: ANN202
-    """A fresh estimator of ``method`` with validated ``params`` (the seed is the split's, not its)."""
-    from convergent.server import align
-
-    kwargs = {k: v for k, v in params.items() if k not in ("seed", "alpha")}
-    if "alpha" in params:
-        kwargs["alphas"] = [params["alpha"]]
-    classes = {
-        "ridge": align.RidgeMap, "procrustes": align.ProcrustesMap, "cca": align.CCAMap,
-        "permutation": align.PermutationMap, "semi_matching": align.SemiMatchingMap,
-        "sparse": align.SparseMap, "spectral": align.SpectralMatching,
-    }
-    return classes[method](**kwargs)
-
-
-def _fit_on(method: str, params: dict, stats, heldout=None):  # noqa: ANN001, ANN202
-    """Fit ``method`` on ``stats``; the sparse path also uses ``heldout`` pairs to choose lambda."""
-    estimator = _estimator(method, params)
-    if method == "sparse":
-        return estimator.fit_stats(stats, heldout=heldout)
-    return estimator.fit_stats(stats)
-
-
-def _family(candidate: str) -> str:
-    """``auto`` candidate name -> method name ("procrustes_scaled" -> "procrustes")."""
-    return "procrustes" if candidate.startswith("procrustes") else candidate
 
 
 def _learned_params(estimator) -> dict:  # noqa: ANN001
@@ -353,10 +211,10 @@ class Alignment:
     # ------------------------------------------------------------ fitting
     def fit(self, tenant: str, source: str, target: str, anchor_set: str, method: str, params: dict) -> FitRecord:
         """Fit, measure on held-out pairs, refit on all pairs, store; returns the stored fit."""
-        from convergent.server.align import diagnostics, fit_auto_stats
+        from convergent.server.align import diagnostics, fit_auto_stats, methods
 
         method = method or "auto"
-        params = validate_params(method, params)
+        params = methods.validate_params(method, params)
         for name, what in ((source, "source model"), (target, "target model"), (anchor_set, "anchor set name")):
             valid_name(name, what)
         if source == target:
@@ -376,10 +234,8 @@ class Alignment:
         if method == "auto":
             kwargs = {"candidates": params["candidates"]} if "candidates" in params else {}
             result = fit_auto_stats(fit_stats, snap.X_held, snap.Y_held, refit=False, **kwargs)
-            chosen = _family(result.name)
-            from convergent.server.align import CANDIDATES
-
-            estimator = CANDIDATES[result.name]().fit_stats(snap.stats)
+            chosen = methods.CANDIDATES[result.name].method
+            estimator = methods.CANDIDATES[result.name]().fit_stats(snap.stats)
             diag = result.diagnostics
             for name, score in result.scores.items():
                 metrics[f"auto.{name}.margin"] = score
@@ -389,12 +245,12 @@ class Alignment:
             learned = {"candidate": result.name, **_learned_params(estimator)}
         else:
             chosen = method
-            held_out_fit = _fit_on(method, params, fit_stats, heldout=(snap.X_held, snap.Y_held))
+            held_out_fit = methods.fit(method, params, fit_stats, heldout=(snap.X_held, snap.Y_held))
             diag = diagnostics(held_out_fit, snap.X_held, snap.Y_held, fit_stats.n, src.dim, fit_stats=fit_stats)
-            if method == "sparse":  # lambda chosen on held-out pairs, then all pairs at that lambda
+            if methods.METHODS[method].uses_heldout:  # lambda chosen on held-out pairs, then all pairs at it
                 params = {**params, "alpha": held_out_fit.alpha_}
                 params.pop("alphas", None)
-            estimator = _fit_on(method, params, snap.stats)
+            estimator = methods.fit(method, params, snap.stats)
             learned = _learned_params(estimator)
             metrics.update(_estimator_metrics(estimator))
         warnings = list(diag.pop("warnings", []))
@@ -423,12 +279,9 @@ class Alignment:
         Held-out anchors (per pair) measure every ordered pair's A -> shared -> B map; the
         space is then refitted on all pairs. Metrics: ``<A>-><B>.top1`` etc. and their means.
         """
-        from convergent.server.align import SharedSpace, diagnostics
+        from convergent.server.align import SharedSpace, diagnostics, methods
 
-        unknown = sorted(set(params) - set(SHARED_PARAMS))
-        if unknown:
-            raise InvalidInput(f"unknown parameters {unknown} for a shared space; it takes {sorted(SHARED_PARAMS)}")
-        params = {key: SHARED_PARAMS[key](key, value) for key, value in params.items()}
+        params = methods.validate_shared_params(params)
         if len(models) < 2 or len(set(models)) != len(models):
             raise InvalidInput(f"a shared space needs at least 2 different models, got {models}")
         valid_name(anchor_set, "anchor set name")

@@ -51,15 +51,14 @@ def _refit(record: FitRecord, stats, src: ModelRecord, tgt: ModelRecord):  # noq
         params = {k: record.params[k] for k in ("n_components", "reg") if k in record.params}
         space = SharedSpace(**params).fit_stats({(src.name, tgt.name): stats})
         return lambda X: space.translate(src.name, tgt.name, X)
-    from convergent.server.registry.alignment import PARAMS, _fit_on, validate_params
+    from convergent.server.align import methods
 
     if record.requested_method == "auto":
-        from convergent.server.align import CANDIDATES
-
-        estimator = CANDIDATES[record.params["candidate"]]().fit_stats(stats)
+        estimator = methods.CANDIDATES[record.params["candidate"]]().fit_stats(stats)
     else:
-        chosen = {k: v for k, v in record.params.items() if k in PARAMS[record.method] and k != "alphas"}
-        estimator = _fit_on(record.method, validate_params(record.method, chosen), stats)
+        known = methods.PARAMS[record.method].model_fields
+        chosen = {k: v for k, v in record.params.items() if k in known and k != "alphas"}
+        estimator = methods.fit(record.method, methods.validate_params(record.method, chosen), stats)
     return estimator.transform
 
 

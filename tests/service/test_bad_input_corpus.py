@@ -182,6 +182,31 @@ CASES = [
 ]
 
 
+
+
+def _hostile_parameter_cases() -> list[tuple]:
+    """From the method table: every parameter of every method (auto and shared spaces too)
+    refuses a string and a number past every bound, naming the parameter."""
+    from convergent.server.align import methods
+
+    def request(method, key, value):
+        if method == methods.SHARED:
+            return lambda f: alignment_pb2.FitSharedSpaceRequest(models=["a", "b"], anchor_set="s", params=params(**{key: value}))
+        return lambda f: alignment_pb2.FitAlignmentRequest(source="a", target="b", anchor_set="s", method=method,
+                                                           params=params(**{key: value}))
+
+    cases = []
+    for method in (*methods.PARAMS, methods.SHARED):
+        rpc = "FitSharedSpace" if method == methods.SHARED else "FitAlignment"
+        for key, *_ in methods.describe(method):
+            for shown, value in (("a string", "many"), ("1e300", 1e300)):
+                cases.append((f"{method}: {key} = {shown}", "align", rpc, request(method, key, value), IA, f"parameter {key!r}"))
+    return cases
+
+
+CASES += _hostile_parameter_cases()
+
+
 @pytest.mark.parametrize(("label", "stub", "method", "make", "code", "fragment"), CASES, ids=[c[0] for c in CASES])
 def test_bad_input(populated, label, stub, method, make, code, fragment):
     server, stubs, fit_id = populated
