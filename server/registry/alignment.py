@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from convergent.server.errors import FailedPrecondition, InvalidInput, NotFitted, NotFound, ResourceExhausted, SpaceMismatch
-from convergent.server.registry.records import FitRecord, ModelRecord, Page
+from convergent.server.records import FitRecord, ModelRecord, Page
 from convergent.server.registry.service import check_model_version, l2_normalize_rows, prepare_vectors, valid_name
 from convergent.server.registry import paging
 from convergent.server.settings import ServerSettings

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from convergent.server.registry.records import FitRecord, ModelRecord
+from convergent.server.records import FitRecord, ModelRecord
 
 FOLDS = 5
 RETRIES = 3  # re-reads when anchors are written between the statistics and the pairs

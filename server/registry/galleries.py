@@ -34,7 +34,7 @@ from convergent.server.errors import (
 from convergent.server.registry import paging
 from convergent.server.registry.alignment import Alignment
 from convergent.server.registry.routes import Routed, route_name as _route_name, unit as _unit
-from convergent.server.registry.records import BeforeCommit, FitRecord, GalleryChange, GalleryRecord, ModelRecord, Page
+from convergent.server.records import BeforeCommit, FitRecord, GalleryChange, GalleryRecord, ModelRecord, Page
 from convergent.server.registry.service import (
     check_message_size,
     check_model_version,

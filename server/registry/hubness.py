@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from convergent.server.errors import FailedPrecondition
-from convergent.server.registry.records import FitRecord, GalleryRecord, ModelRecord
+from convergent.server.records import FitRecord, GalleryRecord, ModelRecord
 
 if TYPE_CHECKING:
     from convergent.server.inference import ExactIndex, HnswIndex

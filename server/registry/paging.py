@@ -6,7 +6,7 @@ import base64
 import binascii
 
 from convergent.server.errors import InvalidInput
-from convergent.server.registry.records import Page
+from convergent.server.records import Page
 
 _PREFIX = "v1:"
 

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from convergent.server.registry.records import FitRecord, ModelRecord
+from convergent.server.records import FitRecord, ModelRecord
 
 if TYPE_CHECKING:
     from convergent.server.registry.alignment import Alignment

@@ -14,7 +14,7 @@ import numpy as np
 
 from convergent.server.errors import InvalidInput, ResourceExhausted, SpaceMismatch
 from convergent.server.registry import paging
-from convergent.server.registry.records import ModelRecord, Page, UploadResult
+from convergent.server.records import ModelRecord, Page, UploadResult
 from convergent.server.settings import ServerSettings
 from convergent.server.storage.protocols import Store
 from convergent.wire import WireError, check_finite, check_name

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from convergent.server.registry.galleries import Galleries
-from convergent.server.registry.records import ErasureReport
+from convergent.server.records import ErasureReport
 from convergent.server.storage.protocols import Store
 
 

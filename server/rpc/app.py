@@ -169,6 +169,11 @@ class ConvergentServer:
             self.store.close()
         log.info("stopped")
 
+    def flush_audit(self, timeout: float = 10.0) -> bool:
+        """Block until the audit entries of the calls answered so far are written (False on timeout)."""
+        writer = self._backend.audit_writer
+        return writer is None or writer.flush(timeout)
+
     def wait(self, timeout: float | None = None) -> bool:
         """Block until :meth:`stop` has been called (True) or ``timeout`` passes (False)."""
         return self._stopped.wait(timeout)

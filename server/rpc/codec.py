@@ -10,7 +10,7 @@ from google.protobuf.struct_pb2 import Struct
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from convergent.server.registry.galleries import EnrollChunk
-from convergent.server.registry.records import AnchorSetRecord, FitRecord, GalleryRecord, ModelRecord, UploadResult
+from convergent.server.records import AnchorSetRecord, FitRecord, GalleryRecord, ModelRecord, UploadResult
 from convergent.server.registry.service import UploadChunk
 from convergent.v1 import alignment_pb2, anchors_pb2, galleries_pb2, models_pb2
 from convergent.wire import decode_matrix

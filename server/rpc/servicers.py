@@ -13,6 +13,7 @@ from convergent.server.registry.alignment import Alignment
 from convergent.server.registry.galleries import Galleries
 from convergent.server.registry.service import Registry
 from convergent.server.registry.tenancy import Tenancy
+from convergent.server.rpc.audit import AuditWriter
 from convergent.server.rpc.auth import Authenticator, Principal, principal_var
 from convergent.server.rpc import codec
 from convergent.server.rpc.errors import rpc_method
@@ -45,16 +46,23 @@ class Backend:
         self._tenancy: Tenancy | None = None
         self.max_rows: int | None = None
         self.metrics: Metrics | None = None
+        self.audit_writer: AuditWriter | None = None
 
     def open(
         self, registry: Registry, alignment: Alignment, galleries: Galleries, authenticator: Authenticator
     ) -> None:
         self._registry, self._alignment, self._galleries = registry, alignment, galleries
         self._authenticator = authenticator
+        if authenticator.keys is not None:
+            self.audit_writer = AuditWriter(authenticator.keys)
         self._tenancy = Tenancy(registry.store, galleries)
         self.max_rows = registry.settings.max_vectors_per_message
 
     def close(self) -> None:
+        """After the last call: write the queued audit entries, release the galleries' indexes."""
+        if self.audit_writer is not None:
+            self.audit_writer.close()
+            self.audit_writer = None
         if self._galleries is not None:
             self._galleries.close()
         self._registry = self._alignment = self._galleries = self._authenticator = self._tenancy = None
@@ -81,9 +89,10 @@ class Backend:
         self._ready(self._authenticator).authorize(principal, method)
 
     def audit(self, principal: Principal, method: str, target: str, outcome: str, request_id: str) -> None:
-        authenticator = self._authenticator
-        if authenticator is not None and authenticator.keys is not None:
-            authenticator.keys.audit(principal.tenant, principal.key_id, method, target, outcome, request_id)
+        """Queue the call's audit entry (written in batches off the request path)."""
+        writer = self.audit_writer
+        if writer is not None:
+            writer.submit(principal.tenant, principal.key_id, method, target, outcome, request_id)
 
     @staticmethod
     def _ready(use_case):  # noqa: ANN001, ANN205

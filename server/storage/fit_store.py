@@ -8,7 +8,7 @@ import numpy as np
 import sqlalchemy as sa
 
 from convergent.server.errors import NotFound
-from convergent.server.registry.records import FitRecord
+from convergent.server.records import FitRecord
 from convergent.server.storage.schema import fit_arrays, fits
 from convergent.server.storage import db
 

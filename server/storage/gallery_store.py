@@ -11,7 +11,7 @@ import numpy as np
 import sqlalchemy as sa
 
 from convergent.server.errors import AlreadyExists, NotFound
-from convergent.server.registry.records import BeforeCommit, GalleryChange, GalleryRecord
+from convergent.server.records import BeforeCommit, GalleryChange, GalleryRecord
 from convergent.server.storage.schema import calibrations, galleries, gallery_items
 from convergent.server.storage.guards import check_quota, ensure_wanted
 from convergent.server.storage import db

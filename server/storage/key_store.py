@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import builtins
 import time
+from collections.abc import Sequence
 
 import sqlalchemy as sa
 
@@ -43,12 +44,15 @@ class KeyStore:
                 raise NotFound(f"key {key_id!r} not found")
             conn.execute(api_keys.update().where(api_keys.c.key_id == key_id).values(revoked_at=time.time()))
 
-    def audit(self, tenant: str, key_id: str, method: str, target: str, outcome: str, request_id: str) -> None:
-        with db.write_connection(self.engine) as conn, conn.begin():
-            conn.execute(audit_log.insert().values(
-                at=time.time(), tenant=tenant, key_id=key_id, method=method, target=target[:512],
-                outcome=outcome, request_id=request_id,
-            ))
+    def audit_many(self, entries: Sequence[tuple[float, str, str, str, str, str, str]]) -> None:
+        """Write ``(at, tenant, key_id, method, target, outcome, request_id)`` entries in one transaction."""
+        columns = ("at", "tenant", "key_id", "method", "target", "outcome", "request_id")
+        rows = [dict(zip(columns, entry)) for entry in entries]
+        for row in rows:
+            row["target"] = row["target"][:512]
+        if rows:
+            with db.write_connection(self.engine) as conn, conn.begin():
+                conn.execute(audit_log.insert(), rows)
 
     def audit_entries(self, tenant: str | None = None, limit: int = 100) -> builtins.list[sa.Row]:
         query = sa.select(audit_log).order_by(audit_log.c.seq.desc()).limit(limit)

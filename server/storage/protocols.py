@@ -11,7 +11,7 @@ from typing import Protocol
 
 import numpy as np
 
-from convergent.server.registry.records import (
+from convergent.server.records import (
     AnchorSetRecord,
     BeforeCommit,
     ErasureReport,
@@ -77,7 +77,7 @@ class KeyStorage(Protocol):
     def insert(self, key_id: str, tenant: str, name: str, role: str, secret_sha256: str) -> None: ...
     def get(self, key_id: str): ...  # noqa: ANN201 - a row with tenant, role, secret_sha256, revoked_at
     def revoke(self, key_id: str) -> None: ...
-    def audit(self, tenant: str, key_id: str, method: str, target: str, outcome: str, request_id: str) -> None: ...
+    def audit_many(self, entries: Sequence[tuple[float, str, str, str, str, str, str]]) -> None: ...
 
 
 class Store(Protocol):

@@ -14,7 +14,7 @@ import numpy as np
 import sqlalchemy as sa
 
 from convergent.server.errors import AlreadyExists, InvalidInput, NotFound, SpaceMismatch
-from convergent.server.registry.records import (
+from convergent.server.records import (
     AnchorSetRecord,
     BeforeCommit,
     ErasureReport,

@@ -49,3 +49,12 @@ def test_registry_does_not_import_grpc():
 def test_client_never_imports_server_or_torch():
     for path, names in imports("client").items():
         assert not {n for n in names if n.startswith("convergent.server") or n.split(".")[0] in {"torch", "sklearn", "scipy"}}, path
+
+
+def test_storage_never_imports_the_use_cases_and_domain_types_import_no_server():
+    for path, names in imports("server/storage").items():
+        assert not {n for n in names if n.startswith(("convergent.server.registry", "convergent.server.rpc"))}, path
+    tree = ast.parse((ROOT / "server" / "records.py").read_text())
+    names = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+    names |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    assert names and not {n for n in names if n.startswith("convergent.server")}, names

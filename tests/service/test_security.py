@@ -209,6 +209,7 @@ def test_audit_log_and_erasure(start_server, gallery_backend, rng):
         milvus = MilvusClient(secured.settings.resolved_milvus_uri())
         stored = milvus.query(collection_name("acme", "g"), filter="", output_fields=["id"], limit=100)
         assert [row["id"] for row in stored] == ["other"]
+    assert secured.flush_audit()  # entries are written in batches, off the request path
     entries = KeyStore(secured.store.engine).audit_entries("acme")
     methods = [(e.method, e.key_id, e.outcome) for e in reversed(entries)]
     assert ("Identify", reader_key.split(".")[1], "OK") in methods

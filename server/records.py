@@ -1,4 +1,7 @@
-"""Records the registry hands between storage and the RPC layer (pydantic, immutable)."""
+"""Domain types shared by storage, the use cases (registry) and the RPC codec (pydantic, immutable).
+
+They import nothing of the server, so storage and registry both depend on this module and not
+on each other (storage never imports registry)."""
 
 from __future__ import annotations
 
