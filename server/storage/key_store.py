@@ -47,9 +47,7 @@ class KeyStore:
     def audit_many(self, entries: Sequence[tuple[float, str, str, str, str, str, str]]) -> None:
         """Write ``(at, tenant, key_id, method, target, outcome, request_id)`` entries in one transaction."""
         columns = ("at", "tenant", "key_id", "method", "target", "outcome", "request_id")
-        rows = [dict(zip(columns, entry)) for entry in entries]
-        for row in rows:
-            row["target"] = row["target"][:512]
+        rows: list[dict[str, object]] = [dict(zip(columns, (*entry[:4], entry[4][:512], *entry[5:]))) for entry in entries]
         if rows:
             with db.write_connection(self.engine) as conn, conn.begin():
                 conn.execute(audit_log.insert(), rows)
