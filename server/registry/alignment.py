@@ -1,8 +1,6 @@
 """Use cases of alignment: fit a source -> target map on paired anchors, keep it, apply it.
 
-Statistics of all pairs of (source, target, anchor set) are cached per model versions, stored
-in the database for restarts and other replicas, and updated incrementally with the anchors
-written since (recomputed after a delete, an overwrite or an erasure). Each fit holds out
+The statistics of all pairs come from :mod:`convergent.server.registry.pair_stats`. Each fit holds out
 ``min(20% of pairs, 2000)`` anchors chosen by a seeded hash of their ids, scores the map (or
 every ``auto`` candidate) on them, and refits on all pairs.
 """
@@ -14,25 +12,20 @@ import secrets
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from convergent.server.errors import FailedPrecondition, InvalidInput, NotFitted, NotFound, ResourceExhausted, SpaceMismatch
 from convergent.server.records import FitRecord, ModelRecord, Page
+from convergent.server.registry.pair_stats import PairStatistics
 from convergent.server.registry.service import check_model_version, l2_normalize_rows, prepare_vectors, valid_name
 from convergent.server.registry import paging
 from convergent.server.settings import ServerSettings
 from convergent.server.storage.protocols import Store
 
-if TYPE_CHECKING:
-    from convergent.server.align import PairedStats
-
 log = logging.getLogger("convergent.alignment")
 
 MIN_PAIRS = 10  # below this neither a map nor its held-out diagnostics mean anything
-HELDOUT_FRACTION, HELDOUT_CAP = 0.2, 2000
 
 
 def check_fit_memory(method: str, params: dict, d_x: int, d_y: int, limit: int, n_models: int = 2) -> None:
@@ -73,52 +66,6 @@ def _new_fit_id() -> str:
     return f"{int(time.time() * 1000):012x}{secrets.token_hex(4)}"
 
 
-# ---------------------------------------------------------------- statistics cache
-@dataclass
-class _Cached:
-    data_version: int
-    stats: PairedStats
-
-
-class StatsCache:
-    """Statistics of all pairs per (tenant, set, source@version, target@version), LRU-bounded."""
-
-    def __init__(self, capacity: int = 16) -> None:
-        self.capacity = capacity
-        self._entries: OrderedDict[tuple, _Cached] = OrderedDict()
-        self._lock = threading.Lock()
-        self.incremental_updates = 0  # how many times new anchors were added to a cached entry
-        self.full_reads = 0
-        self.stored_reads = 0  # statistics loaded from the database (a restart, another replica)
-
-    def get(self, key: tuple) -> _Cached | None:
-        with self._lock:
-            entry = self._entries.get(key)
-            if entry is not None:
-                self._entries.move_to_end(key)
-            return entry
-
-    def put(self, key: tuple, entry: _Cached) -> None:
-        with self._lock:
-            current = self._entries.get(key)
-            if current is None or current.data_version <= entry.data_version:
-                self._entries[key] = entry
-                self._entries.move_to_end(key)
-            while len(self._entries) > self.capacity:
-                self._entries.popitem(last=False)
-
-
-@dataclass
-class PairSnapshot:
-    data_version: int
-    stats: PairedStats  # of all pairs
-    held_ids: list[str]
-    X_held: np.ndarray
-    Y_held: np.ndarray
-    key: tuple = ()         # (tenant, set, source, source version, target, target version)
-    computed: bool = False  # the statistics were brought to data_version by this read: worth storing
-
-
 class Alignment:
     """Fits, their storage and their use (transform, export)."""
 
@@ -129,84 +76,11 @@ class Alignment:
         from convergent.server.align import resolve_device
 
         self.device = resolve_device(settings.device)
-        self.stats_cache = StatsCache()
+        self.pairs = PairStatistics(store, self.device)
+        self.stats_cache = self.pairs.cache
+        self.snapshot = self.pairs.snapshot
         self._estimators: OrderedDict[str, object] = OrderedDict()
         self._estimators_lock = threading.Lock()
-
-    # ------------------------------------------------------------ reading pairs
-    def snapshot(self, tenant: str, anchor_set: str, source: ModelRecord, target: ModelRecord, seed: int) -> PairSnapshot:
-        """Statistics of all pairs and the held-out pairs, from one consistent read.
-
-        Statistics come from this server's cache, else from the database (stored by the last
-        fit of the pair on any replica, before a restart too), else from reading every pair;
-        anchors written since are added. The caller stores new ones (:meth:`_store_stats`).
-        """
-        from convergent.server.align import heldout_split
-
-        key = (tenant, anchor_set, source.name, source.version, target.name, target.version)
-        with self.store.read_pairs(tenant, anchor_set, source, target) as reader:
-            version = reader.version()
-            if version.data_version == 0:
-                raise NotFound(f"anchor set {anchor_set!r} not found")
-
-            def usable(entry: _Cached | None) -> bool:
-                # No delete/overwrite happened after it, and it is not newer than this snapshot
-                # (a concurrent fit may have cached or stored a later version than we read).
-                return entry is not None and version.rewritten_version <= entry.data_version <= version.data_version
-
-            cached = self.stats_cache.get(key)
-            if not usable(cached):
-                cached = self._stored_stats(tenant, key, source, target)
-                self.stats_cache.stored_reads += usable(cached)
-            stats, since = self._stats_since(cached if usable(cached) else None, reader, version.data_version, source, target)
-            ids = reader.pair_ids()
-            if stats.n != len(ids):  # what we started from disagrees with the table: read everything
-                log.error("statistics of %s hold %d pairs, the anchor set %d: reading every pair", key, stats.n, len(ids))
-                stats, since = self._stats_since(None, reader, version.data_version, source, target)
-                if stats.n != len(ids):
-                    raise RuntimeError(f"statistics hold {stats.n} pairs, the anchor set {len(ids)}")
-            held = heldout_split(ids, seed=seed, fraction=HELDOUT_FRACTION, cap=HELDOUT_CAP)
-            held_ids, X_held, Y_held = reader.pairs_by_id([i for i, h in zip(ids, held) if h])
-        self.stats_cache.put(key, _Cached(version.data_version, stats.copy()))
-        return PairSnapshot(version.data_version, stats, held_ids, X_held, Y_held, key, since < version.data_version)
-
-    def _store_stats(self, snap: PairSnapshot) -> None:
-        """Store statistics a fit computed, for restarts and other replicas (after the fit is
-        stored: a rejected fit writes nothing)."""
-        if snap.computed:
-            params, arrays = snap.stats.get_state()
-            self.store.pair_stats.save(snap.key[0], snap.key[1:], snap.data_version, params["n"], arrays)
-
-    def _stats_since(self, start: _Cached | None, reader, data_version: int, source: ModelRecord, target: ModelRecord):  # noqa: ANN001, ANN202
-        """(statistics at ``data_version``, the version they started from): ``start`` plus the
-        pairs written after it, or every pair."""
-        from convergent.server.align import PairedStats
-
-        if start is not None:
-            stats, since = start.stats.copy(), start.data_version
-            self.stats_cache.incremental_updates += since < data_version
-        else:
-            stats, since = PairedStats.empty(source.dim, target.dim), 0
-            self.stats_cache.full_reads += 1
-        if since < data_version:
-            for _, X, Y in reader.iter_pairs(written_after=since):
-                stats.update(X, Y, device=self.device)
-        return stats, since
-
-    def _stored_stats(self, tenant: str, key: tuple, source: ModelRecord, target: ModelRecord) -> _Cached | None:
-        """The pair's statistics stored in the database, if they fit the models."""
-        from convergent.server.align import PairedStats
-
-        stored = self.store.pair_stats.load(tenant, key[1:])
-        if stored is None:
-            return None
-        data_version, n, arrays = stored
-        try:
-            stats = PairedStats.from_state({"n": n, "d_x": source.dim, "d_y": target.dim}, arrays)
-        except InvalidInput as exc:
-            log.error("stored statistics of %s are ignored: %s", key, exc)
-            return None
-        return _Cached(data_version, stats)
 
     # ------------------------------------------------------------ fitting
     def fit(self, tenant: str, source: str, target: str, anchor_set: str, method: str, params: dict) -> FitRecord:
@@ -270,7 +144,7 @@ class Alignment:
             created_at=time.time(),
         )
         self.fits.insert(tenant, record, state, arrays)
-        self._store_stats(snap)
+        self.pairs.store_computed(snap)
         return record
 
     def fit_shared(self, tenant: str, models: list[str], anchor_set: str, params: dict) -> FitRecord:
@@ -334,7 +208,7 @@ class Alignment:
         )
         self.fits.insert(tenant, record, state, arrays)
         for snap in snaps.values():
-            self._store_stats(snap)
+            self.pairs.store_computed(snap)
         return record
 
     # ------------------------------------------------------------ reading fits
