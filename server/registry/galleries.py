@@ -5,22 +5,17 @@ A gallery is bound to one model (version) when created. Probes of another model 
 through the latest probe-model -> gallery-model fit. Every similarity is a cosine: higher is
 more similar; verification accepts ``score >= threshold``.
 
-The database is the source of truth. With ``gallery_backend="local"`` indexes live in memory,
-one per gallery, built lazily from the stored items and updated after each committed enroll or
-remove; a per-gallery lock keeps the database and the index in step. With ``"milvus"`` each
-gallery is a Milvus collection changed inside the database's write transaction (see
-:meth:`Galleries._sync_milvus`), so replicas sharing one Milvus server stay consistent.
+The database is the source of truth; the searchable copies live behind
+:class:`~convergent.server.registry.gallery_indexes.GalleryIndexes` (in-memory indexes or
+Milvus collections), whose per-gallery lock keeps the database and the index in step.
 """
 
 from __future__ import annotations
 
 import builtins
-import contextlib
 import logging
-import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
@@ -33,8 +28,9 @@ from convergent.server.errors import (
 )
 from convergent.server.registry import paging
 from convergent.server.registry.alignment import Alignment
-from convergent.server.registry.routes import Routed, route_name as _route_name, unit as _unit
-from convergent.server.records import BeforeCommit, FitRecord, GalleryChange, GalleryRecord, ModelRecord, Page
+from convergent.server.registry.gallery_indexes import gallery_indexes
+from convergent.server.registry.routes import Routed, route_name as _route_name
+from convergent.server.records import BeforeCommit, FitRecord, GalleryRecord, ModelRecord, Page
 from convergent.server.registry.service import (
     check_message_size,
     check_model_version,
@@ -94,32 +90,18 @@ class FusedIdentifyResult:
 
 
 
-class _Entry:
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.index = None  # built on first use
-        self.version = -1  # the gallery version the index reflects
-
-
 class Galleries(Routed):
     def __init__(self, store: Store, alignment: Alignment, settings: ServerSettings) -> None:
         self.store = store
         self.galleries = store.galleries
         self.alignment = alignment
         self.settings = settings
-        self._entries: dict[tuple[str, str], _Entry] = {}
-        self._entries_lock = threading.Lock()
-        self._milvus = None  # MilvusCatalog, when gallery_backend is "milvus"
-        self._connecting: threading.Thread | None = None
+        self.indexes = gallery_indexes(store.galleries, settings, alignment.device)
         from convergent.server.registry.hubness import Hubness
         from convergent.server.registry.verification import Verification
 
         self.hubness = Hubness(store, alignment)
         self.verification = Verification(store, alignment)
-
-    def _entry(self, tenant: str, name: str) -> _Entry:
-        with self._entries_lock:
-            return self._entries.setdefault((tenant, name), _Entry())
 
     # ------------------------------------------------------------ gallery records
     def get(self, tenant: str, name: str) -> GalleryRecord:
@@ -132,10 +114,9 @@ class Galleries(Routed):
 
     def delete(self, tenant: str, name: str) -> None:
         valid_name(name, "gallery name")
-        entry = self._entry(tenant, name)
-        with entry.lock:
+        with self.indexes.lock(tenant, name):
             self.galleries.delete(tenant, name, before_commit=self.before_commit(tenant))
-            entry.index = None
+            self.indexes.deleted(tenant, name)
 
     # ------------------------------------------------------------ enrol / remove
     def enroll(
@@ -170,8 +151,7 @@ class Galleries(Routed):
         if not ids:
             raise InvalidInput("the enroll holds no vectors")
         vectors = np.vstack(blocks)
-        entry = self._entry(tenant, header.gallery)
-        with entry.lock:
+        with self.indexes.lock(tenant, header.gallery):
             try:
                 existing = self.galleries.get(tenant, header.gallery)
             except NotFound:
@@ -183,20 +163,10 @@ class Galleries(Routed):
                 [(ids, vectors)], quota=self.settings.max_vectors_per_tenant, still_wanted=still_wanted,
                 before_commit=self.before_commit(tenant),
             )
-            if not self._milvus_backend:  # (a Milvus collection changed inside the transaction)
-                self._follow(entry, record.version, lambda index: index.add(added_ids, _unit(added)))
+            self.indexes.committed(tenant, header.gallery, record.version, added_ids=added_ids, added=added)
+            if self.indexes.in_process:
                 self.hubness.follow(tenant, header.gallery, record.version, added_ids=added_ids, added=added)
         return len(added_ids), record.size
-
-    @staticmethod
-    def _follow(entry: _Entry, version: int, change: Callable[[Any], None]) -> None:
-        """Apply a committed change (now at ``version``) to this process's index if it held the
-        version before; otherwise it missed another replica's change: rebuilt on next use."""
-        if entry.index is not None and entry.version == version - 1:
-            change(entry.index)
-            entry.version = version
-        else:
-            entry.index = None
 
     @staticmethod
     def _check_gallery_model(gallery: GalleryRecord, model: ModelRecord) -> None:
@@ -211,183 +181,37 @@ class Galleries(Routed):
             )
 
     def index_sizes(self) -> dict[str, int]:
-        """Vectors held by the in-memory indexes, by index kind (for metrics)."""
-        kinds = {"ExactIndex": "exact", "HnswIndex": "hnsw"}
-        sizes = {"exact": 0, "hnsw": 0}
-        with self._entries_lock:
-            entries = list(self._entries.values())
-        for entry in entries:
-            index = entry.index
-            if index is not None:
-                kind = kinds.get(type(index).__name__, "other")
-                sizes[kind] = sizes.get(kind, 0) + len(index)
-        return sizes
+        """Vectors held by this process's indexes, by index kind (for metrics)."""
+        return self.indexes.index_sizes()
 
     def forget_indexes(self, tenant: str, names: builtins.list[str]) -> None:
         """Drop the in-memory indexes of these galleries (rebuilt from storage on next use)."""
-        for name in names:
-            entry = self._entry(tenant, name)
-            with entry.lock:
-                entry.index = None
+        self.indexes.forget(tenant, names)
 
     def remove(self, tenant: str, name: str, ids: builtins.list[str]) -> tuple[int, int]:
         valid_name(name, "gallery name")
         if not ids:
             raise InvalidInput("give the ids to remove")
-        entry = self._entry(tenant, name)
-        with entry.lock:
+        with self.indexes.lock(tenant, name):
             removed, size, version = self.galleries.remove(tenant, name, ids, before_commit=self.before_commit(tenant))
-            if removed and not self._milvus_backend:  # (Milvus changed inside the transaction)
-                self._follow(entry, version, lambda index: index.remove(ids))
-                self.hubness.follow(tenant, name, version, removed_ids=ids)
+            if removed:
+                self.indexes.committed(tenant, name, version, removed_ids=ids)
+                if self.indexes.in_process:
+                    self.hubness.follow(tenant, name, version, removed_ids=ids)
         return removed, size
 
-    def _index(self, tenant: str, gallery: GalleryRecord, model: ModelRecord, entry: _Entry):  # noqa: ANN202
-        """The gallery's in-process index (caller holds entry.lock), built from storage on first
-        use and rebuilt when the stored gallery has a newer version (another replica changed it)."""
-        if entry.index is None or entry.version < gallery.version:
-            from convergent.server.inference import ExactIndex, HnswIndex
-
-            version, ids, vectors = self.galleries.items(tenant, gallery.name, model.dim)
-            if gallery.index_kind == "exact":
-                index = ExactIndex(model.dim, backend="cuda" if self.alignment.device == "cuda" else "auto")
-            else:
-                index = HnswIndex(model.dim)
-            if ids:
-                index.add(ids, _unit(vectors))
-            entry.index, entry.version = index, version
-        return entry.index
-
-    # ------------------------------------------------------------ Milvus backend
-    @property
-    def _milvus_backend(self) -> bool:
-        return self.settings.gallery_backend == "milvus"
-
+    # ------------------------------------------------------------ index backend
     def before_commit(self, tenant: str) -> BeforeCommit | None:
-        """The hook that keeps Milvus collections in step with gallery writes (None for local indexes)."""
-        if not self._milvus_backend:
-            return None
-        return lambda change: self._sync_milvus(tenant, change)
-
-    def _catalog(self):  # noqa: ANN202
-        """The server's :class:`MilvusCatalog` (one client; milvus-lite allows one process per file)."""
-        from convergent.server.inference.milvus_index import MilvusCatalog, milvus_errors
-
-        with self._entries_lock:
-            if self._milvus is None:
-                with milvus_errors():
-                    token = self.settings.milvus_token
-                    self._milvus = MilvusCatalog(
-                        self.settings.resolved_milvus_uri(), token=token.get_secret_value() if token else None
-                    )
-            return self._milvus
+        """The hook a gallery write runs inside its transaction (Milvus: change the collection)."""
+        return self.indexes.before_commit(tenant)
 
     def connect_backend(self) -> None:
-        """Milvus only: connect in the background now (not on the first gallery call) and log
-        whether it answered, so a wrong URI shows in the log at start-up. Gallery calls answer
-        UNAVAILABLE while Milvus cannot be reached; everything else serves."""
-        if not self._milvus_backend:
-            return
-
-        def connect() -> None:
-            try:
-                catalog = self._catalog()
-            except Exception as exc:  # noqa: BLE001 - reported, retried on the next gallery call
-                log.warning("Milvus at %s is not reachable (%s): gallery calls answer UNAVAILABLE until it is",
-                            self.settings.resolved_milvus_uri(), exc.__cause__ or exc)
-                return
-            log.info("galleries in Milvus at %s (%d gallery collections)", catalog.uri, len(catalog.galleries()))
-
-        self._connecting = threading.Thread(target=connect, name="milvus-connect", daemon=True)
-        self._connecting.start()
+        """Connect the index backend now (Milvus: in the background, logging whether it answered)."""
+        self.indexes.connect()
 
     def close(self) -> None:
-        """Close the Milvus client, if one was opened (the server is stopping)."""
-        if self._connecting is not None:
-            self._connecting.join(timeout=30)
-        with self._entries_lock:
-            catalog, self._milvus = self._milvus, None
-        if catalog is not None:
-            catalog.close()
-
-    @staticmethod
-    def _milvus_state(gallery: GalleryRecord) -> str:
-        """The state token of a gallery's collection: its creation time and version (a gallery
-        deleted and created again under the same name gets a new token)."""
-        return f"{gallery.created_at!r}/{gallery.version}"
-
-    def _sync_milvus(self, tenant: str, change: GalleryChange) -> None:
-        """Bring the gallery's collection to ``change.after``; runs inside the database's write
-        transaction, so every replica's changes reach Milvus in commit order.
-
-        The collection is marked dirty before it is touched and given the new state token last;
-        if the transaction then fails, the token matches no committed version and the next use
-        rebuilds the collection from the database. Incremental when the collection held
-        ``change.before``, a rebuild from the transaction's view otherwise.
-        """
-        from convergent.server.inference.milvus_index import DIRTY as MILVUS_DIRTY
-        from convergent.server.inference.milvus_index import collection_name, milvus_errors
-
-        gallery = change.after or change.before
-        if gallery is None:
-            return
-        name = collection_name(tenant, gallery.name)
-        with milvus_errors():
-            catalog = self._catalog()
-            if change.after is None:
-                catalog.drop(name)
-                return
-            state, target = catalog.state(name), self._milvus_state(change.after)
-            if change.before is change.after:  # nothing changes: rebuild only if stale
-                if state == target:
-                    return
-                incremental = False
-            else:
-                incremental = change.before is not None and state == self._milvus_state(change.before)
-            kind = "FLAT" if gallery.index_kind == "exact" else "HNSW"
-            if not incremental:
-                ids, vectors = change.items()
-                catalog.rebuild(name, kind, ids, _unit(vectors) if ids else None, target)
-                return
-            catalog.set_state(name, MILVUS_DIRTY)
-            if change.removed_ids:
-                catalog.delete(name, change.removed_ids)
-            if change.added_ids:
-                catalog.index(name, change.added.shape[1], kind).add(change.added_ids, _unit(change.added))
-            catalog.set_state(name, target)
-
-    def _milvus_index(self, tenant: str, gallery: GalleryRecord, model: ModelRecord):  # noqa: ANN202
-        """The gallery's collection, rebuilt first (under the write lock) if its state token is
-        not the database's: a write that failed half-way, or a database restored from a backup."""
-        from convergent.server.inference.milvus_index import collection_name, milvus_errors
-
-        name = collection_name(tenant, gallery.name)
-        with milvus_errors():
-            catalog = self._catalog()
-            if catalog.state(name) != self._milvus_state(gallery):
-                self.galleries.hold(tenant, gallery.name, lambda change: self._sync_milvus(tenant, change))
-                if catalog.state(name) is None:
-                    raise NotFound(f"gallery {gallery.name!r} not found")
-            return catalog.index(name, model.dim, "FLAT" if gallery.index_kind == "exact" else "HNSW")
-
-    def _size(self, index, gallery: GalleryRecord) -> int:  # noqa: ANN001
-        """Items in the index: the in-process index's own count; for Milvus the database's (a
-        Milvus count(*) scans the collection)."""
-        return gallery.size if self._milvus_backend else len(index)
-
-    @contextlib.contextmanager
-    def _searchable(self, tenant: str, gallery: GalleryRecord, model: ModelRecord) -> Iterator:
-        """The gallery's index, held for searching: an in-process index under its gallery lock;
-        a Milvus collection needs none (Milvus serves concurrent reads)."""
-        if self._milvus_backend:
-            from convergent.server.inference.milvus_index import milvus_errors
-
-            with milvus_errors():
-                yield self._milvus_index(tenant, gallery, model)
-            return
-        entry = self._entry(tenant, gallery.name)
-        with entry.lock:
-            yield self._index(tenant, gallery, model, entry)
+        """Release the index backend (the server is stopping)."""
+        self.indexes.close()
 
     # ------------------------------------------------------------ identify
     def identify(
@@ -416,8 +240,8 @@ class Galleries(Routed):
         Q = self._into(tenant, fit, prepare_vectors(probe_model, vectors, "probes"), probe_model, gallery_model)
         if scoring == "csls":
             return self._identify_csls(tenant, gallery, gallery_model, probe_model, fit, Q, k)
-        with self._searchable(tenant, gallery, gallery_model) as index:
-            size = self._size(index, gallery)
+        with self.indexes.searchable(tenant, gallery, gallery_model) as index:
+            size = self.indexes.size(index, gallery)
             if size == 0:
                 return IdentifyResult([[] for _ in range(len(Q))], np.zeros((len(Q), 0), np.float32), _route_name(fit))
             ids, scores = index.search(Q, min(k, size))
@@ -431,7 +255,7 @@ class Galleries(Routed):
                 f"scoring='csls' needs a route through a map: {probe_model.name!r} is the gallery's own model "
                 f"(the route's anchors are CSLS's reference neighbourhoods); use scoring='cosine'"
             )
-        if self._milvus_backend:
+        if not self.indexes.in_process:
             raise FailedPrecondition("scoring='csls' runs on local gallery indexes in this release; use scoring='cosine' with Milvus")
         gallery_model = self.store.get_model(tenant, gallery.model)
         return self.hubness.references(tenant, fit, probe_model, gallery_model), f"{fit.id}/{probe_model.name}"
@@ -441,7 +265,7 @@ class Galleries(Routed):
         from convergent.server.inference.csls import augment_queries, csls_from_augmented, neighbourhood_mean
 
         refs, route_key = self._csls_route(tenant, gallery, probe_model, fit)
-        with self._entry(tenant, gallery.name).lock:  # enrolments update the corrected index under it
+        with self.indexes.lock(tenant, gallery.name):  # enrolments update the corrected index under it
             corrected = self.hubness.corrected_index(tenant, gallery, gallery_model, refs, route_key, self.alignment.device)
             size = len(corrected.index)
             if size == 0:
@@ -511,7 +335,7 @@ class Galleries(Routed):
         if sum(w.weight for w in weights) <= 0:  # nobody measured well: fall back to equal weights
             weights = [PartyWeight(w.model, w.route, 1.0, "equal (no party had a positive weight)") for w in weights]
         weight_of = {w.model: w.weight for w in weights}
-        with self._searchable(tenant, gallery, gallery_model) as index:
+        with self.indexes.searchable(tenant, gallery, gallery_model) as index:
             if routed:  # under the gallery's lock: the corrected indexes hold the same items as ``index``
                 from convergent.server.inference.csls import neighbourhood_mean
 
@@ -519,7 +343,7 @@ class Galleries(Routed):
                 for model_name, (refs, route_key) in routed.items():
                     corrected = self.hubness.corrected_index(tenant, current, gallery_model, refs, route_key, self.alignment.device)
                     corrections[model_name] = (corrected, neighbourhood_mean(queries[model_name], refs.target))
-            size = self._size(index, gallery)
+            size = self.indexes.size(index, gallery)
             if size == 0:
                 n = next(iter(rows))
                 return FusedIdentifyResult([[] for _ in range(n)], np.zeros((n, 0), np.float32), weights, scoring)
