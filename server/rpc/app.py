@@ -17,6 +17,7 @@ from convergent.server.registry.alignment import Alignment
 from convergent.server.registry.galleries import Galleries
 from convergent.server.registry.service import Registry
 from convergent.server.rpc.auth import Authenticator, load_bootstrap_keys
+from convergent.server.rpc.interceptors import interceptors
 from convergent.server.rpc.servicers import (
     AlignmentServicer,
     AnchorServicer,
@@ -46,14 +47,15 @@ from convergent.v1 import (
 
 log = logging.getLogger("convergent.server")
 
-SERVICE_NAMES = (
-    models_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name,
-    anchors_pb2.DESCRIPTOR.services_by_name["AnchorService"].full_name,
-    info_pb2.DESCRIPTOR.services_by_name["InfoService"].full_name,
-    alignment_pb2.DESCRIPTOR.services_by_name["AlignmentService"].full_name,
-    galleries_pb2.DESCRIPTOR.services_by_name["GalleryService"].full_name,
-    tenant_pb2.DESCRIPTOR.services_by_name["TenantService"].full_name,
+SERVICE_DESCRIPTORS = (
+    models_pb2.DESCRIPTOR.services_by_name["ModelService"],
+    anchors_pb2.DESCRIPTOR.services_by_name["AnchorService"],
+    info_pb2.DESCRIPTOR.services_by_name["InfoService"],
+    alignment_pb2.DESCRIPTOR.services_by_name["AlignmentService"],
+    galleries_pb2.DESCRIPTOR.services_by_name["GalleryService"],
+    tenant_pb2.DESCRIPTOR.services_by_name["TenantService"],
 )
+SERVICE_NAMES = tuple(service.full_name for service in SERVICE_DESCRIPTORS)
 
 
 def _address(host: str, port: int) -> str:
@@ -81,9 +83,11 @@ class ConvergentServer:
             ("grpc.max_send_message_length", settings.max_send_message_bytes),
             ("grpc.so_reuseport", 0),
         ]
+        own_methods = [m.name for service in SERVICE_DESCRIPTORS for m in service.methods]
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="rpc"),
             options=options,
+            interceptors=interceptors(self._backend, self.metrics, own_methods),
         )
         models_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(self._backend), self._server)
         anchors_pb2_grpc.add_AnchorServiceServicer_to_server(AnchorServicer(self._backend), self._server)

@@ -1,10 +1,9 @@
-"""gRPC servicers: decode -> use case -> encode. Every method is wrapped by :func:`rpc_method`
-(request id, authentication and role, audit, metrics, the status table); the caller's tenant
-comes from its API key."""
+"""gRPC servicers: decode -> use case -> encode. Request ids, metrics, the status table,
+authentication and audit are interceptors (:mod:`convergent.server.rpc.interceptors`); a
+method's ``context`` is a :class:`~convergent.server.rpc.interceptors.CallContext`, whose
+``tenant`` comes from the caller's API key."""
 
 from __future__ import annotations
-
-import grpc
 
 import convergent
 from convergent.server.errors import ResourceExhausted, Unavailable
@@ -14,9 +13,8 @@ from convergent.server.registry.galleries import Galleries
 from convergent.server.registry.service import Registry
 from convergent.server.registry.tenancy import Tenancy
 from convergent.server.rpc.audit import AuditWriter
-from convergent.server.rpc.auth import Authenticator, Principal, principal_var
+from convergent.server.rpc.auth import Authenticator, Principal
 from convergent.server.rpc import codec
-from convergent.server.rpc.errors import rpc_method
 from convergent.server.settings import ServerSettings
 from convergent.v1 import (
     alignment_pb2,
@@ -113,37 +111,28 @@ class Backend:
         return self._ready(self._galleries)
 
 
-def tenant_of(context: grpc.ServicerContext) -> str:  # noqa: ARG001
-    """The calling party's tenant (set by :func:`rpc_method` from its API key)."""
-    return principal_var.get().tenant
-
-
 class ModelServicer(models_pb2_grpc.ModelServiceServicer):
     def __init__(self, backend: Backend) -> None:
         self.backend = backend
 
-    @rpc_method
     def RegisterModel(self, request, context):  # noqa: ANN001, N802
         normalize = request.normalize if request.HasField("normalize") else True
-        record = self.backend.registry.register_model(tenant_of(context), request.name, request.dim, normalize)
+        record = self.backend.registry.register_model(context.tenant, request.name, request.dim, normalize)
         return codec.model_to_pb(record)
 
-    @rpc_method
     def GetModel(self, request, context):  # noqa: ANN001, N802
-        return codec.model_to_pb(self.backend.registry.get_model(tenant_of(context), request.name))
+        return codec.model_to_pb(self.backend.registry.get_model(context.tenant, request.name))
 
-    @rpc_method
     def ListModels(self, request, context):  # noqa: ANN001, N802
         page = self.backend.registry.list_models(
-            tenant_of(context), request.page.page_size, request.page.page_token
+            context.tenant, request.page.page_size, request.page.page_token
         )
         return models_pb2.ListModelsResponse(
             models=[codec.model_to_pb(m) for m in page.items], next_page_token=page.next_token
         )
 
-    @rpc_method
     def DeleteModel(self, request, context):  # noqa: ANN001, N802
-        deleted = self.backend.registry.delete_model(tenant_of(context), request.name)
+        deleted = self.backend.registry.delete_model(context.tenant, request.name)
         return models_pb2.DeleteModelResponse(deleted_anchors=deleted)
 
 
@@ -151,31 +140,27 @@ class AnchorServicer(anchors_pb2_grpc.AnchorServiceServicer):
     def __init__(self, backend: Backend) -> None:
         self.backend = backend
 
-    @rpc_method
     def UploadAnchors(self, request_iterator, context):  # noqa: ANN001, N802
         result = self.backend.registry.upload_anchors(
-            tenant_of(context), codec.upload_chunks(request_iterator), still_wanted=context.is_active
+            context.tenant, codec.upload_chunks(request_iterator), still_wanted=context.is_active
         )
         return codec.upload_result_to_pb(result)
 
-    @rpc_method
     def CountAnchors(self, request, context):  # noqa: ANN001, N802
-        count = self.backend.registry.count_anchors(tenant_of(context), request.model, request.anchor_set)
+        count = self.backend.registry.count_anchors(context.tenant, request.model, request.anchor_set)
         return anchors_pb2.CountAnchorsResponse(count=count)
 
-    @rpc_method
     def ListAnchorSets(self, request, context):  # noqa: ANN001, N802
         page = self.backend.registry.list_anchor_sets(
-            tenant_of(context), request.page.page_size, request.page.page_token, request.model
+            context.tenant, request.page.page_size, request.page.page_token, request.model
         )
         return anchors_pb2.ListAnchorSetsResponse(
             anchor_sets=[codec.anchor_set_to_pb(s) for s in page.items], next_page_token=page.next_token
         )
 
-    @rpc_method
     def DeleteAnchors(self, request, context):  # noqa: ANN001, N802
         deleted, version = self.backend.registry.delete_anchors(
-            tenant_of(context), request.model, request.anchor_set, list(request.ids)
+            context.tenant, request.model, request.anchor_set, list(request.ids)
         )
         return anchors_pb2.DeleteAnchorsResponse(deleted=deleted, data_version=version)
 
@@ -185,7 +170,6 @@ class InfoServicer(info_pb2_grpc.InfoServiceServicer):
         self.settings = settings
         self.backend = backend
 
-    @rpc_method
     def GetServerInfo(self, request, context):  # noqa: ANN001, N802, ARG002
         s = self.settings
         return info_pb2.ServerInfo(
@@ -201,55 +185,48 @@ class AlignmentServicer(alignment_pb2_grpc.AlignmentServiceServicer):
     def __init__(self, backend: Backend) -> None:
         self.backend = backend
 
-    @rpc_method
     def FitAlignment(self, request, context):  # noqa: ANN001, N802
         record = self.backend.alignment.fit(
-            tenant_of(context), request.source, request.target, request.anchor_set,
+            context.tenant, request.source, request.target, request.anchor_set,
             request.method, codec.struct_to_dict(request.params),
         )
         if self.backend.metrics is not None:
             self.backend.metrics.fit_seconds.labels(record.method).observe(record.metrics["fit_seconds"])
         return codec.fit_to_pb(record)
 
-    @rpc_method
     def GetFit(self, request, context):  # noqa: ANN001, N802
-        return codec.fit_to_pb(self.backend.alignment.get_fit(tenant_of(context), request.id))
+        return codec.fit_to_pb(self.backend.alignment.get_fit(context.tenant, request.id))
 
-    @rpc_method
     def ListFits(self, request, context):  # noqa: ANN001, N802
         page = self.backend.alignment.list_fits(
-            tenant_of(context), request.page.page_size, request.page.page_token, request.source, request.target
+            context.tenant, request.page.page_size, request.page.page_token, request.source, request.target
         )
         return alignment_pb2.ListFitsResponse(
             fits=[codec.fit_to_pb(f) for f in page.items], next_page_token=page.next_token
         )
 
-    @rpc_method
     def DeleteFit(self, request, context):  # noqa: ANN001, N802
-        self.backend.alignment.delete_fit(tenant_of(context), request.id)
+        self.backend.alignment.delete_fit(context.tenant, request.id)
         return alignment_pb2.DeleteFitResponse()
 
-    @rpc_method
     def Transform(self, request, context):  # noqa: ANN001, N802
         vectors = self.backend.rows(request.vectors, "vectors")
         Z, record, target = self.backend.alignment.transform(
-            tenant_of(context), request.source, request.source_version, request.target, request.fit_id, vectors
+            context.tenant, request.source, request.source_version, request.target, request.fit_id, vectors
         )
         return alignment_pb2.TransformResponse(
             vectors=encode_matrix(Z), fit_id=record.id,
             target=target.name if target else f"shared:{record.id}", target_version=target.version if target else 0,
         )
 
-    @rpc_method
     def FitSharedSpace(self, request, context):  # noqa: ANN001, N802
         record = self.backend.alignment.fit_shared(
-            tenant_of(context), list(request.models), request.anchor_set, codec.struct_to_dict(request.params)
+            context.tenant, list(request.models), request.anchor_set, codec.struct_to_dict(request.params)
         )
         return codec.fit_to_pb(record)
 
-    @rpc_method
     def ExportFit(self, request, context):  # noqa: ANN001, N802
-        record, arrays = self.backend.alignment.export(tenant_of(context), request.id)
+        record, arrays = self.backend.alignment.export(context.tenant, request.id)
         return alignment_pb2.ExportFitResponse(
             fit=codec.fit_to_pb(record), arrays={k: encode_array(v) for k, v in arrays.items()}
         )
@@ -259,38 +236,32 @@ class GalleryServicer(galleries_pb2_grpc.GalleryServiceServicer):
     def __init__(self, backend: Backend) -> None:
         self.backend = backend
 
-    @rpc_method
     def Enroll(self, request_iterator, context):  # noqa: ANN001, N802
         enrolled, size = self.backend.galleries.enroll(
-            tenant_of(context), codec.enroll_chunks(request_iterator), still_wanted=context.is_active
+            context.tenant, codec.enroll_chunks(request_iterator), still_wanted=context.is_active
         )
         return galleries_pb2.EnrollResponse(enrolled=enrolled, size=size)
 
-    @rpc_method
     def Remove(self, request, context):  # noqa: ANN001, N802
-        removed, size = self.backend.galleries.remove(tenant_of(context), request.gallery, list(request.ids))
+        removed, size = self.backend.galleries.remove(context.tenant, request.gallery, list(request.ids))
         return galleries_pb2.RemoveResponse(removed=removed, size=size)
 
-    @rpc_method
     def GetGallery(self, request, context):  # noqa: ANN001, N802
-        return codec.gallery_to_pb(self.backend.galleries.get(tenant_of(context), request.name))
+        return codec.gallery_to_pb(self.backend.galleries.get(context.tenant, request.name))
 
-    @rpc_method
     def ListGalleries(self, request, context):  # noqa: ANN001, N802
-        page = self.backend.galleries.list(tenant_of(context), request.page.page_size, request.page.page_token)
+        page = self.backend.galleries.list(context.tenant, request.page.page_size, request.page.page_token)
         return galleries_pb2.ListGalleriesResponse(
             galleries=[codec.gallery_to_pb(g) for g in page.items], next_page_token=page.next_token
         )
 
-    @rpc_method
     def DeleteGallery(self, request, context):  # noqa: ANN001, N802
-        self.backend.galleries.delete(tenant_of(context), request.name)
+        self.backend.galleries.delete(context.tenant, request.name)
         return galleries_pb2.DeleteGalleryResponse()
 
-    @rpc_method
     def Identify(self, request, context):  # noqa: ANN001, N802
         result = self.backend.galleries.identify(
-            tenant_of(context), request.gallery, request.model, request.model_version,
+            context.tenant, request.gallery, request.model, request.model_version,
             self.backend.rows(request.vectors, "probes"), request.k, request.fit_id, request.scoring,
         )
         return galleries_pb2.IdentifyResponse(
@@ -298,13 +269,12 @@ class GalleryServicer(galleries_pb2_grpc.GalleryServiceServicer):
             scoring=result.scoring,
         )
 
-    @rpc_method
     def IdentifyFused(self, request, context):  # noqa: ANN001, N802
         parties = [
             (p.model, p.model_version, self.backend.rows(p.vectors, f"{p.model or 'party'} probes"))
             for p in request.parties
         ]
-        result = self.backend.galleries.identify_fused(tenant_of(context), request.gallery, parties, request.k, request.scoring)
+        result = self.backend.galleries.identify_fused(context.tenant, request.gallery, parties, request.k, request.scoring)
         return galleries_pb2.IdentifyFusedResponse(
             ids=[i for row in result.ids for i in row], scores=encode_matrix(result.scores), scoring=result.scoring,
             parties=[
@@ -313,10 +283,9 @@ class GalleryServicer(galleries_pb2_grpc.GalleryServiceServicer):
             ],
         )
 
-    @rpc_method
     def Verify(self, request, context):  # noqa: ANN001, N802
         r = self.backend.galleries.verification.verify(
-            tenant_of(context), request.a_model, self.backend.rows(request.a, "a"),
+            context.tenant, request.a_model, self.backend.rows(request.a, "a"),
             request.b_model, self.backend.rows(request.b, "b"), request.far,
         )
         return galleries_pb2.VerifyResponse(
@@ -326,9 +295,8 @@ class GalleryServicer(galleries_pb2_grpc.GalleryServiceServicer):
             calibration_pairs=r.calibration_pairs, n_excluded=r.n_excluded,
         )
 
-    @rpc_method
     def VerificationReport(self, request, context):  # noqa: ANN001, N802
-        r = self.backend.galleries.verification.verification_report(tenant_of(context), request.a_model, request.b_model)
+        r = self.backend.galleries.verification.verification_report(context.tenant, request.a_model, request.b_model)
         return galleries_pb2.VerificationReportResponse(
             calibration=r.calibration, calibration_pairs=r.calibration_pairs, route=r.route,
             points=[galleries_pb2.OperatingPoint(requested_far=p.requested_far, threshold=p.threshold, far=p.far, tar=p.tar)
@@ -337,10 +305,9 @@ class GalleryServicer(galleries_pb2_grpc.GalleryServiceServicer):
             n_excluded=r.n_excluded,
         )
 
-    @rpc_method
     def Calibrate(self, request, context):  # noqa: ANN001, N802
         n_genuine, n_impostor, route = self.backend.galleries.verification.calibrate(
-            tenant_of(context), request.a_model, self.backend.rows(request.a, "a"),
+            context.tenant, request.a_model, self.backend.rows(request.a, "a"),
             request.b_model, self.backend.rows(request.b, "b"), list(request.same),
         )
         return galleries_pb2.CalibrateResponse(n_genuine=n_genuine, n_impostor=n_impostor, route=route)
@@ -350,18 +317,16 @@ class TenantServicer(tenant_pb2_grpc.TenantServiceServicer):
     def __init__(self, backend: Backend) -> None:
         self.backend = backend
 
-    @rpc_method
     def Erase(self, request, context):  # noqa: ANN001, N802
-        report = self.backend.tenancy.erase(tenant_of(context), list(request.ids))
+        report = self.backend.tenancy.erase(context.tenant, list(request.ids))
         return tenant_pb2.EraseResponse(
             anchors_deleted=report.anchors_deleted, gallery_items_deleted=report.gallery_items_deleted,
             anchor_sets_changed=report.anchor_sets_changed, galleries_changed=report.galleries_changed,
             stale_fits=report.stale_fits,
         )
 
-    @rpc_method
     def GetUsage(self, request, context):  # noqa: ANN001, N802, ARG002
-        principal = principal_var.get()
+        principal = context.principal
         return tenant_pb2.Usage(
             tenant=principal.tenant, stored_vectors=self.backend.tenancy.usage(principal.tenant),
             max_vectors=self.backend.registry.settings.max_vectors_per_tenant or 0,
