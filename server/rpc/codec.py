@@ -9,11 +9,15 @@ from google.protobuf import json_format
 from google.protobuf.struct_pb2 import Struct
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from convergent.server.registry.galleries import EnrollChunk
-from convergent.server.records import AnchorSetRecord, FitRecord, GalleryRecord, ModelRecord, UploadResult
+import convergent
+from convergent.server.registry.galleries import EnrollChunk, FusedIdentifyResult, IdentifyResult
+from convergent.server.records import AnchorSetRecord, ErasureReport, FitRecord, GalleryRecord, ModelRecord, Page, UploadResult
 from convergent.server.registry.service import UploadChunk
-from convergent.v1 import alignment_pb2, anchors_pb2, galleries_pb2, models_pb2
-from convergent.wire import decode_matrix
+from convergent.server.registry.verification import VerificationReport, VerifyResult
+from convergent.server.rpc.auth import Principal
+from convergent.server.settings import ServerSettings
+from convergent.v1 import alignment_pb2, anchors_pb2, galleries_pb2, info_pb2, models_pb2, tenant_pb2
+from convergent.wire import MAX_NAME_LENGTH, decode_matrix, encode_array, encode_matrix
 
 _EMPTY = np.zeros((0, 0), dtype=np.float32)
 
@@ -106,4 +110,100 @@ def gallery_to_pb(record: GalleryRecord) -> galleries_pb2.Gallery:
     return galleries_pb2.Gallery(
         name=record.name, model=record.model, model_version=record.model_version,
         index=INDEX_KIND_VALUES[record.index_kind], size=record.size, created_at=timestamp(record.created_at),
+    )
+
+
+# ---------------------------------------------------------------- pages
+def models_page_to_pb(page: Page) -> models_pb2.ListModelsResponse:
+    return models_pb2.ListModelsResponse(models=[model_to_pb(m) for m in page.items], next_page_token=page.next_token)
+
+
+def anchor_sets_page_to_pb(page: Page) -> anchors_pb2.ListAnchorSetsResponse:
+    return anchors_pb2.ListAnchorSetsResponse(
+        anchor_sets=[anchor_set_to_pb(s) for s in page.items], next_page_token=page.next_token
+    )
+
+
+def fits_page_to_pb(page: Page) -> alignment_pb2.ListFitsResponse:
+    return alignment_pb2.ListFitsResponse(fits=[fit_to_pb(f) for f in page.items], next_page_token=page.next_token)
+
+
+def galleries_page_to_pb(page: Page) -> galleries_pb2.ListGalleriesResponse:
+    return galleries_pb2.ListGalleriesResponse(
+        galleries=[gallery_to_pb(g) for g in page.items], next_page_token=page.next_token
+    )
+
+
+# ---------------------------------------------------------------- replies of the use cases
+def server_info_to_pb(s: ServerSettings) -> info_pb2.ServerInfo:
+    return info_pb2.ServerInfo(
+        version=convergent.__version__, api="convergent.v1",
+        max_receive_message_bytes=s.max_receive_message_bytes, max_send_message_bytes=s.max_send_message_bytes,
+        max_vectors_per_message=s.max_vectors_per_message, max_dim=s.max_dim, max_name_length=MAX_NAME_LENGTH,
+        max_page_size=s.max_page_size,
+    )
+
+
+def transform_to_pb(Z: np.ndarray, record: FitRecord, target: ModelRecord | None) -> alignment_pb2.TransformResponse:
+    """``target`` None: the vectors are coordinates in the shared space ``record``."""
+    return alignment_pb2.TransformResponse(
+        vectors=encode_matrix(Z), fit_id=record.id,
+        target=target.name if target else f"shared:{record.id}", target_version=target.version if target else 0,
+    )
+
+
+def export_to_pb(record: FitRecord, arrays: dict[str, np.ndarray]) -> alignment_pb2.ExportFitResponse:
+    return alignment_pb2.ExportFitResponse(fit=fit_to_pb(record), arrays={k: encode_array(v) for k, v in arrays.items()})
+
+
+def identify_result_to_pb(result: IdentifyResult) -> galleries_pb2.IdentifyResponse:
+    """Ids flattened row by row (the scores matrix gives the row length)."""
+    return galleries_pb2.IdentifyResponse(
+        ids=[i for row in result.ids for i in row], scores=encode_matrix(result.scores), route=result.route,
+        scoring=result.scoring,
+    )
+
+
+def fused_result_to_pb(result: FusedIdentifyResult) -> galleries_pb2.IdentifyFusedResponse:
+    return galleries_pb2.IdentifyFusedResponse(
+        ids=[i for row in result.ids for i in row], scores=encode_matrix(result.scores), scoring=result.scoring,
+        parties=[
+            galleries_pb2.PartyContribution(model=w.model, route=w.route, weight=w.weight, weight_source=w.weight_source)
+            for w in result.parties
+        ],
+    )
+
+
+def verify_result_to_pb(r: VerifyResult) -> galleries_pb2.VerifyResponse:
+    return galleries_pb2.VerifyResponse(
+        scores=encode_matrix(r.scores[:, None]), accept=r.accept.tolist(), threshold=r.threshold,
+        far_requested=r.far_requested, far_calibration=r.far_calibration, tar_calibration=r.tar_calibration,
+        calibration=r.calibration, n_genuine=r.n_genuine, n_impostor=r.n_impostor, route=r.route,
+        calibration_pairs=r.calibration_pairs, n_excluded=r.n_excluded,
+    )
+
+
+def verification_report_to_pb(r: VerificationReport) -> galleries_pb2.VerificationReportResponse:
+    return galleries_pb2.VerificationReportResponse(
+        calibration=r.calibration, calibration_pairs=r.calibration_pairs, route=r.route,
+        points=[galleries_pb2.OperatingPoint(requested_far=p.requested_far, threshold=p.threshold, far=p.far, tar=p.tar)
+                for p in r.points],
+        eer=r.eer.eer, eer_threshold=r.eer.threshold, n_genuine=r.n_genuine, n_impostor=r.n_impostor,
+        n_excluded=r.n_excluded,
+    )
+
+
+def erase_report_to_pb(report: ErasureReport) -> tenant_pb2.EraseResponse:
+    return tenant_pb2.EraseResponse(
+        anchors_deleted=report.anchors_deleted, gallery_items_deleted=report.gallery_items_deleted,
+        anchor_sets_changed=report.anchor_sets_changed, galleries_changed=report.galleries_changed,
+        stale_fits=report.stale_fits,
+    )
+
+
+def usage_to_pb(principal: Principal, stored_vectors: int, max_vectors: int | None) -> tenant_pb2.Usage:
+    """``max_vectors`` None or 0: no quota (sent as 0)."""
+    return tenant_pb2.Usage(
+        tenant=principal.tenant, stored_vectors=stored_vectors, max_vectors=max_vectors or 0,
+        role=principal.role, key_id=principal.key_id,
     )

@@ -5,7 +5,6 @@ method's ``context`` is a :class:`~convergent.server.rpc.interceptors.CallContex
 
 from __future__ import annotations
 
-import convergent
 from convergent.server.errors import ResourceExhausted, Unavailable
 from convergent.server.metrics import Metrics
 from convergent.server.registry.alignment import Alignment
@@ -23,14 +22,12 @@ from convergent.v1 import (
     anchors_pb2_grpc,
     galleries_pb2,
     galleries_pb2_grpc,
-    info_pb2,
     info_pb2_grpc,
     models_pb2,
     models_pb2_grpc,
-    tenant_pb2,
     tenant_pb2_grpc,
 )
-from convergent.wire import decode_matrix, encode_array, encode_matrix
+from convergent.wire import decode_matrix
 
 
 class Backend:
@@ -127,9 +124,7 @@ class ModelServicer(models_pb2_grpc.ModelServiceServicer):
         page = self.backend.registry.list_models(
             context.tenant, request.page.page_size, request.page.page_token
         )
-        return models_pb2.ListModelsResponse(
-            models=[codec.model_to_pb(m) for m in page.items], next_page_token=page.next_token
-        )
+        return codec.models_page_to_pb(page)
 
     def DeleteModel(self, request, context):  # noqa: ANN001, N802
         deleted = self.backend.registry.delete_model(context.tenant, request.name)
@@ -154,9 +149,7 @@ class AnchorServicer(anchors_pb2_grpc.AnchorServiceServicer):
         page = self.backend.registry.list_anchor_sets(
             context.tenant, request.page.page_size, request.page.page_token, request.model
         )
-        return anchors_pb2.ListAnchorSetsResponse(
-            anchor_sets=[codec.anchor_set_to_pb(s) for s in page.items], next_page_token=page.next_token
-        )
+        return codec.anchor_sets_page_to_pb(page)
 
     def DeleteAnchors(self, request, context):  # noqa: ANN001, N802
         deleted, version = self.backend.registry.delete_anchors(
@@ -171,14 +164,7 @@ class InfoServicer(info_pb2_grpc.InfoServiceServicer):
         self.backend = backend
 
     def GetServerInfo(self, request, context):  # noqa: ANN001, N802, ARG002
-        s = self.settings
-        return info_pb2.ServerInfo(
-            version=convergent.__version__, api="convergent.v1",
-            max_receive_message_bytes=s.max_receive_message_bytes,
-            max_send_message_bytes=s.max_send_message_bytes,
-            max_vectors_per_message=s.max_vectors_per_message,
-            max_dim=s.max_dim, max_name_length=128, max_page_size=s.max_page_size,
-        )
+        return codec.server_info_to_pb(self.settings)
 
 
 class AlignmentServicer(alignment_pb2_grpc.AlignmentServiceServicer):
@@ -201,9 +187,7 @@ class AlignmentServicer(alignment_pb2_grpc.AlignmentServiceServicer):
         page = self.backend.alignment.list_fits(
             context.tenant, request.page.page_size, request.page.page_token, request.source, request.target
         )
-        return alignment_pb2.ListFitsResponse(
-            fits=[codec.fit_to_pb(f) for f in page.items], next_page_token=page.next_token
-        )
+        return codec.fits_page_to_pb(page)
 
     def DeleteFit(self, request, context):  # noqa: ANN001, N802
         self.backend.alignment.delete_fit(context.tenant, request.id)
@@ -214,10 +198,7 @@ class AlignmentServicer(alignment_pb2_grpc.AlignmentServiceServicer):
         Z, record, target = self.backend.alignment.transform(
             context.tenant, request.source, request.source_version, request.target, request.fit_id, vectors
         )
-        return alignment_pb2.TransformResponse(
-            vectors=encode_matrix(Z), fit_id=record.id,
-            target=target.name if target else f"shared:{record.id}", target_version=target.version if target else 0,
-        )
+        return codec.transform_to_pb(Z, record, target)
 
     def FitSharedSpace(self, request, context):  # noqa: ANN001, N802
         record = self.backend.alignment.fit_shared(
@@ -227,9 +208,7 @@ class AlignmentServicer(alignment_pb2_grpc.AlignmentServiceServicer):
 
     def ExportFit(self, request, context):  # noqa: ANN001, N802
         record, arrays = self.backend.alignment.export(context.tenant, request.id)
-        return alignment_pb2.ExportFitResponse(
-            fit=codec.fit_to_pb(record), arrays={k: encode_array(v) for k, v in arrays.items()}
-        )
+        return codec.export_to_pb(record, arrays)
 
 
 class GalleryServicer(galleries_pb2_grpc.GalleryServiceServicer):
@@ -251,9 +230,7 @@ class GalleryServicer(galleries_pb2_grpc.GalleryServiceServicer):
 
     def ListGalleries(self, request, context):  # noqa: ANN001, N802
         page = self.backend.galleries.list(context.tenant, request.page.page_size, request.page.page_token)
-        return galleries_pb2.ListGalleriesResponse(
-            galleries=[codec.gallery_to_pb(g) for g in page.items], next_page_token=page.next_token
-        )
+        return codec.galleries_page_to_pb(page)
 
     def DeleteGallery(self, request, context):  # noqa: ANN001, N802
         self.backend.galleries.delete(context.tenant, request.name)
@@ -264,10 +241,7 @@ class GalleryServicer(galleries_pb2_grpc.GalleryServiceServicer):
             context.tenant, request.gallery, request.model, request.model_version,
             self.backend.rows(request.vectors, "probes"), request.k, request.fit_id, request.scoring,
         )
-        return galleries_pb2.IdentifyResponse(
-            ids=[i for row in result.ids for i in row], scores=encode_matrix(result.scores), route=result.route,
-            scoring=result.scoring,
-        )
+        return codec.identify_result_to_pb(result)
 
     def IdentifyFused(self, request, context):  # noqa: ANN001, N802
         parties = [
@@ -275,35 +249,18 @@ class GalleryServicer(galleries_pb2_grpc.GalleryServiceServicer):
             for p in request.parties
         ]
         result = self.backend.galleries.identify_fused(context.tenant, request.gallery, parties, request.k, request.scoring)
-        return galleries_pb2.IdentifyFusedResponse(
-            ids=[i for row in result.ids for i in row], scores=encode_matrix(result.scores), scoring=result.scoring,
-            parties=[
-                galleries_pb2.PartyContribution(model=w.model, route=w.route, weight=w.weight, weight_source=w.weight_source)
-                for w in result.parties
-            ],
-        )
+        return codec.fused_result_to_pb(result)
 
     def Verify(self, request, context):  # noqa: ANN001, N802
         r = self.backend.galleries.verification.verify(
             context.tenant, request.a_model, self.backend.rows(request.a, "a"),
             request.b_model, self.backend.rows(request.b, "b"), request.far,
         )
-        return galleries_pb2.VerifyResponse(
-            scores=encode_matrix(r.scores[:, None]), accept=r.accept.tolist(), threshold=r.threshold,
-            far_requested=r.far_requested, far_calibration=r.far_calibration, tar_calibration=r.tar_calibration,
-            calibration=r.calibration, n_genuine=r.n_genuine, n_impostor=r.n_impostor, route=r.route,
-            calibration_pairs=r.calibration_pairs, n_excluded=r.n_excluded,
-        )
+        return codec.verify_result_to_pb(r)
 
     def VerificationReport(self, request, context):  # noqa: ANN001, N802
         r = self.backend.galleries.verification.verification_report(context.tenant, request.a_model, request.b_model)
-        return galleries_pb2.VerificationReportResponse(
-            calibration=r.calibration, calibration_pairs=r.calibration_pairs, route=r.route,
-            points=[galleries_pb2.OperatingPoint(requested_far=p.requested_far, threshold=p.threshold, far=p.far, tar=p.tar)
-                    for p in r.points],
-            eer=r.eer.eer, eer_threshold=r.eer.threshold, n_genuine=r.n_genuine, n_impostor=r.n_impostor,
-            n_excluded=r.n_excluded,
-        )
+        return codec.verification_report_to_pb(r)
 
     def Calibrate(self, request, context):  # noqa: ANN001, N802
         n_genuine, n_impostor, route = self.backend.galleries.verification.calibrate(
@@ -319,16 +276,9 @@ class TenantServicer(tenant_pb2_grpc.TenantServiceServicer):
 
     def Erase(self, request, context):  # noqa: ANN001, N802
         report = self.backend.tenancy.erase(context.tenant, list(request.ids))
-        return tenant_pb2.EraseResponse(
-            anchors_deleted=report.anchors_deleted, gallery_items_deleted=report.gallery_items_deleted,
-            anchor_sets_changed=report.anchor_sets_changed, galleries_changed=report.galleries_changed,
-            stale_fits=report.stale_fits,
-        )
+        return codec.erase_report_to_pb(report)
 
     def GetUsage(self, request, context):  # noqa: ANN001, N802, ARG002
         principal = context.principal
-        return tenant_pb2.Usage(
-            tenant=principal.tenant, stored_vectors=self.backend.tenancy.usage(principal.tenant),
-            max_vectors=self.backend.registry.settings.max_vectors_per_tenant or 0,
-            role=principal.role, key_id=principal.key_id,
-        )
+        return codec.usage_to_pb(principal, self.backend.tenancy.usage(principal.tenant),
+                                 self.backend.registry.settings.max_vectors_per_tenant)
