@@ -22,7 +22,7 @@ REQUEST_ID_KEY = "x-request-id"
 
 # The map methods FitAlignment accepts (the server's parameter table covers exactly these).
 FIT_METHODS: dict[str, str] = {
-    "auto": "held-out choice among permutation, procrustes, scaled procrustes, ridge",
+    "auto": "held-out choice among permutation, procrustes, scaled procrustes, ridge (and mlp from 2,000 anchors)",
     "ridge": "affine least squares with a GCV-chosen penalty",
     "procrustes": "orthogonal rotation (optionally scaled) + offset",
     "cca": "canonical correlation subspace",
@@ -30,6 +30,7 @@ FIT_METHODS: dict[str, str] = {
     "semi_matching": "each unit to its best-correlated unit (may repeat)",
     "sparse": "one-to-many L1 (Lasso) prediction of units",
     "spectral": "many-to-many groups of units (spectral clustering)",
+    "mlp": "ridge plus a small residual MLP trained on the anchors (torch)",
 }
 
 _DTYPES: dict[int, np.dtype] = {

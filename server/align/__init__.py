@@ -4,7 +4,7 @@ Pure numpy/scipy; no gRPC, no storage. See DESIGN.md, "The math module".
 """
 
 from convergent.server.align.maps import CCAMap, ProcrustesMap, RidgeMap
-from convergent.server.align.methods import METHODS, estimator_from_state
+from convergent.server.align.methods import CANDIDATES, DEFAULT_CANDIDATES, METHODS, estimator_from_state
 from convergent.server.align.matching import PermutationMap, SemiMatchingMap, hidden_activations
 from convergent.server.align.metrics import (
     linear_cka,
@@ -15,9 +15,8 @@ from convergent.server.align.metrics import (
     retrieval_margin,
     retrieval_topk,
 )
+from convergent.server.align.mlp import ResidualMLPMap
 from convergent.server.align.select import (
-    CANDIDATES,
-    DEFAULT_CANDIDATES,
     AutoResult,
     diagnostics,
     fit_auto,
@@ -38,6 +37,7 @@ __all__ = [
     "METHODS",
     "PairedStats",
     "ProcrustesMap",
+    "ResidualMLPMap",
     "RidgeMap",
     "diagnostics",
     "estimator_from_state",

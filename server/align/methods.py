@@ -25,6 +25,7 @@ from pydantic_core import PydanticCustomError
 
 from convergent.server.align.maps import CCAMap, ProcrustesMap, RidgeMap, _AffineMap
 from convergent.server.align.matching import PermutationMap, SemiMatchingMap
+from convergent.server.align.mlp import ResidualMLPMap
 from convergent.server.align.sparse import SparseMap
 from convergent.server.align.spectral import SpectralMatching
 from convergent.server.errors import InvalidInput
@@ -36,6 +37,9 @@ LIST_MAX = 100          # alphas given as a list
 N_ALPHAS_MAX = 200      # generated Lasso path length
 MAX_ITER_MAX = 100_000  # coordinate-descent sweeps per alpha
 COMPONENTS_MAX = 8192   # CCA / shared-space components, spectral groups (also <= the dims at fit time)
+HIDDEN_MAX, DEPTH_MAX, EPOCHS_MAX, PATIENCE_MAX = 4096, 4, 5000, 1000  # the mlp map
+TRAIN_PAIRS_MIN, TRAIN_PAIRS_MAX = 100, 200_000
+MLP_AUTO_MIN_ANCHORS = 2000  # auto tries the mlp map by default from this many pairs on
 
 
 # ---------------------------------------------------------------- parameter types
@@ -84,6 +88,19 @@ def _fraction(value: object) -> float:
     return x
 
 
+def _learning_rate(value: object) -> float:
+    x = _number(value)
+    if x is None or not 0 < x <= 1:
+        raise _fail("must be a number in (0, 1]")
+    return x
+
+
+def _device(value: object) -> str:
+    if value not in ("cpu", "cuda", "auto"):
+        raise _fail("must be one of 'cpu', 'cuda', 'auto'")
+    return str(value)
+
+
 def _boolean(value: object) -> bool:
     if not isinstance(value, bool):
         raise _fail("must be a boolean")
@@ -116,6 +133,14 @@ Positives = Annotated[list[float], BeforeValidator(_positive_numbers),
                       Range(f"list of 1..{LIST_MAX} numbers in (0, {ALPHA_MAX:g}]")]
 Fraction = Annotated[float, BeforeValidator(_fraction), Range("number in [0, 1)")]
 Flag = Annotated[bool, BeforeValidator(_boolean), Range("true / false")]
+Hidden = Annotated[int, BeforeValidator(_whole_number(1, HIDDEN_MAX)), Range(f"integer in 1..{HIDDEN_MAX}")]
+Depth = Annotated[int, BeforeValidator(_whole_number(1, DEPTH_MAX)), Range(f"integer in 1..{DEPTH_MAX}")]
+Epochs = Annotated[int, BeforeValidator(_whole_number(1, EPOCHS_MAX)), Range(f"integer in 1..{EPOCHS_MAX}")]
+Patience = Annotated[int, BeforeValidator(_whole_number(1, PATIENCE_MAX)), Range(f"integer in 1..{PATIENCE_MAX}")]
+TrainPairs = Annotated[int, BeforeValidator(_whole_number(TRAIN_PAIRS_MIN, TRAIN_PAIRS_MAX)),
+                       Range(f"integer in {TRAIN_PAIRS_MIN}..{TRAIN_PAIRS_MAX}")]
+LearningRate = Annotated[float, BeforeValidator(_learning_rate), Range("number in (0, 1]")]
+Device = Annotated[str, BeforeValidator(_device), Range("cpu / cuda / auto")]
 CandidateNames = Annotated[list[str], BeforeValidator(_candidate_names), Range("list of candidate names, each at most once")]
 
 SEED_HELP = "seed of the held-out split"
@@ -177,6 +202,18 @@ class SpectralParams(Params):
     reg: Fraction = Field(1e-3, description="shrinkage of the correlation estimate")
 
 
+class MLPParams(Params):
+    hidden: Hidden = Field(256, description="width of each hidden layer of the residual g")
+    depth: Depth = Field(1, description="hidden layers of g")
+    epochs: Epochs = Field(300, description="most passes over the training pairs")
+    lr: LearningRate = Field(3e-3, description="AdamW learning rate")
+    weight_decay: Fraction = Field(1e-4, description="AdamW decoupled weight decay")
+    patience: Patience = Field(30, description="epochs without a better validation error before stopping")
+    max_train_pairs: TrainPairs = Field(20_000, description="g is trained on a seeded sample of at most this many "
+                                                            "fitting pairs (the linear part uses all)")
+    device: Device = Field("cpu", description="where g is trained (cuda: a GPU must be present)")
+
+
 class AutoParams(Params):
     candidates: CandidateNames = Field(
         None, description="the candidates to choose among (default: the `auto` default ones)")
@@ -201,6 +238,7 @@ class Candidate:
     params: dict = field(default_factory=dict)
     rank: int = 0
     default: bool = False
+    min_anchors: int | None = None  # also tried by default once the pair has this many anchors
 
     def __call__(self) -> _AffineMap:
         """A fresh, unfitted estimator of this candidate."""
@@ -214,7 +252,9 @@ class Method:
     build: validated parameters (as :func:`validate_params` returns them) -> an unfitted
     estimator. states: the estimator classes whose stored states this method writes.
     uses_heldout: ``fit_stats(stats, heldout=(X_held, Y_held))`` chooses a hyper-parameter on
-    the held-out pairs (the refit on all pairs then uses the chosen one). extra_memory:
+    the held-out pairs (the refit on all pairs then uses the chosen one). needs_pairs:
+    ``fit_pairs(stats, X, Y)`` also trains on (a sample of) the fitting pairs. refit: False
+    serves the map measured on the held-out anchors itself (no second training). extra_memory:
     (params, d_x, d_y) -> bytes beyond the pair statistics.
     """
 
@@ -224,6 +264,8 @@ class Method:
     states: tuple[type[_AffineMap], ...]
     candidates: tuple[Candidate, ...] = ()
     uses_heldout: bool = False
+    needs_pairs: bool = False  # trained on anchor pairs (a sample), not on the pair statistics alone
+    refit: bool = True  # refitted on all pairs after the held-out measurement (else the measured map is served)
     extra_memory: Callable[[dict, int, int], int] = lambda params, d_x, d_y: 0
 
     @property
@@ -237,6 +279,17 @@ def _penalties(params: dict) -> dict:
     if "alpha" in params:
         kwargs["alphas"] = [params["alpha"]]
     return kwargs
+
+
+def _mlp(params: dict) -> ResidualMLPMap:
+    kwargs = {k: v for k, v in params.items() if k != "seed"}
+    return ResidualMLPMap(random_state=params.get("seed", 0), **kwargs)
+
+
+def _mlp_memory(params: dict, d_x: int, d_y: int) -> int:
+    """The training sample (float64 copies and float32 tensors) and the network's weights."""
+    n, h = params.get("max_train_pairs", 20_000), params.get("hidden", 256)
+    return 24 * n * (d_x + d_y) + 64 * h * (d_x + d_y + h * params.get("depth", 1))
 
 
 def _joint_memory(params: dict, d_x: int, d_y: int) -> int:
@@ -264,6 +317,8 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            candidates=(Candidate("sparse", "sparse", rank=6),), uses_heldout=True, extra_memory=_sparse_memory),
     Method("spectral", SpectralParams, lambda p: SpectralMatching(**_penalties(p)), (SpectralMatching,),
            candidates=(Candidate("spectral", "spectral", rank=4),), extra_memory=_joint_memory),
+    Method("mlp", MLPParams, _mlp, (ResidualMLPMap,), needs_pairs=True, refit=False, extra_memory=_mlp_memory,
+           candidates=(Candidate("mlp", "mlp", rank=8, min_anchors=MLP_AUTO_MIN_ANCHORS),)),
 )}
 AUTO = "auto"
 SHARED = "shared"
@@ -316,12 +371,45 @@ def build(method: str, params: dict) -> _AffineMap:
     return METHODS[method].build(params)
 
 
-def fit(method: str, params: dict, stats, heldout=None) -> _AffineMap:  # noqa: ANN001
-    """Fit ``method`` on ``stats`` (PairedStats); a method that ``uses_heldout`` gets ``heldout``."""
-    estimator = build(method, params)
-    if METHODS[method].uses_heldout:
+def fit(method: str, params: dict, stats, heldout=None, pairs=None) -> _AffineMap:  # noqa: ANN001
+    """Fit ``method`` on ``stats`` (PairedStats); a method that ``uses_heldout`` gets ``heldout``,
+    one that ``needs_pairs`` trains on ``pairs`` = (X (m, d_x), Y (m, d_y)) too."""
+    return _fit_estimator(METHODS[method], build(method, params), stats, heldout, pairs)
+
+
+def fit_candidate(name: str, stats, pairs=None) -> _AffineMap:  # noqa: ANN001
+    """Fit ``auto``'s candidate ``name`` on ``stats`` (and ``pairs`` if it needs them)."""
+    c = CANDIDATES[name]
+    return _fit_estimator(METHODS[c.method], c(), stats, None, pairs)
+
+
+def _fit_estimator(method: Method, estimator: _AffineMap, stats, heldout, pairs) -> _AffineMap:  # noqa: ANN001
+    if method.needs_pairs:
+        if pairs is None:
+            raise InvalidInput(f"method {method.name!r} is trained on anchor pairs; none were given")
+        return estimator.fit_pairs(stats, *pairs)  # type: ignore[attr-defined]
+    if method.uses_heldout:
         return estimator.fit_stats(stats, heldout=heldout)  # type: ignore[call-arg]
     return estimator.fit_stats(stats)
+
+
+def default_candidates(n_pairs: int) -> tuple[str, ...]:
+    """The candidates ``auto`` tries when a request names none, for a pair with ``n_pairs`` anchors."""
+    return tuple(name for name, c in CANDIDATES.items()
+                 if c.default or (c.min_anchors is not None and n_pairs >= c.min_anchors))
+
+
+def training_pairs(method: str, params: dict, n_pairs: int) -> int:
+    """How many anchor pairs a fit of ``method`` with validated ``params`` trains on beyond the
+    statistics (0: the statistics suffice). For ``auto``: what its candidates need."""
+    if method == AUTO:
+        names = params.get("candidates") or default_candidates(n_pairs)
+        wanted = [CANDIDATES[n] for n in names if METHODS[CANDIDATES[n].method].needs_pairs]
+        sizes = [PARAMS[c.method].model_validate(c.params).model_dump().get("max_train_pairs", 0) for c in wanted]
+        return min(max(sizes, default=0), n_pairs)
+    if not METHODS[method].needs_pairs:
+        return 0
+    return min(PARAMS[method].model_validate(params).model_dump()["max_train_pairs"], n_pairs)
 
 
 def fit_memory_bytes(method: str, params: dict, d_x: int, d_y: int, n_models: int = 2) -> int:
@@ -366,6 +454,7 @@ def markdown_table() -> str:
         for i, (key, accepted, default, meaning) in enumerate(describe(name)):
             lines.append(f"| {f'`{name}`' if i == 0 else ''} | `{key}` | {accepted} | {default} | {meaning} |")
     lines.append("")
-    order = " < ".join(f"`{c.name}`" + ("*" if c.default else "") for c in CANDIDATES.values())
-    lines.append(f"`auto`'s candidates, simple to complex (* = tried by default): {order}.")
+    order = " < ".join(f"`{c.name}`" + ("*" if c.default else "†" if c.min_anchors else "") for c in CANDIDATES.values())
+    lines.append(f"`auto`'s candidates, simple to complex (* = tried by default; † = tried by default from "
+                 f"{MLP_AUTO_MIN_ANCHORS:,} anchor pairs on): {order}.")
     return "\n".join(lines)

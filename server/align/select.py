@@ -37,7 +37,7 @@ import numpy as np
 
 from convergent.server.align._validate import as_pair
 from convergent.server.align.maps import CCAMap, RidgeMap, _AffineMap
-from convergent.server.align.methods import CANDIDATES, DEFAULT_CANDIDATES
+from convergent.server.align.methods import CANDIDATES, METHODS, default_candidates, fit_candidate
 from convergent.server.align.metrics import (
     linear_cka,
     mutual_knn,
@@ -99,17 +99,20 @@ def fit_auto_stats(
     X_held,
     Y_held,
     *,
-    candidates: Sequence[str] = DEFAULT_CANDIDATES,
+    candidates: Sequence[str] | None = None,
     criterion: str = "margin_l2",
     one_se: bool = True,
     refit: bool = True,
+    pairs: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> AutoResult:
     """Fit every candidate on ``fit_stats``, score it on the held-out pairs, keep the winner.
 
     fit_stats: statistics of the fitting anchors only (held-out rows excluded; with cached
     statistics of all anchors use ``stats.copy().subtract(X_held, Y_held)``).
     X_held (m, d_x), Y_held (m, d_y): held-out pairs, m >= 3 (cap them, e.g. 2000; cost O(m^2)).
-    candidates: names from ``CANDIDATES``; criterion: "margin_l2" (default), "margin_cos" or
+    candidates: names from ``CANDIDATES`` (None: ``default_candidates`` for the number of pairs;
+    those trained on pairs only when ``pairs`` are given); pairs: (X (k, d_x), Y (k, d_y)) fitting
+    pairs (or a sample) for candidates that train on pairs (the mlp map); criterion: "margin_l2" (default), "margin_cos" or
     "top1" (kept for comparison; it mis-ranks). one_se: apply the one-standard-error rule (else plain max).
     refit: refit the winner on fitting + held-out anchors.
     """
@@ -120,6 +123,9 @@ def fit_auto_stats(
         raise InvalidInput("held-out dims do not match the fitting statistics")
     if criterion not in CRITERIA:
         raise InvalidInput(f"criterion must be one of {CRITERIA}, got {criterion!r}")
+    if candidates is None:
+        candidates = [c for c in default_candidates(fit_stats.n + X_held.shape[0])
+                      if pairs is not None or not METHODS[CANDIDATES[c].method].needs_pairs]
     names = [c for c in CANDIDATES if c in set(candidates)]  # keep the simple -> complex order
     unknown = set(candidates) - set(CANDIDATES)
     if unknown or not names:
@@ -127,7 +133,7 @@ def fit_auto_stats(
 
     fitted, rows = {}, {}
     for name in names:
-        fitted[name] = CANDIDATES[name]().fit_stats(fit_stats)
+        fitted[name] = fit_candidate(name, fit_stats, pairs)
         rows[name] = _per_row(criterion, fitted[name].transform(X_held).astype(np.float64), Y_held.astype(np.float64))
     m = X_held.shape[0]
     scores = {k: float(v.mean()) for k, v in rows.items()}
@@ -146,7 +152,8 @@ def fit_auto_stats(
     diag = diagnostics(fitted[chosen], X_held, Y_held, fit_stats.n, fit_stats.d_x, fit_stats=fit_stats)
     estimator = fitted[chosen]
     if refit:
-        estimator = CANDIDATES[chosen]().fit_stats(fit_stats.copy().update(X_held, Y_held))
+        every = None if pairs is None else (np.vstack([pairs[0], X_held]), np.vstack([pairs[1], Y_held]))
+        estimator = fit_candidate(chosen, fit_stats.copy().update(X_held, Y_held), every)
     return AutoResult(chosen, estimator, scores, stderr, fit_stats.n, m, criterion, diag, gap, allowed)
 
 
@@ -167,7 +174,7 @@ def fit_auto(
     if len(ids) != X.shape[0]:
         raise InvalidInput(f"got {len(ids)} ids for {X.shape[0]} anchors")
     held = heldout_split(ids, seed=seed, fraction=fraction, cap=cap)
-    return fit_auto_stats(PairedStats.from_arrays(X[~held], Y[~held]), X[held], Y[held], **kwargs)
+    return fit_auto_stats(PairedStats.from_arrays(X[~held], Y[~held]), X[held], Y[held], pairs=(X[~held], Y[~held]), **kwargs)
 
 
 def diagnostics(estimator: _AffineMap, X_held, Y_held, n_fit: int, d_x: int, *, fit_stats: PairedStats | None = None) -> dict:

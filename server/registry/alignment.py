@@ -96,7 +96,8 @@ class Alignment:
         src, tgt = self.store.get_model(tenant, source), self.store.get_model(tenant, target)
         check_fit_memory(method, params, src.dim, tgt.dim, self.settings.max_fit_bytes)
         started = time.perf_counter()
-        snap = self.snapshot(tenant, anchor_set, src, tgt, seed=params.get("seed", 0))
+        snap = self.snapshot(tenant, anchor_set, src, tgt, seed=params.get("seed", 0),
+                             train_pairs=lambda n: methods.training_pairs(method, params, n))
         n_pairs = snap.stats.n
         if n_pairs < MIN_PAIRS:
             raise FailedPrecondition(
@@ -106,10 +107,13 @@ class Alignment:
         fit_stats = snap.stats.copy().subtract(snap.X_held, snap.Y_held)
         metrics: dict[str, float] = {}
         if method == "auto":
-            kwargs = {"candidates": params["candidates"]} if "candidates" in params else {}
-            result = fit_auto_stats(fit_stats, snap.X_held, snap.Y_held, refit=False, **kwargs)
+            candidates = params.get("candidates") or methods.default_candidates(n_pairs)
+            result = fit_auto_stats(fit_stats, snap.X_held, snap.Y_held, refit=False, candidates=candidates, pairs=snap.train)
             chosen = methods.CANDIDATES[result.name].method
-            estimator = methods.CANDIDATES[result.name]().fit_stats(snap.stats)
+            if methods.METHODS[chosen].refit:
+                estimator = methods.fit_candidate(result.name, snap.stats, snap.train)
+            else:  # served as measured on the held-out anchors
+                estimator = result.estimator
             diag = result.diagnostics
             for name, score in result.scores.items():
                 metrics[f"auto.{name}.margin"] = score
@@ -119,12 +123,15 @@ class Alignment:
             learned = {"candidate": result.name, **_learned_params(estimator)}
         else:
             chosen = method
-            held_out_fit = methods.fit(method, params, fit_stats, heldout=(snap.X_held, snap.Y_held))
+            held_out_fit = methods.fit(method, params, fit_stats, heldout=(snap.X_held, snap.Y_held), pairs=snap.train)
             diag = diagnostics(held_out_fit, snap.X_held, snap.Y_held, fit_stats.n, src.dim, fit_stats=fit_stats)
             if methods.METHODS[method].uses_heldout:  # lambda chosen on held-out pairs, then all pairs at it
                 params = {**params, "alpha": held_out_fit.alpha_}
                 params.pop("alphas", None)
-            estimator = methods.fit(method, params, snap.stats)
+            if methods.METHODS[method].refit:
+                estimator = methods.fit(method, params, snap.stats, pairs=snap.train)
+            else:  # served as measured on the held-out anchors
+                estimator = held_out_fit
             learned = _learned_params(estimator)
             metrics.update(_estimator_metrics(estimator))
         warnings = list(diag.pop("warnings", []))

@@ -42,9 +42,22 @@ def sample_pairs(reader, max_anchors: int, seed: int = 0) -> tuple[list[str], np
     return reader.pairs_by_id([ids[i] for i in chosen])
 
 
-def _refit(record: FitRecord, stats, src: ModelRecord, tgt: ModelRecord):  # noqa: ANN001, ANN202
-    """A map of ``record``'s method and chosen hyper-parameters fitted on ``stats``; returns a
-    function (m, d_src) -> (m, d_tgt)."""
+def _trains_on_pairs(record: FitRecord) -> int:
+    """How many pairs a refit of ``record``'s map trains on beyond the statistics (0: none)."""
+    from convergent.server.align import methods
+
+    if record.method == "shared":
+        return 0
+    name = record.params.get("candidate") if record.requested_method == "auto" else None
+    method = methods.CANDIDATES[name].method if name else record.method
+    if not methods.METHODS[method].needs_pairs:
+        return 0
+    return int(record.params.get("max_train_pairs", methods.PARAMS[method].model_fields["max_train_pairs"].default))
+
+
+def _refit(record: FitRecord, stats, src: ModelRecord, tgt: ModelRecord, pairs=None):  # noqa: ANN001, ANN202
+    """A map of ``record``'s method and chosen hyper-parameters fitted on ``stats`` (and
+    ``pairs`` for a map trained on pairs); returns a function (m, d_src) -> (m, d_tgt)."""
     if record.method == "shared":
         from convergent.server.align import SharedSpace
 
@@ -54,11 +67,11 @@ def _refit(record: FitRecord, stats, src: ModelRecord, tgt: ModelRecord):  # noq
     from convergent.server.align import methods
 
     if record.requested_method == "auto":
-        estimator = methods.CANDIDATES[record.params["candidate"]]().fit_stats(stats)
+        estimator = methods.fit_candidate(record.params["candidate"], stats, pairs)
     else:
         known = methods.PARAMS[record.method].model_fields
         chosen = {k: v for k, v in record.params.items() if k in known and k != "alphas"}
-        estimator = methods.fit(record.method, methods.validate_params(record.method, chosen), stats)
+        estimator = methods.fit(record.method, methods.validate_params(record.method, chosen), stats, pairs=pairs)
     return estimator.transform
 
 
@@ -73,6 +86,7 @@ def calibration_anchors(alignment, tenant: str, record: FitRecord, src: ModelRec
             if reader.version().data_version != snap.data_version:
                 continue  # anchors arrived in between: the statistics would not hold these pairs
             ids, X, Y = sample_pairs(reader, max_anchors, seed)
+            train = sample_pairs(reader, _trains_on_pairs(record), seed + 1) if _trains_on_pairs(record) else None
         break
     else:
         raise Unavailable(f"anchor set {record.anchor_set!r} is being written: try verify again")
@@ -82,6 +96,11 @@ def calibration_anchors(alignment, tenant: str, record: FitRecord, src: ModelRec
     mapped = np.empty((len(ids), tgt.dim), dtype=np.float32)
     for f in range(FOLDS):
         rows = fold == f
-        transform = _refit(record, snap.stats.copy().subtract(X[rows], Y[rows]), src, tgt)
+        pairs = None
+        if train is not None:  # the map's training pairs without this fold's anchors
+            left_out = {ids[i] for i in np.flatnonzero(rows)}
+            keep = np.array([i not in left_out for i in train[0]], dtype=bool)
+            pairs = (train[1][keep], train[2][keep])
+        transform = _refit(record, snap.stats.copy().subtract(X[rows], Y[rows]), src, tgt, pairs)
         mapped[rows] = np.asarray(transform(X[rows]), dtype=np.float32)
     return CalibrationAnchors(ids=list(ids), mapped=mapped, source=X, target=Y)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -68,6 +69,7 @@ class PairSnapshot:
     Y_held: np.ndarray
     key: tuple = ()         # (tenant, set, source, source version, target, target version)
     computed: bool = False  # the statistics were brought to data_version by this read: worth storing
+    train: tuple[np.ndarray, np.ndarray] | None = None  # a seeded sample of the other (fitting) pairs, if asked for
 
 
 class PairStatistics:
@@ -78,12 +80,15 @@ class PairStatistics:
         self.device = device
         self.cache = StatsCache()
 
-    def snapshot(self, tenant: str, anchor_set: str, source: ModelRecord, target: ModelRecord, seed: int) -> PairSnapshot:
+    def snapshot(self, tenant: str, anchor_set: str, source: ModelRecord, target: ModelRecord, seed: int,
+                 train_pairs: Callable[[int], int] | None = None) -> PairSnapshot:
         """Statistics of all pairs and the held-out pairs, from one consistent read.
 
         Statistics come from this server's cache, else from the database (stored by the last
         fit of the pair on any replica, before a restart too), else from reading every pair;
         anchors written since are added. The caller stores new ones (:meth:`store_computed`).
+        ``train_pairs(n_pairs)``: how many of the pairs that are not held out to read as
+        ``snapshot.train`` (a seeded sample; 0 or None: none), for maps trained on pairs.
         """
         from convergent.server.align import heldout_split
 
@@ -111,8 +116,16 @@ class PairStatistics:
                     raise RuntimeError(f"statistics hold {stats.n} pairs, the anchor set {len(ids)}")
             held = heldout_split(ids, seed=seed, fraction=HELDOUT_FRACTION, cap=HELDOUT_CAP)
             held_ids, X_held, Y_held = reader.pairs_by_id([i for i, h in zip(ids, held) if h])
+            train = None
+            wanted = train_pairs(len(ids)) if train_pairs is not None else 0
+            if wanted:
+                others = [i for i, h in zip(ids, held) if not h]
+                rng = np.random.default_rng(seed)
+                chosen = sorted(rng.choice(len(others), size=min(wanted, len(others)), replace=False))
+                _, X_train, Y_train = reader.pairs_by_id([others[i] for i in chosen])
+                train = (X_train, Y_train)
         self.cache.put(key, _Cached(version.data_version, stats.copy()))
-        return PairSnapshot(version.data_version, stats, held_ids, X_held, Y_held, key, since < version.data_version)
+        return PairSnapshot(version.data_version, stats, held_ids, X_held, Y_held, key, since < version.data_version, train)
 
     def store_computed(self, snap: PairSnapshot) -> None:
         """Store statistics a fit computed, for restarts and other replicas (after the fit is

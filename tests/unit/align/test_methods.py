@@ -47,8 +47,9 @@ def test_contract_and_table_agree():
 def test_every_method_fits_round_trips_and_reports_its_parameters(name):
     X, Y = _pairs()
     method = methods.METHODS[name]
-    estimator = methods.fit(name, methods.validate_params(name, {}), PairedStats.from_arrays(X[:240], Y[:240]),
-                            heldout=(X[240:], Y[240:]))
+    params = methods.validate_params(name, {"epochs": 30} if name == "mlp" else {})
+    estimator = methods.fit(name, params, PairedStats.from_arrays(X[:240], Y[:240]), heldout=(X[240:], Y[240:]),
+                            pairs=(X[:240], Y[:240]))
     assert isinstance(estimator, method.states)
     params, arrays = estimator.get_state()
     rebuilt = methods.estimator_from_state(json.loads(json.dumps(params)), arrays)
