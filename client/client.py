@@ -17,6 +17,7 @@ from google.protobuf.struct_pb2 import Struct
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from convergent.client import errors
+from convergent.client.federation import FederationMixin
 from convergent.client.types import (
     AnchorSetInfo,
     ErasureReport,
@@ -149,7 +150,7 @@ def _fit_info(pb: alignment_pb2.Fit) -> FitInfo:
     )
 
 
-class Client:
+class Client(FederationMixin):
     """Connection to one convergent server.
 
     >>> with Client("127.0.0.1:50051") as c:

@@ -139,8 +139,10 @@ def methods(
     if markdown:
         typer.echo(table.markdown_table())
         return
-    for name in (*table.PARAMS, table.SHARED):
-        summary = FIT_METHODS.get(name, "one space for N models (convergent fit-shared)")
+    other = {table.SHARED: "one space for N models (convergent fit-shared)",
+             table.COOPERATIVE: "a classifier on a shared space, by distillation (convergent fit-cooperative)"}
+    for name in (*table.PARAMS, *table.OTHER_PARAMS):
+        summary = FIT_METHODS.get(name) or other[name]
         typer.echo(f"{name}: {summary}")
         for key, accepted, default, meaning in table.describe(name):
             typer.echo(f"  {key:<14} {accepted:<42} default {default:<6} {meaning}")

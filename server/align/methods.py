@@ -226,6 +226,13 @@ class SharedParams(Params):
     reg: Fraction = Field(1e-3, description="shrinkage of each model's covariance")
 
 
+class CooperativeParams(Params):
+    """``fit_cooperative``: the softmax head on a shared space's coordinates."""
+
+    reg: Fraction = Field(1e-3, description="L2 penalty on the head's weights")
+    max_iter: Sweeps = Field(500, description="L-BFGS iterations")
+
+
 # ---------------------------------------------------------------- the table
 @dataclass(frozen=True)
 class Candidate:
@@ -322,6 +329,8 @@ METHODS: dict[str, Method] = {m.name: m for m in (
 )}
 AUTO = "auto"
 SHARED = "shared"
+COOPERATIVE = "cooperative"
+OTHER_PARAMS: dict[str, type[Params]] = {SHARED: SharedParams, COOPERATIVE: CooperativeParams}
 
 #: auto's candidates in the one-standard-error rule's simple -> complex order
 CANDIDATES: dict[str, Candidate] = {
@@ -364,6 +373,11 @@ def validate_params(method: str, params: dict) -> dict:
 def validate_shared_params(params: dict) -> dict:
     """As :func:`validate_params`, for a shared space."""
     return _checked(SharedParams, params, "a shared space")
+
+
+def validate_cooperative_params(params: dict) -> dict:
+    """As :func:`validate_params`, for a cooperative head."""
+    return _checked(CooperativeParams, params, "a cooperative head")
 
 
 def build(method: str, params: dict) -> _AffineMap:
@@ -437,7 +451,7 @@ def estimator_from_state(params: dict, arrays: dict) -> _AffineMap:
 def describe(name: str) -> list[tuple[str, str, str, str]]:
     """(parameter, accepted values, default, meaning) rows of a method, "auto" or "shared";
     ``seed`` last."""
-    model = SharedParams if name == SHARED else PARAMS[name]
+    model = OTHER_PARAMS[name] if name in OTHER_PARAMS else PARAMS[name]
     rows = []
     for key, info in sorted(model.model_fields.items(), key=lambda item: item[0] == "seed"):
         accepted = next((m.text for m in info.metadata if isinstance(m, Range)), "")
@@ -450,7 +464,7 @@ def markdown_table() -> str:
     """The parameter table of docs/alignment.md (``convergent methods --markdown``; a test
     checks the docs hold exactly this)."""
     lines = ["| method | parameter | accepted values | default | meaning |", "|---|---|---|---|---|"]
-    for name in (*PARAMS, SHARED):
+    for name in (*PARAMS, *OTHER_PARAMS):
         for i, (key, accepted, default, meaning) in enumerate(describe(name)):
             lines.append(f"| {f'`{name}`' if i == 0 else ''} | `{key}` | {accepted} | {default} | {meaning} |")
     lines.append("")

@@ -61,7 +61,7 @@ def _estimator_metrics(estimator) -> dict[str, float]:  # noqa: ANN001
     return metrics
 
 
-def _new_fit_id() -> str:
+def new_fit_id() -> str:
     """Ids sort by creation time (milliseconds) and never repeat (random suffix)."""
     return f"{int(time.time() * 1000):012x}{secrets.token_hex(4)}"
 
@@ -144,7 +144,7 @@ class Alignment:
             warnings.append(f"only {diag.get('n_heldout')} held-out anchors: the diagnostics are noisy")
         state, arrays = estimator.get_state()
         record = FitRecord(
-            id=_new_fit_id(), method=chosen, requested_method=method,
+            id=new_fit_id(), method=chosen, requested_method=method,
             source=source, source_version=src.version, target=target, target_version=tgt.version,
             anchor_set=anchor_set, data_version=snap.data_version, params=learned,
             metrics=metrics, warnings=warnings, converged=bool(getattr(estimator, "converged_", True)),
@@ -206,7 +206,7 @@ class Alignment:
         metrics["fit_seconds"] = time.perf_counter() - started
         state, arrays = space.get_state()
         record = FitRecord(
-            id=_new_fit_id(), method="shared", requested_method="shared", source="", source_version=0,
+            id=new_fit_id(), method="shared", requested_method="shared", source="", source_version=0,
             target="", target_version=0, anchor_set=anchor_set,
             data_version=max(s.data_version for s in snaps.values()),
             params={**params, "models": list(models), "model_versions": {m: r.version for m, r in records.items()},
@@ -260,6 +260,10 @@ class Alignment:
                 from convergent.server.align import SharedSpace
 
                 estimator = SharedSpace.from_state(state, arrays)
+            elif record.method == "cooperative":
+                from convergent.server.align.cooperative import CooperativeHead
+
+                estimator = CooperativeHead.from_state(state, arrays)
             else:
                 estimator = estimator_from_state(state, arrays)
             with self._estimators_lock:
@@ -360,6 +364,6 @@ class _Translate:
 
 def _model_versions(record: FitRecord) -> dict[str, int]:
     """Model name -> version the fit was computed for."""
-    if record.method == "shared":
+    if "model_versions" in record.params:  # a shared space or a cooperative head
         return dict(record.params["model_versions"])
     return {record.source: record.source_version, record.target: record.target_version}

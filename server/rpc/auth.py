@@ -41,6 +41,7 @@ METHOD_ROLES: dict[str, str] = {
     # alignment
     "FitAlignment": "party", "FitSharedSpace": "party", "GetFit": "reader", "ListFits": "reader",
     "DeleteFit": "admin", "Transform": "reader", "ExportFit": "reader",
+    "FitCooperative": "party", "Predict": "reader",
     # galleries and inference
     "Enroll": "party", "Remove": "admin", "GetGallery": "reader", "ListGalleries": "reader",
     "DeleteGallery": "admin", "Identify": "reader", "IdentifyFused": "reader", "Verify": "reader",

@@ -10,6 +10,7 @@ from google.protobuf.struct_pb2 import Struct
 from google.protobuf.timestamp_pb2 import Timestamp
 
 import convergent
+from convergent.server.registry.cooperation import Prediction
 from convergent.server.registry.galleries import EnrollChunk, FusedIdentifyResult, IdentifyResult
 from convergent.server.records import AnchorSetRecord, ErasureReport, FitRecord, GalleryRecord, ModelRecord, Page, UploadResult
 from convergent.server.registry.service import UploadChunk
@@ -79,7 +80,7 @@ def fit_to_pb(record: FitRecord) -> alignment_pb2.Fit:
         anchor_set=record.anchor_set, data_version=record.data_version,
         metrics=record.metrics, warnings=record.warnings, converged=record.converged,
         stale=record.stale, created_at=timestamp(record.created_at), params=dict_to_struct(record.params),
-        models=record.params.get("models", []) if record.method == "shared" else [],
+        models=record.params.get("models", []) if record.method in ("shared", "cooperative") else [],
     )
 
 
@@ -206,4 +207,10 @@ def usage_to_pb(principal: Principal, stored_vectors: int, max_vectors: int | No
     return tenant_pb2.Usage(
         tenant=principal.tenant, stored_vectors=stored_vectors, max_vectors=max_vectors or 0,
         role=principal.role, key_id=principal.key_id,
+    )
+
+
+def prediction_to_pb(prediction: Prediction) -> alignment_pb2.PredictResponse:
+    return alignment_pb2.PredictResponse(
+        probabilities=encode_matrix(prediction.probabilities), parties=prediction.parties, rule=prediction.rule
     )

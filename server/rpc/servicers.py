@@ -8,6 +8,7 @@ from __future__ import annotations
 from convergent.server.errors import ResourceExhausted, Unavailable
 from convergent.server.metrics import Metrics
 from convergent.server.registry.alignment import Alignment
+from convergent.server.registry.cooperation import Cooperation
 from convergent.server.registry.galleries import Galleries
 from convergent.server.registry.service import Registry
 from convergent.server.registry.tenancy import Tenancy
@@ -39,6 +40,7 @@ class Backend:
         self._galleries: Galleries | None = None
         self._authenticator: Authenticator | None = None
         self._tenancy: Tenancy | None = None
+        self._cooperation: Cooperation | None = None
         self.max_rows: int | None = None
         self.metrics: Metrics | None = None
         self.audit_writer: AuditWriter | None = None
@@ -51,6 +53,7 @@ class Backend:
         if authenticator.keys is not None:
             self.audit_writer = AuditWriter(authenticator.keys)
         self._tenancy = Tenancy(registry.store, galleries)
+        self._cooperation = Cooperation(registry.store, alignment)
         self.max_rows = registry.settings.max_vectors_per_message
 
     def close(self) -> None:
@@ -61,6 +64,7 @@ class Backend:
         if self._galleries is not None:
             self._galleries.close()
         self._registry = self._alignment = self._galleries = self._authenticator = self._tenancy = None
+        self._cooperation = None
 
     @property
     def tenancy(self) -> Tenancy:
@@ -102,6 +106,10 @@ class Backend:
     @property
     def alignment(self) -> Alignment:
         return self._ready(self._alignment)
+
+    @property
+    def cooperation(self) -> Cooperation:
+        return self._ready(self._cooperation)
 
     @property
     def galleries(self) -> Galleries:
@@ -209,6 +217,19 @@ class AlignmentServicer(alignment_pb2_grpc.AlignmentServiceServicer):
     def ExportFit(self, request, context):  # noqa: ANN001, N802
         record, arrays = self.backend.alignment.export(context.tenant, request.id)
         return codec.export_to_pb(record, arrays)
+
+    def FitCooperative(self, request, context):  # noqa: ANN001, N802
+        record = self.backend.cooperation.fit(
+            context.tenant, request.space, request.anchor_set, list(request.teachers), codec.struct_to_dict(request.params)
+        )
+        return codec.fit_to_pb(record)
+
+    def Predict(self, request, context):  # noqa: ANN001, N802
+        parties = [
+            (p.model, p.model_version, self.backend.rows(p.vectors, f"{p.model or 'party'} vectors"))
+            for p in request.parties
+        ]
+        return codec.prediction_to_pb(self.backend.cooperation.predict(context.tenant, request.head, parties))
 
 
 class GalleryServicer(galleries_pb2_grpc.GalleryServiceServicer):

@@ -230,3 +230,29 @@ def test_gallery_anchor_erase_usage_and_shared_space_commands(server, tmp_path: 
     assert "deleted gallery g" in run("galleries", "delete", "g", *address).stdout
     missing = one_error_line(run("galleries", "show", "g", *address, check=False))
     assert "NOT_FOUND" in missing and "`convergent galleries list` shows the galleries" in missing
+
+
+def test_fit_cooperative_and_predict_commands(server, tmp_path: Path, rng):
+    address = ["--address", server.address]
+    ids = np.array([f"x{i}" for i in range(60)])
+    Z = rng.standard_normal((60, 3))
+    logits = Z @ rng.standard_normal((3, 4))
+    probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    files = {"pa": Z @ rng.standard_normal((3, 6)), "pb": Z @ rng.standard_normal((3, 5)), "teacher": probs}
+    for name, data in files.items():
+        run("models", "register", name, "--dim", str(data.shape[1]), "--raw", *address)
+        np.savez(tmp_path / f"{name}.npz", **{name: data}, ids=ids)
+        run("upload", str(tmp_path / f"{name}.npz"), "--model", name, "--anchor-set", "s", *address)
+    shared = run("fit-shared", "--model", "pa", "--model", "pb", "--anchor-set", "s", "--param", "n_components=3", *address).stdout
+    space_id = shared.split()[1].rstrip(":")
+    head = run("fit-cooperative", "--space", space_id, "--anchor-set", "s", "--teacher", "teacher", *address).stdout
+    assert "method cooperative" in head and "fused.agreement" in head
+    head_id = head.splitlines()[1].split()[1].rstrip(":")
+    out = tmp_path / "probs.npz"
+    predicted = run("predict", head_id, "--party", f"pa={tmp_path / 'pa.npz'}", "--party", f"pb={tmp_path / 'pb.npz'}",
+                    "--out", str(out), *address).stdout
+    assert "60 items, 4 classes, from pa, pb" in predicted
+    P = np.load(out)["probabilities"]
+    assert P.shape == (60, 4) and np.mean(P.argmax(1) == probs.argmax(1)) > 0.8  # anchors it was trained on
+    bad = one_error_line(run("predict", head_id, "--party", "pa", *address, check=False))
+    assert "MODEL=FILE.npz" in bad

@@ -11,6 +11,46 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class FitCooperativeRequest(_message.Message):
+    __slots__ = ("space", "anchor_set", "teachers", "params")
+    SPACE_FIELD_NUMBER: _ClassVar[int]
+    ANCHOR_SET_FIELD_NUMBER: _ClassVar[int]
+    TEACHERS_FIELD_NUMBER: _ClassVar[int]
+    PARAMS_FIELD_NUMBER: _ClassVar[int]
+    space: str
+    anchor_set: str
+    teachers: _containers.RepeatedScalarFieldContainer[str]
+    params: _struct_pb2.Struct
+    def __init__(self, space: _Optional[str] = ..., anchor_set: _Optional[str] = ..., teachers: _Optional[_Iterable[str]] = ..., params: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
+
+class PartyVectors(_message.Message):
+    __slots__ = ("model", "model_version", "vectors")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    VECTORS_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    model_version: int
+    vectors: _types_pb2.Matrix
+    def __init__(self, model: _Optional[str] = ..., model_version: _Optional[int] = ..., vectors: _Optional[_Union[_types_pb2.Matrix, _Mapping]] = ...) -> None: ...
+
+class PredictRequest(_message.Message):
+    __slots__ = ("head", "parties")
+    HEAD_FIELD_NUMBER: _ClassVar[int]
+    PARTIES_FIELD_NUMBER: _ClassVar[int]
+    head: str
+    parties: _containers.RepeatedCompositeFieldContainer[PartyVectors]
+    def __init__(self, head: _Optional[str] = ..., parties: _Optional[_Iterable[_Union[PartyVectors, _Mapping]]] = ...) -> None: ...
+
+class PredictResponse(_message.Message):
+    __slots__ = ("probabilities", "parties", "rule")
+    PROBABILITIES_FIELD_NUMBER: _ClassVar[int]
+    PARTIES_FIELD_NUMBER: _ClassVar[int]
+    RULE_FIELD_NUMBER: _ClassVar[int]
+    probabilities: _types_pb2.Matrix
+    parties: _containers.RepeatedScalarFieldContainer[str]
+    rule: str
+    def __init__(self, probabilities: _Optional[_Union[_types_pb2.Matrix, _Mapping]] = ..., parties: _Optional[_Iterable[str]] = ..., rule: _Optional[str] = ...) -> None: ...
+
 class FitAlignmentRequest(_message.Message):
     __slots__ = ("source", "target", "anchor_set", "method", "params")
     SOURCE_FIELD_NUMBER: _ClassVar[int]

@@ -69,6 +69,16 @@ class AlignmentServiceStub:
                 request_serializer=convergent_dot_v1_dot_alignment__pb2.FitSharedSpaceRequest.SerializeToString,
                 response_deserializer=convergent_dot_v1_dot_alignment__pb2.Fit.FromString,
                 _registered_method=True)
+        self.FitCooperative = channel.unary_unary(
+                '/convergent.v1.AlignmentService/FitCooperative',
+                request_serializer=convergent_dot_v1_dot_alignment__pb2.FitCooperativeRequest.SerializeToString,
+                response_deserializer=convergent_dot_v1_dot_alignment__pb2.Fit.FromString,
+                _registered_method=True)
+        self.Predict = channel.unary_unary(
+                '/convergent.v1.AlignmentService/Predict',
+                request_serializer=convergent_dot_v1_dot_alignment__pb2.PredictRequest.SerializeToString,
+                response_deserializer=convergent_dot_v1_dot_alignment__pb2.PredictResponse.FromString,
+                _registered_method=True)
 
 
 class AlignmentServiceServicer:
@@ -122,6 +132,22 @@ class AlignmentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def FitCooperative(self, request, context):
+        """Federated inference (CE-FI's cooperative output layer): a classifier on a shared space's
+        coordinates, trained by distillation from teacher models' class probabilities of the same
+        anchors (no labels). Stored as a fit with method "cooperative".
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Predict(self, request, context):
+        """Class probabilities of n items from one or more parties' vectors through a cooperative head.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AlignmentServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -159,6 +185,16 @@ def add_AlignmentServiceServicer_to_server(servicer, server):
                     servicer.FitSharedSpace,
                     request_deserializer=convergent_dot_v1_dot_alignment__pb2.FitSharedSpaceRequest.FromString,
                     response_serializer=convergent_dot_v1_dot_alignment__pb2.Fit.SerializeToString,
+            ),
+            'FitCooperative': grpc.unary_unary_rpc_method_handler(
+                    servicer.FitCooperative,
+                    request_deserializer=convergent_dot_v1_dot_alignment__pb2.FitCooperativeRequest.FromString,
+                    response_serializer=convergent_dot_v1_dot_alignment__pb2.Fit.SerializeToString,
+            ),
+            'Predict': grpc.unary_unary_rpc_method_handler(
+                    servicer.Predict,
+                    request_deserializer=convergent_dot_v1_dot_alignment__pb2.PredictRequest.FromString,
+                    response_serializer=convergent_dot_v1_dot_alignment__pb2.PredictResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -350,6 +386,60 @@ class AlignmentService:
             '/convergent.v1.AlignmentService/FitSharedSpace',
             convergent_dot_v1_dot_alignment__pb2.FitSharedSpaceRequest.SerializeToString,
             convergent_dot_v1_dot_alignment__pb2.Fit.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FitCooperative(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/convergent.v1.AlignmentService/FitCooperative',
+            convergent_dot_v1_dot_alignment__pb2.FitCooperativeRequest.SerializeToString,
+            convergent_dot_v1_dot_alignment__pb2.Fit.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Predict(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/convergent.v1.AlignmentService/Predict',
+            convergent_dot_v1_dot_alignment__pb2.PredictRequest.SerializeToString,
+            convergent_dot_v1_dot_alignment__pb2.PredictResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -60,10 +60,11 @@ def test_every_method_fits_round_trips_and_reports_its_parameters(name):
     assert methods.fit_memory_bytes(name, {}, 512, 512) >= 8 * 3 * 512 * 512
 
 
-@pytest.mark.parametrize("name", [*methods.PARAMS, methods.SHARED])
+@pytest.mark.parametrize("name", [*methods.PARAMS, *methods.OTHER_PARAMS])
 def test_defaults_are_accepted_and_hostile_values_refused(name):
-    check = methods.validate_shared_params if name == methods.SHARED else lambda p: methods.validate_params(name, p)
-    model = methods.SharedParams if name == methods.SHARED else methods.PARAMS[name]
+    check = {methods.SHARED: methods.validate_shared_params, methods.COOPERATIVE: methods.validate_cooperative_params}.get(
+        name, lambda p: methods.validate_params(name, p))
+    model = methods.OTHER_PARAMS.get(name) or methods.PARAMS[name]
     for key, info in model.model_fields.items():
         if info.default is not None:
             assert check({key: info.default}) == {key: info.default}
