@@ -7,37 +7,32 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import grpc
 import numpy as np
-from google.protobuf import json_format
 from google.protobuf.struct_pb2 import Struct
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from convergent.client import errors
+from convergent.client._convert import _count, _fit_info, _matrix, _model_info
 from convergent.client.federation import FederationMixin
+from convergent.client.galleries import GalleryMixin
 from convergent.client.types import (
     AnchorSetInfo,
     ErasureReport,
     TlsConfig,
     Usage,
     FitInfo,
-    GalleryInfo,
-    IdentifyResult,
     ModelInfo,
     ServerInfo,
-    OperatingPoint,
-    VerificationReport,
-    VerifyResult,
 )
 from convergent.v1 import (
     alignment_pb2,
     alignment_pb2_grpc,
     anchors_pb2,
     anchors_pb2_grpc,
-    galleries_pb2,
     galleries_pb2_grpc,
     info_pb2,
     info_pb2_grpc,
@@ -81,21 +76,6 @@ _SERVICE_CONFIG = json.dumps(
 )
 
 
-def _model_info(pb: models_pb2.Model) -> ModelInfo:
-    return ModelInfo(name=pb.name, dim=pb.dim, version=pb.version, normalize=pb.normalize)
-
-
-_INDEX_NAMES = {galleries_pb2.INDEX_KIND_EXACT: "exact", galleries_pb2.INDEX_KIND_HNSW: "hnsw"}
-_INDEX_KINDS = {name: value for value, name in _INDEX_NAMES.items()}
-
-
-def _gallery_info(pb: galleries_pb2.Gallery) -> GalleryInfo:
-    return GalleryInfo(
-        name=pb.name, model=pb.model, model_version=pb.model_version,
-        index=_INDEX_NAMES.get(pb.index, "exact"), size=pb.size,
-    )
-
-
 def _pem(value: bytes | str | None) -> bytes | None:
     """PEM bytes as given, or read from a path."""
     if value is None or isinstance(value, bytes):
@@ -105,52 +85,7 @@ def _pem(value: bytes | str | None) -> bytes | None:
     return Path(value).read_bytes()
 
 
-UINT32_MAX = 2**32 - 1
-
-
-def _count(value: Any, name: str, low: int = 1, high: int = UINT32_MAX) -> int:
-    """An int in [low, high] (bools and floats refused), else :class:`InvalidArgument` before
-    anything is sent (protobuf would raise a bare ValueError for a negative uint32)."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not low <= value <= high:
-        raise errors.InvalidArgument(f"{name} must be an integer in {low}..{high}, got {value!r}")
-    return int(value)
-
-
-def _matrix(vectors: Any, name: str) -> np.ndarray:
-    array = np.asarray(vectors)
-    if array.ndim != 2:
-        raise errors.InvalidArgument(f"{name} must be 2-D (n, dim), got shape {array.shape}")
-    return array
-
-
-def _joined(replies: Sequence[Any]) -> tuple[list[list[str]], np.ndarray]:
-    """The ids (row lists) and scores (n, k') of identify replies of consecutive probe batches."""
-    ids: list[list[str]] = []
-    blocks = []
-    for reply in replies:
-        scores = decode_matrix(reply.scores)
-        ids += _rows(list(reply.ids), scores)
-        blocks.append(scores)
-    return ids, np.vstack(blocks) if len(blocks) > 1 else blocks[0].copy()
-
-
-def _rows(flat: list[str], scores: np.ndarray) -> list[list[str]]:
-    """Row-major flat ids -> one list per row of ``scores``."""
-    width = scores.shape[1]
-    return [flat[i * width : (i + 1) * width] for i in range(scores.shape[0])]
-
-
-def _fit_info(pb: alignment_pb2.Fit) -> FitInfo:
-    return FitInfo(
-        id=pb.id, method=pb.method, source=pb.source, target=pb.target, anchor_set=pb.anchor_set,
-        metrics=dict(pb.metrics), warnings=list(pb.warnings), converged=pb.converged, stale=pb.stale,
-        created_at=pb.created_at.ToNanoseconds() / 1e9, requested_method=pb.requested_method,
-        source_version=pb.source_version, target_version=pb.target_version, data_version=pb.data_version,
-        params=json_format.MessageToDict(pb.params), models=list(pb.models),
-    )
-
-
-class Client(FederationMixin):
+class Client(GalleryMixin, FederationMixin):
     """Connection to one convergent server.
 
     >>> with Client("127.0.0.1:50051") as c:
@@ -436,131 +371,6 @@ class Client(FederationMixin):
         """The fitted arrays by name (keys per method, see the README), e.g. "W", "b"; "R", "s"."""
         response = self._call(self._alignment.ExportFit, alignment_pb2.ExportFitRequest(id=fit_id))
         return {name: decode_array(array).copy() for name, array in response.arrays.items()}
-
-    # ----------------------------------------------------------------- galleries
-    def enroll(
-        self, gallery: str, model: str, ids: Sequence[str], vectors: np.ndarray, index: str = "exact",
-        chunk_size: int = 512, progress: bool = False, model_version: int = 0,
-    ) -> int:
-        """Enroll ``vectors`` (n, dim) of ``model`` under ``ids`` in one transaction; returns the
-        gallery size. The first enroll creates the gallery, bound to ``model``, with ``index``
-        ("exact" or "hnsw"). An id already enrolled is ALREADY_EXISTS (nothing is stored)."""
-        if index not in _INDEX_KINDS:
-            raise errors.InvalidArgument(f"index must be one of {sorted(_INDEX_KINDS)}, got {index!r}")
-        header = galleries_pb2.EnrollRequest(
-            gallery=gallery, model=model, index=_INDEX_KINDS[index], model_version=_count(model_version, "model_version", 0)
-        )
-        response = self._stream(
-            self._galleries.Enroll, galleries_pb2.EnrollRequest, header, ids, vectors, chunk_size,
-            progress and f"enroll {gallery}", retry=False,
-        )
-        return response.size
-
-    def remove(self, gallery: str, ids: Sequence[str]) -> int:
-        """Remove ``ids`` from the gallery (e.g. erasure requests); returns how many were removed."""
-        request = galleries_pb2.RemoveRequest(gallery=gallery, ids=[str(i) for i in ids])
-        return self._call(self._galleries.Remove, request).removed
-
-    def count_gallery(self, gallery: str) -> int:
-        return self.get_gallery(gallery).size
-
-    def get_gallery(self, gallery: str) -> GalleryInfo:
-        return _gallery_info(self._call(self._galleries.GetGallery, galleries_pb2.GetGalleryRequest(name=gallery)))
-
-    def list_galleries(self) -> list[GalleryInfo]:
-        return [_gallery_info(g) for g in self._pages(self._galleries.ListGalleries, galleries_pb2.ListGalleriesRequest(), "galleries")]
-
-    def delete_gallery(self, gallery: str) -> None:
-        self._call(self._galleries.DeleteGallery, galleries_pb2.DeleteGalleryRequest(name=gallery))
-
-    def identify(
-        self, gallery: str, vectors: np.ndarray | Mapping[str, np.ndarray], model: str | None = None, k: int = 5,
-        fit_id: str | None = None, model_version: int = 0, batch_size: int = 4096, scoring: str = "cosine",
-    ) -> IdentifyResult:
-        """Top-``k`` gallery items for each probe.
-
-        ``vectors`` (n, dim) of ``model`` (``model_version`` 0 = current): probes of another model
-        than the gallery's go through the latest ``model`` -> gallery-model fit (or ``fit_id``).
-        ``vectors={"dlib": Pd, "facenet": Pf}`` (federated inference): row i of every party is the
-        same subject; each party goes through its own route, and the scores are fused
-        (z-normalised, weighted by each route's held-out quality); ``result.parties`` holds the
-        weights, ``result.contributors`` who counted. Probes go in batches of ``batch_size``
-        rows (cut to the message limit), as :meth:`transform`. ``scoring``: "cosine" (scores in
-        [-1, 1]) or "csls" (hubness-corrected 2 cos - r_T - r_S in [-4, 4], for probes routed
-        through a map); ``result.scoring`` says which produced the scores.
-        """
-        k = _count(k, "k")
-        batch_size = _count(batch_size, "batch_size")
-        if isinstance(vectors, Mapping):
-            parties = {m: _matrix(v, f"vectors[{m!r}]") for m, v in vectors.items()}
-            n = max((len(v) for v in parties.values()), default=0)
-            width = sum(v.shape[1] for v in parties.values()) or 1
-            rows = min(batch_size, rows_per_chunk(width, batch_size, self._max_message_bytes))
-            replies = [
-                self._call(self._galleries.IdentifyFused, galleries_pb2.IdentifyFusedRequest(
-                    gallery=gallery, k=k, scoring=scoring,
-                    parties=[galleries_pb2.PartyProbes(model=m, vectors=encode_matrix(v[start : start + rows]))
-                             for m, v in parties.items()],
-                ))
-                for start in range(0, max(n, 1), rows)
-            ]
-            ids, scores = _joined(replies)
-            last = replies[-1]
-            return IdentifyResult(
-                ids=ids, scores=scores, route="fused", parties={p.model: p.weight for p in last.parties},
-                party_routes={p.model: p.route for p in last.parties},
-                weight_sources={p.model: p.weight_source for p in last.parties}, scoring=last.scoring or "cosine",
-            )
-        if model is None:
-            raise errors.InvalidArgument("give the probes' model (or a dict of party model -> probes)")
-        probes = _matrix(vectors, "vectors")
-        rows = min(batch_size, rows_per_chunk(max(probes.shape[1], 1), batch_size, self._max_message_bytes))
-        replies = [
-            self._call(self._galleries.Identify, galleries_pb2.IdentifyRequest(
-                gallery=gallery, model=model, model_version=_count(model_version, "model_version", 0), k=k,
-                vectors=encode_matrix(probes[start : start + rows]), fit_id=fit_id or "", scoring=scoring,
-            ))
-            for start in range(0, max(len(probes), 1), rows)
-        ]
-        ids, scores = _joined(replies)
-        return IdentifyResult(ids=ids, scores=scores, route=replies[-1].route, scoring=replies[-1].scoring or "cosine")
-
-    def verify(self, a: np.ndarray, a_model: str, b: np.ndarray, b_model: str, far: float = 1e-3) -> VerifyResult:
-        """Compare row i of ``a`` (model ``a_model``) with row i of ``b`` (``b_model``) at the
-        threshold calibrated for false-accept rate ``far``."""
-        request = galleries_pb2.VerifyRequest(
-            a_model=a_model, a=encode_matrix(a), b_model=b_model, b=encode_matrix(b), far=far
-        )
-        r = self._call(self._galleries.Verify, request)
-        return VerifyResult(
-            scores=decode_matrix(r.scores)[:, 0].copy(), accept=np.array(r.accept, dtype=bool),
-            threshold=r.threshold, far_requested=r.far_requested, far_calibration=r.far_calibration,
-            tar_calibration=r.tar_calibration, calibration=r.calibration, n_genuine=r.n_genuine,
-            n_impostor=r.n_impostor, route=r.route, calibration_pairs=r.calibration_pairs,
-            n_excluded=r.n_excluded,
-        )
-
-    def verification_report(self, a_model: str, b_model: str) -> VerificationReport:
-        """Operating points of the calibration :meth:`verify` uses for ``a_model`` -> ``b_model``:
-        TAR at FAR 1e-2 / 1e-3 / 1e-4 where the calibration pairs resolve it, and the EER."""
-        r = self._call(self._galleries.VerificationReport,
-                       galleries_pb2.VerificationReportRequest(a_model=a_model, b_model=b_model))
-        return VerificationReport(
-            calibration=r.calibration, calibration_pairs=r.calibration_pairs, route=r.route,
-            points=[OperatingPoint(p.requested_far, p.threshold, p.far, p.tar) for p in r.points],
-            eer=r.eer, eer_threshold=r.eer_threshold, n_genuine=r.n_genuine, n_impostor=r.n_impostor,
-            n_excluded=r.n_excluded,
-        )
-
-    def calibrate(self, a: np.ndarray, a_model: str, b: np.ndarray, b_model: str, same: Sequence[bool]) -> dict[str, int]:
-        """Labelled pairs (row i of ``a`` vs row i of ``b``; ``same[i]``: same subject?) that
-        replace the anchor-set calibration of :meth:`verify` for this model pair.
-        Returns the counts used: {"genuine": ..., "impostor": ...}."""
-        request = galleries_pb2.CalibrateRequest(
-            a_model=a_model, a=encode_matrix(a), b_model=b_model, b=encode_matrix(b), same=[bool(x) for x in same]
-        )
-        r = self._call(self._galleries.Calibrate, request)
-        return {"genuine": r.n_genuine, "impostor": r.n_impostor}
 
     # ----------------------------------------------------------------- tenant
     def usage(self) -> Usage:

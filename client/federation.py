@@ -9,6 +9,7 @@ import numpy as np
 from google.protobuf.struct_pb2 import Struct
 
 from convergent.client import errors
+from convergent.client._convert import _count, _fit_info, _matrix
 from convergent.v1 import alignment_pb2
 from convergent.wire import decode_matrix, encode_matrix, rows_per_chunk
 
@@ -37,8 +38,6 @@ class FederationMixin:
         top class equals the combined teachers', higher is better) and ``.cross_entropy`` to
         them (lower is better). ``params``: ``reg``, ``max_iter``, ``seed``.
         """
-        from convergent.client.client import _fit_info
-
         if isinstance(teachers, str):
             raise errors.InvalidArgument("teachers must be a list of model names, not one string")
         struct = Struct()
@@ -53,8 +52,6 @@ class FederationMixin:
         ``head``. ``vectors``: party model -> (n, d_model), row i of every party the same item;
         one party alone works too. The parties are combined by the mean of their consensus
         coordinates, then the head's softmax. Rows go in batches of ``batch_size``."""
-        from convergent.client.client import _count, _matrix
-
         if not isinstance(vectors, Mapping) or not vectors:
             raise errors.InvalidArgument("vectors must be a non-empty dict of party model -> (n, dim) array")
         parties = {m: _matrix(v, f"vectors[{m!r}]") for m, v in vectors.items()}
