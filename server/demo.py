@@ -19,8 +19,9 @@ import numpy as np
 
 from convergent.server import report
 from convergent.server.datasets import EmbeddingSet, find_realdata, load_faces, load_text, synthetic_identities
+from convergent.wire import FIT_METHODS
 
-PAIR_METHODS = ("auto", "ridge", "procrustes", "cca", "permutation", "semi_matching", "sparse", "spectral")
+PAIR_METHODS = tuple(FIT_METHODS)  # every method of the contract, auto first
 
 
 @dataclass
