@@ -13,6 +13,7 @@ alternating order, so machine noise hits both alike. Memory figures use fresh pr
 | fit_permutation_ratio  | fit_alignment(method="permutation"), rebuilt likewise  | corrcoef + linear_sum_assignment in memory |
 | identify_ratio         | identify, exact gallery, batches of 256, k=10          | minimal servicer: numpy matmul + argpartition |
 | transform_ratio        | transform, batches of 1024                             | minimal servicer: numpy matmul           |
+| csls_identify_ratio    | identify through a fit, scoring="csls", exact gallery  | the same identify with scoring="cosine" (same server) |
 | fit_memory_growth      | peak RSS of a fresh server fitting n_big pairs / n_small - 1 | -                                  |
 
 Times are convergent / baseline (lower better) except ingest. The OpenBLAS overrides
@@ -58,13 +59,16 @@ TARGETS = {
     "fit_permutation_ratio": ("<=", 1.0),
     "identify_ratio": ("<=", 1.3),
     "transform_ratio": ("<=", 1.3),
+    "csls_identify_ratio": ("<=", 1.1),
     "fit_memory_growth": ("<", 0.10),
 }
 
 FULL = dict(rounds=5, ingest_n=100_000, fit_n=100_000, fit_d=512, perm_n=100_000, perm_d=1024,
-            gallery_n=200_000, id_batches=8, tf_batches=20, mem_small=10_000, mem_big=200_000, mem_rounds=2)
+            gallery_n=200_000, id_batches=8, tf_batches=20, mem_small=10_000, mem_big=200_000, mem_rounds=2,
+            csls_n=100_000)
 QUICK = dict(rounds=3, ingest_n=20_000, fit_n=20_000, fit_d=256, perm_n=20_000, perm_d=256,
-             gallery_n=20_000, id_batches=4, tf_batches=8, mem_small=10_000, mem_big=40_000, mem_rounds=1)
+             gallery_n=20_000, id_batches=4, tf_batches=8, mem_small=10_000, mem_big=40_000, mem_rounds=1,
+             csls_n=20_000)
 DIM = 512  # ingest, identify and transform dimension
 
 
@@ -313,6 +317,41 @@ class Bench:
             "enroll_s": t_enroll,
         }
 
+    # ------------------------------------------------------------------ CSLS
+    def csls(self) -> None:
+        """Identify through a Procrustes fit (128 -> 128, 2,000 anchors): CSLS vs cosine scoring,
+        same server, same probes, interleaved rounds. Round 0 (excluded) pays the corrected
+        index's build after the enrolment; that cost is reported apart."""
+        n, d, batch, k = self.cfg["csls_n"], 128, 256, 10
+        rng = np.random.default_rng(5)
+        R, _ = np.linalg.qr(rng.standard_normal((d, d)))
+        A = rng.standard_normal((2000, d)).astype(np.float32)
+        G = rng.standard_normal((n, d)).astype(np.float32)
+        probes = (G[rng.choice(n, self.cfg["id_batches"] * batch, replace=False)] @ R.T
+                  + 0.1 * rng.standard_normal((self.cfg["id_batches"] * batch, d))).astype(np.float32)
+        srv = self.server("csls")
+        ratios = []
+        with Client(srv.address, timeout=600) as c:
+            c.wait_until_serving()
+            upload_pairs(c, "src", "tgt", "a", A @ R.T, A, [f"a{i}" for i in range(len(A))])  # src -> tgt is R^T
+            fit = c.fit_alignment("src", "tgt", "a", method="procrustes")
+            c.enroll(gallery="g", model="tgt", ids=[f"g{i}" for i in range(n)], vectors=G, index="exact", chunk_size=2048)
+            t_first, _ = timed(c.identify, "g", probes[:1], model="src", k=k, fit_id=fit.id, scoring="csls")
+
+            def run(scoring: str) -> float:
+                t0 = time.perf_counter()
+                for s in range(0, len(probes), batch):
+                    c.identify("g", probes[s : s + batch], model="src", k=k, fit_id=fit.id, scoring=scoring)
+                return time.perf_counter() - t0
+
+            for r in self.rounds():
+                t_csls, t_cos = interleaved(r, lambda: run("csls"), lambda: run("cosine"))
+                if r:
+                    ratios.append(t_csls / t_cos)
+        srv.stop()
+        self.record("csls_identify_ratio", ratios, gallery=n, dim=d, batch=batch, k=k, anchors=2000)
+        self.absolute["csls"] = {"first_csls_identify_after_enroll_s": t_first}
+
     # ------------------------------------------------------------------ transform
     def transform(self) -> None:
         d, n_tf, batch = DIM, self.cfg["tf_batches"], 1024
@@ -410,7 +449,8 @@ class Bench:
     # ------------------------------------------------------------------ driver
     def run(self, only: list[str]) -> dict:
         steps = {"ingest": self.ingest, "fit": self.fit_affine, "permutation": self.fit_permutation,
-                 "identify": self.identify, "transform": self.transform, "memory": self.memory, "gpu": self.gpu}
+                 "identify": self.identify, "csls": self.csls, "transform": self.transform, "memory": self.memory,
+                 "gpu": self.gpu}
         started = time.time()
         try:
             for name, step in steps.items():
@@ -489,7 +529,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="smaller sizes, fewer rounds (< 3 minutes)")
     p.add_argument("--json", type=Path, help="write the results here")
-    p.add_argument("--only", default="", help="comma-separated: ingest,fit,permutation,identify,transform,memory,gpu")
+    p.add_argument("--only", default="", help="comma-separated: ingest,fit,permutation,identify,csls,transform,memory,gpu")
     p.add_argument("--rounds", type=int, default=0, help="override the number of rounds")
     p.add_argument("--workdir", default=None, help="where temporary data folders go")
     p.add_argument("--keep-blas-env", action="store_true", help="keep OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE")

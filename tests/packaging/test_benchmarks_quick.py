@@ -16,6 +16,7 @@ KEYS = (
     "fit_permutation_ratio",
     "identify_ratio",
     "transform_ratio",
+    "csls_identify_ratio",
     "fit_memory_growth",
 )
 
@@ -36,7 +37,7 @@ def test_quick_benchmark_writes_every_key(tmp_path: Path) -> None:
         assert {"median", "min", "max", "target", "holds"} <= set(entry), key
         assert entry["min"] <= entry["median"] <= entry["max"], key
     assert results["machine"]["blas"], "the BLAS kernel in use is recorded"
-    assert {"ingest", "fit_affine", "fit_permutation", "identify", "transform", "cuda"} <= set(results["absolute"])
+    assert {"ingest", "fit_affine", "fit_permutation", "identify", "csls", "transform", "cuda"} <= set(results["absolute"])
     assert "ingest_ratio" in proc.stdout  # the table is printed
 
 
