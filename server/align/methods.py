@@ -101,6 +101,19 @@ def _device(value: object) -> str:
     return str(value)
 
 
+def _space_method(value: object) -> str:
+    if value not in ("gcca", "contrastive"):
+        raise _fail("must be 'gcca' or 'contrastive'")
+    return str(value)
+
+
+def _temperature(value: object) -> float:
+    x = _number(value)
+    if x is None or not 0.001 <= x <= 10:
+        raise _fail("must be a number in [0.001, 10]")
+    return x
+
+
 def _boolean(value: object) -> bool:
     if not isinstance(value, bool):
         raise _fail("must be a boolean")
@@ -141,6 +154,9 @@ TrainPairs = Annotated[int, BeforeValidator(_whole_number(TRAIN_PAIRS_MIN, TRAIN
                        Range(f"integer in {TRAIN_PAIRS_MIN}..{TRAIN_PAIRS_MAX}")]
 LearningRate = Annotated[float, BeforeValidator(_learning_rate), Range("number in (0, 1]")]
 Device = Annotated[str, BeforeValidator(_device), Range("cpu / cuda / auto")]
+SpaceMethod = Annotated[str, BeforeValidator(_space_method), Range("gcca / contrastive")]
+Temperature = Annotated[float, BeforeValidator(_temperature), Range("number in [0.001, 10]")]
+HiddenOrNone = Annotated[int, BeforeValidator(_whole_number(0, HIDDEN_MAX)), Range(f"integer in 0..{HIDDEN_MAX}")]
 CandidateNames = Annotated[list[str], BeforeValidator(_candidate_names), Range("list of candidate names, each at most once")]
 
 SEED_HELP = "seed of the held-out split"
@@ -220,10 +236,23 @@ class AutoParams(Params):
 
 
 class SharedParams(Params):
-    """``fit_shared_space``: MAXVAR generalised CCA of N models."""
+    """``fit_shared_space``: MAXVAR generalised CCA of N models (method "gcca", the default)."""
 
+    method: SpaceMethod = Field("gcca", description="gcca (from the pair statistics) or contrastive (learned heads)")
     n_components: Components = Field(None, description="dimensions of the shared space")
     reg: Fraction = Field(1e-3, description="shrinkage of each model's covariance")
+
+
+class ContrastiveSharedParams(Params):
+    """``fit_shared_space(method="contrastive")``: per-model heads trained by multi-positive InfoNCE."""
+
+    method: SpaceMethod = Field("gcca", description="contrastive here")
+    n_components: Components = Field(64, description="dimensions of the consensus space")
+    temperature: Temperature = Field(0.1, description="InfoNCE temperature")
+    epochs: Epochs = Field(200, description="passes over the anchors")
+    lr: LearningRate = Field(3e-3, description="AdamW learning rate")
+    weight_decay: Fraction = Field(1e-4, description="AdamW decoupled weight decay")
+    hidden: HiddenOrNone = Field(0, description="hidden ReLU units of each head (0: linear heads)")
 
 
 class CooperativeParams(Params):
@@ -330,7 +359,9 @@ METHODS: dict[str, Method] = {m.name: m for m in (
 AUTO = "auto"
 SHARED = "shared"
 COOPERATIVE = "cooperative"
-OTHER_PARAMS: dict[str, type[Params]] = {SHARED: SharedParams, COOPERATIVE: CooperativeParams}
+SHARED_CONTRASTIVE = "shared (contrastive)"
+OTHER_PARAMS: dict[str, type[Params]] = {SHARED: SharedParams, SHARED_CONTRASTIVE: ContrastiveSharedParams,
+                                         COOPERATIVE: CooperativeParams}
 
 #: auto's candidates in the one-standard-error rule's simple -> complex order
 CANDIDATES: dict[str, Candidate] = {
@@ -371,7 +402,9 @@ def validate_params(method: str, params: dict) -> dict:
 
 
 def validate_shared_params(params: dict) -> dict:
-    """As :func:`validate_params`, for a shared space."""
+    """As :func:`validate_params`, for a shared space (its ``method`` picks the parameter set)."""
+    if isinstance(params, dict) and params.get("method") == "contrastive":
+        return _checked(ContrastiveSharedParams, params, "a contrastive shared space")
     return _checked(SharedParams, params, "a shared space")
 
 

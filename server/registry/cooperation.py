@@ -16,15 +16,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from convergent.server.errors import FailedPrecondition, InvalidInput, NotFound, Unavailable
-from convergent.server.records import FitRecord, ModelRecord
+from convergent.server.errors import FailedPrecondition, InvalidInput
+from convergent.server.records import FitRecord
 from convergent.server.registry.alignment import MIN_PAIRS, Alignment, new_fit_id
-from convergent.server.registry.pair_stats import HELDOUT_CAP, HELDOUT_FRACTION
+from convergent.server.registry.pair_stats import HELDOUT_CAP, HELDOUT_FRACTION, aligned_anchors
 from convergent.server.registry.service import check_model_version, prepare_vectors, valid_name
 from convergent.server.storage.protocols import Store
 
 METHOD = "cooperative"
-RETRIES = 3
 
 
 @dataclass(frozen=True)
@@ -40,36 +39,6 @@ class Cooperation:
     def __init__(self, store: Store, alignment: Alignment) -> None:
         self.store = store
         self.alignment = alignment
-
-    # ------------------------------------------------------------ reading anchors
-    def _aligned_anchors(self, tenant: str, anchor_set: str, models: list[ModelRecord]) -> tuple[int, list[str], list[np.ndarray]]:
-        """(anchor set version, ids, one (n, d_m) array per model) of the anchors every model
-        embedded, row i the same anchor in every array, from reads of one set version."""
-        base, others = models[0], models[1:]
-        for _ in range(RETRIES):
-            versions, common = set(), None
-            for other in others:
-                with self.store.read_pairs(tenant, anchor_set, base, other) as reader:
-                    versions.add(reader.version().data_version)
-                    ids = set(reader.pair_ids())
-                common = ids if common is None else common & ids
-            if versions == {0}:
-                raise NotFound(f"anchor set {anchor_set!r} not found")
-            wanted = sorted(common or ())
-            arrays: list[np.ndarray] = []
-            for other in others:
-                with self.store.read_pairs(tenant, anchor_set, base, other) as reader:
-                    versions.add(reader.version().data_version)
-                    got, X, Y = reader.pairs_by_id(wanted)
-                if list(got) != wanted:
-                    break
-                if not arrays:
-                    arrays.append(X)
-                arrays.append(Y)
-            else:
-                if len(versions) == 1:
-                    return versions.pop(), wanted, arrays
-        raise Unavailable(f"anchor set {anchor_set!r} is being written: try again")
 
     # ------------------------------------------------------------ fit
     def fit(self, tenant: str, space_id: str, anchor_set: str, teachers: list[str], params: dict) -> FitRecord:
@@ -99,7 +68,7 @@ class Cooperation:
         if len({t.dim for t in teacher_records}) != 1:
             raise FailedPrecondition(f"the teachers have different numbers of classes: {[t.dim for t in teacher_records]}")
         started = time.perf_counter()
-        version, ids, arrays = self._aligned_anchors(tenant, anchor_set, [*party_records, *teacher_records])
+        version, ids, arrays = aligned_anchors(self.store, tenant, anchor_set, [*party_records, *teacher_records])
         if len(ids) < MIN_PAIRS:
             raise FailedPrecondition(f"anchor set {anchor_set!r} holds {len(ids)} anchors embedded by every party and "
                                      f"teacher; a cooperative head needs at least {MIN_PAIRS}")

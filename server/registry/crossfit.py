@@ -60,7 +60,14 @@ def _refit(record: FitRecord, stats, src: ModelRecord, tgt: ModelRecord, pairs=N
     ``pairs`` for a map trained on pairs); returns a function (m, d_src) -> (m, d_tgt)."""
     if record.method == "shared":
         from convergent.server.align import SharedSpace
+        from convergent.server.errors import FailedPrecondition
 
+        if record.params.get("method") == "contrastive":
+            raise FailedPrecondition(
+                f"verification without labels routes through the contrastive shared space {record.id!r}, which cannot "
+                f"be refitted out of fold from pair statistics: calibrate with labels (convergent calibrate), or fit a "
+                f"direct map or a gcca shared space for this pair"
+            )
         params = {k: record.params[k] for k in ("n_components", "reg") if k in record.params}
         space = SharedSpace(**params).fit_stats({(src.name, tgt.name): stats})
         return lambda X: space.translate(src.name, tgt.name, X)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from convergent.server.errors import InvalidInput, NotFound
+from convergent.server.errors import InvalidInput, NotFound, Unavailable
 from convergent.server.records import ModelRecord
 from convergent.server.storage.protocols import Store
 
@@ -164,3 +164,33 @@ class PairStatistics:
             log.error("stored statistics of %s are ignored: %s", key, exc)
             return None
         return _Cached(data_version, stats)
+
+
+def aligned_anchors(store: Store, tenant: str, anchor_set: str, models: list[ModelRecord]) -> tuple[int, list[str], list[np.ndarray]]:
+    """(anchor set version, ids, one (n, d_m) array per model) of the anchors every model
+    embedded, row i the same anchor in every array, from reads of one set version."""
+    base, others = models[0], models[1:]
+    for _ in range(3):  # re-read when anchors are written in between
+        versions, common = set(), None
+        for other in others:
+            with store.read_pairs(tenant, anchor_set, base, other) as reader:
+                versions.add(reader.version().data_version)
+                ids = set(reader.pair_ids())
+            common = ids if common is None else common & ids
+        if versions == {0}:
+            raise NotFound(f"anchor set {anchor_set!r} not found")
+        wanted = sorted(common or ())
+        arrays: list[np.ndarray] = []
+        for other in others:
+            with store.read_pairs(tenant, anchor_set, base, other) as reader:
+                versions.add(reader.version().data_version)
+                got, X, Y = reader.pairs_by_id(wanted)
+            if list(got) != wanted:
+                break
+            if not arrays:
+                arrays.append(X)
+            arrays.append(Y)
+        else:
+            if len(versions) == 1:
+                return versions.pop(), wanted, arrays
+    raise Unavailable(f"anchor set {anchor_set!r} is being written: try again")

@@ -192,14 +192,17 @@ def _hostile_parameter_cases() -> list[tuple]:
     def request(method, key, value):
         if method == methods.COOPERATIVE:
             return lambda f: alignment_pb2.FitCooperativeRequest(space="x", anchor_set="s", teachers=["a"], params=params(**{key: value}))
-        if method == methods.SHARED:
-            return lambda f: alignment_pb2.FitSharedSpaceRequest(models=["a", "b"], anchor_set="s", params=params(**{key: value}))
+        if method in (methods.SHARED, methods.SHARED_CONTRASTIVE):
+            extra = {"method": "contrastive"} if method == methods.SHARED_CONTRASTIVE else {}
+            return lambda f: alignment_pb2.FitSharedSpaceRequest(models=["a", "b"], anchor_set="s",
+                                                                 params=params(**{**extra, key: value}))
         return lambda f: alignment_pb2.FitAlignmentRequest(source="a", target="b", anchor_set="s", method=method,
                                                            params=params(**{key: value}))
 
     cases = []
     for method in (*methods.PARAMS, *methods.OTHER_PARAMS):
-        rpc = {methods.SHARED: "FitSharedSpace", methods.COOPERATIVE: "FitCooperative"}.get(method, "FitAlignment")
+        rpc = {methods.SHARED: "FitSharedSpace", methods.SHARED_CONTRASTIVE: "FitSharedSpace",
+               methods.COOPERATIVE: "FitCooperative"}.get(method, "FitAlignment")
         for key, *_ in methods.describe(method):
             for shown, value in (("a string", "many"), ("1e300", 1e300)):
                 cases.append((f"{method}: {key} = {shown}", "align", rpc, request(method, key, value), IA, f"parameter {key!r}"))
