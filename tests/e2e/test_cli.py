@@ -59,7 +59,7 @@ def check_report(folder: Path) -> str:
 
 @pytest.mark.slow
 def test_demo_quick_synthetic(tmp_path: Path):
-    result = run("demo", "--quick", "--synthetic", "--out", str(tmp_path / "report"))
+    result = run("demo", "--quick", "--synthetic", "--out", str(tmp_path / "report"), timeout=300)  # a guard, not a target
     report = check_report(tmp_path / "report")
     assert "SYNTHETIC data" in report and "**These numbers come from synthetic data" in report
     assert "fused" in report and "model-c" in report
@@ -68,10 +68,10 @@ def test_demo_quick_synthetic(tmp_path: Path):
 
 @pytest.mark.slow
 def test_demo_quick_realdata(tmp_path: Path, realdata: Path):
-    result = run("demo", "--quick", "--realdata", str(realdata), "--out", str(tmp_path / "report"))
+    result = run("demo", "--quick", "--realdata", str(realdata), "--out", str(tmp_path / "report"), timeout=300)
     report = check_report(tmp_path / "report")
     assert "real embeddings from" in report and "SYNTHETIC" not in report
-    for method in ("auto", "ridge", "procrustes", "cca", "permutation", "semi_matching", "sparse", "spectral", "shared space"):
+    for method in ("auto", "ridge", "procrustes", "cca", "permutation", "semi_matching", "sparse", "spectral", "mlp", "shared space"):
         assert f"| {method}" in report, method
     import re
 
