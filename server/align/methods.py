@@ -78,7 +78,7 @@ def _positive_numbers(value: object) -> list[float]:
     numbers = [_number(v) for v in value]
     if not all(x is not None and 0 < x <= ALPHA_MAX for x in numbers):
         raise _fail("must be a list of numbers in (0, {high}]", high=f"{ALPHA_MAX:g}")
-    return [float(x) for x in numbers]
+    return [float(x) for x in numbers if x is not None]
 
 
 def _fraction(value: object) -> float:
@@ -139,11 +139,14 @@ class Range:
 
 Seed = Annotated[int, BeforeValidator(_whole_number(0, SEED_MAX)), Range(f"integer in 0..{SEED_MAX}")]
 Components = Annotated[int, BeforeValidator(_whole_number(1, COMPONENTS_MAX)), Range(f"integer in 1..{COMPONENTS_MAX}")]
+# Parameters whose default (None) means "chosen from the data": a given value is never None.
+OptionalComponents = Annotated[int | None, BeforeValidator(_whole_number(1, COMPONENTS_MAX)),
+                               Range(f"integer in 1..{COMPONENTS_MAX}")]
 PathLength = Annotated[int, BeforeValidator(_whole_number(1, N_ALPHAS_MAX)), Range(f"integer in 1..{N_ALPHAS_MAX}")]
 Sweeps = Annotated[int, BeforeValidator(_whole_number(1, MAX_ITER_MAX)), Range(f"integer in 1..{MAX_ITER_MAX}")]
-Positive = Annotated[float, BeforeValidator(_positive_number), Range(f"number in (0, {ALPHA_MAX:g}]")]
-Positives = Annotated[list[float], BeforeValidator(_positive_numbers),
-                      Range(f"list of 1..{LIST_MAX} numbers in (0, {ALPHA_MAX:g}]")]
+OptionalPositive = Annotated[float | None, BeforeValidator(_positive_number), Range(f"number in (0, {ALPHA_MAX:g}]")]
+OptionalPositives = Annotated[list[float] | None, BeforeValidator(_positive_numbers),
+                              Range(f"list of 1..{LIST_MAX} numbers in (0, {ALPHA_MAX:g}]")]
 Fraction = Annotated[float, BeforeValidator(_fraction), Range("number in [0, 1)")]
 Flag = Annotated[bool, BeforeValidator(_boolean), Range("true / false")]
 Hidden = Annotated[int, BeforeValidator(_whole_number(1, HIDDEN_MAX)), Range(f"integer in 1..{HIDDEN_MAX}")]
@@ -157,7 +160,8 @@ Device = Annotated[str, BeforeValidator(_device), Range("cpu / cuda / auto")]
 SpaceMethod = Annotated[str, BeforeValidator(_space_method), Range("gcca / contrastive")]
 Temperature = Annotated[float, BeforeValidator(_temperature), Range("number in [0.001, 10]")]
 HiddenOrNone = Annotated[int, BeforeValidator(_whole_number(0, HIDDEN_MAX)), Range(f"integer in 0..{HIDDEN_MAX}")]
-CandidateNames = Annotated[list[str], BeforeValidator(_candidate_names), Range("list of candidate names, each at most once")]
+OptionalCandidateNames = Annotated[list[str] | None, BeforeValidator(_candidate_names),
+                                   Range("list of candidate names, each at most once")]
 
 SEED_HELP = "seed of the held-out split"
 
@@ -173,8 +177,8 @@ class Params(BaseModel):
 class _OnePenaltyOrPath(Params):
     """Base of the methods that take one penalty or a list of them to choose from."""
 
-    alpha: Positive = None
-    alphas: Positives = None
+    alpha: OptionalPositive = None
+    alphas: OptionalPositives = None
 
     @model_validator(mode="after")
     def _alpha_or_alphas(self) -> "_OnePenaltyOrPath":
@@ -184,8 +188,8 @@ class _OnePenaltyOrPath(Params):
 
 
 class RidgeParams(_OnePenaltyOrPath):
-    alpha: Positive = Field(None, description="one penalty, on scikit-learn's `Ridge` scale")
-    alphas: Positives = Field(None, description="penalties to choose from by generalised cross-validation "
+    alpha: OptionalPositive = Field(None, description="one penalty, on scikit-learn's `Ridge` scale")
+    alphas: OptionalPositives = Field(None, description="penalties to choose from by generalised cross-validation "
                                                        "(default 13 values scaled to the data)")
     fit_intercept: Flag = Field(True, description="fit the offset b")
 
@@ -196,7 +200,7 @@ class ProcrustesParams(Params):
 
 
 class CCAParams(Params):
-    n_components: Components = Field(None, description="canonical dimensions k (default min(d_x, d_y, n − 1); "
+    n_components: OptionalComponents = Field(None, description="canonical dimensions k (default min(d_x, d_y, n − 1); "
                                                                "at most the models' dimensions)")
     reg: Fraction = Field(1e-3, description="shrinkage of both covariances towards the identity")
 
@@ -207,14 +211,14 @@ class UnitMatchingParams(Params):
 
 
 class SparseParams(_OnePenaltyOrPath):
-    alpha: Positive = Field(None, description="one L1 penalty, on the correlation scale")
-    alphas: Positives = Field(None, description="penalties to choose from on the held-out anchors")
+    alpha: OptionalPositive = Field(None, description="one L1 penalty, on the correlation scale")
+    alphas: OptionalPositives = Field(None, description="penalties to choose from on the held-out anchors")
     n_alphas: PathLength = Field(12, description="length of the generated penalty path")
     max_iter: Sweeps = Field(1000, description="coordinate-descent sweeps per penalty")
 
 
 class SpectralParams(Params):
-    n_groups: Components = Field(None, description="groups of units (default: the eigengap's choice)")
+    n_groups: OptionalComponents = Field(None, description="groups of units (default: the eigengap's choice)")
     reg: Fraction = Field(1e-3, description="shrinkage of the correlation estimate")
 
 
@@ -231,7 +235,7 @@ class MLPParams(Params):
 
 
 class AutoParams(Params):
-    candidates: CandidateNames = Field(
+    candidates: OptionalCandidateNames = Field(
         None, description="the candidates to choose among (default: the `auto` default ones)")
 
 
@@ -239,7 +243,7 @@ class SharedParams(Params):
     """``fit_shared_space``: MAXVAR generalised CCA of N models (method "gcca", the default)."""
 
     method: SpaceMethod = Field("gcca", description="gcca (from the pair statistics) or contrastive (learned heads)")
-    n_components: Components = Field(None, description="dimensions of the shared space")
+    n_components: OptionalComponents = Field(None, description="dimensions of the shared space")
     reg: Fraction = Field(1e-3, description="shrinkage of each model's covariance")
 
 
