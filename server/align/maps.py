@@ -97,7 +97,17 @@ class _AffineMap:
 
     def transform(self, X) -> np.ndarray:
         """Map source rows X (n, d_x) to target space (n, d_y); float32 in -> float32 out, else float64."""
-        X = self._source(X)
+        return self._map(self._source(X))
+
+    def transform_checked(self, X: np.ndarray) -> np.ndarray:
+        """``transform`` of rows the caller has already checked (a finite float (n, d_x) array:
+        the service's vector boundary); only the width is verified, nothing is scanned."""
+        self._check_fitted()
+        if X.ndim != 2 or X.shape[1] != self.n_features_in_:
+            raise InvalidInput(f"X has shape {X.shape}, the map expects (n, {self.n_features_in_})")
+        return self._map(X)
+
+    def _map(self, X: np.ndarray) -> np.ndarray:
         W, b = self._affine()
         return (X.astype(np.float64, copy=False) @ W.T + b).astype(out_dtype(X), copy=False)
 

@@ -172,16 +172,17 @@ class ResidualMLPMap(_AffineMap):
     # using --------------------------------------------------------------------------------
     def residual(self, X) -> np.ndarray:
         """g(X) (n, d_y), float64."""
-        X = self._source(X)
+        return self._residual(self._source(X))
+
+    def _residual(self, X: np.ndarray) -> np.ndarray:
         h = (X.astype(np.float64, copy=False) - self.mean_x_) / self.scale_x_
         for weight, bias in self.layers_:
             h = np.maximum(h @ weight.T + bias, 0.0)
         return self.out_scale_ * (h @ self.out_weight_.T + self.out_bias_)
 
-    def transform(self, X) -> np.ndarray:
-        """Source rows X (n, d_x) -> (n, d_y): W x + b + g(x); float32 in -> float32 out, else float64."""
-        X = self._source(X)
-        Y = X.astype(np.float64, copy=False) @ self.coef_.T + self.intercept_ + self.residual(X)
+    def _map(self, X: np.ndarray) -> np.ndarray:
+        """W x + b + g(x) of rows X (n, d_x) -> (n, d_y); float32 in -> float32 out, else float64."""
+        Y = X.astype(np.float64, copy=False) @ self.coef_.T + self.intercept_ + self._residual(X)
         return Y.astype(out_dtype(X), copy=False)
 
     def export(self) -> dict[str, np.ndarray]:

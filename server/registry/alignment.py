@@ -339,13 +339,18 @@ class Alignment:
     def apply(self, tenant: str, record: FitRecord, X: np.ndarray, src: ModelRecord, tgt: ModelRecord) -> np.ndarray:
         """Map prepared vectors of ``src`` (n, d_src) into ``tgt`` through a fit or a shared space:
         (n, d_tgt) float32, L2-normalised if the target model normalises (a zero row stays zero)."""
+        Z = self.map_prepared(tenant, record, X, src, tgt)
+        return l2_normalize_rows(Z, strict=False) if tgt.normalize else Z
+
+    def map_prepared(self, tenant: str, record: FitRecord, X: np.ndarray, src: ModelRecord, tgt: ModelRecord) -> np.ndarray:
+        """Vectors already checked and prepared by :func:`prepare_vectors` (the one vector
+        boundary of a use case) through the route: (n, d_tgt) float32, not normalised."""
         _, estimator = self._load(tenant, record.id, record)
         if record.method == "shared":
             Z = estimator.translate(src.name, tgt.name, X)
         else:
-            Z = estimator.transform(X)
-        Z = np.asarray(Z, dtype=np.float32)
-        return l2_normalize_rows(Z, strict=False) if tgt.normalize else Z
+            Z = estimator.transform_checked(X)
+        return np.asarray(Z, dtype=np.float32)
 
     def transform(
         self, tenant: str, source: str, source_version: int, target: str, fit_id: str, vectors: np.ndarray

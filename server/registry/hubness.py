@@ -69,7 +69,7 @@ class Hubness:
             _, X, Y = sample_pairs(reader, CSLS_ANCHORS)
         if len(X) < 2:
             raise FailedPrecondition(f"anchor set {fit.anchor_set!r} has too few pairs left for CSLS scoring")
-        refs = References(target=normalize_rows(Y), mapped=normalize_rows(self.alignment.apply(tenant, fit, X, src, tgt)))
+        refs = References(target=normalize_rows(Y), mapped=normalize_rows(self.alignment.map_prepared(tenant, fit, X, src, tgt)))
         with self._lock:
             self._references[key] = refs
             while len(self._references) > KEPT:

@@ -39,5 +39,9 @@ class Routed:
         return self.alignment.latest_route(tenant, src, tgt)
 
     def _into(self, tenant: str, fit: FitRecord | None, X: np.ndarray, src: ModelRecord, tgt: ModelRecord) -> np.ndarray:
-        """Prepared vectors of ``src`` as unit vectors in ``tgt``'s space (through ``fit``)."""
-        return unit(X) if fit is None else unit(self.alignment.apply(tenant, fit, X, src, tgt))
+        """Prepared vectors of ``src`` (checked once, by ``prepare_vectors``) as unit vectors in
+        ``tgt``'s space, through ``fit``: normalised once here (rows of a model that normalises
+        are unit already and pass as they are)."""
+        if fit is None:
+            return X if src.normalize else unit(X)
+        return unit(self.alignment.map_prepared(tenant, fit, X, src, tgt))
