@@ -1,4 +1,5 @@
-"""Galleries on Milvus (milvus-lite file): the same answers as the local index."""
+"""Galleries on Milvus (a milvus-lite file, and a Milvus standalone server): the same answers as
+the local index."""
 
 from __future__ import annotations
 
@@ -15,9 +16,9 @@ def unit(A):
     return A / np.linalg.norm(A, axis=1, keepdims=True)
 
 
-def test_milvus_backend_matches_the_local_index(start_server, tmp_path, rng):
+def test_milvus_backend_matches_the_local_index(start_server, milvus_uri, rng):
     local = start_server()
-    milvus = start_server(gallery_backend="milvus", milvus_uri=str(tmp_path / "galleries.db"))
+    milvus = start_server(gallery_backend="milvus", milvus_uri=milvus_uri)
     d, n = 16, 600
     R = np.linalg.qr(rng.standard_normal((d, d)))[0]
     X = rng.standard_normal((n, d))
@@ -44,7 +45,7 @@ def test_milvus_backend_matches_the_local_index(start_server, tmp_path, rng):
     assert all("p5" not in row for row in results["milvus"].ids)
     milvus.stop(grace=0.5)
     # After a restart the collection is rebuilt from the database: same answers.
-    again = start_server(gallery_backend="milvus", milvus_uri=str(tmp_path / "galleries.db"),
+    again = start_server(gallery_backend="milvus", milvus_uri=milvus_uri,
                          data_dir=milvus.settings.data_dir)
     with Client(again.address) as c:
         assert c.identify(gallery="g", vectors=probes, model="a", k=5).ids == results["local"].ids
@@ -52,12 +53,13 @@ def test_milvus_backend_matches_the_local_index(start_server, tmp_path, rng):
         assert c.list_galleries() == []
 
 
-def test_replicas_sharing_one_milvus_agree(start_server, fresh_postgres, tmp_path, rng):
-    """Two servers on one PostgreSQL database and one Milvus (here one milvus-lite file, both
-    servers in this process): writes through either, concurrent ones included, are seen by both."""
+def test_replicas_sharing_one_milvus_agree(start_server, fresh_postgres, milvus_uri, rng):
+    """Two servers on one PostgreSQL database and one Milvus (one milvus-lite file, both servers
+    in this process, or a Milvus server): writes through either, concurrent ones included, are
+    seen by both, at once (read-your-writes on any replica)."""
     import threading
 
-    shared = {"database_url": fresh_postgres, "gallery_backend": "milvus", "milvus_uri": str(tmp_path / "shared.db")}
+    shared = {"database_url": fresh_postgres, "gallery_backend": "milvus", "milvus_uri": milvus_uri}
     a, b = start_server(**shared), start_server(**shared)
     d = 8
     X = unit(rng.standard_normal((400, d)))
@@ -85,6 +87,7 @@ def test_replicas_sharing_one_milvus_agree(start_server, fresh_postgres, tmp_pat
             assert client.identify(gallery="g", vectors=X[:40], model="m", k=5).ids == expected
 
 
+@pytest.mark.usefixtures("milvus_kind")
 def test_a_write_that_dies_after_changing_milvus_is_never_served(start_server, rng):
     """Another replica's enroll reaches Milvus, then its database transaction fails: the next
     identify sees a state token that matches no committed version and rebuilds the collection."""
@@ -114,6 +117,7 @@ def test_a_write_that_dies_after_changing_milvus_is_never_served(start_server, r
         replica.close()
 
 
+@pytest.mark.usefixtures("milvus_kind")
 def test_a_restart_reuses_the_collections(start_server, monkeypatch, rng):
     """Collections outlive the server: after a restart the state tokens match and nothing is rebuilt."""
     from convergent.server.inference.milvus_index import MilvusCatalog
@@ -136,6 +140,7 @@ def test_a_restart_reuses_the_collections(start_server, monkeypatch, rng):
     assert len(rebuilds) == 1
 
 
+@pytest.mark.usefixtures("milvus_kind")
 def test_erasure_reaches_milvus_after_the_gallery_model_was_deleted(start_server, rng):
     server = start_server(gallery_backend="milvus")
     with Client(server.address) as c:
@@ -147,7 +152,7 @@ def test_erasure_reaches_milvus_after_the_gallery_model_was_deleted(start_server
     from convergent.server.inference.milvus_index import MilvusCatalog, collection_name
 
     catalog = MilvusCatalog(server.settings.resolved_milvus_uri())
-    stored = catalog.client.query(collection_name("default", "g"), filter="", output_fields=["id"], limit=10)
+    stored = catalog.client.query(collection_name("default", "g"), filter="", output_fields=["id"], limit=10, consistency_level="Strong")
     assert [row["id"] for row in stored] == ["bob"]
 
 
@@ -160,6 +165,7 @@ def test_milvus_unreachable_is_unavailable_and_stores_nothing(start_server):
         assert c.list_galleries() == []
 
 
+@pytest.mark.usefixtures("milvus_kind")
 def test_start_up_logs_whether_milvus_answers(start_server, tmp_path, caplog):
     import logging
 
