@@ -310,10 +310,11 @@ def _start_milvus_server(folder: Path, timeout: float):  # noqa: ANN202
             except Exception as exc:  # noqa: BLE001 - not ready yet: retried until the deadline
                 why = str(exc)[:200]
         time.sleep(0.5)
+    exited = proc.poll()
     _stop_milvus_server(proc)
     logs = folder / "milvus" / "logs" / "milvus-stderr.log"
-    tail = (logs.read_text()[-500:] if logs.exists() else out.read_text()[-500:]).strip()
-    return None, f"exited with {proc.returncode}" if proc.returncode is not None else f"not ready in {timeout:.0f} s ({why}); {tail}"
+    tail = (logs.read_text()[-300:] if logs.exists() else out.read_text()[-300:]).strip()
+    return None, (f"exited with {exited}" if exited is not None else f"not ready in {timeout:.0f} s ({why})") + f"; {tail}"
 
 
 def _stop_milvus_server(proc) -> None:  # noqa: ANN001

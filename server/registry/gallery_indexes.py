@@ -230,8 +230,9 @@ class MilvusIndexes(_PerGallery):
     @staticmethod
     def _state(gallery: GalleryRecord) -> str:
         """The state token of a gallery's collection: its creation time and version (a gallery
-        deleted and created again under the same name gets a new token)."""
-        return f"{gallery.created_at!r}/{gallery.version}"
+        deleted and created again under the same name gets a new token). "v2": collections
+        whose rows carry their version; older ones match no token and are rebuilt once."""
+        return f"v2:{gallery.created_at!r}/{gallery.version}"
 
     def _sync(self, tenant: str, change: GalleryChange) -> None:
         """Bring the gallery's collection to ``change.after``; runs inside the database's write
@@ -253,7 +254,7 @@ class MilvusIndexes(_PerGallery):
             if change.after is None:
                 catalog.drop(name)
                 return
-            state, target = catalog.state(name), self._state(change.after)
+            state, target = catalog.state(name)[0], self._state(change.after)
             if change.before is change.after:  # nothing changes: rebuild only if stale
                 if state == target:
                     return
@@ -263,30 +264,43 @@ class MilvusIndexes(_PerGallery):
             kind = "FLAT" if gallery.index_kind == "exact" else "HNSW"
             if not incremental:
                 ids, vectors = change.items()
-                catalog.rebuild(name, kind, ids, unit(vectors) if ids else None, target)
+                catalog.rebuild(name, kind, ids, unit(vectors) if ids else None, target, change.after.version)
                 return
             catalog.set_state(name, DIRTY)
             if change.removed_ids:
                 catalog.delete(name, change.removed_ids)
             if change.added_ids:
-                catalog.index(name, change.added.shape[1], kind).add(change.added_ids, unit(change.added))
-            catalog.set_state(name, target)
+                catalog.index(name, change.added.shape[1], kind).add(change.added_ids, unit(change.added), version=change.after.version)
+            catalog.settle(name, target)
 
     @contextlib.contextmanager
     def searchable(self, tenant: str, gallery: GalleryRecord, model: ModelRecord) -> Iterator[Any]:
-        """The gallery's collection (no lock: Milvus serves concurrent reads), rebuilt first
-        (under the write lock) if its state token is not the database's: a write that failed
-        half-way, or a database restored from a backup."""
+        """The gallery's collection at the database's version (no lock: Milvus serves concurrent
+        reads), rebuilt first (under the write lock) if its state token is not the database's:
+        a write that failed half-way, or a database restored from a backup.
+
+        Read-your-writes without Strong consistency: the state is read as Milvus has it now
+        (no wait); when it is older than the database's version (a change just committed,
+        perhaps by another replica) it is read again with Strong. Its timestamp covers the
+        version's changes, and searches pass it as their guarantee timestamp, so they see every
+        committed change and wait only while Milvus has not applied them yet. Rows of a later,
+        uncommitted version (a write in flight, or one that died before its commit) are left
+        out by version."""
         from convergent.server.inference.milvus_index import collection_name, milvus_errors
 
-        name = collection_name(tenant, gallery.name)
+        name, target = collection_name(tenant, gallery.name), self._state(gallery)
         with milvus_errors():
             catalog = self._catalog()
-            if catalog.state(name) != self._state(gallery):
+            state, ts = catalog.state(name, fresh=False)
+            if state != target:
+                state, ts = catalog.state(name)
+            if state != target:
                 self.galleries.hold(tenant, gallery.name, lambda change: self._sync(tenant, change))
-                if catalog.state(name) is None:
+                state, ts = catalog.state(name)
+                if state is None:
                     raise NotFound(f"gallery {gallery.name!r} not found")
-            yield catalog.index(name, model.dim, "FLAT" if gallery.index_kind == "exact" else "HNSW")
+            index = catalog.index(name, model.dim, "FLAT" if gallery.index_kind == "exact" else "HNSW")
+            yield _AtVersion(index, ts, int(state.rpartition("/")[2]))  # the version the collection holds
 
     def size(self, index: Any, gallery: GalleryRecord) -> int:
         """The database's count (a Milvus count(*) scans the collection)."""
@@ -294,6 +308,16 @@ class MilvusIndexes(_PerGallery):
 
     def index_sizes(self) -> dict[str, int]:
         return {"exact": 0, "hnsw": 0}  # nothing in this process
+
+
+class _AtVersion:
+    """A gallery collection searched as of one committed version (see ``MilvusIndexes.searchable``)."""
+
+    def __init__(self, index: Any, ts: int, version: int) -> None:
+        self.index, self.ts, self.version = index, ts, version
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[list[list[str]], np.ndarray]:
+        return self.index.search(queries, k, guarantee=self.ts, max_version=self.version)
 
 
 def gallery_indexes(galleries: GalleryStorage, settings: ServerSettings, device: str) -> GalleryIndexes:

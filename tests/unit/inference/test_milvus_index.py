@@ -16,8 +16,9 @@ from convergent.server.inference.milvus_index import MilvusIndex, collection_nam
 
 
 @pytest.fixture
-def uri(tmp_path: Path) -> str:
-    return str(tmp_path / "milvus.db")
+def uri(milvus_kind: str, milvus_target: dict, tmp_path: Path) -> str:
+    """A milvus-lite file, then a fresh database on the session's Milvus server."""
+    return milvus_target["uri"] or str(tmp_path / "milvus.db")
 
 
 def test_collection_names_are_valid_and_distinct():
@@ -75,19 +76,19 @@ def test_catalog_states_rebuild_delete_and_drop(uri):
 
     catalog = MilvusCatalog(uri)
     name = collection_name("t", "cat")
-    assert catalog.state(name) is None
+    assert catalog.state(name) == (None, 0)
     X = normalize_rows(np.random.default_rng(2).standard_normal((6, 8)).astype(np.float32))
     catalog.rebuild(name, "FLAT", [f"p{i}" for i in range(6)], X, "t0/1")
-    assert catalog.state(name) == "t0/1" and len(catalog.index(name, 8, "FLAT")) == 6
+    assert catalog.state(name)[0] == "t0/1" and len(catalog.index(name, 8, "FLAT")) == 6
     catalog.set_state(name, DIRTY)
-    assert catalog.state(name) == DIRTY
+    assert catalog.state(name)[0] == DIRTY
     catalog.delete(name, ["p0", "p1", "nope"])
     assert catalog.index(name, 8, "FLAT").search(X[:1], 6)[0][0].count("p0") == 0
     # Rebuilt with nothing: the collection stays (empty, same dimension) for readers that hold it.
     catalog.rebuild(name, "FLAT", [], None, "t0/2")
-    assert catalog.state(name) == "t0/2" and len(catalog.index(name, 8, "FLAT")) == 0
+    assert catalog.state(name)[0] == "t0/2" and len(catalog.index(name, 8, "FLAT")) == 0
     # Another client on the same Milvus sees the same states (replicas share them).
-    assert MilvusCatalog(uri).state(name) == "t0/2"
+    assert MilvusCatalog(uri).state(name, fresh=False)[0] == "t0/2"
     catalog.drop(name)
-    assert catalog.state(name) is None and not catalog.client.has_collection(name)
+    assert catalog.state(name)[0] is None and not catalog.client.has_collection(name)
     catalog.delete(name, ["p2"])  # a missing collection is fine
