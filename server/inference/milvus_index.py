@@ -16,9 +16,11 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -129,6 +131,17 @@ class MilvusIndex:
 
 STATE_COLLECTION = "convergent_index_state"
 DIRTY = "dirty"
+RETIRE_S = 30.0  # a collection replaced by a rebuild is dropped this long after, once searches on it are done
+
+
+class State(NamedTuple):
+    """What the state collection records for a gallery: its token (None: never built or
+    dropped), a Milvus timestamp covering the changes the token stands for (0: unknown), and
+    the collection that holds the gallery now (its own name, or a rebuild's; "" if none)."""
+
+    token: str | None
+    ts: int
+    physical: str
 
 
 class MilvusCatalog:
@@ -136,7 +149,8 @@ class MilvusCatalog:
     collection that records which gallery state each collection holds.
 
     The state is an opaque token chosen by the caller (convergent uses the gallery's creation
-    time and version, both from its database). A collection whose state does not equal the
+    time and version, both from its database), with the name of the collection that holds the
+    gallery (a rebuild fills a new one and switches to it: :meth:`build_aside`, :meth:`switch`). A collection whose state does not equal the
     token the database implies is stale and must be rebuilt; :data:`DIRTY` marks one being
     changed, so a crash half-way through a change is never mistaken for a clean collection.
     Several server replicas may share one Milvus server: the tokens live in Milvus beside the
@@ -153,6 +167,7 @@ class MilvusCatalog:
         self.options = {"M": M, "ef_construction": ef_construction, "ef_search": ef_search}
         self._indexes: dict[tuple[str, int, str], MilvusIndex] = {}
         self._indexes_lock = threading.Lock()  # one creation per collection among a server's threads
+        self._retiring: dict[str, threading.Timer] = {}
         self.client = client if client is not None else MilvusClient(uri, **({"token": token} if token else {}))
         if not self.client.has_collection(STATE_COLLECTION):
             schema = self.client.create_schema(auto_id=False, enable_dynamic_field=False)
@@ -166,36 +181,84 @@ class MilvusCatalog:
     def close(self) -> None:
         with self._indexes_lock:
             self._indexes.clear()
+            retiring, self._retiring = self._retiring, {}
+        for physical, timer in retiring.items():  # no search of this process uses them any more
+            timer.cancel()
+            self._drop_quietly(physical)
         self.client.close()
 
     def galleries(self) -> list[str]:
-        """Names of the gallery collections (all but the state collection)."""
+        """Names of the gallery collections (all but the state collection; a gallery being
+        rebuilt has two for a while)."""
         return [name for name in self.client.list_collections() if name != STATE_COLLECTION]
 
-    def state(self, collection: str, *, fresh: bool = True) -> tuple[str | None, int]:
-        """(token, timestamp) recorded for ``collection``: token None if never built or dropped;
-        the timestamp covers every change the token stands for (0: unknown). ``fresh=False``
-        reads without waiting (Eventually: what Milvus has applied now, perhaps an older state)."""
+    def state(self, collection: str, *, fresh: bool = True) -> State:
+        """The :class:`State` recorded for gallery ``collection``. ``fresh=False`` reads without
+        waiting (Eventually: what Milvus has applied now, perhaps an older state)."""
         rows = self.client.get(STATE_COLLECTION, ids=[collection], output_fields=["state"],
                                consistency_level="Strong" if fresh else "Eventually")
         if not rows:
-            return None, 0
-        token, sep, ts = rows[0]["state"].rpartition("@")
-        return (token, int(ts)) if sep and ts.isdigit() else (rows[0]["state"], 0)
+            return State(None, 0, "")
+        rest, sep, physical = rows[0]["state"].rpartition("#")
+        if not sep:  # written before rebuilds switched collections
+            rest, physical = physical, collection
+        token, sep, ts = rest.rpartition("@")
+        return State(token, int(ts), physical) if sep and ts.isdigit() else State(rest, 0, physical)
 
-    def set_state(self, collection: str, token: str, ts: int = 0) -> int:
-        """Record ``token`` (and the timestamp that covers its changes); returns this write's
-        Milvus timestamp, later than every change made before it (0 on milvus-lite)."""
-        row = {"id": collection, "state": f"{token}@{ts}" if ts else token, "unused": [0.0, 0.0]}
+    def set_state(self, collection: str, token: str, ts: int = 0, physical: str | None = None) -> int:
+        """Record ``token``, the timestamp that covers its changes and the collection that holds
+        the gallery (default: ``collection`` itself); returns this write's Milvus timestamp,
+        later than every change made before it (0 on milvus-lite)."""
+        state = f"{token}@{ts}#{collection if physical is None else physical}"
+        row = {"id": collection, "state": state, "unused": [0.0, 0.0]}
         result = self.client._get_connection().upsert_rows(STATE_COLLECTION, [row], context=self.client._generate_call_context())
         return int(result.timestamp or 0)
 
-    def settle(self, collection: str, token: str) -> int:
+    def settle(self, collection: str, token: str, physical: str | None = None) -> int:
         """Record ``token`` once its changes are made, with a timestamp that covers them (a
         delete reports no timestamp; a state write after it does). Returns that timestamp."""
-        ts = self.set_state(collection, DIRTY)
-        self.set_state(collection, token, ts)
+        ts = self.set_state(collection, DIRTY, physical=physical)
+        self.set_state(collection, token, ts, physical)
         return ts
+
+    def build_aside(self, collection: str, dim: int, index: str, ids: Sequence[str], vectors: np.ndarray | None,
+                    version: int) -> MilvusIndex:
+        """A new collection for gallery ``collection`` filled with (ids, unit vectors) of
+        ``version``; searches and writes go on using the current one until :meth:`switch`."""
+        built = self.index(f"{collection}_{uuid.uuid4().hex[:12]}", dim, index)
+        if len(ids):
+            built.add(ids, vectors, empty=True, version=version)
+        return built
+
+    def switch(self, collection: str, token: str, physical: str) -> None:
+        """Make ``physical`` the gallery's collection, at ``token``; the one it replaces is
+        dropped :data:`RETIRE_S` later (searches that read the old state may still use it)."""
+        old = self.state(collection).physical
+        self.settle(collection, token, physical)
+        if old and old != physical:
+            timer = threading.Timer(RETIRE_S, self._retire, [old])
+            timer.daemon = True
+            with self._indexes_lock:
+                self._retiring[old] = timer
+            timer.start()
+
+    def _retire(self, physical: str) -> None:
+        with self._indexes_lock:
+            if self._retiring.pop(physical, None) is None:
+                return  # closed meanwhile
+        self._drop_quietly(physical)
+
+    def _drop_quietly(self, physical: str) -> None:
+        self._forget(physical)
+        try:
+            self.client.drop_collection(physical)
+        except Exception as exc:  # noqa: BLE001 - a leftover collection is harmless; logged
+            log.warning("could not drop the replaced Milvus collection %s: %s", physical, exc)
+
+    def discard(self, physical: str) -> None:
+        """Drop a collection built aside that was not switched to."""
+        self._forget(physical)
+        self.client.drop_collection(physical)
 
     def index(self, collection: str, dim: int, index: str) -> MilvusIndex:
         """The collection as an index (created empty, versioned, if missing)."""
@@ -213,10 +276,12 @@ class MilvusCatalog:
                 del self._indexes[key]
 
     def drop(self, collection: str) -> None:
-        """Delete the collection and its state."""
-        self.set_state(collection, DIRTY)
-        self._forget(collection)
-        self.client.drop_collection(collection)
+        """Delete the gallery's collection and its state."""
+        physical = self.state(collection).physical
+        self.set_state(collection, DIRTY, physical=physical)
+        for name in sorted({collection, physical} - {""}):
+            self._forget(name)
+            self.client.drop_collection(name)
         self.client.delete(STATE_COLLECTION, ids=[collection])
 
     def delete(self, collection: str, ids: Sequence[str]) -> None:
@@ -230,10 +295,12 @@ class MilvusCatalog:
         """Replace the collection's contents with (ids, (n, dim) unit vectors) of gallery
         ``version`` and record ``token``. With no ids it is recreated empty (same dimension), or
         left for :meth:`index` to create."""
-        self.set_state(collection, DIRTY)
-        dim = vectors.shape[1] if len(ids) else self._dim(collection)
-        self._forget(collection)
-        self.client.drop_collection(collection)
+        physical = self.state(collection).physical
+        self.set_state(collection, DIRTY, physical=physical)
+        dim = vectors.shape[1] if len(ids) else self._dim(physical or collection)
+        for name in sorted({collection, physical} - {""}):
+            self._forget(name)
+            self.client.drop_collection(name)
         if dim:
             rebuilt = self.index(collection, dim, index)
             if len(ids):

@@ -110,10 +110,11 @@ def test_a_write_that_dies_after_changing_milvus_is_never_served(start_server, r
         with pytest.raises(RuntimeError):
             server.store.galleries.enroll("default", "g", "m", 1, "exact", [(["ghost"], X[50:])], before_commit=dies_before_commit)
         catalog = MilvusCatalog(server.settings.resolved_milvus_uri())
-        assert "ghost" in catalog.index(collection_name("default", "g"), 8, "FLAT")  # Milvus has it ...
+        name = collection_name("default", "g")
+        assert "ghost" in catalog.index(catalog.state(name).physical, 8, "FLAT")  # Milvus has it ...
         assert c.count_gallery("g") == 50  # ... the database does not
         assert c.identify(gallery="g", vectors=X[50:], model="m", k=50).ids[0].count("ghost") == 0
-        assert "ghost" not in catalog.index(collection_name("default", "g"), 8, "FLAT")
+        assert "ghost" not in catalog.index(catalog.state(name).physical, 8, "FLAT")  # rebuilt without it
         replica.close()
 
 
@@ -123,8 +124,9 @@ def test_a_restart_reuses_the_collections(start_server, monkeypatch, rng):
     from convergent.server.inference.milvus_index import MilvusCatalog
 
     rebuilds = []
-    original = MilvusCatalog.rebuild
+    original, aside = MilvusCatalog.rebuild, MilvusCatalog.build_aside
     monkeypatch.setattr(MilvusCatalog, "rebuild", lambda self, *a, **kw: rebuilds.append(a[0]) or original(self, *a, **kw))
+    monkeypatch.setattr(MilvusCatalog, "build_aside", lambda self, *a, **kw: rebuilds.append(a[0]) or aside(self, *a, **kw))
     server = start_server(gallery_backend="milvus")
     X = unit(rng.standard_normal((30, 8)))
     with Client(server.address) as c:
@@ -184,3 +186,61 @@ def test_start_up_logs_whether_milvus_answers(start_server, tmp_path, caplog):
             assert time.monotonic() < deadline, logged()
             time.sleep(0.1)
     assert any("gallery calls answer UNAVAILABLE until it is" in m for m in logged())
+
+
+@pytest.mark.usefixtures("milvus_kind")
+def test_a_rebuild_runs_off_the_write_lock(start_server, monkeypatch, rng):
+    """A stale gallery is rebuilt blue-green: while its new collection is being filled, writes to
+    another gallery and to the gallery itself complete; the switch catches up on them."""
+    import threading
+    import time
+
+    from convergent.server.inference.milvus_index import MilvusCatalog, collection_name
+
+    server = start_server(gallery_backend="milvus")
+    X = unit(rng.standard_normal((70, 8)))
+    filling, release = threading.Event(), threading.Event()
+    original = MilvusCatalog.build_aside
+
+    def held_build(self, *args, **kwargs):  # noqa: ANN001, ANN202
+        built = original(self, *args, **kwargs)
+        filling.set()
+        assert release.wait(120), "the test never released the rebuild"
+        return built
+
+    with Client(server.address, timeout=30) as c:
+        c.register_model("m", dim=8)
+        c.enroll(gallery="big", model="m", ids=[f"p{i}" for i in range(50)], vectors=X[:50])
+        c.enroll(gallery="other", model="m", ids=[f"o{i}" for i in range(10)], vectors=X[50:60])
+        catalog = MilvusCatalog(server.settings.resolved_milvus_uri())
+        name = collection_name("default", "big")
+        catalog.set_state(name, "dirty")  # as a write that failed half-way leaves it
+        deadline = time.monotonic() + 30  # identify reads the state without waiting: once Milvus applied it
+        while catalog.state(name, fresh=False).token != "dirty":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        monkeypatch.setattr(MilvusCatalog, "build_aside", held_build)
+        found: dict = {}
+
+        def rebuilding_identify() -> None:
+            with Client(server.address, timeout=120) as reader:
+                found["ids"] = reader.identify(gallery="big", vectors=X[:1], model="m", k=1).ids
+
+        reader = threading.Thread(target=rebuilding_identify)
+        reader.start()
+        assert filling.wait(60), "the identify did not start a rebuild"
+        # The rebuild is in progress (held): writes go on, each well inside the client's 30 s.
+        c.enroll(gallery="other", model="m", ids=["o-new"], vectors=X[60:61])
+        assert c.identify(gallery="other", vectors=X[60:61], model="m", k=1).ids == [["o-new"]]
+        c.enroll(gallery="big", model="m", ids=["late"], vectors=X[61:62])
+        assert c.remove(gallery="big", ids=["p1"]) == 1
+        assert reader.is_alive()  # still waiting for its rebuild
+        release.set()
+        reader.join(timeout=120)
+        assert found["ids"] == [["p0"]]
+        assert catalog.state(name).physical != name  # switched to the collection built aside
+        ids = c.identify(gallery="big", vectors=X[[0, 1, 61]], model="m", k=3).ids
+        assert ids[0][0] == "p0" and ids[2][0] == "late" and all("p1" not in row for row in ids)
+        stored = catalog.client.query(catalog.state(name).physical, filter="", output_fields=["id"], limit=100,
+                                      consistency_level="Strong")
+        assert sorted(row["id"] for row in stored) == sorted([f"p{i}" for i in range(50) if i != 1] + ["late"])

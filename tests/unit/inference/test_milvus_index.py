@@ -76,7 +76,7 @@ def test_catalog_states_rebuild_delete_and_drop(uri):
 
     catalog = MilvusCatalog(uri)
     name = collection_name("t", "cat")
-    assert catalog.state(name) == (None, 0)
+    assert catalog.state(name).token is None
     X = normalize_rows(np.random.default_rng(2).standard_normal((6, 8)).astype(np.float32))
     catalog.rebuild(name, "FLAT", [f"p{i}" for i in range(6)], X, "t0/1")
     assert catalog.state(name)[0] == "t0/1" and len(catalog.index(name, 8, "FLAT")) == 6
