@@ -71,8 +71,11 @@ def plain_collection(client, name: str, G: np.ndarray, index: str = "FLAT", **pa
         client.insert(name, [{"id": f"p{start + i}", "vector": v} for i, v in enumerate(G[start : start + 2000].tolist())])
 
 
-def plain_search(client, name: str, Q: np.ndarray, k: int, params: dict | None = None):  # noqa: ANN001, ANN201
-    hits = client.search(name, data=Q.tolist(), limit=k, search_params={"metric_type": "IP", "params": params or {}}, output_fields=["id"])
+def plain_search(client, name: str, Q: np.ndarray, k: int, params: dict | None = None, strong: bool = False):  # noqa: ANN001, ANN201
+    """A search at the collection's consistency (Bounded), or Strong (what convergent did before)."""
+    extra = {"consistency_level": "Strong"} if strong else {}
+    hits = client.search(name, data=Q.tolist(), limit=k, search_params={"metric_type": "IP", "params": params or {}},
+                         output_fields=["id"], **extra)
     return [[hit["id"] for hit in row] for row in hits]
 
 
@@ -104,7 +107,8 @@ def identify(uri: str, G: np.ndarray, Q: np.ndarray, args: argparse.Namespace) -
                 direct = plain_search(plain, "plain", Q, 10)
                 truth = [[ids[j] for j in np.argsort(-(q @ G.T))[:10]] for q in Q]
                 calls = {"convergent identify (Milvus backend)": lambda B: client.identify(gallery="g", vectors=B, model="m", k=10),
-                         "plain pymilvus search, Bounded": lambda B: plain_search(plain, "plain", B, 10)}
+                         "plain pymilvus search, Bounded": lambda B: plain_search(plain, "plain", B, 10),
+                         "plain pymilvus search, Strong": lambda B: plain_search(plain, "plain", B, 10, strong=True)}
                 for batch in args.batches:
                     rates: dict[str, list[float]] = {name: [] for name in calls}
                     for _ in range(args.rounds):
