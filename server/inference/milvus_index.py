@@ -226,8 +226,12 @@ class MilvusCatalog:
         """A new collection for gallery ``collection`` filled with (ids, unit vectors) of
         ``version``; searches and writes go on using the current one until :meth:`switch`."""
         built = self.index(f"{collection}_{uuid.uuid4().hex[:12]}", dim, index)
-        if len(ids):
-            built.add(ids, vectors, empty=True, version=version)
+        try:
+            if len(ids):
+                built.add(ids, vectors, empty=True, version=version)
+        except BaseException:
+            self._drop_quietly(built.collection)  # half filled: of no use
+            raise
         return built
 
     def switch(self, collection: str, token: str, physical: str) -> None:

@@ -180,9 +180,12 @@ class MilvusIndexes(_PerGallery):
                 catalog.switch(name, self._state(current), built.collection)
                 switched.append(True)
 
-            self.galleries.hold_since(tenant, gallery.name, seq, dim, switch)
+            try:
+                self.galleries.hold_since(tenant, gallery.name, seq, dim, switch)
+            finally:
+                if not switched:  # deleted meanwhile, or Milvus or the database failed: nothing switched
+                    catalog.discard(built.collection)
             if not switched:
-                catalog.discard(built.collection)
                 raise NotFound(f"gallery {gallery.name!r} not found")
             log.info("gallery %r rebuilt in Milvus (%d items at version %d, then caught up)", gallery.name, len(ids), record.version)
             return catalog.state(name)

@@ -92,3 +92,30 @@ def test_catalog_states_rebuild_delete_and_drop(uri):
     catalog.drop(name)
     assert catalog.state(name)[0] is None and not catalog.client.has_collection(name)
     catalog.delete(name, ["p2"])  # a missing collection is fine
+
+
+def test_catalog_switches_to_a_collection_built_aside(uri):
+    """Blue-green: a collection built aside serves only once switched to; the replaced one is
+    dropped (at close here, 30 s after the switch otherwise); rows of later versions are left out."""
+    from convergent.server.inference.milvus_index import STATE_COLLECTION, MilvusCatalog, State
+
+    catalog = MilvusCatalog(uri)
+    name = collection_name("t", "blue-green")
+    X = normalize_rows(np.random.default_rng(3).standard_normal((4, 8)).astype(np.float32))
+    catalog.rebuild(name, "FLAT", ["a", "b"], X[:2], "t0/1", 1)
+    built = catalog.build_aside(name, 8, "FLAT", ["a", "b", "c"], X[:3], 2)
+    assert catalog.state(name).physical == name  # not switched yet
+    catalog.switch(name, "t0/2", built.collection)
+    state = catalog.state(name)
+    assert state.token == "t0/2" and state.physical == built.collection != name and state.ts >= 0
+    index = catalog.index(state.physical, 8, "FLAT")
+    ts = index.add(["d"], X[3:], version=3)
+    assert index.search(X[3:], 4, guarantee=ts, max_version=2)[0][0].count("d") == 0
+    assert index.search(X[3:], 4, guarantee=ts, max_version=3)[0][0][0] == "d"
+    catalog.close()
+    again = MilvusCatalog(uri)
+    assert not again.client.has_collection(name) and again.client.has_collection(built.collection)
+    # A state written before collections were switched names the gallery's own collection.
+    again.client.upsert(STATE_COLLECTION, [{"id": name, "state": "t0/1", "unused": [0.0, 0.0]}])
+    assert again.state(name) == State("t0/1", 0, name)
+    again.close()
