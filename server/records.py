@@ -119,3 +119,5 @@ class GalleryChange:
 
 
 BeforeCommit = Callable[[GalleryChange], None]
+# GalleryStorage.hold_since's action: (record or None, ids enrolled since, their vectors, a reader of all ids).
+HoldAction = Callable[[GalleryRecord | None, list[str], np.ndarray, Callable[[], list[str]]], None]

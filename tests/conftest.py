@@ -23,12 +23,36 @@ def _require_milvus() -> None:
     pytest.importorskip("milvus_lite", reason="milvus-lite is not installed (extra 'milvus')")
 
 
+# Milvus comes in two kinds in the tests: "lite" (a milvus-lite file in the server's data folder,
+# the default when no milvus_uri is set) and "server" (a Milvus standalone server that the session
+# starts from the `milvus` package, one fresh Milvus database per test).
+MILVUS_KINDS = ["lite", "server"]
+
+
+@pytest.fixture
+def milvus_target() -> dict:
+    """Where this test's Milvus galleries live: {"uri": None} (milvus-lite) or a server database URI."""
+    return {"uri": None}
+
+
+def _use_milvus(request, kind: str) -> str | None:
+    """Prepare Milvus of this kind for the test; the URI its servers use (None: milvus-lite)."""
+    _require_milvus()
+    if kind != "server":
+        return None
+    uri = request.getfixturevalue("milvus_database")
+    request.getfixturevalue("milvus_target")["uri"] = uri
+    return uri
+
+
 def _serve(request, tmp_path: Path, database: str, gallery_backend: str = "local") -> Iterator[ConvergentServer]:
-    if gallery_backend == "milvus":
-        _require_milvus()
+    milvus_uri = None
+    if gallery_backend.startswith("milvus"):
+        milvus_uri = _use_milvus(request, "server" if gallery_backend == "milvus-server" else "lite")
+        gallery_backend = "milvus"
     database_url = request.getfixturevalue("fresh_postgres") if database == "postgresql" else None
-    settings = make_settings(tmp_path / "data", database_url=database_url, gallery_backend=gallery_backend)
-    with ConvergentServer(settings) as running:  # milvus: a milvus-lite file in the data folder
+    settings = make_settings(tmp_path / "data", database_url=database_url, gallery_backend=gallery_backend, milvus_uri=milvus_uri)
+    with ConvergentServer(settings) as running:  # milvus-lite: a file in the data folder
         yield running
 
 
@@ -38,28 +62,49 @@ def server(request, tmp_path: Path) -> Iterator[ConvergentServer]:
     yield from _serve(request, tmp_path, request.param)
 
 
-@pytest.fixture(params=["sqlite", "postgresql", "sqlite-milvus", "postgresql-milvus"])
+@pytest.fixture(params=["sqlite", "postgresql", "sqlite-milvus", "postgresql-milvus", "postgresql-milvus-server"])
 def gallery_server(request, tmp_path: Path) -> Iterator[ConvergentServer]:
-    """``server`` on both databases, each with galleries in process and in Milvus (milvus-lite).
-    Gallery test modules use it as their ``server``."""
+    """``server`` on both databases, each with galleries in process and in Milvus (milvus-lite),
+    and on PostgreSQL with a Milvus server (a deployment's pair). Gallery test modules use it as
+    their ``server``."""
     database, _, backend = request.param.partition("-")
     yield from _serve(request, tmp_path, database, backend or "local")
 
 
-@pytest.fixture(params=["local", "milvus"])
+@pytest.fixture(params=["local", "milvus", "milvus-server"])
 def gallery_backend(request) -> str:
-    """Both gallery backends, for tests that start their own servers (``start_server``)."""
-    if request.param == "milvus":
-        _require_milvus()
+    """The gallery backends, for tests that start their own servers (``start_server``): "milvus"
+    on milvus-lite, then again on a Milvus server (``start_server`` points at it)."""
+    if request.param == "local":
+        return "local"
+    _use_milvus(request, "server" if request.param == "milvus-server" else "lite")
+    return "milvus"
+
+
+@pytest.fixture(params=MILVUS_KINDS)
+def milvus_kind(request) -> str:
+    """Run a test on milvus-lite and on a Milvus server: servers started with
+    ``gallery_backend="milvus"`` and no milvus_uri use that kind (see ``milvus_uri``)."""
+    _use_milvus(request, request.param)
     return request.param
 
 
 @pytest.fixture
-def start_server(tmp_path: Path) -> Iterator:
-    """Start extra servers with overridden settings; all are stopped after the test."""
+def milvus_uri(milvus_kind: str, milvus_target: dict, tmp_path: Path):  # noqa: ANN201
+    """A Milvus URI of this test's kind that several servers can share: a milvus-lite file
+    (servers in one process) or the test's database on the Milvus server."""
+    return milvus_target["uri"] or str(tmp_path / "shared-milvus.db")
+
+
+@pytest.fixture
+def start_server(tmp_path: Path, milvus_target: dict) -> Iterator:
+    """Start extra servers with overridden settings; all are stopped after the test. A Milvus
+    server's URI is filled in when the test asked for one (``gallery_backend``, ``milvus_kind``)."""
     started: list[ConvergentServer] = []
 
     def start(**overrides: object) -> ConvergentServer:
+        if overrides.get("gallery_backend") == "milvus" and milvus_target["uri"] and "milvus_uri" not in overrides:
+            overrides["milvus_uri"] = milvus_target["uri"]
         data_dir = overrides.pop("data_dir", tmp_path / f"data{len(started)}")
         running = ConvergentServer(make_settings(data_dir, **overrides))
         running.start()
@@ -227,3 +272,110 @@ def database_url(request, tmp_path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'db' / 'convergent.sqlite3'}"
     return request.getfixturevalue("fresh_postgres")
+
+
+def _start_milvus_server(folder: Path, timeout: float):  # noqa: ANN202
+    """Start a Milvus standalone server (the `milvus` package's binary) in its own process group;
+    (process, URI) once a client call succeeds (/healthz answers seconds before clients are
+    taken), or (None, why) if it does not start within ``timeout`` seconds."""
+    import re
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    from pymilvus import MilvusClient
+
+    with socket.socket() as sock:  # a free port to start from: the package takes the first free one from it
+        sock.bind(("127.0.0.1", 0))
+        start_port = sock.getsockname()[1]
+    launcher = ("import sys; from milvus import MilvusServer; s = MilvusServer(wait_for_started=False); "
+                "s.set_base_dir(sys.argv[1]); s.config.set('proxy_port', int(sys.argv[2])); s.start(); "
+                "print('PORT', s.listen_port, flush=True); s.wait()")
+    out = folder / "launcher.log"
+    with open(out, "w") as log:
+        proc = subprocess.Popen([sys.executable, "-c", launcher, str(folder / "milvus"), str(start_port)],
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline, uri, why = time.monotonic() + timeout, None, "no answer"
+    while time.monotonic() < deadline and proc.poll() is None:
+        if uri is None:
+            found = re.search(r"PORT (\d+)", out.read_text())
+            uri = f"http://127.0.0.1:{found.group(1)}" if found else None
+        if uri is not None:
+            try:
+                client = MilvusClient(uri, timeout=5)
+                client.list_collections()
+                client.close()
+                return proc, uri
+            except Exception as exc:  # noqa: BLE001 - not ready yet: retried until the deadline
+                why = str(exc)[:200]
+        time.sleep(0.5)
+    exited = proc.poll()
+    _stop_milvus_server(proc)
+    logs = folder / "milvus" / "logs" / "milvus-stderr.log"
+    tail = (logs.read_text()[-300:] if logs.exists() else out.read_text()[-300:]).strip()
+    return None, (f"exited with {exited}" if exited is not None else f"not ready in {timeout:.0f} s ({why})") + f"; {tail}"
+
+
+def _stop_milvus_server(proc) -> None:  # noqa: ANN001
+    """Stop the launcher and the server by their process group (the server may panic on shutdown)."""
+    import os
+    import signal
+    import subprocess
+
+    for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 15)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=wait)
+            os.killpg(proc.pid, signal.SIGKILL)  # whatever of the group is left
+        except (subprocess.TimeoutExpired, ProcessLookupError):
+            continue
+        return
+
+
+@pytest.fixture(scope="session")
+def milvus_server() -> Iterator[str]:
+    """The URI of a Milvus standalone server for the session: CONVERGENT_TEST_MILVUS_URI if set,
+    else one started from the `milvus` package in a temporary folder (skipped with the reason
+    when it is not installed or does not start)."""
+    import os
+    import shutil
+    import tempfile
+
+    _require_milvus()
+    if os.environ.get("CONVERGENT_TEST_MILVUS_URI"):
+        yield os.environ["CONVERGENT_TEST_MILVUS_URI"]
+        return
+    pytest.importorskip("milvus", reason="the Milvus server package is not installed (`milvus`, in the dev extra)")
+    folder = Path(tempfile.mkdtemp(prefix="convergent-milvus-"))
+    proc, found = _start_milvus_server(folder, timeout=float(os.environ.get("CONVERGENT_TEST_MILVUS_START_S", "180")))
+    if proc is None:
+        shutil.rmtree(folder, ignore_errors=True)
+        pytest.skip(f"the Milvus server did not start: {found}")
+    try:
+        yield found
+    finally:
+        _stop_milvus_server(proc)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def milvus_database(milvus_server: str) -> Iterator[str]:
+    """A new, empty Milvus database on the session's server for one test (dropped afterwards)."""
+    import uuid
+
+    from pymilvus import MilvusClient
+
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    admin = MilvusClient(milvus_server)
+    admin.create_database(name)
+    yield f"{milvus_server.rstrip('/')}/{name}"
+    scoped = MilvusClient(f"{milvus_server.rstrip('/')}/{name}")
+    for collection in scoped.list_collections():
+        scoped.drop_collection(collection)
+    scoped.close()
+    admin.drop_database(name)
+    admin.close()

@@ -3,8 +3,9 @@
 The database is the source of truth; an index is a copy of a gallery's items that answers
 top-k searches. :class:`LocalIndexes` keeps one in-memory index per gallery (exact or HNSW),
 built lazily from the stored items and updated after each committed enroll or remove.
-:class:`MilvusIndexes` keeps one Milvus collection per gallery, changed *inside* the database's
-write transaction, so replicas sharing one Milvus server see changes in commit order. A new
+:class:`~convergent.server.registry.milvus_galleries.MilvusIndexes` keeps one Milvus collection
+per gallery, changed *inside* the database's write transaction, so replicas sharing one Milvus
+server see changes in commit order. A new
 backend is one more class here and a name in ``settings.gallery_backend``.
 """
 
@@ -19,8 +20,7 @@ from typing import Any, ContextManager, Protocol
 
 import numpy as np
 
-from convergent.server.errors import NotFound
-from convergent.server.records import BeforeCommit, GalleryChange, GalleryRecord, ModelRecord
+from convergent.server.records import BeforeCommit, GalleryRecord, ModelRecord
 from convergent.server.registry.routes import unit
 from convergent.server.settings import ServerSettings
 from convergent.server.storage.protocols import GalleryStorage
@@ -155,149 +155,10 @@ class LocalIndexes(_PerGallery):
         return None
 
 
-class MilvusIndexes(_PerGallery):
-    """One Milvus collection per gallery, changed inside the database's write transaction.
-
-    A small state collection records, per gallery collection, which gallery state it holds
-    (creation time + version): set to dirty before a change, to the new state last. A write
-    that dies after changing Milvus leaves a state that matches no committed version, and the
-    next use rebuilds the collection from the database under the write lock.
-    """
-
-    in_process = False
-
-    def __init__(self, galleries: GalleryStorage, settings: ServerSettings) -> None:
-        super().__init__()
-        self.galleries = galleries
-        self.settings = settings
-        self._catalog_lock = threading.Lock()
-        self._milvus = None  # MilvusCatalog, opened on first use
-        self._connecting: threading.Thread | None = None
-
-    def before_commit(self, tenant: str) -> BeforeCommit | None:
-        """The hook that keeps the collection in step with the write (runs in its transaction)."""
-        return lambda change: self._sync(tenant, change)
-
-    def committed(self, tenant: str, name: str, version: int, *, added_ids: list[str] | None = None,
-                  added: np.ndarray | None = None, removed_ids: list[str] | None = None) -> None:
-        return None  # the collection changed inside the transaction
-
-    def deleted(self, tenant: str, name: str) -> None:
-        return None
-
-    def forget(self, tenant: str, names: builtins.list[str]) -> None:
-        return None
-
-    def _catalog(self):  # noqa: ANN202
-        """The server's :class:`MilvusCatalog` (one client; milvus-lite allows one process per file)."""
-        from convergent.server.inference.milvus_index import MilvusCatalog, milvus_errors
-
-        with self._catalog_lock:
-            if self._milvus is None:
-                with milvus_errors():
-                    token = self.settings.milvus_token
-                    self._milvus = MilvusCatalog(
-                        self.settings.resolved_milvus_uri(), token=token.get_secret_value() if token else None
-                    )
-            return self._milvus
-
-    def connect(self) -> None:
-        """Connect in the background now (not on the first gallery call) and log whether Milvus
-        answered, so a wrong URI shows in the log at start-up. Gallery calls answer
-        UNAVAILABLE while Milvus cannot be reached; everything else serves."""
-
-        def connect() -> None:
-            try:
-                catalog = self._catalog()
-            except Exception as exc:  # noqa: BLE001 - reported, retried on the next gallery call
-                log.warning("Milvus at %s is not reachable (%s): gallery calls answer UNAVAILABLE until it is",
-                            self.settings.resolved_milvus_uri(), exc.__cause__ or exc)
-                return
-            log.info("galleries in Milvus at %s (%d gallery collections)", catalog.uri, len(catalog.galleries()))
-
-        self._connecting = threading.Thread(target=connect, name="milvus-connect", daemon=True)
-        self._connecting.start()
-
-    def close(self) -> None:
-        """Close the Milvus client, if one was opened (the server is stopping)."""
-        if self._connecting is not None:
-            self._connecting.join(timeout=30)
-        with self._catalog_lock:
-            catalog, self._milvus = self._milvus, None
-        if catalog is not None:
-            catalog.close()
-
-    @staticmethod
-    def _state(gallery: GalleryRecord) -> str:
-        """The state token of a gallery's collection: its creation time and version (a gallery
-        deleted and created again under the same name gets a new token)."""
-        return f"{gallery.created_at!r}/{gallery.version}"
-
-    def _sync(self, tenant: str, change: GalleryChange) -> None:
-        """Bring the gallery's collection to ``change.after``; runs inside the database's write
-        transaction, so every replica's changes reach Milvus in commit order.
-
-        The collection is marked dirty before it is touched and given the new state token last;
-        if the transaction then fails, the token matches no committed version and the next use
-        rebuilds the collection from the database. Incremental when the collection held
-        ``change.before``, a rebuild from the transaction's view otherwise.
-        """
-        from convergent.server.inference.milvus_index import DIRTY, collection_name, milvus_errors
-
-        gallery = change.after or change.before
-        if gallery is None:
-            return
-        name = collection_name(tenant, gallery.name)
-        with milvus_errors():
-            catalog = self._catalog()
-            if change.after is None:
-                catalog.drop(name)
-                return
-            state, target = catalog.state(name), self._state(change.after)
-            if change.before is change.after:  # nothing changes: rebuild only if stale
-                if state == target:
-                    return
-                incremental = False
-            else:
-                incremental = change.before is not None and state == self._state(change.before)
-            kind = "FLAT" if gallery.index_kind == "exact" else "HNSW"
-            if not incremental:
-                ids, vectors = change.items()
-                catalog.rebuild(name, kind, ids, unit(vectors) if ids else None, target)
-                return
-            catalog.set_state(name, DIRTY)
-            if change.removed_ids:
-                catalog.delete(name, change.removed_ids)
-            if change.added_ids:
-                catalog.index(name, change.added.shape[1], kind).add(change.added_ids, unit(change.added))
-            catalog.set_state(name, target)
-
-    @contextlib.contextmanager
-    def searchable(self, tenant: str, gallery: GalleryRecord, model: ModelRecord) -> Iterator[Any]:
-        """The gallery's collection (no lock: Milvus serves concurrent reads), rebuilt first
-        (under the write lock) if its state token is not the database's: a write that failed
-        half-way, or a database restored from a backup."""
-        from convergent.server.inference.milvus_index import collection_name, milvus_errors
-
-        name = collection_name(tenant, gallery.name)
-        with milvus_errors():
-            catalog = self._catalog()
-            if catalog.state(name) != self._state(gallery):
-                self.galleries.hold(tenant, gallery.name, lambda change: self._sync(tenant, change))
-                if catalog.state(name) is None:
-                    raise NotFound(f"gallery {gallery.name!r} not found")
-            yield catalog.index(name, model.dim, "FLAT" if gallery.index_kind == "exact" else "HNSW")
-
-    def size(self, index: Any, gallery: GalleryRecord) -> int:
-        """The database's count (a Milvus count(*) scans the collection)."""
-        return gallery.size
-
-    def index_sizes(self) -> dict[str, int]:
-        return {"exact": 0, "hnsw": 0}  # nothing in this process
-
-
 def gallery_indexes(galleries: GalleryStorage, settings: ServerSettings, device: str) -> GalleryIndexes:
     """The backend ``settings.gallery_backend`` names ("local" or "milvus")."""
     if settings.gallery_backend == "milvus":
+        from convergent.server.registry.milvus_galleries import MilvusIndexes
+
         return MilvusIndexes(galleries, settings)
     return LocalIndexes(galleries, device)

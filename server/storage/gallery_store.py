@@ -11,7 +11,7 @@ import numpy as np
 import sqlalchemy as sa
 
 from convergent.server.errors import AlreadyExists, NotFound
-from convergent.server.records import BeforeCommit, GalleryChange, GalleryRecord
+from convergent.server.records import BeforeCommit, GalleryChange, GalleryRecord, HoldAction
 from convergent.server.storage.schema import calibrations, galleries, gallery_items
 from convergent.server.storage.guards import check_quota, ensure_wanted
 from convergent.server.storage import db
@@ -158,12 +158,37 @@ class GalleryStore:
             if before_commit is not None:
                 before_commit(GalleryChange(previous, None, lambda: ([], np.zeros((0, 0), np.float32))))
 
-    def hold(self, tenant: str, name: str, action: BeforeCommit) -> None:
-        """Run ``action`` on the gallery as it stands (``before`` = ``after``; None if it does not
-        exist) under the write lock: no gallery changes anywhere while it runs."""
+    def snapshot(self, tenant: str, name: str, dim: int) -> tuple[GalleryRecord | None, int, builtins.list[str], np.ndarray]:
+        """(record, newest enrolment number, ids, vectors (n, dim) float32) in one read; record
+        None if the gallery does not exist. No lock: writes go on meanwhile."""
+        with self.engine.connect() as conn, conn.begin():
+            record = self.record_in(conn, tenant, name)
+            if record is None:
+                return None, 0, [], np.zeros((0, dim), np.float32)
+            seq = conn.execute(
+                sa.select(galleries.c.last_seq).where(galleries.c.tenant == tenant, galleries.c.name == name)
+            ).scalar()
+            ids, vectors = self.items_reader(conn, tenant, name, dim)()
+        return record, int(seq or 0), ids, vectors
+
+    def hold_since(self, tenant: str, name: str, seq: int, dim: int, action: HoldAction) -> None:
+        """Under the write lock (no gallery changes anywhere while it runs): ``action(record,
+        ids, vectors, current_ids)`` with the gallery's record (None if gone), its items enrolled
+        after enrolment number ``seq`` (in order), and a function that reads all its ids (no
+        vectors): what a copy made at ``seq`` needs to catch up."""
         with self._write() as conn:
             record = self.record_in(conn, tenant, name)
-            action(GalleryChange(record, record, self.items_reader(conn, tenant, name)))
+            key = (gallery_items.c.tenant == tenant) & (gallery_items.c.gallery == name)
+            rows = conn.execute(
+                sa.select(gallery_items.c.item_id, gallery_items.c.vector).where(key & (gallery_items.c.seq > seq))
+                .order_by(gallery_items.c.seq)
+            ).all() if record is not None else []
+            vectors = np.frombuffer(b"".join(r[1] for r in rows), dtype="<f4").reshape(len(rows), dim)
+
+            def current_ids() -> builtins.list[str]:
+                return list(conn.execute(sa.select(gallery_items.c.item_id).where(key)).scalars().all())
+
+            action(record, [r[0] for r in rows], vectors, current_ids)
 
     def items(self, tenant: str, name: str, dim: int) -> tuple[int, builtins.list[str], np.ndarray]:
         """(gallery version, ids, vectors (n, dim) float32) in enrolment order, one snapshot."""

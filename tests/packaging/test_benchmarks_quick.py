@@ -59,3 +59,22 @@ def test_milvus_benchmark_runs_small(mode: list[str]) -> None:
         assert "identical to local: 1.000" in proc.stdout
     else:
         assert "| milvus FLAT |" in proc.stdout and "| local exact |" in proc.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+@pytest.mark.parametrize("mode", [[], ["--hnsw"]])
+def test_milvus_server_benchmark_runs_small(mode: list[str], milvus_database: str) -> None:
+    """benchmarks/milvus_server.py on a small gallery, on the session's Milvus server: the tables
+    are printed; through convergent the top-10 lists equal exact numpy's."""
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "milvus_server.py"), "--uri", milvus_database, "--n", "2000",
+         "--queries", "64", "--rounds", "1", "--batches", "32", *mode],
+        cwd=ROOT, capture_output=True, text=True, timeout=380,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    if mode:
+        assert "| FLAT (exact) |" in proc.stdout and "| HNSW M=32 ef=64 |" in proc.stdout
+    else:
+        assert "| convergent identify (Milvus backend) |" in proc.stdout
+        assert "top-10 identical to exact numpy: convergent 1.000" in proc.stdout

@@ -1,4 +1,5 @@
-"""Galleries on Milvus (milvus-lite file): the same answers as the local index."""
+"""Galleries on Milvus (a milvus-lite file, and a Milvus standalone server): the same answers as
+the local index."""
 
 from __future__ import annotations
 
@@ -15,9 +16,9 @@ def unit(A):
     return A / np.linalg.norm(A, axis=1, keepdims=True)
 
 
-def test_milvus_backend_matches_the_local_index(start_server, tmp_path, rng):
+def test_milvus_backend_matches_the_local_index(start_server, milvus_uri, rng):
     local = start_server()
-    milvus = start_server(gallery_backend="milvus", milvus_uri=str(tmp_path / "galleries.db"))
+    milvus = start_server(gallery_backend="milvus", milvus_uri=milvus_uri)
     d, n = 16, 600
     R = np.linalg.qr(rng.standard_normal((d, d)))[0]
     X = rng.standard_normal((n, d))
@@ -44,7 +45,7 @@ def test_milvus_backend_matches_the_local_index(start_server, tmp_path, rng):
     assert all("p5" not in row for row in results["milvus"].ids)
     milvus.stop(grace=0.5)
     # After a restart the collection is rebuilt from the database: same answers.
-    again = start_server(gallery_backend="milvus", milvus_uri=str(tmp_path / "galleries.db"),
+    again = start_server(gallery_backend="milvus", milvus_uri=milvus_uri,
                          data_dir=milvus.settings.data_dir)
     with Client(again.address) as c:
         assert c.identify(gallery="g", vectors=probes, model="a", k=5).ids == results["local"].ids
@@ -52,12 +53,13 @@ def test_milvus_backend_matches_the_local_index(start_server, tmp_path, rng):
         assert c.list_galleries() == []
 
 
-def test_replicas_sharing_one_milvus_agree(start_server, fresh_postgres, tmp_path, rng):
-    """Two servers on one PostgreSQL database and one Milvus (here one milvus-lite file, both
-    servers in this process): writes through either, concurrent ones included, are seen by both."""
+def test_replicas_sharing_one_milvus_agree(start_server, fresh_postgres, milvus_uri, rng):
+    """Two servers on one PostgreSQL database and one Milvus (one milvus-lite file, both servers
+    in this process, or a Milvus server): writes through either, concurrent ones included, are
+    seen by both, at once (read-your-writes on any replica)."""
     import threading
 
-    shared = {"database_url": fresh_postgres, "gallery_backend": "milvus", "milvus_uri": str(tmp_path / "shared.db")}
+    shared = {"database_url": fresh_postgres, "gallery_backend": "milvus", "milvus_uri": milvus_uri}
     a, b = start_server(**shared), start_server(**shared)
     d = 8
     X = unit(rng.standard_normal((400, d)))
@@ -85,6 +87,7 @@ def test_replicas_sharing_one_milvus_agree(start_server, fresh_postgres, tmp_pat
             assert client.identify(gallery="g", vectors=X[:40], model="m", k=5).ids == expected
 
 
+@pytest.mark.usefixtures("milvus_kind")
 def test_a_write_that_dies_after_changing_milvus_is_never_served(start_server, rng):
     """Another replica's enroll reaches Milvus, then its database transaction fails: the next
     identify sees a state token that matches no committed version and rebuilds the collection."""
@@ -107,20 +110,23 @@ def test_a_write_that_dies_after_changing_milvus_is_never_served(start_server, r
         with pytest.raises(RuntimeError):
             server.store.galleries.enroll("default", "g", "m", 1, "exact", [(["ghost"], X[50:])], before_commit=dies_before_commit)
         catalog = MilvusCatalog(server.settings.resolved_milvus_uri())
-        assert "ghost" in catalog.index(collection_name("default", "g"), 8, "FLAT")  # Milvus has it ...
+        name = collection_name("default", "g")
+        assert "ghost" in catalog.index(catalog.state(name).physical, 8, "FLAT")  # Milvus has it ...
         assert c.count_gallery("g") == 50  # ... the database does not
         assert c.identify(gallery="g", vectors=X[50:], model="m", k=50).ids[0].count("ghost") == 0
-        assert "ghost" not in catalog.index(collection_name("default", "g"), 8, "FLAT")
+        assert "ghost" not in catalog.index(catalog.state(name).physical, 8, "FLAT")  # rebuilt without it
         replica.close()
 
 
+@pytest.mark.usefixtures("milvus_kind")
 def test_a_restart_reuses_the_collections(start_server, monkeypatch, rng):
     """Collections outlive the server: after a restart the state tokens match and nothing is rebuilt."""
     from convergent.server.inference.milvus_index import MilvusCatalog
 
     rebuilds = []
-    original = MilvusCatalog.rebuild
+    original, aside = MilvusCatalog.rebuild, MilvusCatalog.build_aside
     monkeypatch.setattr(MilvusCatalog, "rebuild", lambda self, *a, **kw: rebuilds.append(a[0]) or original(self, *a, **kw))
+    monkeypatch.setattr(MilvusCatalog, "build_aside", lambda self, *a, **kw: rebuilds.append(a[0]) or aside(self, *a, **kw))
     server = start_server(gallery_backend="milvus")
     X = unit(rng.standard_normal((30, 8)))
     with Client(server.address) as c:
@@ -136,6 +142,7 @@ def test_a_restart_reuses_the_collections(start_server, monkeypatch, rng):
     assert len(rebuilds) == 1
 
 
+@pytest.mark.usefixtures("milvus_kind")
 def test_erasure_reaches_milvus_after_the_gallery_model_was_deleted(start_server, rng):
     server = start_server(gallery_backend="milvus")
     with Client(server.address) as c:
@@ -147,7 +154,7 @@ def test_erasure_reaches_milvus_after_the_gallery_model_was_deleted(start_server
     from convergent.server.inference.milvus_index import MilvusCatalog, collection_name
 
     catalog = MilvusCatalog(server.settings.resolved_milvus_uri())
-    stored = catalog.client.query(collection_name("default", "g"), filter="", output_fields=["id"], limit=10)
+    stored = catalog.client.query(collection_name("default", "g"), filter="", output_fields=["id"], limit=10, consistency_level="Strong")
     assert [row["id"] for row in stored] == ["bob"]
 
 
@@ -160,6 +167,7 @@ def test_milvus_unreachable_is_unavailable_and_stores_nothing(start_server):
         assert c.list_galleries() == []
 
 
+@pytest.mark.usefixtures("milvus_kind")
 def test_start_up_logs_whether_milvus_answers(start_server, tmp_path, caplog):
     import logging
 
@@ -178,3 +186,61 @@ def test_start_up_logs_whether_milvus_answers(start_server, tmp_path, caplog):
             assert time.monotonic() < deadline, logged()
             time.sleep(0.1)
     assert any("gallery calls answer UNAVAILABLE until it is" in m for m in logged())
+
+
+@pytest.mark.usefixtures("milvus_kind")
+def test_a_rebuild_runs_off_the_write_lock(start_server, monkeypatch, rng):
+    """A stale gallery is rebuilt blue-green: while its new collection is being filled, writes to
+    another gallery and to the gallery itself complete; the switch catches up on them."""
+    import threading
+    import time
+
+    from convergent.server.inference.milvus_index import MilvusCatalog, collection_name
+
+    server = start_server(gallery_backend="milvus")
+    X = unit(rng.standard_normal((70, 8)))
+    filling, release = threading.Event(), threading.Event()
+    original = MilvusCatalog.build_aside
+
+    def held_build(self, *args, **kwargs):  # noqa: ANN001, ANN202
+        built = original(self, *args, **kwargs)
+        filling.set()
+        assert release.wait(120), "the test never released the rebuild"
+        return built
+
+    with Client(server.address, timeout=30) as c:
+        c.register_model("m", dim=8)
+        c.enroll(gallery="big", model="m", ids=[f"p{i}" for i in range(50)], vectors=X[:50])
+        c.enroll(gallery="other", model="m", ids=[f"o{i}" for i in range(10)], vectors=X[50:60])
+        catalog = MilvusCatalog(server.settings.resolved_milvus_uri())
+        name = collection_name("default", "big")
+        catalog.set_state(name, "dirty")  # as a write that failed half-way leaves it
+        deadline = time.monotonic() + 30  # identify reads the state without waiting: once Milvus applied it
+        while catalog.state(name, fresh=False).token != "dirty":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        monkeypatch.setattr(MilvusCatalog, "build_aside", held_build)
+        found: dict = {}
+
+        def rebuilding_identify() -> None:
+            with Client(server.address, timeout=120) as reader:
+                found["ids"] = reader.identify(gallery="big", vectors=X[:1], model="m", k=1).ids
+
+        reader = threading.Thread(target=rebuilding_identify)
+        reader.start()
+        assert filling.wait(60), "the identify did not start a rebuild"
+        # The rebuild is in progress (held): writes go on, each well inside the client's 30 s.
+        c.enroll(gallery="other", model="m", ids=["o-new"], vectors=X[60:61])
+        assert c.identify(gallery="other", vectors=X[60:61], model="m", k=1).ids == [["o-new"]]
+        c.enroll(gallery="big", model="m", ids=["late"], vectors=X[61:62])
+        assert c.remove(gallery="big", ids=["p1"]) == 1
+        assert reader.is_alive()  # still waiting for its rebuild
+        release.set()
+        reader.join(timeout=120)
+        assert found["ids"] == [["p0"]]
+        assert catalog.state(name).physical != name  # switched to the collection built aside
+        ids = c.identify(gallery="big", vectors=X[[0, 1, 61]], model="m", k=3).ids
+        assert ids[0][0] == "p0" and ids[2][0] == "late" and all("p1" not in row for row in ids)
+        stored = catalog.client.query(catalog.state(name).physical, filter="", output_fields=["id"], limit=100,
+                                      consistency_level="Strong")
+        assert sorted(row["id"] for row in stored) == sorted([f"p{i}" for i in range(50) if i != 1] + ["late"])

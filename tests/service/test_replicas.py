@@ -1,4 +1,5 @@
-"""Several server replicas on one database (PostgreSQL, and a shared SQLite file on one host)."""
+"""Several server replicas on one database (PostgreSQL, and a shared SQLite file on one host),
+galleries in process or in one shared Milvus."""
 
 from __future__ import annotations
 
@@ -9,9 +10,14 @@ import numpy as np
 from convergent.client import Client
 
 
-def test_two_replicas_share_state(start_server, database_url, rng):
-    first = start_server(database_url=database_url)
-    second = start_server(database_url=database_url)
+def test_two_replicas_share_state(start_server, database_url, gallery_backend, milvus_target, tmp_path, rng):
+    """Each replica sees the other's writes at once, galleries in process and in one Milvus (a
+    milvus-lite file both replicas in this process open, or a Milvus server)."""
+    shared: dict = {"database_url": database_url, "gallery_backend": gallery_backend}
+    if gallery_backend == "milvus":
+        shared["milvus_uri"] = milvus_target["uri"] or str(tmp_path / "shared-milvus.db")
+    first = start_server(**shared)
+    second = start_server(**shared)
     with Client(first.address) as a, Client(second.address) as b:
         a.register_model("m1", dim=8)
         b.register_model("m2", dim=8)

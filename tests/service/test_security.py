@@ -207,7 +207,7 @@ def test_audit_log_and_erasure(start_server, gallery_backend, rng):
         from convergent.server.inference.milvus_index import collection_name
 
         milvus = MilvusClient(secured.settings.resolved_milvus_uri())
-        stored = milvus.query(collection_name("acme", "g"), filter="", output_fields=["id"], limit=100)
+        stored = milvus.query(collection_name("acme", "g"), filter="", output_fields=["id"], limit=100, consistency_level="Strong")
         assert [row["id"] for row in stored] == ["other"]
     assert secured.flush_audit()  # entries are written in batches, off the request path
     entries = KeyStore(secured.store.engine).audit_entries("acme")

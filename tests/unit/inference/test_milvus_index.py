@@ -16,8 +16,9 @@ from convergent.server.inference.milvus_index import MilvusIndex, collection_nam
 
 
 @pytest.fixture
-def uri(tmp_path: Path) -> str:
-    return str(tmp_path / "milvus.db")
+def uri(milvus_kind: str, milvus_target: dict, tmp_path: Path) -> str:
+    """A milvus-lite file, then a fresh database on the session's Milvus server."""
+    return milvus_target["uri"] or str(tmp_path / "milvus.db")
 
 
 def test_collection_names_are_valid_and_distinct():
@@ -75,19 +76,46 @@ def test_catalog_states_rebuild_delete_and_drop(uri):
 
     catalog = MilvusCatalog(uri)
     name = collection_name("t", "cat")
-    assert catalog.state(name) is None
+    assert catalog.state(name).token is None
     X = normalize_rows(np.random.default_rng(2).standard_normal((6, 8)).astype(np.float32))
     catalog.rebuild(name, "FLAT", [f"p{i}" for i in range(6)], X, "t0/1")
-    assert catalog.state(name) == "t0/1" and len(catalog.index(name, 8, "FLAT")) == 6
+    assert catalog.state(name)[0] == "t0/1" and len(catalog.index(name, 8, "FLAT")) == 6
     catalog.set_state(name, DIRTY)
-    assert catalog.state(name) == DIRTY
+    assert catalog.state(name)[0] == DIRTY
     catalog.delete(name, ["p0", "p1", "nope"])
     assert catalog.index(name, 8, "FLAT").search(X[:1], 6)[0][0].count("p0") == 0
     # Rebuilt with nothing: the collection stays (empty, same dimension) for readers that hold it.
     catalog.rebuild(name, "FLAT", [], None, "t0/2")
-    assert catalog.state(name) == "t0/2" and len(catalog.index(name, 8, "FLAT")) == 0
+    assert catalog.state(name)[0] == "t0/2" and len(catalog.index(name, 8, "FLAT")) == 0
     # Another client on the same Milvus sees the same states (replicas share them).
-    assert MilvusCatalog(uri).state(name) == "t0/2"
+    assert MilvusCatalog(uri).state(name, fresh=False)[0] == "t0/2"
     catalog.drop(name)
-    assert catalog.state(name) is None and not catalog.client.has_collection(name)
+    assert catalog.state(name)[0] is None and not catalog.client.has_collection(name)
     catalog.delete(name, ["p2"])  # a missing collection is fine
+
+
+def test_catalog_switches_to_a_collection_built_aside(uri):
+    """Blue-green: a collection built aside serves only once switched to; the replaced one is
+    dropped (at close here, 30 s after the switch otherwise); rows of later versions are left out."""
+    from convergent.server.inference.milvus_index import STATE_COLLECTION, MilvusCatalog, State
+
+    catalog = MilvusCatalog(uri)
+    name = collection_name("t", "blue-green")
+    X = normalize_rows(np.random.default_rng(3).standard_normal((4, 8)).astype(np.float32))
+    catalog.rebuild(name, "FLAT", ["a", "b"], X[:2], "t0/1", 1)
+    built = catalog.build_aside(name, 8, "FLAT", ["a", "b", "c"], X[:3], 2)
+    assert catalog.state(name).physical == name  # not switched yet
+    catalog.switch(name, "t0/2", built.collection)
+    state = catalog.state(name)
+    assert state.token == "t0/2" and state.physical == built.collection != name and state.ts >= 0
+    index = catalog.index(state.physical, 8, "FLAT")
+    ts = index.add(["d"], X[3:], version=3)
+    assert index.search(X[3:], 4, guarantee=ts, max_version=2)[0][0].count("d") == 0
+    assert index.search(X[3:], 4, guarantee=ts, max_version=3)[0][0][0] == "d"
+    catalog.close()
+    again = MilvusCatalog(uri)
+    assert not again.client.has_collection(name) and again.client.has_collection(built.collection)
+    # A state written before collections were switched names the gallery's own collection.
+    again.client.upsert(STATE_COLLECTION, [{"id": name, "state": "t0/1", "unused": [0.0, 0.0]}])
+    assert again.state(name) == State("t0/1", 0, name)
+    again.close()
