@@ -62,7 +62,14 @@ def gather(
     for block_id, data in fetch_blocks(conn, tenant, anchor_set, model, uniq.tolist()):
         start, end = bounds[block_id]
         rows = order[start:end]
-        out[rows] = np.frombuffer(data, dtype="<f4").reshape(-1, dim)[slots[rows]]
+        block = np.frombuffer(data, dtype="<f4").reshape(-1, dim)
+        first, first_slot, k = int(rows[0]), int(slots[rows[0]]), end - start
+        if rows[-1] - first == k - 1 and slots[rows[-1]] - first_slot == k - 1 and (
+            k < 3 or (np.all(np.diff(rows) == 1) and np.all(np.diff(slots[rows]) == 1))
+        ):  # consecutive slots to consecutive rows (the usual case): one copy
+            out[first : first + k] = block[first_slot : first_slot + k]
+        else:
+            out[rows] = block[slots[rows]]
         found += 1
     if found != len(uniq):
         raise RuntimeError(f"{len(uniq) - found} anchor blocks of {model!r} in {anchor_set!r} are missing")
