@@ -215,7 +215,9 @@ class Method:
     estimator. states: the estimator classes whose stored states this method writes.
     uses_heldout: ``fit_stats(stats, heldout=(X_held, Y_held))`` chooses a hyper-parameter on
     the held-out pairs (the refit on all pairs then uses the chosen one). extra_memory:
-    (params, d_x, d_y) -> bytes beyond the pair statistics.
+    (params, d_x, d_y) -> bytes beyond the pair statistics. products: the statistics it fits
+    from, "full" (float64 X^T X, X^T Y, Y^T Y) or "cross" (sums, squares and a float32-chunk
+    X^T Y: the unit matchers, which read only correlations and per-unit variances).
     """
 
     name: str
@@ -225,6 +227,7 @@ class Method:
     candidates: tuple[Candidate, ...] = ()
     uses_heldout: bool = False
     extra_memory: Callable[[dict, int, int], int] = lambda params, d_x, d_y: 0
+    products: str = "full"
 
     @property
     def summary(self) -> str:
@@ -257,9 +260,9 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("cca", CCAParams, lambda p: CCAMap(**_penalties(p)), (CCAMap,),
            candidates=(Candidate("cca", "cca", rank=7),), extra_memory=_joint_memory),
     Method("permutation", UnitMatchingParams, lambda p: PermutationMap(**_penalties(p)), (PermutationMap,),
-           candidates=(Candidate("permutation", "permutation", rank=0, default=True),)),
+           candidates=(Candidate("permutation", "permutation", rank=0, default=True),), products="cross"),
     Method("semi_matching", UnitMatchingParams, lambda p: SemiMatchingMap(**_penalties(p)), (SemiMatchingMap,),
-           candidates=(Candidate("semi_matching", "semi_matching", rank=1),)),
+           candidates=(Candidate("semi_matching", "semi_matching", rank=1),), products="cross"),
     Method("sparse", SparseParams, lambda p: SparseMap(**_penalties(p)), (SparseMap,),
            candidates=(Candidate("sparse", "sparse", rank=6),), uses_heldout=True, extra_memory=_sparse_memory),
     Method("spectral", SpectralParams, lambda p: SpectralMatching(**_penalties(p)), (SpectralMatching,),
@@ -322,6 +325,11 @@ def fit(method: str, params: dict, stats, heldout=None) -> _AffineMap:  # noqa: 
     if METHODS[method].uses_heldout:
         return estimator.fit_stats(stats, heldout=heldout)  # type: ignore[call-arg]
     return estimator.fit_stats(stats)
+
+
+def products(method: str) -> str:
+    """The statistics ``method`` fits from ("full" for auto, which tries every candidate)."""
+    return METHODS[method].products if method in METHODS else "full"
 
 
 def fit_memory_bytes(method: str, params: dict, d_x: int, d_y: int, n_models: int = 2) -> int:

@@ -123,6 +123,8 @@ pair_stats = sa.Table(
     sa.Column("n", sa.BigInteger, nullable=False),
     sa.Column("arrays", sa.LargeBinary, nullable=False),
     sa.Column("saved_at", sa.Float, nullable=False),
+    # "full" (float64 X^T X, X^T Y, Y^T Y) or "cross" (sums, squares, X^T Y: unit matching)
+    sa.Column("products", sa.String(8), nullable=False, server_default="full"),
     sa.ForeignKeyConstraint(
         ["tenant", "anchor_set"], ["anchor_sets.tenant", "anchor_sets.name"], ondelete="CASCADE"
     ),

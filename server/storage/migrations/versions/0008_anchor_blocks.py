@@ -1,6 +1,6 @@
 """Anchors in blocks: one row per block of vectors (``anchor_blocks``) and an id index
 (``anchor_ids``: id -> block, slot) instead of one row per anchor with its vector (``anchors``,
-now a read-only view of the previous shape).
+now a read-only view of the previous shape). Stored pair statistics get a ``products`` column.
 
 The rows of each (tenant, set, model) are copied in pages (bounded memory), grouped into
 blocks by the data version that wrote them, so ``written_after`` reads and every
@@ -50,6 +50,9 @@ def _groups(conn: sa.Connection, table: str) -> list[tuple[str, str, str]]:
 
 
 def upgrade() -> None:
+    # Stored pair statistics say which products they hold (full, or cross for unit matching).
+    with op.batch_alter_table("pair_stats") as batch:
+        batch.add_column(sa.Column("products", sa.String(8), nullable=False, server_default="full"))
     op.create_table(
         "anchor_blocks",
         *_key_columns(),
@@ -153,3 +156,5 @@ def downgrade() -> None:
     op.drop_table("anchor_blocks")
     op.rename_table("anchors_rows", "anchors")
     op.create_index("ix_anchors_model", "anchors", ["tenant", "model", "anchor_set"])
+    with op.batch_alter_table("pair_stats") as batch:
+        batch.drop_column("products")
