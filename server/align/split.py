@@ -32,6 +32,7 @@ def heldout_split(ids: Sequence[str], seed: int = 0, fraction: float = 0.2, cap:
     n_held = min(int(round(float(fraction) * n)), int(cap))
     mask = np.zeros(n, dtype=bool)
     if n_held:
-        order = sorted(range(n), key=lambda i: _rank_key(seed, ids[i]))
-        mask[order[:n_held]] = True
+        # 16-byte keys compare as numpy "S16" exactly as Python bytes of one length do (memcmp)
+        keys = np.array([_rank_key(seed, i) for i in ids], dtype="S16")
+        mask[np.argsort(keys, kind="stable")[:n_held]] = True
     return mask

@@ -29,10 +29,10 @@ class PairedStats:
     ``products="cross"`` keeps only what unit matching needs: the sums, ``xty`` and the sums of
     squares ``sq_x`` (d_x,), ``sq_y`` (d_y,) (the diagonals of ``xtx``, ``yty``, which are
     None). Its chunk products are float32 (one float32 gemm per chunk, the rate of the
-    in-memory baseline) added to float64 totals; sums and (float32) squares are summed in
-    float64. Against the float64 products the correlations differ by ~1e-6 (relative error of
-    float32 dot products over a chunk of up to ~10^4 rows, amplified by centring when the means
-    are large); tests hold them to 1e-5. :meth:`scatter` needs "full".
+    in-memory baseline) added to float64 totals; sums and squares are float32 over runs of 128
+    rows, float64 across. Against the float64 products the correlations differ by ~1e-6
+    (relative error of float32 dot products over a chunk of up to ~10^4 rows, amplified by
+    centring when the means are large); tests hold them to 1e-5. :meth:`scatter` needs "full".
 
     Centred quantities are derived as ``xtx - n * mean_x mean_x^T``. That subtraction can
     cancel digits when the mean is large compared with the spread; in float64 and for
@@ -243,11 +243,27 @@ class PairedStats:
         return out
 
 
+_RUN = 128  # rows summed in float32 before the float64 total (error ~ float32 epsilon)
+
+
+def _column_sums(A: np.ndarray, square: bool = False) -> np.ndarray:
+    """Column sums (of squares) of float32 A (n, d) as float64 (d,): float32 within runs of
+    _RUN rows, float64 across them (4x faster than a float64 reduction, same digits as the gemm)."""
+    m = A.shape[0] - A.shape[0] % _RUN
+    total = np.zeros(A.shape[1])
+    if m:
+        B = A[:m].reshape(m // _RUN, _RUN, A.shape[1])
+        total += (np.einsum("bij,bij->bj", B, B) if square else B.sum(axis=1)).sum(axis=0, dtype=np.float64)
+    if m < A.shape[0]:
+        T = A[m:]
+        total += np.einsum("ij,ij->j", T, T) if square else T.sum(axis=0)
+    return total
+
+
 def _cross_products(X: np.ndarray, Y: np.ndarray) -> tuple[np.ndarray, ...]:
-    """(sum X, sum Y, sum X^2, X^T Y, sum Y^2) of float32 rows: float64 sums, float32 gemm."""
-    return (X.sum(axis=0, dtype=np.float64), Y.sum(axis=0, dtype=np.float64),
-            np.square(X).sum(axis=0, dtype=np.float64), (X.T @ Y).astype(np.float64),
-            np.square(Y).sum(axis=0, dtype=np.float64))
+    """(sum X, sum Y, sum X^2, X^T Y, sum Y^2) of float32 rows: float32 products, float64 totals."""
+    return (_column_sums(X), _column_sums(Y), _column_sums(X, square=True), (X.T @ Y).astype(np.float64),
+            _column_sums(Y, square=True))
 
 
 def _products(X: np.ndarray, Y: np.ndarray, device: str) -> tuple[np.ndarray, ...]:
