@@ -42,6 +42,43 @@ class _Cached:
     held: _Held | None = None  # kept with the statistics: a later fit reads no block for them
 
 
+class _LowestRanks:
+    """Keeps the rows of the ``cap`` lowest-ranked ids (:func:`~convergent.server.align.split.rank_keys`)
+    a statistics pass over every pair sees: the held-out split of a cold fit, without reading
+    the ids first or the held-out rows again. Memory: ``cap`` rows per side."""
+
+    def __init__(self, seed: int, cap: int, d_x: int, d_y: int) -> None:
+        self.seed, self.cap, self.n = seed, cap, 0
+        self.keys = np.zeros(0, dtype="S16")
+        self.ids: list[str] = []
+        self.X, self.Y = np.zeros((0, d_x), np.float32), np.zeros((0, d_y), np.float32)
+
+    def see(self, ids: list[str], X: np.ndarray, Y: np.ndarray) -> None:
+        from convergent.server.align.split import rank_keys
+
+        self.n += len(ids)
+        if not self.cap or not ids:
+            return
+        keys = rank_keys(ids, self.seed)
+        take = np.flatnonzero(keys < self.keys[-1]) if len(self.keys) >= self.cap else np.arange(len(ids))
+        if not len(take):
+            return
+        order = np.argsort(np.concatenate([self.keys, keys[take]]), kind="stable")[: self.cap]
+        all_ids = self.ids + [ids[k] for k in take]
+        self.keys = np.concatenate([self.keys, keys[take]])[order]
+        self.ids = [all_ids[k] for k in order]
+        self.X = np.concatenate([self.X, X[take]])[order]
+        self.Y = np.concatenate([self.Y, Y[take]])[order]
+
+    def held(self) -> _Held:
+        """The held-out pairs of the ``n`` pairs seen, sorted by id."""
+        from convergent.server.align.split import held_count
+
+        m = held_count(self.n, HELDOUT_FRACTION, HELDOUT_CAP)
+        order = sorted(range(m), key=lambda k: self.ids[k])
+        return _Held(self.seed, [self.ids[k] for k in order], self.X[:m][order], self.Y[:m][order])
+
+
 class _HeldRows:
     """Collects the rows of the wanted (held-out) ids from the batches a statistics pass reads,
     so a cold fit reads every block once (the held-out ids are spread over all blocks)."""
@@ -136,20 +173,34 @@ class PairStatistics:
                 cached = self._stored_stats(tenant, key, source, target)
                 self.cache.stored_reads += usable(cached)
             start = cached if usable(cached) else None
-            ids = reader.pair_ids()
-            held_mask = heldout_split(ids, seed=seed, fraction=HELDOUT_FRACTION, cap=HELDOUT_CAP)
-            collect = _HeldRows({i for i, h in zip(ids, held_mask) if h})
-            stats, since = self._stats_since(start, reader, version.data_version, source, target, products, collect)
-            if stats.n != len(ids):  # what we started from disagrees with the table: read everything
-                log.error("statistics of %s hold %d pairs, the anchor set %d: reading every pair", key, stats.n, len(ids))
-                start, collect = None, _HeldRows(collect.wanted)
-                stats, since = self._stats_since(None, reader, version.data_version, source, target, products, collect)
-                if stats.n != len(ids):
-                    raise RuntimeError(f"statistics hold {stats.n} pairs, the anchor set {len(ids)}")
-            held = self._held(reader, seed, collect, start.held if start is not None else None)
+            if start is not None and start.held is not None and start.held.seed == seed and (
+                start.data_version == version.data_version
+            ):  # nothing written since: the statistics and held-out pairs of the cache as they are
+                stats, since, held = start.stats.copy(), start.data_version, start.held
+            elif start is None:
+                stats, since, held = self._cold(reader, version.data_version, source, target, products, seed)
+            else:
+                ids = reader.pair_ids()
+                held_mask = heldout_split(ids, seed=seed, fraction=HELDOUT_FRACTION, cap=HELDOUT_CAP)
+                collect = _HeldRows({i for i, h in zip(ids, held_mask) if h})
+                stats, since = self._stats_since(start, reader, version.data_version, source, target, products, collect)
+                if stats.n == len(ids):
+                    held = self._held(reader, seed, collect, start.held)
+                else:  # what we started from disagrees with the table: read everything
+                    log.error("statistics of %s hold %d pairs, the anchor set %d: reading every pair", key, stats.n, len(ids))
+                    stats, since, held = self._cold(reader, version.data_version, source, target, products, seed)
+                    if stats.n != len(ids):
+                        raise RuntimeError(f"statistics hold {stats.n} pairs, the anchor set {len(ids)}")
         self.cache.put((*key, stats.products), _Cached(version.data_version, stats.copy(), held))
         return PairSnapshot(version.data_version, stats, list(held.ids), held.X.copy(), held.Y.copy(), key,
                             since < version.data_version)
+
+    def _cold(self, reader, data_version: int, source: ModelRecord, target: ModelRecord, products: str,  # noqa: ANN001
+              seed: int) -> tuple[PairedStats, int, _Held]:
+        """Statistics of every pair and the held-out pairs, in one pass over the blocks."""
+        ranks = _LowestRanks(seed, HELDOUT_CAP, source.dim, target.dim)
+        stats, since = self._stats_since(None, reader, data_version, source, target, products, ranks)
+        return stats, since, ranks.held()
 
     @staticmethod
     def _held(reader, seed: int, collect: _HeldRows, cached: _Held | None) -> _Held:  # noqa: ANN001
@@ -178,7 +229,7 @@ class PairStatistics:
                                        snap.stats.products)
 
     def _stats_since(self, start: _Cached | None, reader, data_version: int, source: ModelRecord,  # noqa: ANN001, ANN202
-                     target: ModelRecord, products: str = "full", collect: _HeldRows | None = None):
+                     target: ModelRecord, products: str = "full", collect: _HeldRows | _LowestRanks | None = None):
         """(statistics at ``data_version``, the version they started from): ``start`` plus the
         pairs written after it (in ``start``'s products), or every pair (in ``products``)."""
         from convergent.server.align import PairedStats
