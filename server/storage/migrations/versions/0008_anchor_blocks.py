@@ -2,9 +2,10 @@
 (``anchor_ids``: id -> block, slot) instead of one row per anchor with its vector (``anchors``,
 now a read-only view of the previous shape). Stored pair statistics get a ``products`` column.
 
-The rows of each (tenant, set, model) are copied in pages (bounded memory), grouped into
-blocks by the data version that wrote them, so ``written_after`` reads and every
-``written_version`` stay as they were; the bytes of every vector are copied unchanged.
+The rows of each (tenant, set, model) are copied in one pass in primary-key order (pages of
+4,096, bounded memory), grouped into blocks by the data version that wrote them, so
+``written_after`` reads and every ``written_version`` stay as they were; the bytes of every
+vector are copied unchanged.
 
 Revision ID: 0008
 Revises: 0007
@@ -21,6 +22,7 @@ depends_on = None
 
 BLOCK_BYTES = 2 * 1024 * 1024  # as server/storage/anchor_blocks.py when this was written
 PAGE = 4096
+PENDING_BYTES = 64 * 1024 * 1024  # partial blocks buffered across written versions, at most
 # The previous shape, one row per anchor with its vector, as a read-only view (schema.py).
 ANCHORS_VIEW_SQL = (
     "CREATE VIEW anchors AS SELECT i.tenant, i.anchor_set, i.model, i.anchor_id, "
@@ -87,35 +89,42 @@ def upgrade() -> None:
         "anchor_ids", *(sa.column(c) for c in (
             "tenant", "anchor_set", "model", "anchor_id", "block_id", "slot", "written_version"))
     )
+    # One pass per (tenant, set, model) in primary-key order (keyset pages: no sort), rows
+    # buffered per written version until a block is full; at most PENDING_BYTES buffered.
     page_query = sa.text(
         "SELECT anchor_id, vector, written_version FROM anchors "
-        "WHERE tenant = :t AND anchor_set = :s AND model = :m "
-        "AND (written_version > :v OR (written_version = :v AND anchor_id > :i)) "
-        "ORDER BY written_version, anchor_id LIMIT :n"
+        "WHERE tenant = :t AND anchor_set = :s AND model = :m AND anchor_id > :i "
+        "ORDER BY anchor_id LIMIT :n"
     )
     for tenant, anchor_set, model in _groups(conn, "anchors"):
-        block_id, last = 0, (-1, "")
-        while rows := conn.execute(page_query, {"t": tenant, "s": anchor_set, "m": model, "v": last[0],
-                                                "i": last[1], "n": PAGE}).all():
-            last = (rows[-1][2], rows[-1][0])
-            start = 0
-            while start < len(rows):
-                version, per_block = rows[start][2], max(1, BLOCK_BYTES // max(1, len(rows[start][1])))
-                end = start
-                while end < len(rows) and end - start < per_block and rows[end][2] == version:
-                    end += 1
-                block_id += 1
-                part = rows[start:end]
-                conn.execute(blocks.insert().values(
-                    tenant=tenant, anchor_set=anchor_set, model=model, block_id=block_id, written_version=version,
-                    rows=len(part), live=len(part), vectors=b"".join(bytes(r[1]) for r in part),
-                ))
-                conn.execute(index.insert(), [
-                    {"tenant": tenant, "anchor_set": anchor_set, "model": model, "anchor_id": r[0],
-                     "block_id": block_id, "slot": slot, "written_version": version}
-                    for slot, r in enumerate(part)
-                ])
-                start = end
+        block_id, last = 0, ""
+        pending: dict[int, list[tuple[str, bytes]]] = {}
+
+        def flush(version: int) -> None:
+            nonlocal block_id
+            part = pending.pop(version)
+            block_id += 1
+            conn.execute(blocks.insert().values(
+                tenant=tenant, anchor_set=anchor_set, model=model, block_id=block_id, written_version=version,
+                rows=len(part), live=len(part), vectors=b"".join(v for _, v in part),
+            ))
+            conn.execute(index.insert(), [
+                {"tenant": tenant, "anchor_set": anchor_set, "model": model, "anchor_id": anchor_id,
+                 "block_id": block_id, "slot": slot, "written_version": version}
+                for slot, (anchor_id, _) in enumerate(part)
+            ])
+
+        while rows := conn.execute(page_query, {"t": tenant, "s": anchor_set, "m": model, "i": last, "n": PAGE}).all():
+            last = rows[-1][0]
+            for anchor_id, vector, version in rows:
+                vector = bytes(vector)
+                pending.setdefault(int(version), []).append((anchor_id, vector))
+                if len(pending[int(version)]) >= max(1, BLOCK_BYTES // max(1, len(vector))):
+                    flush(int(version))
+            while sum(len(p) * len(p[0][1]) for p in pending.values()) > PENDING_BYTES:
+                flush(max(pending, key=lambda v: len(pending[v])))
+        for version in sorted(pending):
+            flush(version)
     op.drop_index("ix_anchors_model", table_name="anchors")
     op.drop_table("anchors")
     op.execute(ANCHORS_VIEW_SQL)
