@@ -40,7 +40,7 @@ class _UnitMatch(_AffineMap):
 
     def _scores(self, stats: PairedStats):
         self._start_fit(stats, 2)
-        u = unit_stats(stats)
+        u = unit_stats(stats, full=False)
         return u, (np.abs(u.rxy) if self.sign else u.rxy)
 
     def _finish(self, u, src: np.ndarray, tgt: np.ndarray, score: np.ndarray, weight: np.ndarray) -> np.ndarray:

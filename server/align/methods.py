@@ -295,7 +295,9 @@ class Method:
     the held-out pairs (the refit on all pairs then uses the chosen one). needs_pairs:
     ``fit_pairs(stats, X, Y)`` also trains on (a sample of) the fitting pairs. refit: False
     serves the map measured on the held-out anchors itself (no second training). extra_memory:
-    (params, d_x, d_y) -> bytes beyond the pair statistics.
+    (params, d_x, d_y) -> bytes beyond the pair statistics. products: the statistics it fits
+    from, "full" (float64 X^T X, X^T Y, Y^T Y) or "cross" (sums, squares and a float32-chunk
+    X^T Y: the unit matchers, which read only correlations and per-unit variances).
     """
 
     name: str
@@ -307,6 +309,7 @@ class Method:
     needs_pairs: bool = False  # trained on anchor pairs (a sample), not on the pair statistics alone
     refit: bool = True  # refitted on all pairs after the held-out measurement (else the measured map is served)
     extra_memory: Callable[[dict, int, int], int] = lambda params, d_x, d_y: 0
+    products: str = "full"
 
     @property
     def summary(self) -> str:
@@ -350,9 +353,9 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("cca", CCAParams, lambda p: CCAMap(**_penalties(p)), (CCAMap,),
            candidates=(Candidate("cca", "cca", rank=7),), extra_memory=_joint_memory),
     Method("permutation", UnitMatchingParams, lambda p: PermutationMap(**_penalties(p)), (PermutationMap,),
-           candidates=(Candidate("permutation", "permutation", rank=0, default=True),)),
+           candidates=(Candidate("permutation", "permutation", rank=0, default=True),), products="cross"),
     Method("semi_matching", UnitMatchingParams, lambda p: SemiMatchingMap(**_penalties(p)), (SemiMatchingMap,),
-           candidates=(Candidate("semi_matching", "semi_matching", rank=1),)),
+           candidates=(Candidate("semi_matching", "semi_matching", rank=1),), products="cross"),
     Method("sparse", SparseParams, lambda p: SparseMap(**_penalties(p)), (SparseMap,),
            candidates=(Candidate("sparse", "sparse", rank=6),), uses_heldout=True, extra_memory=_sparse_memory),
     Method("spectral", SpectralParams, lambda p: SpectralMatching(**_penalties(p)), (SpectralMatching,),
@@ -461,6 +464,11 @@ def training_pairs(method: str, params: dict, n_pairs: int) -> int:
     if not METHODS[method].needs_pairs:
         return 0
     return min(PARAMS[method].model_validate(params).model_dump()["max_train_pairs"], n_pairs)
+
+
+def products(method: str) -> str:
+    """The statistics ``method`` fits from ("full" for auto, which tries every candidate)."""
+    return METHODS[method].products if method in METHODS else "full"
 
 
 def fit_memory_bytes(method: str, params: dict, d_x: int, d_y: int, n_models: int = 2) -> int:

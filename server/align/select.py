@@ -44,7 +44,7 @@ from convergent.server.align.metrics import (
     mutual_knn_chance,
     r2_score,
     retrieval_margin,
-    retrieval_topk,
+    retrieval_scores,
 )
 from convergent.server.align.split import heldout_split
 from convergent.server.align.stats import PairedStats
@@ -201,8 +201,7 @@ def diagnostics(estimator: _AffineMap, X_held, Y_held, n_fit: int, d_x: int, *, 
         "cka_models": linear_cka(X_held, Yh) if m >= 4 else None,
         "mutual_knn": mutual_knn(pred, Yh, k=k),
         "mutual_knn_chance": mutual_knn_chance(min(m, 2000), k),
-        **retrieval_topk(pred, Yh, ks=(1, 5)),
-        "margin": retrieval_margin(pred, Yh),
+        **retrieval_scores(pred, Yh, ks=(1, 5)),  # top1, top5, margin
         "n_heldout": int(m),
         "n_fit": int(n_fit),
         "condition_number": None,

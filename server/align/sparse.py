@@ -99,6 +99,7 @@ class SparseMap(_AffineMap):
         from sklearn.exceptions import ConvergenceWarning  # lazy: keeps the package import light
 
         u = unit_stats(stats)
+        assert u.rxx is not None and u.ryy is not None and u.sxx is not None  # full statistics
         n, d_x, d_y = u.n, stats.d_x, stats.d_y
         try:
             alphas = self._alpha_grid(u.rxy)

@@ -77,6 +77,7 @@ class SpectralMatching(_AffineMap):
             if not isinstance(self.n_groups, (int, np.integer)) or isinstance(self.n_groups, bool) or not 1 <= self.n_groups <= k_max:
                 raise InvalidInput(f"n_groups must be an integer in [1, min(d_x, d_y)] = [1, {k_max}], got {self.n_groups}")
         u = unit_stats(stats)
+        assert u.rxx is not None and u.ryy is not None and u.sxx is not None  # full statistics
         A = np.abs(np.block([[u.rxx, u.rxy], [u.rxy.T, u.ryy]]))
         A = np.maximum(A, _FLOOR)
         np.fill_diagonal(A, 0.0)

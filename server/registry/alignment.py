@@ -96,7 +96,7 @@ class Alignment:
         src, tgt = self.store.get_model(tenant, source), self.store.get_model(tenant, target)
         check_fit_memory(method, params, src.dim, tgt.dim, self.settings.max_fit_bytes)
         started = time.perf_counter()
-        snap = self.snapshot(tenant, anchor_set, src, tgt, seed=params.get("seed", 0),
+        snap = self.snapshot(tenant, anchor_set, src, tgt, seed=params.get("seed", 0), products=methods.products(method),
                              train_pairs=lambda n: methods.training_pairs(method, params, n))
         n_pairs = snap.stats.n
         if n_pairs < MIN_PAIRS:
@@ -124,7 +124,9 @@ class Alignment:
         else:
             chosen = method
             held_out_fit = methods.fit(method, params, fit_stats, heldout=(snap.X_held, snap.Y_held), pairs=snap.train)
-            diag = diagnostics(held_out_fit, snap.X_held, snap.Y_held, fit_stats.n, src.dim, fit_stats=fit_stats)
+            # the condition number of Sxx needs full statistics (not built for unit matching)
+            diag = diagnostics(held_out_fit, snap.X_held, snap.Y_held, fit_stats.n, src.dim,
+                               fit_stats=fit_stats if fit_stats.products == "full" else None)
             if methods.METHODS[method].uses_heldout:  # lambda chosen on held-out pairs, then all pairs at it
                 params = {**params, "alpha": held_out_fit.alpha_}
                 params.pop("alphas", None)

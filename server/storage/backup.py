@@ -152,7 +152,8 @@ def _unlink(path: Path) -> None:
 
 
 def _check_database(path: Path, what: str) -> tuple[str | None, dict[str, int]]:
-    """``PRAGMA integrity_check`` of the file at ``path``; its Alembic revision and row counts."""
+    """``PRAGMA integrity_check`` of the file at ``path``; its Alembic revision and row counts
+    (of tables and views: ``anchors`` is a view of one row per anchor since migration 0008)."""
     try:
         conn = sqlite3.connect(_sqlite_uri(path, "ro"), uri=True, isolation_level=None)
     except sqlite3.Error as exc:
@@ -164,7 +165,7 @@ def _check_database(path: Path, what: str) -> tuple[str | None, dict[str, int]]:
         tables = [
             r[0]
             for r in conn.execute(
-                "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name"
+                "SELECT name FROM sqlite_master WHERE type IN ('table', 'view') AND name NOT LIKE 'sqlite_%' ORDER BY name"
             )
         ]
         counts = {t: int(conn.execute(f'SELECT count(*) FROM "{t}"').fetchone()[0]) for t in tables}

@@ -7,12 +7,12 @@ from collections.abc import Callable
 import sqlalchemy as sa
 
 from convergent.server.errors import Cancelled, ResourceExhausted
-from convergent.server.storage.schema import anchors, galleries
+from convergent.server.storage.schema import anchor_ids, galleries
 
 
 def stored_vectors(conn: sa.Connection, tenant: str) -> int:
     """Anchors + gallery items the tenant stores (what its quota counts)."""
-    anchor_count = conn.execute(sa.select(sa.func.count()).select_from(anchors).where(anchors.c.tenant == tenant)).scalar()
+    anchor_count = conn.execute(sa.select(sa.func.count()).select_from(anchor_ids).where(anchor_ids.c.tenant == tenant)).scalar()
     item_count = conn.execute(sa.select(sa.func.coalesce(sa.func.sum(galleries.c.size), 0)).where(galleries.c.tenant == tenant)).scalar()
     return int(anchor_count) + int(item_count)
 

@@ -46,9 +46,11 @@ class PairStatsStore:
         with np.load(io.BytesIO(row.arrays), allow_pickle=False) as npz:
             return int(row.data_version), int(row.n), {name: npz[name] for name in npz.files}
 
-    def save(self, tenant: str, key: PairKey, data_version: int, n: int, arrays: dict[str, np.ndarray]) -> bool:
+    def save(self, tenant: str, key: PairKey, data_version: int, n: int, arrays: dict[str, np.ndarray],
+             products: str = "full") -> bool:
         """Store statistics computed at ``data_version``, unless the set was rewritten after that
-        version or newer statistics are stored already; True if stored."""
+        version or newer statistics are stored already (or full ones of the same version, when
+        these are cross products only); True if stored."""
         if sum(a.nbytes for a in arrays.values()) > MAX_STORED_BYTES:
             return False
         buffer = io.BytesIO()
@@ -58,14 +60,17 @@ class PairStatsStore:
                 anchor_sets.c.tenant == tenant, anchor_sets.c.name == key[0])).scalar()
             if rewritten is None or rewritten > data_version:
                 return False  # the set is gone or lost anchors since: these statistics include them
-            stored = conn.execute(sa.select(pair_stats.c.data_version).where(_where(tenant, key))).scalar()
-            if stored is not None and stored >= data_version:
+            stored = conn.execute(sa.select(pair_stats.c.data_version, pair_stats.c.products)
+                                  .where(_where(tenant, key))).first()
+            if stored is not None and (stored[0] > data_version or (
+                    stored[0] == data_version and (products == "cross" or stored[1] == "full"))):
                 return False
             conn.execute(pair_stats.delete().where(_where(tenant, key)))
             anchor_set, source, source_version, target, target_version = key
             conn.execute(pair_stats.insert().values(
                 tenant=tenant, anchor_set=anchor_set, source=source, source_version=source_version, target=target,
                 target_version=target_version, data_version=data_version, n=n, arrays=buffer.getvalue(),
+                products=products,
                 saved_at=time.time(),
             ))
         return True

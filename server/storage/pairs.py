@@ -1,4 +1,5 @@
-"""Reading paired anchors: rows of two models in one anchor set, joined by id.
+"""Reading paired anchors: two models' anchors in one anchor set, joined by id on the id index,
+their vectors gathered from the blocks (``anchor_blocks``).
 
 All functions take a connection so that a caller can read a consistent snapshot (one read
 transaction; SQLite WAL gives snapshot isolation to readers).
@@ -12,9 +13,11 @@ from dataclasses import dataclass
 import numpy as np
 import sqlalchemy as sa
 
-from convergent.server.storage.schema import anchor_sets, anchors
+from convergent.server.storage.anchor_blocks import gather
+from convergent.server.storage.schema import anchor_ids, anchor_sets
 
-ROWS_PER_BATCH = 4096
+ROWS_PER_BATCH = 4096  # index rows per fetch
+WINDOW_ROWS = 8192  # pairs per batch of iter_pairs, at least (whole source blocks)
 
 
 @dataclass(frozen=True)
@@ -33,9 +36,10 @@ def set_version(conn: sa.Connection, tenant: str, anchor_set: str) -> SetVersion
 
 
 def _pair_query(tenant: str, anchor_set: str, source: str, target: str) -> tuple[sa.Select, sa.Alias, sa.Alias]:
-    a, b = anchors.alias("a"), anchors.alias("b")
+    """(id, source block, source slot, target block, target slot) of every pair, joined on the id index."""
+    a, b = anchor_ids.alias("a"), anchor_ids.alias("b")
     query = (
-        sa.select(a.c.anchor_id, a.c.vector, b.c.vector)
+        sa.select(a.c.anchor_id, a.c.block_id, a.c.slot, b.c.block_id, b.c.slot)
         .select_from(
             a.join(
                 b,
@@ -46,7 +50,6 @@ def _pair_query(tenant: str, anchor_set: str, source: str, target: str) -> tuple
             )
         )
         .where(a.c.tenant == tenant, a.c.anchor_set == anchor_set, a.c.model == source)
-        .order_by(a.c.anchor_id)
     )
     return query, a, b
 
@@ -64,25 +67,44 @@ def _raw_cursor(conn: sa.Connection, query: sa.Select):  # noqa: ANN202
     return cursor
 
 
-def pair_ids(conn: sa.Connection, tenant: str, anchor_set: str, source: str, target: str) -> list[str]:
-    """Ids embedded by both models in the set, sorted."""
-    query, a, _ = _pair_query(tenant, anchor_set, source, target)
-    query = query.with_only_columns(a.c.anchor_id)
-    cursor = _raw_cursor(conn, query)
+def _rows(conn: sa.Connection, query: sa.Select, raw: bool = True) -> Iterator[list[tuple]]:
+    """The query's rows in lists of up to ROWS_PER_BATCH plain tuples (``raw``: on SQLite's own
+    cursor; not for queries with expanding IN parameters)."""
+    cursor = _raw_cursor(conn, query) if raw else None
     if cursor is None:
-        return list(conn.execute(query).scalars())
+        result = conn.execute(query)
+        while rows := result.fetchmany(ROWS_PER_BATCH):
+            yield [tuple(r) for r in rows]
+        return
     try:
-        return [row[0] for row in cursor.fetchall()]
+        while rows := cursor.fetchmany(ROWS_PER_BATCH):
+            yield rows
     finally:
         cursor.close()
 
 
-def _batches(fetchmany, d_x: int, d_y: int) -> Iterator[tuple[list[str], np.ndarray, np.ndarray]]:
-    while rows := fetchmany(ROWS_PER_BATCH):
-        ids = [r[0] for r in rows]
-        X = np.frombuffer(b"".join([r[1] for r in rows]), dtype="<f4").reshape(len(rows), d_x)
-        Y = np.frombuffer(b"".join([r[2] for r in rows]), dtype="<f4").reshape(len(rows), d_y)
-        yield ids, X, Y
+def pair_ids(conn: sa.Connection, tenant: str, anchor_set: str, source: str, target: str) -> list[str]:
+    """Ids embedded by both models in the set, sorted."""
+    query, a, _ = _pair_query(tenant, anchor_set, source, target)
+    query = query.with_only_columns(a.c.anchor_id).order_by(a.c.anchor_id)
+    return [row[0] for rows in _rows(conn, query) for row in rows]
+
+
+class _Gather:
+    """Vectors of the pairs whose slots it is given, read block by block."""
+
+    def __init__(self, conn: sa.Connection, tenant: str, anchor_set: str, source: str, target: str, d_x: int, d_y: int) -> None:
+        self.conn, self.tenant, self.anchor_set = conn, tenant, anchor_set
+        self.sides = ((source, d_x), (target, d_y))
+
+    def __call__(self, rows: list[tuple]) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """rows of (id, source block, source slot, target block, target slot) -> (ids, X, Y)."""
+        slots = np.array([r[1:] for r in rows], dtype=np.int64).reshape(len(rows), 4)
+        X, Y = (
+            gather(self.conn, self.tenant, self.anchor_set, model, dim, slots[:, 2 * k], slots[:, 2 * k + 1])
+            for k, (model, dim) in enumerate(self.sides)
+        )
+        return [r[0] for r in rows], X, Y
 
 
 def iter_pairs(
@@ -95,21 +117,25 @@ def iter_pairs(
     d_y: int,
     written_after: int = 0,
 ) -> Iterator[tuple[list[str], np.ndarray, np.ndarray]]:
-    """Batches of (ids, X (b, d_x) float32, Y (b, d_y) float32) of paired anchors, by id.
+    """Batches of (ids, X (b, d_x) float32, Y (b, d_y) float32) of paired anchors, in the
+    order of the source's blocks (not by id): each batch is about :data:`WINDOW_ROWS` pairs
+    of whole source blocks, and each block of either side is read once per batch.
 
     ``written_after=v`` keeps only pairs with a side written after data version ``v``.
     """
     query, a, b = _pair_query(tenant, anchor_set, source, target)
     if written_after:
         query = query.where(sa.or_(a.c.written_version > written_after, b.c.written_version > written_after))
-    cursor = _raw_cursor(conn, query)
-    if cursor is None:
-        yield from _batches(conn.execution_options(stream_results=True).execute(query).fetchmany, d_x, d_y)
-        return
-    try:
-        yield from _batches(cursor.fetchmany, d_x, d_y)
-    finally:
-        cursor.close()
+    read = _Gather(conn, tenant, anchor_set, source, target, d_x, d_y)
+    window: list[tuple] = []
+    for rows in _rows(conn, query.order_by(a.c.block_id, a.c.slot)):
+        for row in rows:
+            if len(window) >= WINDOW_ROWS and row[1] != window[-1][1]:
+                yield read(window)
+                window = []
+            window.append(row)
+    if window:
+        yield read(window)
 
 
 def pairs_by_id(
@@ -124,16 +150,13 @@ def pairs_by_id(
 ) -> tuple[list[str], np.ndarray, np.ndarray]:
     """The pairs of the given ids (those present), sorted by id: (ids, X, Y)."""
     query, a, _ = _pair_query(tenant, anchor_set, source, target)
-    out_ids: list[str] = []
-    xs, ys = [np.zeros((0, d_x), np.float32)], [np.zeros((0, d_y), np.float32)]
+    rows: list[tuple] = []
     for start in range(0, len(ids), 500):
         chunk = list(ids[start : start + 500])
-        for batch_ids, X, Y in _batches(conn.execute(query.where(a.c.anchor_id.in_(chunk))).fetchmany, d_x, d_y):
-            out_ids += batch_ids
-            xs.append(X)
-            ys.append(Y)
-    order = np.argsort(np.array(out_ids, dtype=object), kind="stable") if out_ids else np.zeros(0, int)
-    return [out_ids[i] for i in order], np.vstack(xs)[order], np.vstack(ys)[order]
+        for part in _rows(conn, query.where(a.c.anchor_id.in_(chunk)), raw=False):
+            rows += part
+    rows.sort(key=lambda r: r[0])
+    return _Gather(conn, tenant, anchor_set, source, target, d_x, d_y)(rows)
 
 
 class SqlPairReader:

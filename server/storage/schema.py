@@ -2,7 +2,8 @@
 
 Every table carries ``tenant``: a federation of parties; tenants share nothing.
 Timestamps are float seconds since the Unix epoch (UTC), portable across SQLite and PostgreSQL.
-Vectors are little-endian float32 bytes in one blob per row.
+Vectors are little-endian float32 bytes: anchors in blocks of rows (``anchor_blocks``), gallery
+items one blob per row.
 """
 
 from __future__ import annotations
@@ -46,15 +47,21 @@ anchor_sets = sa.Table(
     sa.Column("rewritten_version", sa.BigInteger, nullable=False, server_default="0"),
 )
 
-anchors = sa.Table(
-    "anchors",
+# Anchor vectors in blocks: the vectors of one upload's chunk (regrouped to at most
+# ``anchor_blocks.BLOCK_BYTES``) in one row, little-endian float32 (rows, dim) bytes. Slots of
+# deleted, overwritten or erased anchors are zeroed in the same transaction (``live`` counts the
+# rest); a block with no live slot is deleted.
+anchor_blocks = sa.Table(
+    "anchor_blocks",
     metadata,
     sa.Column("tenant", sa.String(128), primary_key=True),
     sa.Column("anchor_set", sa.String(128), primary_key=True),
     sa.Column("model", sa.String(128), primary_key=True),
-    sa.Column("anchor_id", sa.String(4096), primary_key=True),
-    sa.Column("vector", sa.LargeBinary, nullable=False),
+    sa.Column("block_id", sa.BigInteger, primary_key=True, autoincrement=False),
     sa.Column("written_version", sa.BigInteger, nullable=False),
+    sa.Column("rows", sa.Integer, nullable=False),
+    sa.Column("live", sa.Integer, nullable=False),
+    sa.Column("vectors", sa.LargeBinary, nullable=False),
     sa.ForeignKeyConstraint(
         ["tenant", "model"], ["models.tenant", "models.name"], ondelete="CASCADE"
     ),
@@ -63,7 +70,41 @@ anchors = sa.Table(
     ),
 )
 
-sa.Index("ix_anchors_model", anchors.c.tenant, anchors.c.model, anchors.c.anchor_set)
+sa.Index("ix_anchor_blocks_model", anchor_blocks.c.tenant, anchor_blocks.c.model, anchor_blocks.c.anchor_set)
+
+# The id index of the anchors: one small row per anchor id -> (block, slot) of its vector.
+# Pairing two models' anchors is a join of this index by id. (SQLite: WITHOUT ROWID, so the
+# primary key is the only B-tree.) The foreign key to the block has no cascade: a block is
+# deleted only once no id points into it, else the transaction fails.
+anchor_ids = sa.Table(
+    "anchor_ids",
+    metadata,
+    sa.Column("tenant", sa.String(128), primary_key=True),
+    sa.Column("anchor_set", sa.String(128), primary_key=True),
+    sa.Column("model", sa.String(128), primary_key=True),
+    sa.Column("anchor_id", sa.String(4096), primary_key=True),
+    sa.Column("block_id", sa.BigInteger, nullable=False),
+    sa.Column("slot", sa.Integer, nullable=False),
+    sa.Column("written_version", sa.BigInteger, nullable=False),
+    sa.ForeignKeyConstraint(
+        ["tenant", "model"], ["models.tenant", "models.name"], ondelete="CASCADE"
+    ),
+    sa.ForeignKeyConstraint(
+        ["tenant", "anchor_set"], ["anchor_sets.tenant", "anchor_sets.name"], ondelete="CASCADE"
+    ),
+    sa.ForeignKeyConstraint(
+        ["tenant", "anchor_set", "model", "block_id"],
+        ["anchor_blocks.tenant", "anchor_blocks.anchor_set", "anchor_blocks.model", "anchor_blocks.block_id"],
+    ),
+    sqlite_with_rowid=False,
+)
+
+# A read-only view in the previous release's shape, one row per anchor with its vector, for
+# direct SQL readers of the file (the crash harness, backups, operators); the server never
+# reads it. Created by migration 0008.
+anchors = sa.table(
+    "anchors", *(sa.column(c) for c in ("tenant", "anchor_set", "model", "anchor_id", "vector", "written_version"))
+)
 
 # Statistics of all (source, target) pairs of an anchor set at one data version: float64 count,
 # sums and cross-products (an .npz, no pickle), so a restarted server or another replica fits
@@ -82,6 +123,8 @@ pair_stats = sa.Table(
     sa.Column("n", sa.BigInteger, nullable=False),
     sa.Column("arrays", sa.LargeBinary, nullable=False),
     sa.Column("saved_at", sa.Float, nullable=False),
+    # "full" (float64 X^T X, X^T Y, Y^T Y) or "cross" (sums, squares, X^T Y: unit matching)
+    sa.Column("products", sa.String(8), nullable=False, server_default="full"),
     sa.ForeignKeyConstraint(
         ["tenant", "anchor_set"], ["anchor_sets.tenant", "anchor_sets.name"], ondelete="CASCADE"
     ),

@@ -22,6 +22,7 @@ from convergent.server.records import (
     ModelRecord,
     UploadResult,
 )
+from convergent.server.storage import anchor_blocks as blocks
 from convergent.server.storage import db
 from convergent.server.storage.guards import check_quota, ensure_wanted, stored_vectors
 from convergent.server.storage.fit_store import FitStore
@@ -29,10 +30,17 @@ from convergent.server.storage.gallery_store import GalleryStore, record_gallery
 from convergent.server.storage.key_store import KeyStore
 from convergent.server.storage.pair_stats import PairStatsStore, delete_for_set
 from convergent.server.storage.pairs import SqlPairReader
-from convergent.server.storage.schema import anchor_sets, anchors, fits, gallery_items, model_versions, models
+from convergent.server.storage.schema import (
+    anchor_blocks,
+    anchor_ids,
+    anchor_sets,
+    fits,
+    gallery_items,
+    model_versions,
+    models,
+)
 
-# Ids per SELECT ... IN (...) / executemany batch: far below every database's parameter limit.
-ID_BATCH = 500
+ID_BATCH = blocks.ID_BATCH
 
 
 def _model_record(row: sa.Row) -> ModelRecord:
@@ -40,31 +48,6 @@ def _model_record(row: sa.Row) -> ModelRecord:
         name=row.name, dim=row.dim, version=row.version, normalize=row.normalize,
         created_at=row.created_at,
     )
-
-
-def _row_inserter(conn: sa.Connection, tenant: str, anchor_set: str, model: str, version: int):  # noqa: ANN202
-    """A function that inserts ``[(anchor_id, vector bytes), ...]`` as new anchors of one upload.
-
-    SQLite: one driver ``executemany`` of plain tuples (SQLAlchemy's per-row parameter
-    processing costs more than SQLite's insert itself). Other databases: SQLAlchemy Core
-    (its insertmanyvalues batching suits them).
-    """
-    if conn.dialect.name == "sqlite":
-        sql = (
-            f"INSERT INTO {anchors.name} (tenant, anchor_set, model, anchor_id, vector, written_version) "
-            "VALUES (?, ?, ?, ?, ?, ?)"
-        )
-
-        def insert(rows: list[tuple[str, bytes]]) -> None:
-            conn.exec_driver_sql(sql, [(tenant, anchor_set, model, i, v, version) for i, v in rows])
-
-        return insert
-    stmt = anchors.insert().values(tenant=tenant, anchor_set=anchor_set, model=model, written_version=version)
-
-    def insert_core(rows: list[tuple[str, bytes]]) -> None:
-        conn.execute(stmt, [{"anchor_id": i, "vector": v} for i, v in rows])
-
-    return insert_core
 
 
 class SqlStore:
@@ -91,7 +74,7 @@ class SqlStore:
         with self._read() as conn:
             return {
                 kind: int(conn.execute(sa.select(sa.func.count()).select_from(table)).scalar())
-                for kind, table in (("anchors", anchors), ("gallery_items", gallery_items))
+                for kind, table in (("anchors", anchor_ids), ("gallery_items", gallery_items))
             }
 
     @contextmanager
@@ -161,13 +144,11 @@ class SqlStore:
             if self._get_model(conn, tenant, name) is None:
                 raise NotFound(f"model {name!r} not found")
             affected_sets = conn.execute(
-                sa.select(anchors.c.anchor_set)
-                .where(anchors.c.tenant == tenant, anchors.c.model == name)
+                sa.select(anchor_blocks.c.anchor_set)
+                .where(anchor_blocks.c.tenant == tenant, anchor_blocks.c.model == name)
                 .distinct()
             ).scalars().all()
-            deleted = conn.execute(
-                anchors.delete().where(anchors.c.tenant == tenant, anchors.c.model == name)
-            ).rowcount
+            deleted = blocks.delete_all(conn, tenant, None, name)
             for anchor_set in affected_sets:
                 self._bump_version(conn, tenant, anchor_set, destructive=True)
             conn.execute(models.delete().where(models.c.tenant == tenant, models.c.name == name))
@@ -223,14 +204,13 @@ class SqlStore:
         ``overwrite``, else :class:`AlreadyExists` rolls the whole upload back. Ids must be
         unique within one upload (the registry checks).
 
-        Fast path (measured in benchmarks/RESULTS.md): when the set holds no vector of this
-        model yet, nothing can exist, so no id is looked up; rows go to the driver's
-        ``executemany`` as plain tuples (SQLite), without SQLAlchemy's per-row parameter
-        processing; each batch's bytes are sliced from one buffer, no per-vector conversion.
+        Vectors go to new blocks (``anchor_blocks``), ids to the index; a replaced vector's old
+        slot is zeroed. Fast path (measured in benchmarks/RESULTS.md): when the set holds no
+        vector of this model yet, nothing can exist, so no id is looked up.
         """
         received = inserted = unchanged = overwritten = 0
-        key = (anchors.c.tenant == tenant) & (anchors.c.anchor_set == anchor_set) & (
-            anchors.c.model == model.name
+        key = (anchor_ids.c.tenant == tenant) & (anchor_ids.c.anchor_set == anchor_set) & (
+            anchor_ids.c.model == model.name
         )
         with self._write() as conn:
             stored = self._get_model(conn, tenant, model.name)
@@ -244,53 +224,45 @@ class SqlStore:
             # Nothing of this model in the set yet (always so for a new set): no lookups needed.
             # The write lock (BEGIN IMMEDIATE) keeps it so until the commit.
             empty = new_version == 1 or conn.execute(
-                sa.select(sa.literal(1)).select_from(anchors).where(key).limit(1)
+                sa.select(sa.literal(1)).select_from(anchor_ids).where(key).limit(1)
             ).first() is None
-            insert = _row_inserter(conn, tenant, anchor_set, model.name, new_version)
+            writer = blocks.BlockWriter(conn, tenant, anchor_set, model.name, model.dim, new_version)
+            current = None if empty else blocks.StoredVectors(conn, tenant, anchor_set, model.name, model.dim)
             for ids, vectors in batches:
                 received += len(ids)
                 blob = np.ascontiguousarray(vectors, dtype="<f4").tobytes()
-                row_bytes = vectors.shape[1] * 4
-                if empty:
-                    insert([(anchor_id, blob[i * row_bytes : (i + 1) * row_bytes]) for i, anchor_id in enumerate(ids)])
+                if current is None:
+                    writer.write(ids, [], blob)
                     inserted += len(ids)
                     continue
+                row_bytes = model.dim * 4
                 for start in range(0, len(ids), ID_BATCH):
                     batch_ids = ids[start : start + ID_BATCH]
-                    existing: dict[str, bytes] = dict(
-                        conn.execute(
-                            sa.select(anchors.c.anchor_id, anchors.c.vector).where(
-                                key, anchors.c.anchor_id.in_(batch_ids)
-                            )
-                        ).all()
-                    )
-                    new_rows, changed_rows = [], []
+                    existing = current.lookup(batch_ids)
+                    new_ids, new_rows, changed_ids, changed_rows, released = [], [], [], [], []
                     for offset, anchor_id in enumerate(batch_ids, start):
                         vector = blob[offset * row_bytes : (offset + 1) * row_bytes]
                         old = existing.get(anchor_id)
                         if old is None:
-                            new_rows.append((anchor_id, vector))
-                        elif bytes(old) == vector:
+                            new_ids.append(anchor_id)
+                            new_rows.append(vector)
+                        elif old[2] == vector:
                             unchanged += 1
                         elif overwrite:
-                            changed_rows.append({"b_id": anchor_id, "b_vector": vector})
+                            changed_ids.append(anchor_id)
+                            changed_rows.append(vector)
+                            released.append(old[:2])
                         else:
                             raise AlreadyExists(
                                 f"anchor {anchor_id!r} of model {model.name!r} in set "
                                 f"{anchor_set!r} is stored with a different vector; "
                                 "upload with overwrite=True to replace it"
                             )
-                    if new_rows:
-                        insert(new_rows)
-                        inserted += len(new_rows)
-                    if changed_rows:
-                        conn.execute(
-                            anchors.update()
-                            .where(key, anchors.c.anchor_id == sa.bindparam("b_id"))
-                            .values(vector=sa.bindparam("b_vector"), written_version=new_version),
-                            changed_rows,
-                        )
-                        overwritten += len(changed_rows)
+                    if new_ids or changed_ids:
+                        writer.write(new_ids, changed_ids, b"".join(new_rows + changed_rows))
+                        blocks.release_slots(conn, tenant, anchor_set, model.name, model.dim, released)
+                    inserted += len(new_ids)
+                    overwritten += len(changed_ids)
             check_quota(conn, tenant, inserted, quota)
             if (inserted or overwritten) and new_version > 1:
                 self._bump_version(conn, tenant, anchor_set, destructive=overwritten > 0)
@@ -306,10 +278,10 @@ class SqlStore:
     def _count(conn: sa.Connection, tenant: str, anchor_set: str, model: str) -> int:
         return int(
             conn.execute(
-                sa.select(sa.func.count()).select_from(anchors).where(
-                    anchors.c.tenant == tenant,
-                    anchors.c.anchor_set == anchor_set,
-                    anchors.c.model == model,
+                sa.select(sa.func.count()).select_from(anchor_ids).where(
+                    anchor_ids.c.tenant == tenant,
+                    anchor_ids.c.anchor_set == anchor_set,
+                    anchor_ids.c.model == model,
                 )
             ).scalar()
         )
@@ -330,18 +302,18 @@ class SqlStore:
             if model is not None:
                 query = query.where(
                     sa.exists().where(
-                        anchors.c.tenant == tenant,
-                        anchors.c.anchor_set == anchor_sets.c.name,
-                        anchors.c.model == model,
+                        anchor_ids.c.tenant == tenant,
+                        anchor_ids.c.anchor_set == anchor_sets.c.name,
+                        anchor_ids.c.model == model,
                     )
                 )
             sets = conn.execute(query.order_by(anchor_sets.c.name).limit(limit)).all()
             counts: dict[str, dict[str, int]] = {s.name: {} for s in sets}
             if sets:
                 rows = conn.execute(
-                    sa.select(anchors.c.anchor_set, anchors.c.model, sa.func.count())
-                    .where(anchors.c.tenant == tenant, anchors.c.anchor_set.in_(list(counts)))
-                    .group_by(anchors.c.anchor_set, anchors.c.model)
+                    sa.select(anchor_ids.c.anchor_set, anchor_ids.c.model, sa.func.count())
+                    .where(anchor_ids.c.tenant == tenant, anchor_ids.c.anchor_set.in_(list(counts)))
+                    .group_by(anchor_ids.c.anchor_set, anchor_ids.c.model)
                 ).all()
                 for anchor_set, model_name, count in rows:
                     counts[anchor_set][model_name] = int(count)
@@ -357,22 +329,16 @@ class SqlStore:
     ) -> tuple[int, int]:
         """Delete ``ids`` (or all) of ``model`` from the set; returns (deleted, data_version)."""
         with self._write() as conn:
-            if self._get_model(conn, tenant, model) is None:
+            record = self._get_model(conn, tenant, model)
+            if record is None:
                 raise NotFound(f"model {model!r} not found")
             version = self._set_version(conn, tenant, anchor_set)
             if version is None:
                 raise NotFound(f"anchor set {anchor_set!r} not found")
-            key = (anchors.c.tenant == tenant) & (anchors.c.anchor_set == anchor_set) & (
-                anchors.c.model == model
-            )
-            deleted = 0
             if ids is None:
-                deleted = conn.execute(anchors.delete().where(key)).rowcount
+                deleted = blocks.delete_all(conn, tenant, anchor_set, model)
             else:
-                for start in range(0, len(ids), ID_BATCH):
-                    deleted += conn.execute(
-                        anchors.delete().where(key, anchors.c.anchor_id.in_(ids[start : start + ID_BATCH]))
-                    ).rowcount
+                deleted = blocks.delete_ids(conn, tenant, anchor_set, model, record.dim, ids)
             if deleted:
                 version = self._bump_version(conn, tenant, anchor_set, destructive=True)
             return int(deleted), int(version)
@@ -407,11 +373,23 @@ class SqlStore:
             sets: set[str] = set()
             removed: dict[str, list[str]] = {}  # gallery -> its erased items
             anchors_deleted = items_deleted = 0
+            dims: dict[str, int] = {}
             for start in range(0, len(ids), ID_BATCH):
                 chunk = ids[start : start + ID_BATCH]
-                key = (anchors.c.tenant == tenant) & anchors.c.anchor_id.in_(chunk)
-                sets |= set(conn.execute(sa.select(anchors.c.anchor_set).where(key).distinct()).scalars())
-                anchors_deleted += conn.execute(anchors.delete().where(key)).rowcount
+                key = (anchor_ids.c.tenant == tenant) & anchor_ids.c.anchor_id.in_(chunk)
+                found = conn.execute(
+                    sa.select(anchor_ids.c.anchor_set, anchor_ids.c.model, anchor_ids.c.block_id, anchor_ids.c.slot).where(key)
+                ).all()
+                conn.execute(anchor_ids.delete().where(key))
+                slots: dict[tuple[str, str], list[tuple[int, int]]] = {}
+                for anchor_set, model, block_id, slot in found:
+                    slots.setdefault((anchor_set, model), []).append((block_id, slot))
+                for (anchor_set, model), released in slots.items():
+                    if model not in dims:
+                        dims[model] = self._get_model(conn, tenant, model).dim  # type: ignore[union-attr]
+                    blocks.release_slots(conn, tenant, anchor_set, model, dims[model], released)
+                sets |= {anchor_set for anchor_set, _ in slots}
+                anchors_deleted += len(found)
                 item_key = (gallery_items.c.tenant == tenant) & gallery_items.c.item_id.in_(chunk)
                 for gallery, item in conn.execute(sa.select(gallery_items.c.gallery, gallery_items.c.item_id).where(item_key)):
                     removed.setdefault(gallery, []).append(item)

@@ -98,3 +98,13 @@ def test_matched_correlation_stats():
     assert s2["max"] == pytest.approx(1.0) and s2["min"] < 0.3
     with pytest.raises(InvalidInput):
         matched_correlation_stats([])
+
+
+def test_retrieval_scores_equal_topk_and_margin_computed_apart(rng):
+    from convergent.server.align.metrics import retrieval_margin, retrieval_scores, retrieval_topk
+
+    P, T = rng.standard_normal((300, 16)), rng.standard_normal((300, 16))
+    T[:100] = P[:100] + 0.1 * T[:100]  # some partners found, some not
+    both = retrieval_scores(P, T, ks=(1, 5), pool=200, seed=3)
+    assert both == {**retrieval_topk(P, T, ks=(1, 5), pool=200, seed=3), "margin": retrieval_margin(P, T, pool=200, seed=3)}
+    assert 0 < both["top1"] < 1

@@ -1,0 +1,241 @@
+"""Anchor vectors in blocks (``schema.anchor_blocks``) behind an id index (``schema.anchors``).
+
+An upload's vectors go to new blocks of at most :data:`BLOCK_BYTES` (one row each: float32
+(rows, dim) bytes); every id gets one small index row -> (block, slot). Replacing, deleting or
+erasing an anchor *releases* its slot: the slot's bytes are zeroed in the block in the same
+transaction (so an erased vector is gone from the row, not only unreachable) and the block's
+``live`` count drops; a block with no live slot left is deleted.
+
+Every function takes the caller's connection: they run inside its transaction.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict, defaultdict
+from collections.abc import Iterable, Iterator, Sequence
+
+import numpy as np
+import sqlalchemy as sa
+
+from convergent.server.storage.schema import anchor_blocks, anchor_ids
+
+BLOCK_BYTES = 2 * 1024 * 1024  # vector bytes per block row at most (one row: 1 slot at least)
+ID_BATCH = 500  # ids / block ids per SELECT ... IN (...): far below every database's limit
+
+
+def block_rows(dim: int) -> int:
+    """Slots per block for vectors of ``dim`` float32 values."""
+    return max(1, BLOCK_BYTES // (4 * int(dim)))
+
+
+def _block_key(tenant: str, anchor_set: str, model: str) -> sa.ColumnElement:
+    c = anchor_blocks.c
+    return (c.tenant == tenant) & (c.anchor_set == anchor_set) & (c.model == model)
+
+
+def fetch_blocks(
+    conn: sa.Connection, tenant: str, anchor_set: str, model: str, block_ids: Iterable[int]
+) -> Iterator[tuple[int, bytes]]:
+    """(block id, vector bytes) of the given blocks of one (set, model), those present."""
+    wanted = sorted({int(b) for b in block_ids})
+    for start in range(0, len(wanted), ID_BATCH):
+        query = sa.select(anchor_blocks.c.block_id, anchor_blocks.c.vectors).where(
+            _block_key(tenant, anchor_set, model), anchor_blocks.c.block_id.in_(wanted[start : start + ID_BATCH])
+        )
+        for block_id, data in conn.execute(query):
+            yield int(block_id), data
+
+
+def gather(
+    conn: sa.Connection, tenant: str, anchor_set: str, model: str, dim: int,
+    blocks: np.ndarray, slots: np.ndarray,
+) -> np.ndarray:
+    """The vectors at (blocks[i], slots[i]) as float32 (len(blocks), dim); each block read once."""
+    out = np.empty((len(blocks), dim), dtype=np.float32)
+    if not len(blocks):
+        return out
+    order = np.argsort(blocks, kind="stable")
+    sorted_blocks = blocks[order]
+    uniq, starts = np.unique(sorted_blocks, return_index=True)
+    bounds = dict(zip(uniq.tolist(), zip(starts.tolist(), [*starts[1:].tolist(), len(order)])))
+    found = 0
+    for block_id, data in fetch_blocks(conn, tenant, anchor_set, model, uniq.tolist()):
+        start, end = bounds[block_id]
+        rows = order[start:end]
+        block = np.frombuffer(data, dtype="<f4").reshape(-1, dim)
+        first, first_slot, k = int(rows[0]), int(slots[rows[0]]), end - start
+        if rows[-1] - first == k - 1 and slots[rows[-1]] - first_slot == k - 1 and (
+            k < 3 or (np.all(np.diff(rows) == 1) and np.all(np.diff(slots[rows]) == 1))
+        ):  # consecutive slots to consecutive rows (the usual case): one copy
+            out[first : first + k] = block[first_slot : first_slot + k]
+        else:
+            out[rows] = block[slots[rows]]
+        found += 1
+    if found != len(uniq):
+        raise RuntimeError(f"{len(uniq) - found} anchor blocks of {model!r} in {anchor_set!r} are missing")
+    return out
+
+
+class BlockWriter:
+    """Writes the vectors of one upload into new blocks of one (set, model), inside the
+    caller's write transaction (which holds the write lock: block numbers stay unique)."""
+
+    def __init__(self, conn: sa.Connection, tenant: str, anchor_set: str, model: str, dim: int, version: int) -> None:
+        self.conn, self.key, self.dim, self.version = conn, (tenant, anchor_set, model), dim, version
+        last = conn.execute(
+            sa.select(sa.func.max(anchor_blocks.c.block_id)).where(_block_key(tenant, anchor_set, model))
+        ).scalar()
+        self.next_block = int(last or 0) + 1
+        self._sqlite = conn.dialect.name == "sqlite"
+
+    def _new_block(self, data: bytes, rows: int) -> int:
+        tenant, anchor_set, model = self.key
+        block_id, self.next_block = self.next_block, self.next_block + 1
+        self.conn.execute(anchor_blocks.insert().values(
+            tenant=tenant, anchor_set=anchor_set, model=model, block_id=block_id,
+            written_version=self.version, rows=rows, live=rows, vectors=data,
+        ))
+        return block_id
+
+    def write(self, new_ids: Sequence[str], changed_ids: Sequence[str], data: bytes) -> None:
+        """Store ``data`` (float32 bytes of len(new_ids) + len(changed_ids) rows, new ids first)
+        in new blocks; index the new ids, re-point the changed ids (whose old slots the caller
+        releases)."""
+        ids = [*new_ids, *changed_ids]
+        per_block, row_bytes = block_rows(self.dim), self.dim * 4
+        tenant, anchor_set, model = self.key
+        inserts: list[tuple] = []
+        updates: list[dict] = []
+        for start in range(0, len(ids), per_block):
+            part = ids[start : start + per_block]
+            block_id = self._new_block(data[start * row_bytes : (start + len(part)) * row_bytes], len(part))
+            for slot, anchor_id in enumerate(part, start):
+                if slot < len(new_ids):
+                    inserts.append((tenant, anchor_set, model, anchor_id, block_id, slot - start, self.version))
+                else:
+                    updates.append({"b_id": anchor_id, "b_block": block_id, "b_slot": slot - start})
+        if inserts:
+            self._insert_index(inserts)
+        if updates:
+            c = anchor_ids.c
+            self.conn.execute(
+                anchor_ids.update()
+                .where(c.tenant == tenant, c.anchor_set == anchor_set, c.model == model,
+                       c.anchor_id == sa.bindparam("b_id"))
+                .values(block_id=sa.bindparam("b_block"), slot=sa.bindparam("b_slot"), written_version=self.version),
+                updates,
+            )
+
+    def _insert_index(self, rows: list[tuple]) -> None:
+        """SQLite: one driver ``executemany`` of plain tuples (SQLAlchemy's per-row parameter
+        processing costs more than SQLite's insert itself); other databases: SQLAlchemy Core."""
+        if self._sqlite:
+            self.conn.exec_driver_sql(
+                f"INSERT INTO {anchor_ids.name} (tenant, anchor_set, model, anchor_id, block_id, slot, written_version) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)", rows,
+            )
+            return
+        names = ("tenant", "anchor_set", "model", "anchor_id", "block_id", "slot", "written_version")
+        self.conn.execute(anchor_ids.insert(), [dict(zip(names, r)) for r in rows])
+
+
+class StoredVectors:
+    """Stored vectors of one (set, model) by id, for comparing an upload with what is stored;
+    keeps the last few blocks it read."""
+
+    def __init__(self, conn: sa.Connection, tenant: str, anchor_set: str, model: str, dim: int, keep: int = 16) -> None:
+        self.conn, self.key, self.row_bytes, self.keep = conn, (tenant, anchor_set, model), dim * 4, keep
+        self._blocks: OrderedDict[int, bytes] = OrderedDict()
+
+    def lookup(self, ids: Sequence[str]) -> dict[str, tuple[int, int, bytes]]:
+        """id -> (block, slot, vector bytes) of the ids that are stored (at most ID_BATCH ids)."""
+        tenant, anchor_set, model = self.key
+        c = anchor_ids.c
+        slots = self.conn.execute(
+            sa.select(c.anchor_id, c.block_id, c.slot).where(
+                c.tenant == tenant, c.anchor_set == anchor_set, c.model == model, c.anchor_id.in_(list(ids))
+            )
+        ).all()
+        missing = {int(b) for _, b, _ in slots if int(b) not in self._blocks}
+        for block_id, data in fetch_blocks(self.conn, tenant, anchor_set, model, missing):
+            self._blocks[block_id] = bytes(data)
+        out = {}
+        for anchor_id, block_id, slot in slots:
+            data = self._blocks[int(block_id)]
+            self._blocks.move_to_end(int(block_id))
+            out[anchor_id] = (int(block_id), int(slot), data[slot * self.row_bytes : (slot + 1) * self.row_bytes])
+        while len(self._blocks) > max(self.keep, len(missing)):
+            self._blocks.popitem(last=False)
+        return out
+
+
+def release_slots(
+    conn: sa.Connection, tenant: str, anchor_set: str, model: str, dim: int, slots: Iterable[tuple[int, int]]
+) -> None:
+    """Zero the given (block, slot)s, whose ids were deleted or re-pointed already, and drop
+    blocks left without a live slot."""
+    by_block: dict[int, list[int]] = defaultdict(list)
+    for block_id, slot in slots:
+        by_block[int(block_id)].append(int(slot))
+    if not by_block:
+        return
+    key = _block_key(tenant, anchor_set, model)
+    row_bytes = dim * 4
+    blocks = sorted(by_block)
+    for start in range(0, len(blocks), ID_BATCH):
+        rows = conn.execute(
+            sa.select(anchor_blocks.c.block_id, anchor_blocks.c.live, anchor_blocks.c.vectors)
+            .where(key, anchor_blocks.c.block_id.in_(blocks[start : start + ID_BATCH]))
+        ).all()
+        for block_id, live, data in rows:
+            freed = sorted(set(by_block[int(block_id)]))
+            where = key & (anchor_blocks.c.block_id == block_id)
+            if live - len(freed) <= 0:
+                conn.execute(anchor_blocks.delete().where(where))
+                continue
+            buffer = bytearray(data)
+            zero = bytes(row_bytes)
+            for slot in freed:
+                buffer[slot * row_bytes : (slot + 1) * row_bytes] = zero
+            conn.execute(anchor_blocks.update().where(where).values(live=live - len(freed), vectors=bytes(buffer)))
+
+
+def delete_ids(
+    conn: sa.Connection, tenant: str, anchor_set: str, model: str, dim: int, ids: Sequence[str]
+) -> int:
+    """Delete the given ids of one (set, model) and release their slots; returns how many were stored."""
+    c = anchor_ids.c
+    key = (c.tenant == tenant) & (c.anchor_set == anchor_set) & (c.model == model)
+    deleted = 0
+    for start in range(0, len(ids), ID_BATCH):
+        chunk = list(ids[start : start + ID_BATCH])
+        slots = conn.execute(sa.select(c.block_id, c.slot).where(key, c.anchor_id.in_(chunk))).all()
+        if slots:
+            conn.execute(anchor_ids.delete().where(key, c.anchor_id.in_(chunk)))
+            release_slots(conn, tenant, anchor_set, model, dim, slots)
+            deleted += len(slots)
+    return deleted
+
+
+def delete_all(conn: sa.Connection, tenant: str, anchor_set: str | None, model: str) -> int:
+    """Delete every anchor of ``model`` (in ``anchor_set``, or in every set); returns how many."""
+    c, b = anchor_ids.c, anchor_blocks.c
+    key, block_key = (c.tenant == tenant) & (c.model == model), (b.tenant == tenant) & (b.model == model)
+    if anchor_set is not None:
+        key, block_key = key & (c.anchor_set == anchor_set), block_key & (b.anchor_set == anchor_set)
+    deleted = conn.execute(anchor_ids.delete().where(key)).rowcount
+    conn.execute(anchor_blocks.delete().where(block_key))
+    return int(deleted)
+
+
+def model_vectors(conn: sa.Connection, tenant: str, anchor_set: str, model: str, dim: int) -> tuple[list[str], np.ndarray]:
+    """Every stored anchor of one (set, model), sorted by id: (ids, float32 (n, dim))."""
+    c = anchor_ids.c
+    rows = conn.execute(
+        sa.select(c.anchor_id, c.block_id, c.slot)
+        .where(c.tenant == tenant, c.anchor_set == anchor_set, c.model == model)
+        .order_by(c.anchor_id)
+    ).all()
+    blocks = np.array([r[1] for r in rows], dtype=np.int64)
+    slots = np.array([r[2] for r in rows], dtype=np.int64)
+    return [r[0] for r in rows], gather(conn, tenant, anchor_set, model, dim, blocks, slots)
