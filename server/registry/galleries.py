@@ -32,11 +32,7 @@ from convergent.server.registry.gallery_indexes import gallery_indexes
 from convergent.server.registry.routes import Routed, route_name as _route_name
 from convergent.server.records import BeforeCommit, FitRecord, GalleryRecord, ModelRecord, Page
 from convergent.server.registry.service import (
-    check_message_size,
     check_model_version,
-    check_stream_complete,
-    check_stream_ids,
-    check_stream_order,
     prepare_vectors,
     valid_name,
 )
@@ -123,33 +119,24 @@ class Galleries(Routed):
         self, tenant: str, chunks: Iterable[EnrollChunk], still_wanted: Callable[[], bool] | None = None
     ) -> tuple[int, int]:
         """Validate the whole stream, then add it in one transaction; returns (enrolled, size)."""
-        header: EnrollChunk | None = None
-        model: ModelRecord | None = None
-        ids: builtins.list[str] = []
+        from convergent.server.registry.streams import StreamRules, read_vector_stream
+
+        def open_header(chunk: EnrollChunk) -> ModelRecord:
+            valid_name(chunk.gallery, "gallery name")
+            valid_name(chunk.model, "model name")
+            if chunk.index_kind not in INDEX_KINDS:
+                raise InvalidInput(f"unknown index {chunk.index_kind!r}; choose from {list(INDEX_KINDS)}")
+            return check_model_version(self.store.get_model(tenant, chunk.model), chunk.model_version)
+
+        def same_header(chunk: EnrollChunk, first: EnrollChunk) -> bool:
+            return (chunk.gallery, chunk.model) in (("", ""), (first.gallery, first.model))
+
         blocks: builtins.list[np.ndarray] = []
-        seen: set[str] = set()
-        seen_last = False
-        for number, chunk in enumerate(chunks):
-            seen_last = check_stream_order(number, chunk.last, seen_last)
-            if header is None:
-                header = chunk
-                valid_name(chunk.gallery, "gallery name")
-                valid_name(chunk.model, "model name")
-                if chunk.index_kind not in INDEX_KINDS:
-                    raise InvalidInput(f"unknown index {chunk.index_kind!r}; choose from {list(INDEX_KINDS)}")
-                model = check_model_version(self.store.get_model(tenant, chunk.model), chunk.model_version)
-            elif (chunk.gallery, chunk.model) not in (("", ""), (header.gallery, header.model)):
-                raise InvalidInput(f"message {number} names another gallery or model than the first message")
-            check_message_size(number, len(chunk.ids), chunk.vectors.shape[0], self.settings.max_vectors_per_message)
-            check_stream_ids(chunk.ids, seen, self.settings.max_id_length, "id", "enroll", AlreadyExists)
-            if chunk.ids:
-                blocks.append(prepare_vectors(model, chunk.vectors, f"message {number}: vectors"))
-                ids += chunk.ids
-        if header is None or model is None:
-            raise InvalidInput("the enroll stream is empty: send at least one message")
-        check_stream_complete(seen_last)
-        if not ids:
-            raise InvalidInput("the enroll holds no vectors")
+        header, model, ids = read_vector_stream(
+            chunks, StreamRules("enroll", "gallery or model", "id", AlreadyExists),
+            self.settings.max_vectors_per_message, self.settings.max_id_length, open_header, same_header,
+            lambda model, vectors, number, _: prepare_vectors(model, vectors, f"message {number}: vectors"), blocks.append,
+        )
         vectors = np.vstack(blocks)
         with self.indexes.lock(tenant, header.gallery):
             try:

@@ -155,47 +155,34 @@ class Registry:
         model says so, and spooled (memory, then disk) so the database is locked only for
         the final write, not while the client is still sending.
         """
-        header: UploadChunk | None = None
-        model: ModelRecord | None = None
-        seen_last = False
-        seen: set[str] = set()
-        ids: list[str] = []
+        from convergent.server.registry.streams import StreamRules, read_vector_stream
+
+        def open_header(chunk: UploadChunk) -> ModelRecord:
+            valid_name(chunk.model, "model name")
+            valid_name(chunk.anchor_set, "anchor set name")
+            return check_model_version(self.store.get_model(tenant, chunk.model), chunk.model_version)
+
+        def same_header(chunk: UploadChunk, first: UploadChunk) -> bool:
+            return ((chunk.model, chunk.anchor_set) in (("", ""), (first.model, first.anchor_set))
+                    and chunk.model_version in (0, first.model_version))
+
+        def prepare(model: ModelRecord, vectors: np.ndarray, number: int, first_row: int) -> np.ndarray:
+            if vectors.shape[1] != model.dim:
+                raise InvalidInput(f"message {number}: vectors have dimension {vectors.shape[1]}, "
+                                   f"model {model.name!r} has dimension {model.dim}")
+            try:
+                check_finite(vectors, first_row=first_row)
+            except WireError as exc:
+                raise InvalidInput(f"message {number}: {exc}") from None
+            vectors = np.asarray(vectors, dtype="<f4")  # no copy when it is float32 already
+            return l2_normalize_rows(vectors, first_row=first_row) if model.normalize else vectors
+
         with tempfile.SpooledTemporaryFile(max_size=self.settings.spool_memory_bytes) as spool:
-            for number, chunk in enumerate(chunks):
-                seen_last = check_stream_order(number, chunk.last, seen_last)
-                if header is None:
-                    header = chunk
-                    valid_name(chunk.model, "model name")
-                    valid_name(chunk.anchor_set, "anchor set name")
-                    model = check_model_version(self.store.get_model(tenant, chunk.model), chunk.model_version)
-                elif (chunk.model, chunk.anchor_set) not in (("", ""), (header.model, header.anchor_set)) or (
-                    chunk.model_version not in (0, header.model_version)
-                ):
-                    raise InvalidInput(
-                        f"message {number} names another model or anchor set than the first message"
-                    )
-                n = len(chunk.ids)
-                check_message_size(number, n, chunk.vectors.shape[0], self.settings.max_vectors_per_message)
-                if n and chunk.vectors.shape[1] != model.dim:
-                    raise InvalidInput(
-                        f"message {number}: vectors have dimension {chunk.vectors.shape[1]}, "
-                        f"model {model.name!r} has dimension {model.dim}"
-                    )
-                check_stream_ids(chunk.ids, seen, self.settings.max_id_length, "anchor id", "upload", InvalidInput)
-                try:
-                    check_finite(chunk.vectors, first_row=len(ids))
-                except WireError as exc:
-                    raise InvalidInput(f"message {number}: {exc}") from None
-                vectors = np.asarray(chunk.vectors, dtype="<f4")  # no copy when it is float32 already
-                if model.normalize and n:
-                    vectors = l2_normalize_rows(vectors, first_row=len(ids))
-                spool.write(vectors.tobytes())
-                ids.extend(chunk.ids)
-            if header is None or model is None:
-                raise InvalidInput("the upload stream is empty: send at least one message")
-            check_stream_complete(seen_last)
-            if not ids:
-                raise InvalidInput("the upload holds no vectors")
+            header, model, ids = read_vector_stream(
+                chunks, StreamRules("upload", "model or anchor set", "anchor id", InvalidInput),
+                self.settings.max_vectors_per_message, self.settings.max_id_length, open_header, same_header, prepare,
+                lambda vectors: spool.write(vectors.tobytes()),
+            )
             spool.seek(0)
             return self.store.write_anchors(
                 tenant, header.anchor_set, model, _read_back(spool, ids, model.dim), header.overwrite,
