@@ -140,6 +140,7 @@ def methods(
         typer.echo(table.markdown_table())
         return
     other = {table.SHARED: "one space for N models (convergent fit-shared)",
+             table.SHARED_CONTRASTIVE: "a learned space for N models (convergent fit-shared --param method=contrastive)",
              table.COOPERATIVE: "a classifier on a shared space, by distillation (convergent fit-cooperative)"}
     for name in (*table.PARAMS, *table.OTHER_PARAMS):
         summary = FIT_METHODS.get(name) or other[name]

@@ -256,3 +256,14 @@ def test_fit_cooperative_and_predict_commands(server, tmp_path: Path, rng):
     assert P.shape == (60, 4) and np.mean(P.argmax(1) == probs.argmax(1)) > 0.8  # anchors it was trained on
     bad = one_error_line(run("predict", head_id, "--party", "pa", *address, check=False))
     assert "MODEL=FILE.npz" in bad
+
+
+def test_methods_command_lists_every_method_and_parameter():
+    from convergent.server.align import methods
+
+    out = run("methods").stdout
+    for name in (*methods.PARAMS, *methods.OTHER_PARAMS):
+        assert f"\n{name}: " in f"\n{out}", name
+        for key, *_ in methods.describe(name):
+            assert f"  {key} " in out, (name, key)
+    assert run("methods", "--markdown").stdout.strip() == methods.markdown_table().strip()
