@@ -21,12 +21,13 @@ from collections.abc import Mapping
 import numpy as np
 
 from convergent.server.align._validate import as_matrix, out_dtype
-from convergent.server.errors import InvalidInput, NotFitted
+from convergent.server.align.shared import ModelSpace
+from convergent.server.errors import InvalidInput
 
 BATCH = 256
 
 
-class ContrastiveSpace:
+class ContrastiveSpace(ModelSpace):
     """Learned: ``models_``, ``dims_``, ``means_``/``scales_`` (per model), ``heads_`` (per model:
     list of (weight, bias) layers, the last into k dims), ``decoders_`` (per model: {"W" (d_m, k),
     "b" (d_m,)}), ``n_components_``, ``n_anchors_``, ``loss_`` (final epoch's mean loss)."""
@@ -54,14 +55,14 @@ class ContrastiveSpace:
         if len({a.shape[0] for a in arrays}) != 1:
             raise InvalidInput("every model needs the same anchors (rows)")
         n, k = arrays[0].shape[0], int(self.n_components)
-        self.models_, self.dims_ = names, [a.shape[1] for a in arrays]
+        dims = [a.shape[1] for a in arrays]
         self.means_ = {m: a.mean(axis=0) for m, a in zip(names, arrays)}
         self.scales_ = {m: float(np.sqrt(np.mean((a - a.mean(axis=0)) ** 2))) or 1.0 for m, a in zip(names, arrays)}
         torch.manual_seed(int(self.random_state))
         threads = torch.get_num_threads()
         torch.set_num_threads(1)  # small products: one thread is faster (see mlp.py)
         try:
-            nets = [self._net(torch, d, k) for d in self.dims_]
+            nets = [self._net(torch, d, k) for d in dims]
             inputs = [torch.as_tensor((a - self.means_[m]) / self.scales_[m], dtype=torch.float32) for m, a in zip(names, arrays)]
             opt = torch.optim.AdamW([p for net in nets for p in net.parameters()], lr=float(self.lr),
                                     weight_decay=float(self.weight_decay))
@@ -88,6 +89,7 @@ class ContrastiveSpace:
             self.loss_ = float(np.mean(losses)) if losses else float("nan")
         finally:
             torch.set_num_threads(threads)
+        self.models_, self.dims_ = names, dims  # fitted from here on (ModelSpace._check_fitted)
         self.heads_ = {m: [(layer.weight.detach().numpy().astype(np.float64), layer.bias.detach().numpy().astype(np.float64))
                            for layer in net if isinstance(layer, torch.nn.Linear)] for m, net in zip(names, nets)}
         self.n_components_, self.n_anchors_ = k, n
@@ -104,19 +106,9 @@ class ContrastiveSpace:
         return torch.nn.Sequential(torch.nn.Linear(d, k))
 
     # using --------------------------------------------------------------------------------
-    def _model(self, model: str) -> int:
-        if not hasattr(self, "heads_"):
-            raise NotFitted("ContrastiveSpace is not fitted yet; call fit first")
-        if model not in self.models_:
-            raise InvalidInput(f"unknown model {model!r}; the shared space has {self.models_}")
-        return self.models_.index(model)
-
     def transform(self, model: str, X) -> np.ndarray:
         """Model rows X (n, d_m) -> unit consensus coordinates (n, k); float32 in -> float32 out, else float64."""
-        i = self._model(model)
-        X = as_matrix(X, "X")
-        if X.shape[1] != self.dims_[i]:
-            raise InvalidInput(f"X has {X.shape[1]} columns, model {model!r} has {self.dims_[i]}")
+        X = self._rows(model, X)
         h = (X.astype(np.float64, copy=False) - self.means_[model]) / self.scales_[model]
         layers = self.heads_[model]
         for weight, bias in layers[:-1]:
@@ -134,10 +126,6 @@ class ContrastiveSpace:
         dec = self.decoders_[model]
         return (Z.astype(np.float64, copy=False) @ dec["W"].T + dec["b"]).astype(out_dtype(Z), copy=False)
 
-    def translate(self, source: str, target: str, X) -> np.ndarray:
-        """source rows (n, d_source) -> target space (n, d_target) through the consensus space."""
-        return self.to_model(target, self.transform(source, X))
-
     def export(self) -> dict[str, np.ndarray]:
         """Per model m: "<m>.mean", "<m>.scale", "<m>.layer{l}_weight", "<m>.layer{l}_bias" (the head;
         the last layer maps into k dims, then rows are L2-normalised), "<m>.decoder_W" (d_m, k),
@@ -146,8 +134,7 @@ class ContrastiveSpace:
 
     # persistence --------------------------------------------------------------------------
     def get_state(self) -> tuple[dict, dict[str, np.ndarray]]:
-        if not hasattr(self, "heads_"):
-            raise NotFitted("ContrastiveSpace is not fitted yet; call fit first")
+        self._check_fitted()
         params = {"class": type(self).__name__, "models": list(self.models_), "dims": list(self.dims_),
                   "n_components": self.n_components_, "n_anchors": self.n_anchors_, "loss": self.loss_,
                   "layers": {m: len(self.heads_[m]) for m in self.models_},

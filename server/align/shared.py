@@ -26,7 +26,44 @@ from convergent.server.align.stats import PairedStats
 from convergent.server.errors import InvalidInput, NotFitted
 
 
-class SharedSpace:
+class ModelSpace:
+    """What every space of N models shares: looking a model up, checking its rows, and
+    ``translate`` through the space. Subclasses set ``models_`` and ``dims_`` when fitted and
+    define ``transform(model, X)`` and ``to_model(model, Z)``."""
+
+    models_: list[str]
+    dims_: list[int]
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "models_"):
+            raise NotFitted(f"{type(self).__name__} is not fitted yet; call fit first")
+
+    def _model(self, model) -> int:
+        self._check_fitted()
+        if model not in self.models_:
+            raise InvalidInput(f"unknown model {model!r}; the shared space has {self.models_}")
+        return self.models_.index(model)
+
+    def _rows(self, model: str, X) -> np.ndarray:
+        """X (n, d_model) of ``model``, checked (finite, 2-D, the model's width)."""
+        i = self._model(model)
+        X = as_matrix(X, "X")
+        if X.shape[1] != self.dims_[i]:
+            raise InvalidInput(f"X has {X.shape[1]} columns, model {model!r} has {self.dims_[i]}")
+        return X
+
+    def transform(self, model: str, X) -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def to_model(self, model: str, Z) -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def translate(self, source: str, target: str, X) -> np.ndarray:
+        """source rows (n, d_source) -> target space (n, d_target) through the shared space."""
+        return self.to_model(target, self.transform(source, X))
+
+
+class SharedSpace(ModelSpace):
     """MAXVAR generalised CCA of M >= 2 models.
 
     With shrunk per-model covariances ``C~_mm = (1 - reg) C_mm + reg tr(C_mm)/d_m I``
@@ -192,22 +229,9 @@ class SharedSpace:
         return self
 
     # using --------------------------------------------------------------------------------
-    def _check_fitted(self) -> None:
-        if not hasattr(self, "models_"):
-            raise NotFitted("SharedSpace is not fitted yet; call fit or fit_stats first")
-
-    def _model(self, model) -> int:
-        self._check_fitted()
-        if model not in self.models_:
-            raise InvalidInput(f"unknown model {model!r}; the shared space has {self.models_}")
-        return self.models_.index(model)
-
     def transform(self, model: str, X) -> np.ndarray:
         """Model rows X (n, d_m) -> shared coordinates (n, k); float32 in -> float32 out, else float64."""
-        i = self._model(model)
-        X = as_matrix(X, "X")
-        if X.shape[1] != self.dims_[i]:
-            raise InvalidInput(f"X has {X.shape[1]} columns, model {model!r} has {self.dims_[i]}")
+        X = self._rows(model, X)
         Z = (X.astype(np.float64, copy=False) - self.means_[model]) @ self.projections_[model]
         return Z.astype(out_dtype(X), copy=False)
 
@@ -219,10 +243,6 @@ class SharedSpace:
             raise InvalidInput(f"Z has {Z.shape[1]} columns, the shared space has {self.n_components_}")
         X = Z.astype(np.float64, copy=False) @ self.loadings_[model].T + self.means_[model]
         return X.astype(out_dtype(Z), copy=False)
-
-    def translate(self, source: str, target: str, X) -> np.ndarray:
-        """source rows (n, d_source) -> target space (n, d_target) through the shared space."""
-        return self.to_model(target, self.transform(source, X))
 
     def pair_map(self, source: str, target: str) -> dict[str, np.ndarray]:
         """The affine source -> target map of ``translate``: {"W" (d_t, d_s), "b" (d_t,)}, float64."""
