@@ -93,7 +93,8 @@ def calibration_anchors(alignment, tenant: str, record: FitRecord, src: ModelRec
             if reader.version().data_version != snap.data_version:
                 continue  # anchors arrived in between: the statistics would not hold these pairs
             ids, X, Y = sample_pairs(reader, max_anchors, seed)
-            train = sample_pairs(reader, _trains_on_pairs(record), seed + 1) if _trains_on_pairs(record) else None
+            n_train = _trains_on_pairs(record)
+            train = sample_pairs(reader, n_train, seed + 1) if n_train else None
         break
     else:
         raise Unavailable(f"anchor set {record.anchor_set!r} is being written: try verify again")
