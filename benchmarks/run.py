@@ -1,6 +1,6 @@
 """convergent's hot paths as ratios to the leanest implementation, timed in the same run.
 
-    .venv/bin/python benchmarks/run.py [--quick] [--json PATH] [--only ingest,fit,...]
+    .venv/bin/python benchmarks/run.py [--quick | --smoke] [--json PATH] [--only ingest,fit,...]
 
 Every key is the median over interleaved rounds (after a warm-up) of a per-round ratio,
 plus its min and max; each round times convergent and its baseline back to back, in
@@ -69,6 +69,10 @@ FULL = dict(rounds=5, ingest_n=100_000, fit_n=100_000, fit_d=512, perm_n=100_000
 QUICK = dict(rounds=3, ingest_n=20_000, fit_n=20_000, fit_d=256, perm_n=20_000, perm_d=256,
              gallery_n=20_000, id_batches=4, tf_batches=8, mem_small=10_000, mem_big=40_000, mem_rounds=1,
              csls_n=20_000)
+# --smoke: every step once at toy sizes, to check the script runs (tests/packaging); its ratios mean nothing.
+SMOKE = dict(rounds=1, ingest_n=2_000, fit_n=2_000, fit_d=64, perm_n=2_000, perm_d=64,
+             gallery_n=2_000, id_batches=2, tf_batches=2, mem_small=1_000, mem_big=4_000, mem_rounds=1,
+             csls_n=2_000)
 DIM = 512  # ingest, identify and transform dimension
 
 
@@ -119,7 +123,7 @@ def invalidate_stats(c: Client, src: str, anchor_set: str, first_id: str, first_
 class Bench:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
-        self.cfg = dict(QUICK if args.quick else FULL)
+        self.cfg = dict(SMOKE if args.smoke else QUICK if args.quick else FULL)
         if args.rounds:
             self.cfg["rounds"] = args.rounds
         self.env = bench_env(args.keep_blas_env)
@@ -463,7 +467,7 @@ class Bench:
             shutil.rmtree(self.work, ignore_errors=True)
         return {
             "date": time.strftime("%Y-%m-%d"),
-            "mode": "quick" if self.args.quick else "full",
+            "mode": "smoke" if self.args.smoke else "quick" if self.args.quick else "full",
             "config": self.cfg,
             "elapsed_s": time.time() - started,
             "machine": {
@@ -528,6 +532,7 @@ def print_table(out: dict) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="smaller sizes, fewer rounds (< 3 minutes)")
+    p.add_argument("--smoke", action="store_true", help="toy sizes, one round: checks the script runs (ratios mean nothing)")
     p.add_argument("--json", type=Path, help="write the results here")
     p.add_argument("--only", default="", help="comma-separated: ingest,fit,permutation,identify,csls,transform,memory,gpu")
     p.add_argument("--rounds", type=int, default=0, help="override the number of rounds")

@@ -61,7 +61,7 @@ class GalleryMixin:
 
     def identify(
         self, gallery: str, vectors: np.ndarray | Mapping[str, np.ndarray], model: str | None = None, k: int = 5,
-        fit_id: str | None = None, model_version: int = 0, batch_size: int = 4096, scoring: str = "cosine",
+        fit_id: str | None = None, model_version: int = 0, batch_size: int = 4096, scoring: str = "auto",
     ) -> IdentifyResult:
         """Top-``k`` gallery items for each probe.
 
@@ -71,9 +71,11 @@ class GalleryMixin:
         same subject; each party goes through its own route, and the scores are fused
         (z-normalised, weighted by each route's held-out quality); ``result.parties`` holds the
         weights, ``result.contributors`` who counted. Probes go in batches of ``batch_size``
-        rows (cut to the message limit), as :meth:`transform`. ``scoring``: "cosine" (scores in
-        [-1, 1]) or "csls" (hubness-corrected 2 cos - r_T - r_S in [-4, 4], for probes routed
-        through a map); ``result.scoring`` says which produced the scores.
+        rows (cut to the message limit), as :meth:`transform`. ``scoring``: "auto" (the default:
+        "csls" for probes routed through a map, "cosine" for the gallery's own model and for
+        fused identify), "cosine" (scores in [-1, 1]) or "csls" (hubness-corrected
+        2 cos - r_T - r_S in [-4, 4], for probes routed through a map); ``result.scoring`` says
+        which produced the scores.
         """
         k = _count(k, "k")
         batch_size = _count(batch_size, "batch_size")

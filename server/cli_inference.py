@@ -109,7 +109,7 @@ def identify(
     k: Annotated[int, typer.Option(help="candidates per probe")] = 5,
     key: Annotated[Optional[str], typer.Option(help="array in the .npz")] = None,
     out: Annotated[Optional[Path], typer.Option(help=".npz to write ids (n, k) and scores (n, k)")] = None,
-    scoring: Annotated[str, typer.Option(help="cosine, or csls (hubness-corrected; probes routed through a map)")] = "cosine",
+    scoring: Annotated[str, typer.Option(help="auto (csls through a map, else cosine), cosine, or csls (hubness-corrected)")] = "auto",
     address: Address = DEFAULT_ADDRESS,
     api_key: ApiKey = None,
 ) -> None:

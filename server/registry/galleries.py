@@ -58,7 +58,7 @@ class EnrollChunk:
     last: bool = False
 
 
-SCORINGS = ("cosine", "csls")
+SCORINGS = ("auto", "cosine", "csls")  # auto: csls through a map, cosine for the gallery's own model (identify)
 
 
 @dataclass(frozen=True)
@@ -151,8 +151,7 @@ class Galleries(Routed):
                 before_commit=self.before_commit(tenant),
             )
             self.indexes.committed(tenant, header.gallery, record.version, added_ids=added_ids, added=added)
-            if self.indexes.in_process:
-                self.hubness.follow(tenant, header.gallery, record.version, added_ids=added_ids, added=added)
+            self.hubness.follow(tenant, header.gallery, record.version, added_ids=added_ids, added=added)
         return len(added_ids), record.size
 
     @staticmethod
@@ -183,8 +182,7 @@ class Galleries(Routed):
             removed, size, version = self.galleries.remove(tenant, name, ids, before_commit=self.before_commit(tenant))
             if removed:
                 self.indexes.committed(tenant, name, version, removed_ids=ids)
-                if self.indexes.in_process:
-                    self.hubness.follow(tenant, name, version, removed_ids=ids)
+                self.hubness.follow(tenant, name, version, removed_ids=ids)
         return removed, size
 
     # ------------------------------------------------------------ index backend
@@ -203,11 +201,12 @@ class Galleries(Routed):
     # ------------------------------------------------------------ identify
     def identify(
         self, tenant: str, name: str, model_name: str, model_version: int, vectors: np.ndarray, k: int, fit_id: str = "",
-        scoring: str = "cosine",
+        scoring: str = "auto",
     ) -> IdentifyResult:
         """Top-k gallery items per probe; probes of another model go through its latest fit
         (or the fit ``fit_id``, which must map the probe model into the gallery model).
-        ``scoring``: "cosine" or "csls" (hubness-corrected, routes through a map only)."""
+        ``scoring``: "auto" (default: "csls" through a map, "cosine" for the gallery's own model),
+        "cosine", or "csls" (hubness-corrected, routes through a map only)."""
         self._check_k(k)
         scoring = self._check_scoring(scoring)
         gallery = self.get(tenant, name)
@@ -225,6 +224,8 @@ class Galleries(Routed):
         else:
             fit = self._route(tenant, probe_model, gallery_model)
         Q = self._into(tenant, fit, prepare_vectors(probe_model, vectors, "probes"), probe_model, gallery_model)
+        if scoring == "auto":
+            scoring = "csls" if fit is not None else "cosine"
         if scoring == "csls":
             return self._identify_csls(tenant, gallery, gallery_model, probe_model, fit, Q, k)
         with self.indexes.searchable(tenant, gallery, gallery_model) as index:
@@ -236,35 +237,62 @@ class Galleries(Routed):
         return IdentifyResult([row[:width] for row in ids], np.asarray(scores, np.float32)[:, :width], _route_name(fit))
 
     def _csls_route(self, tenant: str, gallery: GalleryRecord, probe_model: ModelRecord, fit: FitRecord | None):  # noqa: ANN202
-        """(references, route key) of a CSLS identify; errors for routes and backends without it."""
+        """(references, route key) of a CSLS identify; INVALID_ARGUMENT for a direct route."""
         if fit is None:
             raise InvalidInput(
                 f"scoring='csls' needs a route through a map: {probe_model.name!r} is the gallery's own model "
                 f"(the route's anchors are CSLS's reference neighbourhoods); use scoring='cosine'"
             )
-        if not self.indexes.in_process:
-            raise FailedPrecondition("scoring='csls' runs on local gallery indexes in this release; use scoring='cosine' with Milvus")
         gallery_model = self.store.get_model(tenant, gallery.model)
         return self.hubness.references(tenant, fit, probe_model, gallery_model), f"{fit.id}/{probe_model.name}"
 
+    def _corrected(self, tenant: str, gallery: GalleryRecord, gallery_model: ModelRecord, refs, route_key: str):  # noqa: ANN001, ANN202
+        """The route's r_S of the gallery's items: with an augmented index for local exact
+        galleries; the table alone for HNSW and Milvus ones (their cosine candidates are re-ranked)."""
+        with_index = self.indexes.in_process and gallery.index_kind == "exact"
+        return self.hubness.corrected_index(tenant, gallery, gallery_model, refs, route_key, self.alignment.device,
+                                            with_index=with_index)
+
+    def _csls_search(self, index, corrected, Q: np.ndarray, r_T: np.ndarray, depth: int):  # noqa: ANN001, ANN202
+        """(ids, CSLS scores (q, depth')) best first: one search of the augmented index, or
+        (Milvus) a cosine search of ``depth`` candidates re-ranked by 2 cos - r_T - r_S.
+        Candidates the table lacks (removed after the collection's snapshot) are dropped."""
+        from convergent.server.inference.csls import augment_queries, csls_from_augmented
+
+        if corrected.index is not None:
+            found, inner = corrected.index.search(augment_queries(Q), depth)
+            return found, csls_from_augmented(inner, r_T)
+        found, cosines = index.search(Q, depth)
+        penalty = corrected.penalty
+        r_S = np.array([[penalty.get(i, np.inf) if i else np.inf for i in row] for row in found], dtype=np.float32)
+        scores = (2.0 * np.asarray(cosines, np.float32) - r_T[:, None] - r_S).astype(np.float32)
+        scores[~np.isfinite(scores)] = -np.inf
+        order = np.argsort(-scores, axis=1, kind="stable")
+        ranked = [[row[j] if np.isfinite(s[j]) else "" for j in o] for row, s, o in zip(found, scores, order)]
+        return ranked, np.take_along_axis(scores, order, axis=1)
+
     def _identify_csls(self, tenant: str, gallery: GalleryRecord, gallery_model: ModelRecord, probe_model: ModelRecord,
                        fit: FitRecord | None, Q: np.ndarray, k: int) -> IdentifyResult:
-        from convergent.server.inference.csls import augment_queries, csls_from_augmented, neighbourhood_mean
+        from convergent.server.inference.csls import neighbourhood_mean
+        from convergent.server.registry.hubness import rerank_depth
 
         refs, route_key = self._csls_route(tenant, gallery, probe_model, fit)
-        with self.indexes.lock(tenant, gallery.name):  # enrolments update the corrected index under it
-            corrected = self.hubness.corrected_index(tenant, gallery, gallery_model, refs, route_key, self.alignment.device)
-            size = len(corrected.index)
-            if size == 0:
-                return IdentifyResult([[] for _ in range(len(Q))], np.zeros((len(Q), 0), np.float32), _route_name(fit), "csls")
-            ids, inner = corrected.index.search(augment_queries(Q), min(k, size))
-        scores = csls_from_augmented(inner, neighbourhood_mean(Q, refs.target))
+        r_T = neighbourhood_mean(Q, refs.target)
+        # local: under the gallery's lock, where enrolments update the corrected index and table
+        with self.indexes.searchable(tenant, gallery, gallery_model) as index:
+            size = self.indexes.size(index, gallery)
+            if size:
+                corrected = self._corrected(tenant, gallery, gallery_model, refs, route_key)
+                depth = min(k, size) if corrected.index is not None else rerank_depth(k, size)
+                ids, scores = self._csls_search(index, corrected, Q, r_T, depth)
+        if not size:
+            return IdentifyResult([[] for _ in range(len(Q))], np.zeros((len(Q), 0), np.float32), _route_name(fit), "csls")
         width = min(k, size)
         return IdentifyResult([row[:width] for row in ids], scores[:, :width], _route_name(fit), "csls")
 
     @staticmethod
     def _check_scoring(scoring: str) -> str:
-        scoring = scoring or "cosine"
+        scoring = scoring or "auto"
         if scoring not in SCORINGS:
             raise InvalidInput(f"unknown scoring {scoring!r}; choose from {list(SCORINGS)}")
         return scoring
@@ -290,14 +318,17 @@ class Galleries(Routed):
         return max(float(value), 0.0), f"held-out {key} of fit {fit.id}"
 
     def identify_fused(self, tenant: str, name: str, parties: builtins.list[tuple[str, int, np.ndarray]], k: int,
-                       scoring: str = "cosine") -> FusedIdentifyResult:
+                       scoring: str = "auto") -> FusedIdentifyResult:
         """Fuse several parties' probes (model, version, (n, d_model)) of the same n subjects.
         ``scoring="csls"``: parties routed through a map are CSLS-scored before the per-party
-        z-normalisation; the gallery model's own party keeps cosine."""
+        z-normalisation; the gallery model's own party keeps cosine. "auto" (the default) is
+        cosine here: the fusion weights were validated on cosine scores."""
         from convergent.server.inference import fuse_dense, fuse_scores
 
         self._check_k(k)
         scoring = self._check_scoring(scoring)
+        if scoring == "auto":
+            scoring = "csls"
         if not parties:
             raise InvalidInput("give at least one party's probes")
         models = [p[0] for p in parties]
@@ -328,7 +359,7 @@ class Galleries(Routed):
 
                 current = self.get(tenant, name)
                 for model_name, (refs, route_key) in routed.items():
-                    corrected = self.hubness.corrected_index(tenant, current, gallery_model, refs, route_key, self.alignment.device)
+                    corrected = self._corrected(tenant, current, gallery_model, refs, route_key)
                     corrections[model_name] = (corrected, neighbourhood_mean(queries[model_name], refs.target))
             size = self.indexes.size(index, gallery)
             if size == 0:
@@ -344,15 +375,14 @@ class Galleries(Routed):
                         per_party[model_name] = 2 * per_party[model_name] - r_T[:, None] - r_S[None, :]
                 fused = fuse_dense(per_party, weight_of, k=min(k, size), ids=ids)
             else:
-                from convergent.server.inference.csls import augment_queries, csls_from_augmented
+                from convergent.server.registry.hubness import rerank_depth
 
-                depth = min(size, max(10 * k, 100))
+                depth = rerank_depth(k, size)
                 per_party = {}
                 for model_name, Q in queries.items():
                     if model_name in corrections:
                         corrected, r_T = corrections[model_name]
-                        found, inner = corrected.index.search(augment_queries(Q), depth)
-                        per_party[model_name] = (found, csls_from_augmented(inner, r_T))
+                        per_party[model_name] = self._csls_search(index, corrected, Q, r_T, depth)
                     else:
                         per_party[model_name] = index.search(Q, depth)
                 fused = fuse_scores(per_party, weight_of, k=min(k, size))

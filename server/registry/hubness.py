@@ -4,10 +4,13 @@ neighbourhoods of a route and the hubness-corrected gallery indexes, cached in m
 A route's references are up to ``CSLS_ANCHORS`` anchors of its fit's set (seeded sample): the
 gallery model's own vectors (for r_T of the probes) and the probe model's vectors mapped through
 the route (for r_S of the gallery items). r_S of every gallery item is computed once per
-(gallery version, route) and kept in an augmented index [y, -r_S/2] of the gallery's kind
-(exact or HNSW), so a query costs one search with one extra dimension. First step: kept in
-memory (rebuilt from the stored items after a restart); Milvus galleries answer
-FAILED_PRECONDITION for CSLS.
+(gallery version, route) and kept in memory (rebuilt from the stored items after a restart):
+
+* local galleries keep it in an augmented index [y, -r_S/2] of the gallery's kind (exact or
+  HNSW), so a query costs one search with one extra dimension;
+* Milvus galleries keep only the table id -> r_S; a query searches the collection by cosine
+  for a deeper candidate list (:data:`RERANK_DEPTH`) and re-ranks it by CSLS.
+
 A committed enrolment or removal is applied to every cached corrected index of the gallery
 that held the version before (:meth:`Hubness.follow`: r_S of the new items only); one that
 missed a change (another replica's) is rebuilt on next use.
@@ -32,6 +35,12 @@ CSLS_ANCHORS = 2000
 KEPT = 16  # routes' references and corrected indexes kept (LRU)
 
 
+def rerank_depth(k: int, size: int) -> int:
+    """Cosine candidates re-ranked by CSLS for a top-k on an out-of-process (Milvus) gallery of
+    ``size`` items: ``max(10 k, 100)``, at most the gallery."""
+    return min(size, max(10 * k, 100))
+
+
 @dataclass(frozen=True)
 class References:
     target: np.ndarray  # (r, d_gallery) unit: anchors as the gallery model embedded them
@@ -41,7 +50,7 @@ class References:
 @dataclass
 class CorrectedIndex:
     version: int
-    index: ExactIndex | HnswIndex  # over [y, -r_S(y)/2]
+    index: ExactIndex | HnswIndex | None  # over [y, -r_S(y)/2]; None: the penalties alone (Milvus)
     penalty: dict[str, float]  # gallery id -> r_S(y)
     references: References
 
@@ -95,36 +104,40 @@ class Hubness:
             if added_ids:
                 G = normalize_rows(added)
                 r_S = neighbourhood_mean(G, corrected.references.mapped)
-                corrected.index.add(added_ids, augment_gallery(G, r_S))
+                if corrected.index is not None:
+                    corrected.index.add(added_ids, augment_gallery(G, r_S))
                 corrected.penalty.update(zip(added_ids, r_S.tolist()))
             if removed_ids:
                 present = [i for i in removed_ids if i in corrected.penalty]
-                if present:
+                if present and corrected.index is not None:
                     corrected.index.remove(present)
                 for i in present:
                     del corrected.penalty[i]
             corrected.version = version
 
     def corrected_index(self, tenant: str, gallery: GalleryRecord, model: ModelRecord, refs: References,
-                        route_key: str, device: str = "cpu") -> CorrectedIndex:
-        """The gallery's items with their r_S as an augmented index, at the gallery's version."""
+                        route_key: str, device: str = "cpu", *, with_index: bool = True) -> CorrectedIndex:
+        """The gallery's items' r_S, at the gallery's version (or newer), with an augmented
+        index of them (``with_index``; without: the table alone, for re-ranking)."""
         from convergent.server.inference import ExactIndex, HnswIndex, normalize_rows
         from convergent.server.inference.csls import augment_gallery, neighbourhood_mean
 
-        key = (tenant, gallery.name, gallery.created_at, route_key)
+        key = (tenant, gallery.name, gallery.created_at, route_key, with_index)
         with self._lock:
             cached = self._indexes.get(key)
-        if cached is not None and cached.version == gallery.version:
+        if cached is not None and cached.version >= gallery.version:
             return cached
         version, ids, vectors = self.store.galleries.items(tenant, gallery.name, model.dim)
         G = normalize_rows(vectors) if ids else np.zeros((0, model.dim), np.float32)
         r_S = neighbourhood_mean(G, refs.mapped) if ids else np.zeros(0, np.float32)
-        if gallery.index_kind == "exact":
-            index = ExactIndex(model.dim + 1, backend="cuda" if device == "cuda" else "auto")
-        else:
-            index = HnswIndex(model.dim + 1)
-        if ids:
-            index.add(ids, augment_gallery(G, r_S))
+        index: ExactIndex | HnswIndex | None = None
+        if with_index:
+            if gallery.index_kind == "exact":
+                index = ExactIndex(model.dim + 1, backend="cuda" if device == "cuda" else "auto")
+            else:
+                index = HnswIndex(model.dim + 1)
+            if ids:
+                index.add(ids, augment_gallery(G, r_S))
         built = CorrectedIndex(version, index, dict(zip(ids, r_S.tolist())), refs)
         with self._lock:
             self.builds += 1

@@ -1,4 +1,5 @@
-"""benchmarks/run.py --quick runs end to end and writes every key (timings are never asserted)."""
+"""The benchmark scripts run end to end and write every key (timings are never asserted):
+benchmarks/run.py at toy sizes (``--smoke``: the same steps as ``--quick`` and a full run)."""
 
 from __future__ import annotations
 
@@ -23,10 +24,10 @@ KEYS = (
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_quick_benchmark_writes_every_key(tmp_path: Path) -> None:
+def test_benchmark_smoke_run_writes_every_key(tmp_path: Path) -> None:
     out = tmp_path / "quick.json"
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--quick", "--json", str(out),
+        [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--smoke", "--json", str(out),
          "--workdir", str(tmp_path)],
         cwd=ROOT, capture_output=True, text=True, timeout=540,
     )

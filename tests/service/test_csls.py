@@ -84,8 +84,15 @@ def test_csls_on_text_anchors(client: Client, realdata, n_anchors):
     assert np.mean(gains) >= (0.05 if n_anchors == 200 else -0.01), gains
 
 
-def test_csls_scores_route_and_errors(server, client: Client, rng):
-    """The score is 2 cos - r_T - r_S computed offline from the same anchors; direct routes refuse."""
+def test_csls_scores_route_and_errors(start_server, gallery_backend, rng):
+    """The score is 2 cos - r_T - r_S computed offline from the same anchors, on local galleries
+    (augmented index) and on Milvus ones (cosine candidates re-ranked); direct routes refuse."""
+    server = start_server(gallery_backend=gallery_backend)
+    with Client(server.address, timeout=60) as client:
+        _check_csls_scores_route_and_errors(server, client, rng)
+
+
+def _check_csls_scores_route_and_errors(server, client: Client, rng) -> None:
     from convergent.server.inference.csls import neighbourhood_mean
 
     X = rng.standard_normal((60, 6))
@@ -97,8 +104,12 @@ def test_csls_scores_route_and_errors(server, client: Client, rng):
     G = rng.standard_normal((15, 6))
     client.enroll(gallery="g", model="b", ids=[f"g{j}" for j in range(15)], vectors=G)
     P = rng.standard_normal((4, 6))
-    cos = client.identify(gallery="g", vectors=P, model="a", k=15)
+    cos = client.identify(gallery="g", vectors=P, model="a", k=15, scoring="cosine")
     csls = client.identify(gallery="g", vectors=P, model="a", k=15, scoring="csls")
+    default = client.identify(gallery="g", vectors=P, model="a", k=15)  # "auto": csls through a map
+    assert default.scoring == "csls" and default.ids == csls.ids
+    np.testing.assert_allclose(default.scores, csls.scores, atol=1e-6)
+    assert client.identify(gallery="g", vectors=G[:2], model="b", k=3).scoring == "cosine"  # the gallery's own model
     unit = lambda A: A / np.linalg.norm(A, axis=1, keepdims=True)  # noqa: E731
     mapped_probes = unit(client.transform(P, source="a", target="b"))
     mapped_anchors = unit(client.transform(X, source="a", target="b"))
@@ -122,7 +133,34 @@ def test_csls_scores_route_and_errors(server, client: Client, rng):
     np.testing.assert_allclose([got[f"g{j}"] for j in range(15) if j != 3], np.delete(expected[1], 3), atol=1e-4)
     fused = client.identify(gallery="g", vectors={"a": P}, k=3, scoring="csls")
     assert fused.scoring == "csls" and fused.ids[0][0] == "new"
+    assert client.identify(gallery="g", vectors={"a": P}, k=3).scoring == "csls"  # "auto"
+    assert client.identify(gallery="g", vectors={"a": P}, k=3, scoring="cosine").scoring == "cosine"
     with pytest.raises(errors.InvalidArgument, match="route through a map"):
         client.identify(gallery="g", vectors=G[:2], model="b", scoring="csls")
     with pytest.raises(errors.InvalidArgument, match="unknown scoring 'magic'"):
         client.identify(gallery="g", vectors=P, model="a", scoring="magic")
+
+
+def test_csls_on_milvus_reranks_cosine_candidates_like_the_local_index(start_server, gallery_backend, rng):
+    """A gallery larger than the re-ranked depth (max(10 k, 100)): Milvus' CSLS top-3 is the
+    exact CSLS top-3 of the local index for nearly every probe, with the same scores."""
+    if gallery_backend == "local":
+        pytest.skip("the local backend is the reference here")
+    X = rng.standard_normal((300, 16))
+    Y = X @ np.linalg.qr(rng.standard_normal((16, 16)))[0] + 0.3 * rng.standard_normal((300, 16))
+    G = rng.standard_normal((600, 16))
+    P = rng.standard_normal((50, 16))
+    results = {}
+    for backend in ("local", gallery_backend):
+        with Client(start_server(gallery_backend=backend).address, timeout=60) as client:
+            for model, V in (("a", X), ("b", Y)):
+                client.register_model(model, dim=16)
+                client.upload_anchors(model, anchor_set="s", ids=[f"i{j}" for j in range(300)], vectors=V)
+            client.fit_alignment("a", "b", anchor_set="s", method="procrustes")
+            client.enroll(gallery="g", model="b", ids=[f"g{j}" for j in range(600)], vectors=G)
+            results[backend] = client.identify(gallery="g", vectors=P, model="a", k=3, scoring="csls")
+    local, milvus = results["local"], results[gallery_backend]
+    same = [a == b for a, b in zip(local.ids, milvus.ids)]
+    assert np.mean(same) >= 0.9, np.mean(same)
+    for row in np.flatnonzero(same):
+        np.testing.assert_allclose(milvus.scores[row], local.scores[row], atol=1e-4)

@@ -66,19 +66,25 @@ TASKS = {
 }
 
 
-def _sweep(Xa, Ya, test):
+# Left out of a task's sweep for time only: on text the one-to-many Lasso map fits 768 Lasso
+# paths (~80 s of this test's ~90 s on 2 cores) and reached top-1 0.803 against Procrustes'
+# 0.952 when it was run (2026-12-01), far from the best.
+SWEEP_SKIPS = {"minilm->mpnet": {"sparse"}}
+
+
+def _sweep(Xa, Ya, test, skip=frozenset()):
     """Offline sweep on the unseen test items: ridge at fixed lambdas (relative to
-    trace(Sxx)/d) and every candidate family."""
+    trace(Sxx)/d) and every candidate family but ``skip``."""
     scale = np.trace(PairedStats.from_arrays(Xa, Ya).scatter()[0]) / Xa.shape[1]
     out = {f"ridge(lambda={a:g}*s)": test(RidgeMap(alphas=[a * scale]).fit(Xa, Ya)) for a in (1e-3, 1e-2, 1e-1, 1.0)}
-    out.update({name: test(CANDIDATES[name]().fit(Xa, Ya)) for name in CANDIDATES})
+    out.update({name: test(CANDIDATES[name]().fit(Xa, Ya)) for name in CANDIDATES if name not in skip})
     return out
 
 
 @pytest.mark.parametrize("task", list(TASKS))
 def test_auto_choice_is_within_002_of_offline_sweep(task):
     Xa, Ya, test = TASKS[task]()
-    sweep = _sweep(Xa, Ya, test)
+    sweep = _sweep(Xa, Ya, test, SWEEP_SKIPS.get(task, frozenset()))
     res = fit_auto(Xa, Ya)
     got = test(res.estimator)
     best = max(sweep.values())
