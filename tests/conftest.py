@@ -379,3 +379,24 @@ def milvus_database(milvus_server: str) -> Iterator[str]:
     scoped.close()
     admin.drop_database(name)
     admin.close()
+
+
+# Tests on the session's Milvus standalone server run in one pytest-xdist worker: the server
+# binds fixed ports of its own, so a second one (another worker's) does not start beside it.
+_MILVUS_SERVER_PARAMS = {"server", "milvus-server", "postgresql-milvus-server"}
+
+
+def _uses_milvus_server(item: pytest.Item) -> bool:
+    if {"milvus_server", "milvus_database"} & set(getattr(item, "fixturenames", ())):
+        return True
+    callspec = getattr(item, "callspec", None)
+    return callspec is not None and any(
+        isinstance(value, str) and value in _MILVUS_SERVER_PARAMS and name in ("gallery_server", "gallery_backend", "milvus_kind")
+        for name, value in callspec.params.items()
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if _uses_milvus_server(item):
+            item.add_marker(pytest.mark.xdist_group("milvus-server"))
