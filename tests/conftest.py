@@ -319,28 +319,60 @@ def _start_milvus_server(folder: Path, timeout: float):  # noqa: ANN202
 
 def _stop_milvus_server(proc) -> None:  # noqa: ANN001
     """Stop the launcher and the server by their process group (the server may panic on shutdown)."""
-    import os
-    import signal
     import subprocess
 
-    for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 15)):
+    _stop_process_group(proc.pid, lambda timeout: proc.wait(timeout=timeout), subprocess.TimeoutExpired)
+
+
+def _stop_process_group(pid: int, wait, timeout_error) -> None:  # noqa: ANN001
+    """SIGTERM, then SIGKILL, the process group ``pid`` leads; ``wait(timeout)`` waits for its leader."""
+    import os
+    import signal
+
+    for sig in (signal.SIGTERM, signal.SIGKILL):
         try:
-            os.killpg(proc.pid, sig)
+            os.killpg(pid, sig)
         except ProcessLookupError:
             return
         try:
-            proc.wait(timeout=wait)
-            os.killpg(proc.pid, signal.SIGKILL)  # whatever of the group is left
-        except (subprocess.TimeoutExpired, ProcessLookupError):
+            wait(15)
+            os.killpg(pid, signal.SIGKILL)  # whatever of the group is left
+        except (timeout_error, ProcessLookupError):
             continue
         return
 
 
+def _wait_for_exit(pid: int, timeout: float) -> None:
+    """Wait until process ``pid`` (not our child) is gone; TimeoutError after ``timeout`` s."""
+    import os
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if os.waitpid(pid, os.WNOHANG)[0] == pid:  # our child (this worker started it): reaped
+                return
+        except ChildProcessError:  # another worker's child: gone once signal 0 finds nothing
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return
+        time.sleep(0.2)
+    raise TimeoutError(pid)
+
+
 @pytest.fixture(scope="session")
-def milvus_server() -> Iterator[str]:
+def milvus_server(tmp_path_factory) -> Iterator[str]:
     """The URI of a Milvus standalone server for the session: CONVERGENT_TEST_MILVUS_URI if set,
     else one started from the `milvus` package in a temporary folder (skipped with the reason
-    when it is not installed or does not start)."""
+    when it is not installed or does not start).
+
+    One server serves every pytest-xdist worker (a second one does not start beside it: it
+    binds fixed ports of its own): the first worker that needs it starts it and records it in a
+    file under the run's shared temporary folder; each user counts itself in and out under a
+    file lock, and the last one out stops it."""
+    import fcntl
+    import json
     import os
     import shutil
     import tempfile
@@ -350,16 +382,39 @@ def milvus_server() -> Iterator[str]:
         yield os.environ["CONVERGENT_TEST_MILVUS_URI"]
         return
     pytest.importorskip("milvus", reason="the Milvus server package is not installed (`milvus`, in the dev extra)")
-    folder = Path(tempfile.mkdtemp(prefix="convergent-milvus-"))
-    proc, found = _start_milvus_server(folder, timeout=float(os.environ.get("CONVERGENT_TEST_MILVUS_START_S", "180")))
-    if proc is None:
-        shutil.rmtree(folder, ignore_errors=True)
-        pytest.skip(f"the Milvus server did not start: {found}")
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent  # the run's folder, above each worker's own
+    record, lock_path = shared / "milvus-server.json", shared / "milvus-server.lock"
+    with open(lock_path, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        state = json.loads(record.read_text()) if record.exists() else None
+        if state is None:
+            folder = Path(tempfile.mkdtemp(prefix="convergent-milvus-"))
+            proc, found = _start_milvus_server(folder, timeout=float(os.environ.get("CONVERGENT_TEST_MILVUS_START_S", "180")))
+            if proc is None:
+                shutil.rmtree(folder, ignore_errors=True)
+                state = {"error": found, "users": 0}
+            else:
+                state = {"uri": found, "pid": proc.pid, "folder": str(folder), "users": 0}
+        if "error" not in state:
+            state["users"] += 1
+        record.write_text(json.dumps(state))
+    if "error" in state:
+        pytest.skip(f"the Milvus server did not start: {state['error']}")
     try:
-        yield found
+        yield state["uri"]
     finally:
-        _stop_milvus_server(proc)
-        shutil.rmtree(folder, ignore_errors=True)
+        with open(lock_path, "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            state = json.loads(record.read_text())
+            state["users"] -= 1
+            if state["users"] == 0:
+                _stop_process_group(state["pid"], lambda timeout: _wait_for_exit(state["pid"], timeout), TimeoutError)
+                shutil.rmtree(state["folder"], ignore_errors=True)
+                record.unlink()
+            else:
+                record.write_text(json.dumps(state))
 
 
 @pytest.fixture
@@ -380,24 +435,3 @@ def milvus_database(milvus_server: str) -> Iterator[str]:
     admin.drop_database(name)
     admin.close()
 
-
-# Tests on the session's Milvus standalone server run in one pytest-xdist worker: the server
-# binds fixed ports of its own, so a second one (another worker's) does not start beside it.
-_MILVUS_SERVER_PARAMS = {"server", "milvus-server", "postgresql-milvus-server"}
-
-
-def _uses_milvus_server(item: pytest.Item) -> bool:
-    if {"milvus_server", "milvus_database"} & set(getattr(item, "fixturenames", ())):
-        return True
-    callspec = getattr(item, "callspec", None)
-    return callspec is not None and any(
-        isinstance(value, str) and value in _MILVUS_SERVER_PARAMS and name in ("gallery_server", "gallery_backend", "milvus_kind")
-        for name, value in callspec.params.items()
-    )
-
-
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    for item in items:
-        if _uses_milvus_server(item):
-            item.add_marker(pytest.mark.xdist_group("milvus-server"))
