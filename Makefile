@@ -20,12 +20,15 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/convergent demo $(DEMO_ARGS)
 
+# Two pytest-xdist workers (most tests wait on servers and subprocesses); TEST_WORKERS=0: one process.
+TEST_WORKERS ?= 2
+
 test: $(STAMP)
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 # The edit loop: everything but the tests marked slow.
 test-fast: $(STAMP)
-	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) -m "not slow" $(PYTEST_ARGS)
 
 # Lint and types (ruff and mypy, configured in pyproject.toml); CI runs it before the tests.
 check: $(STAMP)

@@ -12,6 +12,13 @@ import pytest
 BIN = Path(sys.executable).with_name("convergent")
 
 
+@pytest.fixture
+def server(start_server):
+    """A server on SQLite only: the CLI is a client, and the database behind the server changes
+    nothing it prints (tests/service run every call on SQLite and PostgreSQL)."""
+    return start_server()
+
+
 def run(*args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
     result = subprocess.run([str(BIN), *args], capture_output=True, text=True, timeout=timeout)
     if check and result.returncode != 0:
@@ -148,8 +155,6 @@ def test_enroll_identify_verify_commands(server, tmp_path: Path, rng):
 
 
 def test_backup_and_restore_commands(server, tmp_path: Path, rng):
-    if server.store.engine.dialect.name != "sqlite":
-        pytest.skip("convergent backup copies the SQLite store; for PostgreSQL use pg_dump")
     address = ["--address", server.address]
     run("models", "register", "face", "--dim", "4", *address)
     np.savez(tmp_path / "x.npz", face=rng.standard_normal((50, 4)))

@@ -397,8 +397,11 @@ def pypi_reachable() -> bool:
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_smoke_script_installs_serves_and_stops(tmp_path: Path):
-    """deploy/smoke.sh end to end (~45 s here: fresh venv, torch from the local wheel, the
-    server extra from PyPI, serve, health, SIGTERM)."""
+    """deploy/smoke.sh end to end (~2 min on 2 cores: fresh venv, torch from the local wheel,
+    the server extra from PyPI, serve, health, SIGTERM). Opt-in (CONVERGENT_DEPLOY_SMOKE=1):
+    .ci/run runs the script itself after the suite, so `make test` stays short."""
+    if os.environ.get("CONVERGENT_DEPLOY_SMOKE") != "1":
+        pytest.skip("deploy/smoke.sh installs a fresh venv (~2 min): set CONVERGENT_DEPLOY_SMOKE=1; .ci/run runs it")
     if not pypi_reachable():
         pytest.skip("no network access to PyPI: deploy/smoke.sh installs into a fresh venv")
     started = time.monotonic()

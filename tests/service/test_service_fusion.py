@@ -55,10 +55,10 @@ def test_fusion_errors(client: Client, rng):
     assert single.parties == {"m": 1.0} and single.scores.shape == (2, 2)
 
 
-# The scores do not depend on the backend (the other fusion tests run on all five): this one runs
-# on the in-process index and on a deployment's pair, PostgreSQL with a Milvus server.
+# The scores do not depend on the backend (the other fusion tests run on every one): this one
+# runs on SQLite with the in-process index.
 @pytest.mark.realdata
-@pytest.mark.parametrize("gallery_server", ["sqlite", "postgresql-milvus-server"], indirect=True)
+@pytest.mark.parametrize("gallery_server", ["sqlite"], indirect=True)
 def test_fusion_on_real_faces_with_a_weak_third_party(client: Client, realdata):
     """MobileFace gallery (one photo per person of people 20-39, 20 seeded draws of which photo),
     probed by dlib and FaceNet parties; a weak third party embeds raw pixels (PCA-48)."""

@@ -91,6 +91,7 @@ def test_text_auto_close_to_best_offline_map(client: Client, text):
     assert service >= max(sweep.values()) - 0.02
 
 
+@pytest.mark.parametrize("server", ["sqlite"], indirect=True)  # compute-bound: the database adds nothing
 def test_text_no_dip_when_anchor_count_passes_the_dimension(client: Client, text):
     """Least squares collapses near n = d = 384 (interpolation threshold); the service must not."""
     X, Y = text.vectors["minilm_l6"], text.vectors["mpnet"]

@@ -19,6 +19,7 @@ def register_and_upload(client: Client, views: dict[str, np.ndarray], anchor_set
     return ids
 
 
+@pytest.mark.parametrize("server", ["sqlite"], indirect=True)  # compute-bound: the database adds nothing
 def test_permutation_recovers_hidden_units(client: Client, rng):
     n, d = 3000, 24
     X = rng.standard_normal((n, d))
@@ -106,6 +107,7 @@ def test_shared_space_of_three_models(client: Client, rng):
         client.transform(views["m1"][:2], source="m1", target=f"shared:{client.fit_alignment('m1', 'm2', anchor_set='s', method='ridge').id}")
 
 
+@pytest.mark.parametrize("server", ["sqlite"], indirect=True)  # compute-bound: the database adds nothing
 @pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 def test_convergent_learning_on_digits(client: Client):
     """Li et al. 2016 in miniature: two MLPs from different seeds, hidden units as the models."""
