@@ -13,6 +13,7 @@ Milvus collections), whose per-gallery lock keeps the database and the index in 
 from __future__ import annotations
 
 import builtins
+import itertools
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -263,13 +264,18 @@ class Galleries(Routed):
             found, inner = corrected.index.search(augment_queries(Q), depth)
             return found, csls_from_augmented(inner, r_T)
         found, cosines = index.search(Q, depth)
-        penalty = corrected.penalty
-        r_S = np.array([[penalty.get(i, np.inf) if i else np.inf for i in row] for row in found], dtype=np.float32)
-        scores = (2.0 * np.asarray(cosines, np.float32) - r_T[:, None] - r_S).astype(np.float32)
+        cosines = np.asarray(cosines, np.float32)
+        if cosines.size == 0:
+            return found, cosines
+        flat = list(itertools.chain.from_iterable(found))  # "" pads (never an id) get +inf, so -inf scores
+        r_S = np.fromiter(map(corrected.penalty.get, flat, itertools.repeat(np.inf)), np.float32, len(flat))
+        scores = 2.0 * cosines - r_T[:, None] - r_S.reshape(cosines.shape)
         scores[~np.isfinite(scores)] = -np.inf
         order = np.argsort(-scores, axis=1, kind="stable")
-        ranked = [[row[j] if np.isfinite(s[j]) else "" for j in o] for row, s, o in zip(found, scores, order)]
-        return ranked, np.take_along_axis(scores, order, axis=1)
+        scores = np.take_along_axis(scores, order, axis=1)
+        ranked = np.take_along_axis(np.array(found, dtype=object), order, axis=1)
+        ranked[~np.isfinite(scores)] = ""
+        return ranked.tolist(), scores
 
     def _identify_csls(self, tenant: str, gallery: GalleryRecord, gallery_model: ModelRecord, probe_model: ModelRecord,
                        fit: FitRecord | None, Q: np.ndarray, k: int) -> IdentifyResult:
@@ -375,9 +381,7 @@ class Galleries(Routed):
                         per_party[model_name] = 2 * per_party[model_name] - r_T[:, None] - r_S[None, :]
                 fused = fuse_dense(per_party, weight_of, k=min(k, size), ids=ids)
             else:
-                from convergent.server.registry.hubness import rerank_depth
-
-                depth = rerank_depth(k, size)
+                depth = min(size, max(10 * k, 100))  # each party's candidates (a CSLS party's re-ranked among them)
                 per_party = {}
                 for model_name, Q in queries.items():
                     if model_name in corrections:

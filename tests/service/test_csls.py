@@ -142,7 +142,7 @@ def _check_csls_scores_route_and_errors(server, client: Client, rng) -> None:
 
 
 def test_csls_on_milvus_reranks_cosine_candidates_like_the_local_index(start_server, milvus_kind, rng):
-    """A gallery larger than the re-ranked depth (max(10 k, 100)): Milvus' CSLS top-3 (milvus-lite,
+    """A gallery larger than the re-ranked depth (max(3 k, 30)): Milvus' CSLS top-3 (milvus-lite,
     then a Milvus server) is the exact CSLS top-3 of the local index for nearly every probe, with
     the same scores."""
     X = rng.standard_normal((300, 16))
@@ -160,6 +160,7 @@ def test_csls_on_milvus_reranks_cosine_candidates_like_the_local_index(start_ser
             results[backend] = client.identify(gallery="g", vectors=P, model="a", k=3, scoring="csls")
     local, milvus = results["local"], results["milvus"]
     same = [a == b for a, b in zip(local.ids, milvus.ids)]
+    print(f"\nMilvus re-ranked CSLS top-3 = local exact CSLS top-3 on {np.mean(same):.2f} of the probes")
     assert np.mean(same) >= 0.9, np.mean(same)
     for row in np.flatnonzero(same):
         np.testing.assert_allclose(milvus.scores[row], local.scores[row], atol=1e-4)
