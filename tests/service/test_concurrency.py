@@ -297,6 +297,76 @@ def test_enroll_and_identify_concurrently_show_only_committed_ids(gallery_server
     assert len(result.ids[0]) == final
 
 
+@pytest.mark.slow
+def test_csls_identify_during_enrolments_and_removals_stays_consistent(gallery_server):
+    """(Every gallery backend.) Probes of another model reach the gallery through a fit and are
+    CSLS-scored (the default) while a client enrols batches and removes some: every id returned
+    was acknowledged by an enrolment that ran before or during the call and not removed before
+    it, scores are sorted, and once the writes are done every probe of a kept vector finds
+    itself first (the r_S table followed each change without a rebuild on in-process galleries)."""
+    server = gallery_server
+    batch, n_batches, dim = 10, 8, 16
+    rng = np.random.default_rng(7)
+    anchors = rng.standard_normal((200, dim))
+    with Client(server.address) as setup:
+        setup.register_model("g", dim)
+        setup.register_model("p", dim)
+        for model in ("g", "p"):
+            setup.upload_anchors(model, anchor_set="s", ids=[f"a{i}" for i in range(200)], vectors=anchors)
+        setup.fit_alignment("p", "g", anchor_set="s", method="procrustes")
+        setup.enroll(gallery="G", model="g", ids=[f"init-{i}" for i in range(batch)], vectors=rng.standard_normal((batch, dim)))
+    batches = [([f"b{b}-{i}" for i in range(batch)], np.random.default_rng(100 + b).standard_normal((batch, dim)))
+               for b in range(n_batches)]
+    sent: set[str] = {f"init-{i}" for i in range(batch)}
+    removed: set[str] = set()
+    acked: dict[str, np.ndarray] = {}
+    lock, done = threading.Lock(), threading.Event()
+
+    def writer() -> None:
+        with Client(server.address) as client:
+            for b, (ids, X) in enumerate(batches):
+                with lock:
+                    sent.update(ids)
+                client.enroll(gallery="G", model="g", ids=ids, vectors=X, chunk_size=4)
+                with lock:
+                    acked.update(zip(ids, X))
+                if b % 2:  # remove the first item of the batch before
+                    gone = batches[b - 1][0][0]
+                    client.remove(gallery="G", ids=[gone])
+                    with lock:
+                        removed.add(gone)
+                        acked.pop(gone, None)
+        done.set()
+
+    def reader(seed: int) -> None:
+        local = np.random.default_rng(seed)
+        with Client(server.address) as client:
+            while not done.is_set():
+                with lock:
+                    known = list(acked.values())
+                    removed_before = set(removed)
+                probes = np.vstack(known[:: max(1, len(known) // 4)] or [local.standard_normal(dim)])
+                result = client.identify(gallery="G", vectors=probes, model="p", k=5)
+                assert result.scoring == "csls"
+                with lock:
+                    allowed = set(sent)
+                for row, scores in zip(result.ids, result.scores):
+                    returned = {i for i in row if i}
+                    assert returned <= allowed, returned - allowed
+                    assert not returned & removed_before, returned & removed_before
+                    finite = scores[np.isfinite(scores)]
+                    assert np.all(np.diff(finite) <= 1e-6)
+
+    _run_threads([writer, lambda: reader(1), lambda: reader(2)])
+    with Client(server.address) as client:
+        kept = list(acked.items())
+        result = client.identify(gallery="G", vectors=np.vstack([v for _, v in kept]), model="p", k=1)
+    hits = np.mean([row[0] == item for (item, _), row in zip(kept, result.ids)])
+    assert hits >= 0.95, hits
+    if server.settings.gallery_backend == "local":
+        assert server._backend.galleries.hubness.builds <= 1
+
+
 @pytest.mark.parametrize("change", ["add", "overwrite"])
 def test_fit_whose_snapshot_is_older_than_the_cached_statistics(server, monkeypatch, change):
     """Fit A opens its read snapshot (data_version 2: 20 pairs); before it looks up the
