@@ -117,3 +117,13 @@ def summary(values: list[float]) -> dict[str, float]:
 
 def fmt_ratio(entry: dict) -> str:
     return f"{entry['median']:.2f} ({entry['min']:.2f}-{entry['max']:.2f})"
+
+
+def realdata_folder(explicit: Path | None) -> Path:
+    """shared/realdata (or ``explicit``); exits with a message when it is not found."""
+    from convergent.server.datasets import find_realdata
+
+    folder = find_realdata(explicit) if explicit is not None else find_realdata()
+    if folder is None:
+        raise SystemExit("shared/realdata not found: pass --realdata")
+    return folder

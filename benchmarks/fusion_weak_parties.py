@@ -22,15 +22,19 @@ scorings, and the fusion weight each weak party got. Numbers are measured, not a
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from convergent.client import Client
-from convergent.server.datasets import find_realdata, load_faces
+from convergent.server.datasets import load_faces
 from convergent.server.rpc.app import ConvergentServer
 from convergent.server.settings import ServerSettings
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import realdata_folder  # noqa: E402
 
 STRONG = ("dlib", "facenet")
 SNRS = (1.0, 0.5, 0.25, 0.1)
@@ -70,9 +74,7 @@ def main() -> None:
     parser.add_argument("--split", type=int, default=0, choices=[0, 1], help="0: anchors people 0-19; 1: anchors 20-39")
     parser.add_argument("--realdata", type=Path, default=None)
     args = parser.parse_args()
-    folder = args.realdata or find_realdata()
-    if folder is None:
-        raise SystemExit("shared/realdata not found: pass --realdata")
+    folder = realdata_folder(args.realdata)
     faces = load_faces(folder)
     labels = faces.labels
     with np.load(folder / "att_faces.npz") as data:

@@ -21,12 +21,16 @@ not asserted.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import numpy as np
 
 from convergent.server.align.maps import ProcrustesMap
-from convergent.server.datasets import find_realdata, load_faces
+from convergent.server.datasets import load_faces
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import realdata_folder  # noqa: E402
 
 
 def unit(A: np.ndarray) -> np.ndarray:
@@ -50,9 +54,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--realdata", type=Path, default=None)
     args = parser.parse_args()
-    folder = args.realdata or find_realdata()
-    if folder is None:
-        raise SystemExit("shared/realdata not found: pass --realdata")
+    folder = realdata_folder(args.realdata)
     faces = load_faces(folder)
     labels = faces.labels
     print("| pair | anchors | scoring | TAR @ FAR 1e-2 | TAR @ FAR 1e-3 |")
