@@ -72,8 +72,8 @@ class GalleryMixin:
         (z-normalised, weighted by each route's held-out quality); ``result.parties`` holds the
         weights, ``result.contributors`` who counted. Probes go in batches of ``batch_size``
         rows (cut to the message limit), as :meth:`transform`. ``scoring``: "auto" (the default:
-        "csls" for probes routed through a map, "cosine" for the gallery's own model and for
-        fused identify), "cosine" (scores in [-1, 1]) or "csls" (hubness-corrected
+        "csls" for probes routed through a map, also for each such party of a fused identify;
+        "cosine" for the gallery's own model), "cosine" (scores in [-1, 1]) or "csls" (hubness-corrected
         2 cos - r_T - r_S in [-4, 4], for probes routed through a map); ``result.scoring`` says
         which produced the scores.
         """

@@ -255,9 +255,10 @@ class Galleries(Routed):
                                             with_index=with_index)
 
     def _csls_search(self, index, corrected, Q: np.ndarray, r_T: np.ndarray, depth: int):  # noqa: ANN001, ANN202
-        """(ids, CSLS scores (q, depth')) best first: one search of the augmented index, or
-        (Milvus) a cosine search of ``depth`` candidates re-ranked by 2 cos - r_T - r_S.
-        Candidates the table lacks (removed after the collection's snapshot) are dropped."""
+        """(ids, CSLS scores (q, depth')) best first: one search of the augmented index (local
+        exact), or (HNSW, Milvus) a cosine search of ``index`` for ``depth`` candidates re-ranked
+        by 2 cos - r_T - r_S. Candidates the r_S table lacks (removed after the index's snapshot)
+        are dropped ("" / -inf)."""
         from convergent.server.inference.csls import augment_queries, csls_from_augmented
 
         if corrected.index is not None:
@@ -328,7 +329,7 @@ class Galleries(Routed):
         """Fuse several parties' probes (model, version, (n, d_model)) of the same n subjects.
         ``scoring="csls"``: parties routed through a map are CSLS-scored before the per-party
         z-normalisation; the gallery model's own party keeps cosine. "auto" (the default) is
-        cosine here: the fusion weights were validated on cosine scores."""
+        "csls" here (measured on the real faces: fused 0.607 cosine, 0.688 CSLS; docs/inference.md)."""
         from convergent.server.inference import fuse_dense, fuse_scores
 
         self._check_k(k)
