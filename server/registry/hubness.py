@@ -6,10 +6,11 @@ gallery model's own vectors (for r_T of the probes) and the probe model's vector
 the route (for r_S of the gallery items). r_S of every gallery item is computed once per
 (gallery version, route) and kept in memory (rebuilt from the stored items after a restart):
 
-* local galleries keep it in an augmented index [y, -r_S/2] of the gallery's kind (exact or
-  HNSW), so a query costs one search with one extra dimension;
-* Milvus galleries keep only the table id -> r_S; a query searches the collection by cosine
-  for a deeper candidate list (:func:`rerank_depth`) and re-ranks it by CSLS.
+* local exact galleries keep it in an augmented exact index [y, -r_S/2], so a query costs one
+  search with one extra dimension;
+* HNSW and Milvus galleries keep only the table id -> r_S; a query searches the gallery's own
+  cosine index for a deeper candidate list (:func:`rerank_depth`) and re-ranks it by CSLS (no
+  second graph to build).
 
 A committed enrolment or removal is applied to every cached corrected index of the gallery
 that held the version before (:meth:`Hubness.follow`: r_S of the new items only); one that
@@ -51,7 +52,7 @@ class References:
 @dataclass
 class CorrectedIndex:
     version: int
-    index: ExactIndex | HnswIndex | None  # over [y, -r_S(y)/2]; None: the penalties alone (Milvus)
+    index: ExactIndex | HnswIndex | None  # over [y, -r_S(y)/2]; None: the penalties alone (HNSW, Milvus)
     penalty: dict[str, float]  # gallery id -> r_S(y)
     references: References
 
