@@ -131,8 +131,9 @@ class HnswIndex:
         order = np.lexsort((tie_key, -D), axis=1)
         D = np.take_along_axis(D, order, axis=1)
         labels = np.take_along_axis(labels, order, axis=1)
-        names = np.array(self._labels + [""], dtype=object)  # label -1 -> ""
-        return names[labels].tolist(), D
+        names, width = self._labels, labels.shape[1]  # only the labels returned (not an array of all ids per call)
+        flat = [names[j] if j >= 0 else "" for j in labels.ravel().tolist()]  # label -1 -> ""
+        return [flat[r * width : (r + 1) * width] for r in range(q)], D
 
     # ---- persistence -----------------------------------------------------------------
     def get_state(self, include_graph: bool = True) -> tuple[dict, dict[str, np.ndarray]]:
