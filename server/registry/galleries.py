@@ -237,22 +237,25 @@ class Galleries(Routed):
         width = min(k, size)
         return IdentifyResult([row[:width] for row in ids], np.asarray(scores, np.float32)[:, :width], _route_name(fit))
 
-    def _csls_route(self, tenant: str, gallery: GalleryRecord, probe_model: ModelRecord, fit: FitRecord | None):  # noqa: ANN202
+    def _csls_route(self, tenant: str, gallery_model: ModelRecord, probe_model: ModelRecord, fit: FitRecord | None):  # noqa: ANN202
         """(references, route key) of a CSLS identify; INVALID_ARGUMENT for a direct route."""
         if fit is None:
             raise InvalidInput(
                 f"scoring='csls' needs a route through a map: {probe_model.name!r} is the gallery's own model "
                 f"(the route's anchors are CSLS's reference neighbourhoods); use scoring='cosine'"
             )
-        gallery_model = self.store.get_model(tenant, gallery.model)
         return self.hubness.references(tenant, fit, probe_model, gallery_model), f"{fit.id}/{probe_model.name}"
 
     def _corrected(self, tenant: str, gallery: GalleryRecord, gallery_model: ModelRecord, refs, route_key: str):  # noqa: ANN001, ANN202
         """The route's r_S of the gallery's items: with an augmented index for local exact
         galleries; the table alone for HNSW and Milvus ones (their cosine candidates are re-ranked)."""
-        with_index = self.indexes.in_process and gallery.index_kind == "exact"
         return self.hubness.corrected_index(tenant, gallery, gallery_model, refs, route_key, self.alignment.device,
-                                            with_index=with_index)
+                                            with_index=self._augmented(gallery))
+
+    def _augmented(self, gallery: GalleryRecord) -> bool:
+        """Whether CSLS searches an augmented index of the gallery (local exact) rather than
+        re-ranking the gallery's own cosine candidates (HNSW, Milvus)."""
+        return self.indexes.in_process and gallery.index_kind == "exact"
 
     def _csls_search(self, index, corrected, Q: np.ndarray, r_T: np.ndarray, depth: int):  # noqa: ANN001, ANN202
         """(ids, CSLS scores (q, depth')) best first: one search of the augmented index (local
@@ -283,15 +286,22 @@ class Galleries(Routed):
         from convergent.server.inference.csls import neighbourhood_mean
         from convergent.server.registry.hubness import rerank_depth
 
-        refs, route_key = self._csls_route(tenant, gallery, probe_model, fit)
+        refs, route_key = self._csls_route(tenant, gallery_model, probe_model, fit)
         r_T = neighbourhood_mean(Q, refs.target)
-        # local: under the gallery's lock, where enrolments update the corrected index and table
-        with self.indexes.searchable(tenant, gallery, gallery_model) as index:
-            size = self.indexes.size(index, gallery)
-            if size:
+        if self._augmented(gallery):
+            # the augmented index alone (no cosine index needed), under the gallery's lock, where
+            # enrolments update it
+            with self.indexes.lock(tenant, gallery.name):
                 corrected = self._corrected(tenant, gallery, gallery_model, refs, route_key)
-                depth = min(k, size) if corrected.index is not None else rerank_depth(k, size)
-                ids, scores = self._csls_search(index, corrected, Q, r_T, depth)
+                size = len(corrected.penalty)
+                if size:
+                    ids, scores = self._csls_search(None, corrected, Q, r_T, min(k, size))
+        else:  # re-rank the gallery's own cosine candidates (local: under its lock, as above)
+            with self.indexes.searchable(tenant, gallery, gallery_model) as index:
+                size = self.indexes.size(index, gallery)
+                if size:
+                    corrected = self._corrected(tenant, gallery, gallery_model, refs, route_key)
+                    ids, scores = self._csls_search(index, corrected, Q, r_T, rerank_depth(k, size))
         if not size:
             return IdentifyResult([[] for _ in range(len(Q))], np.zeros((len(Q), 0), np.float32), _route_name(fit), "csls")
         width = min(k, size)
@@ -356,7 +366,7 @@ class Galleries(Routed):
             queries[model_name] = self._into(tenant, fit, prepare_vectors(model, vectors, f"{model_name} probes"), model, gallery_model)
             weights.append(PartyWeight(model_name, _route_name(fit), weight, source))
             if scoring == "csls" and fit is not None:
-                routed[model_name] = self._csls_route(tenant, gallery, model, fit)
+                routed[model_name] = self._csls_route(tenant, gallery_model, model, fit)
         if sum(w.weight for w in weights) <= 0:  # nobody measured well: fall back to equal weights
             weights = [PartyWeight(w.model, w.route, 1.0, "equal (no party had a positive weight)") for w in weights]
         weight_of = {w.model: w.weight for w in weights}
