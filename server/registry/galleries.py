@@ -168,8 +168,9 @@ class Galleries(Routed):
             )
 
     def index_sizes(self) -> dict[str, int]:
-        """Vectors held by this process's indexes, by index kind (for metrics)."""
-        return self.indexes.index_sizes()
+        """Vectors held by this process's indexes, by index kind (for metrics); "csls" counts
+        the augmented indexes ``[y, -r_S/2]`` that CSLS identify through a map searches."""
+        return {**self.indexes.index_sizes(), "csls": self.hubness.index_size()}
 
     def forget_indexes(self, tenant: str, names: builtins.list[str]) -> None:
         """Drop the in-memory indexes of these galleries (rebuilt from storage on next use)."""

@@ -117,6 +117,12 @@ class Hubness:
                     del corrected.penalty[i]
             corrected.version = version
 
+    def index_size(self) -> int:
+        """Vectors held by the augmented (CSLS) indexes of this process (for metrics)."""
+        with self._lock:
+            entries = list(self._indexes.values())
+        return sum(len(c.index) for c in entries if c.index is not None)
+
     def corrected_index(self, tenant: str, gallery: GalleryRecord, model: ModelRecord, refs: References,
                         route_key: str, device: str = "cpu", *, with_index: bool = True) -> CorrectedIndex:
         """The gallery's items' r_S, at the gallery's version (or newer), with an augmented

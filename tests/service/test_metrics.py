@@ -33,7 +33,9 @@ def test_metrics_endpoint(start_server, rng):
             client.upload_anchors(model, anchor_set="s", ids=ids, vectors=rng.standard_normal((30, 4)))
         client.fit_alignment("a", "b", anchor_set="s", method="ridge")
         client.enroll(gallery="g", model="b", ids=ids[:7], vectors=rng.standard_normal((7, 4)))
-        client.identify(gallery="g", vectors=rng.standard_normal((2, 4)), model="a", k=1)
+        client.identify(gallery="g", vectors=rng.standard_normal((2, 4)), model="a", k=1)  # CSLS through the map
+        text_after_mapped = scrape(server.metrics.port)
+        client.identify(gallery="g", vectors=rng.standard_normal((2, 4)), model="b", k=1)  # cosine, own model
     text = scrape(server.metrics.port)
     assert value(text, 'convergent_requests_total{code="OK",method="RegisterModel"}') == 2
     assert value(text, 'convergent_requests_total{code="ALREADY_EXISTS",method="RegisterModel"}') == 1
@@ -41,4 +43,7 @@ def test_metrics_endpoint(start_server, rng):
     assert value(text, 'convergent_fit_seconds_count{method="ridge"}') == 1
     assert value(text, 'convergent_stored_vectors{kind="anchors"}') == 60
     assert value(text, 'convergent_stored_vectors{kind="gallery_items"}') == 7
+    assert value(text_after_mapped, 'convergent_index_vectors{index="csls"}') == 7
+    assert value(text_after_mapped, 'convergent_index_vectors{index="exact"}') == 0  # not built: CSLS did not need it
     assert value(text, 'convergent_index_vectors{index="exact"}') == 7
+    assert value(text, 'convergent_index_vectors{index="csls"}') == 7
