@@ -113,11 +113,15 @@ class GalleryMixin:
         ids, scores = _joined(replies)
         return IdentifyResult(ids=ids, scores=scores, route=replies[-1].route, scoring=replies[-1].scoring or "cosine")
 
-    def verify(self, a: np.ndarray, a_model: str, b: np.ndarray, b_model: str, far: float = 1e-3) -> VerifyResult:
+    def verify(self, a: np.ndarray, a_model: str, b: np.ndarray, b_model: str, far: float = 1e-3,
+               direction: str = "auto") -> VerifyResult:
         """Compare row i of ``a`` (model ``a_model``) with row i of ``b`` (``b_model``) at the
-        threshold calibrated for false-accept rate ``far``."""
+        threshold calibrated for false-accept rate ``far``. ``direction``: "a_to_b" scores in
+        b's space; "both" averages that with the cosine in a's space (needs a fit b -> a on the
+        same anchor set; the score then does not depend on which model is a); "auto": "both"
+        when that fit exists, else "a_to_b"."""
         request = galleries_pb2.VerifyRequest(
-            a_model=a_model, a=encode_matrix(a), b_model=b_model, b=encode_matrix(b), far=far
+            a_model=a_model, a=encode_matrix(a), b_model=b_model, b=encode_matrix(b), far=far, direction=direction
         )
         r = self._call(self._galleries.Verify, request)
         return VerifyResult(
@@ -125,19 +129,20 @@ class GalleryMixin:
             threshold=r.threshold, far_requested=r.far_requested, far_calibration=r.far_calibration,
             tar_calibration=r.tar_calibration, calibration=r.calibration, n_genuine=r.n_genuine,
             n_impostor=r.n_impostor, route=r.route, calibration_pairs=r.calibration_pairs,
-            n_excluded=r.n_excluded,
+            n_excluded=r.n_excluded, direction=r.direction or "a_to_b", direction_reason=r.direction_reason,
         )
 
-    def verification_report(self, a_model: str, b_model: str) -> VerificationReport:
-        """Operating points of the calibration :meth:`verify` uses for ``a_model`` -> ``b_model``:
-        TAR at FAR 1e-2 / 1e-3 / 1e-4 where the calibration pairs resolve it, and the EER."""
+    def verification_report(self, a_model: str, b_model: str, direction: str = "auto") -> VerificationReport:
+        """Operating points of the calibration :meth:`verify` uses for ``a_model`` and ``b_model``
+        (``direction`` as there): TAR at FAR 1e-2 / 1e-3 / 1e-4 where the calibration pairs
+        resolve it, and the EER."""
         r = self._call(self._galleries.VerificationReport,
-                       galleries_pb2.VerificationReportRequest(a_model=a_model, b_model=b_model))
+                       galleries_pb2.VerificationReportRequest(a_model=a_model, b_model=b_model, direction=direction))
         return VerificationReport(
             calibration=r.calibration, calibration_pairs=r.calibration_pairs, route=r.route,
             points=[OperatingPoint(p.requested_far, p.threshold, p.far, p.tar) for p in r.points],
             eer=r.eer, eer_threshold=r.eer_threshold, n_genuine=r.n_genuine, n_impostor=r.n_impostor,
-            n_excluded=r.n_excluded,
+            n_excluded=r.n_excluded, direction=r.direction or "a_to_b", direction_reason=r.direction_reason,
         )
 
     def calibrate(self, a: np.ndarray, a_model: str, b: np.ndarray, b_model: str, same: Sequence[bool]) -> dict[str, int]:

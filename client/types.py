@@ -97,7 +97,9 @@ class IdentifyResult:
 
 @dataclass(frozen=True)
 class VerifyResult:
-    """``scores`` (n,): cosine of each pair in b's space (higher = more similar); ``accept`` (n,):
+    """``scores`` (n,): cosine of each pair in b's space, or (``direction`` "both") the mean of its
+    cosines in b's and in a's space (higher = more similar; ``direction_reason`` says why that
+    direction); ``accept`` (n,):
     score >= ``threshold``, the threshold calibrated for ``far_requested``. ``far_calibration`` /
     ``tar_calibration``: false / true accept rates measured on the calibration pairs
     (``n_genuine`` / ``n_impostor`` of them), whose population ``calibration_pairs`` names in
@@ -119,6 +121,8 @@ class VerifyResult:
     route: str
     calibration_pairs: str = ""
     n_excluded: int = 0
+    direction: str = "a_to_b"
+    direction_reason: str = ""
 
 
 @dataclass(frozen=True)
@@ -147,6 +151,8 @@ class VerificationReport:
     n_genuine: int
     n_impostor: int
     n_excluded: int
+    direction: str = "a_to_b"
+    direction_reason: str = ""
 
 
 @dataclass(frozen=True)

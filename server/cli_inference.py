@@ -128,6 +128,17 @@ def identify(
         typer.echo(f"wrote ids and scores {result.scores.shape} to {out}")
 
 
+Direction = Annotated[str, typer.Option(
+    help="auto (both when a fit b -> a on the same anchor set exists, else a_to_b), a_to_b (cosine in b's space), "
+         "or both (mean of the cosines in b's and a's spaces)")]
+
+
+def _direction_words(direction: str, a_model: str, b_model: str) -> str:
+    if direction == "both":
+        return f"mean of the cosines in {b_model}'s and in {a_model}'s space"
+    return f"cosine in {b_model}'s space"
+
+
 @app.command()
 def verify(
     a_file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help=".npz with the a vectors")],
@@ -136,6 +147,7 @@ def verify(
     b_model: Annotated[str, typer.Option(help="model of the b vectors")],
     far: Annotated[float, typer.Option(help="false-accept rate the threshold is calibrated for")] = 1e-3,
     out: Annotated[Optional[Path], typer.Option(help=".npz to write scores and accept")] = None,
+    direction: Direction = "auto",
     address: Address = DEFAULT_ADDRESS,
     api_key: ApiKey = None,
 ) -> None:
@@ -145,8 +157,9 @@ def verify(
     a, _ = _load_npz(a_file, None, a_model, "ids")
     b, _ = _load_npz(b_file, None, b_model, "ids")
     with _connected(address, api_key) as client:
-        result = client.verify(a=a, a_model=a_model, b=b, b_model=b_model, far=far)
+        result = client.verify(a=a, a_model=a_model, b=b, b_model=b_model, far=far, direction=direction)
     typer.echo(f"threshold {result.threshold:.4f} for FAR {far:g}, route {result.route}, calibration {result.calibration}:")
+    typer.echo(f"  scores: {_direction_words(result.direction, a_model, b_model)} ({result.direction_reason})")
     typer.echo(f"  measured on {result.calibration_pairs}")
     typer.echo(f"  there: FAR {result.far_calibration:.2g} on {result.n_impostor} impostor pairs, "
                f"TAR {result.tar_calibration:.3f} on {result.n_genuine} genuine pairs")
@@ -189,13 +202,15 @@ def calibrate(
 def verification_report(
     a_model: Annotated[str, typer.Option(help="model of the a (probe) side")],
     b_model: Annotated[str, typer.Option(help="model of the b (reference) side")],
+    direction: Direction = "auto",
     address: Address = DEFAULT_ADDRESS,
     api_key: ApiKey = None,
 ) -> None:
     """Operating points of the calibration verify uses: TAR at FAR 1e-2 / 1e-3 / 1e-4 and the EER."""
     with _connected(address, api_key) as client:
-        report = client.verification_report(a_model=a_model, b_model=b_model)
-    typer.echo(f"{a_model} -> {b_model}, route {report.route}, calibration {report.calibration}:")
+        report = client.verification_report(a_model=a_model, b_model=b_model, direction=direction)
+    typer.echo(f"{a_model} vs {b_model}, route {report.route}, calibration {report.calibration}:")
+    typer.echo(f"  scores: {_direction_words(report.direction, a_model, b_model)} ({report.direction_reason})")
     typer.echo(f"  measured on {report.calibration_pairs}")
     typer.echo(f"  {report.n_genuine} genuine, {report.n_impostor} impostor pairs ({report.n_excluded} excluded)")
     for p in report.points:

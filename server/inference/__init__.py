@@ -20,7 +20,7 @@ from convergent.server.inference.repeats import RepeatedSubjects, find_repeated_
 from convergent.server.inference.fusion import FusedResult, fuse_dense, fuse_scores, zscore_rows
 from convergent.server.inference.identify import cosine_scores, normalize_rows
 from convergent.server.inference.index import ExactIndex, HnswIndex, VectorIndex, index_from_state, matmul_backend
-from convergent.server.inference.verify import verify
+from convergent.server.inference.verify import both_spaces, verify
 
 __all__ = [
     "Calibration",
@@ -32,6 +32,7 @@ __all__ = [
     "PairScores",
     "RepeatedSubjects",
     "VectorIndex",
+    "both_spaces",
     "calibrate_threshold",
     "cosine_scores",
     "equal_error_rate",

@@ -180,7 +180,8 @@ def verify_result_to_pb(r: VerifyResult) -> galleries_pb2.VerifyResponse:
         scores=encode_matrix(r.scores[:, None]), accept=r.accept.tolist(), threshold=r.threshold,
         far_requested=r.far_requested, far_calibration=r.far_calibration, tar_calibration=r.tar_calibration,
         calibration=r.calibration, n_genuine=r.n_genuine, n_impostor=r.n_impostor, route=r.route,
-        calibration_pairs=r.calibration_pairs, n_excluded=r.n_excluded,
+        calibration_pairs=r.calibration_pairs, n_excluded=r.n_excluded, direction=r.direction,
+        direction_reason=r.direction_reason,
     )
 
 
@@ -190,7 +191,7 @@ def verification_report_to_pb(r: VerificationReport) -> galleries_pb2.Verificati
         points=[galleries_pb2.OperatingPoint(requested_far=p.requested_far, threshold=p.threshold, far=p.far, tar=p.tar)
                 for p in r.points],
         eer=r.eer.eer, eer_threshold=r.eer.threshold, n_genuine=r.n_genuine, n_impostor=r.n_impostor,
-        n_excluded=r.n_excluded,
+        n_excluded=r.n_excluded, direction=r.direction, direction_reason=r.direction_reason,
     )
 
 

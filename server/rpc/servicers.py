@@ -275,12 +275,13 @@ class GalleryServicer(galleries_pb2_grpc.GalleryServiceServicer):
     def Verify(self, request, context):  # noqa: ANN001, N802
         r = self.backend.galleries.verification.verify(
             context.tenant, request.a_model, self.backend.rows(request.a, "a"),
-            request.b_model, self.backend.rows(request.b, "b"), request.far,
+            request.b_model, self.backend.rows(request.b, "b"), request.far, request.direction,
         )
         return codec.verify_result_to_pb(r)
 
     def VerificationReport(self, request, context):  # noqa: ANN001, N802
-        r = self.backend.galleries.verification.verification_report(context.tenant, request.a_model, request.b_model)
+        r = self.backend.galleries.verification.verification_report(
+            context.tenant, request.a_model, request.b_model, request.direction)
         return codec.verification_report_to_pb(r)
 
     def Calibrate(self, request, context):  # noqa: ANN001, N802

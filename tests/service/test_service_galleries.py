@@ -150,6 +150,56 @@ def test_verify_anchor_calibration_and_labelled_pairs(client: Client, two_models
         client.calibrate(a=A[:5], a_model="a", b=B[:5], b_model="b", same=np.ones(5, bool))
 
 
+@pytest.mark.parametrize("gallery_server", ["sqlite"], indirect=True)  # verify does not touch galleries
+def test_verify_in_both_spaces_when_both_fits_exist(client: Client, two_models, rng):
+    R, fit = two_models
+    people = rng.standard_normal((300, 16))
+    A = np.vstack([people, people]) + 0.3 * rng.standard_normal((600, 16))
+    B = np.vstack([people @ R.T, rng.standard_normal((300, 16)) @ R.T]) + 0.3 * rng.standard_normal((600, 16))
+    before = client.verify(a=A, a_model="a", b=B, b_model="b", far=1e-2)
+    assert before.direction == "a_to_b" and "no fit 'b' -> 'a'" in before.direction_reason
+    with pytest.raises(errors.FailedPrecondition, match="direction='both' needs a fit 'b' -> 'a'"):
+        client.verify(a=A, a_model="a", b=B, b_model="b", far=1e-2, direction="both")
+    with pytest.raises(errors.InvalidArgument, match="unknown direction 'sideways'"):
+        client.verify(a=A, a_model="a", b=B, b_model="b", direction="sideways")
+
+    back = client.fit_alignment("b", "a", anchor_set="s", method="procrustes")
+    v = client.verify(a=A, a_model="a", b=B, b_model="b", far=1e-2)
+    assert v.direction == "both" and v.route == f"fit:{fit.id} + fit:{back.id}"
+    assert "in each direction, scored in both models' spaces" in v.calibration_pairs
+    a_in_b = unit(client.transform(A, source="a", target="b"))
+    b_in_a = unit(client.transform(B, source="b", target="a"))
+    one_way_cos = np.sum(a_in_b * unit(B), axis=1)
+    np.testing.assert_allclose(v.scores, 0.5 * (one_way_cos + np.sum(unit(A) * b_in_a, axis=1)), atol=1e-5)
+    # the same scores and threshold whichever model is called a
+    swapped = client.verify(a=B, a_model="b", b=A, b_model="a", far=1e-2)
+    assert swapped.direction == "both"
+    np.testing.assert_allclose(swapped.scores, v.scores, atol=1e-5)
+    assert swapped.threshold == pytest.approx(v.threshold, abs=1e-5)
+    one_way = client.verify(a=A, a_model="a", b=B, b_model="b", far=1e-2, direction="a_to_b")
+    assert one_way.route == f"fit:{fit.id}" and one_way.direction_reason == "requested"
+    np.testing.assert_allclose(one_way.scores, one_way_cos, atol=1e-5)
+    assert one_way.threshold == pytest.approx(before.threshold, abs=1e-6)
+    report = client.verification_report(a_model="a", b_model="b")
+    assert report.direction == "both" and report.points[0].threshold == v.threshold
+    assert client.verification_report(a_model="a", b_model="b", direction="a_to_b").points[0].threshold == one_way.threshold
+
+    # labelled pairs given the other way round serve the symmetric score
+    same = np.r_[np.ones(300, bool), np.zeros(300, bool)]
+    client.calibrate(a=B, a_model="b", b=A, b_model="a", same=same)
+    assert client.verify(a=A, a_model="a", b=B, b_model="b", far=0.1).calibration == "labelled"
+    assert client.verify(a=A, a_model="a", b=B, b_model="b", far=0.1, direction="a_to_b").calibration != "labelled"
+
+    # a newer fit b -> a on another anchor set is not paired with the a -> b fit
+    ids = [f"t{i}" for i in range(100)]
+    X = rng.standard_normal((100, 16))
+    client.upload_anchors("a", anchor_set="t", ids=ids, vectors=X)
+    client.upload_anchors("b", anchor_set="t", ids=ids, vectors=X @ R.T)
+    client.fit_alignment("b", "a", anchor_set="t", method="procrustes")
+    other_set = client.verify(a=A, a_model="a", b=B, b_model="b", far=1e-2)
+    assert other_set.direction == "a_to_b" and "anchor set 't'" in other_set.direction_reason
+
+
 def test_same_model_verify_needs_labelled_pairs(client: Client, rng):
     client.register_model("m", dim=4)
     X = rng.standard_normal((6, 4))

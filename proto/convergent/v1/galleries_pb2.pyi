@@ -185,21 +185,23 @@ class IdentifyFusedResponse(_message.Message):
     def __init__(self, ids: _Optional[_Iterable[str]] = ..., scores: _Optional[_Union[_types_pb2.Matrix, _Mapping]] = ..., parties: _Optional[_Iterable[_Union[PartyContribution, _Mapping]]] = ..., scoring: _Optional[str] = ...) -> None: ...
 
 class VerifyRequest(_message.Message):
-    __slots__ = ("a_model", "a", "b_model", "b", "far")
+    __slots__ = ("a_model", "a", "b_model", "b", "far", "direction")
     A_MODEL_FIELD_NUMBER: _ClassVar[int]
     A_FIELD_NUMBER: _ClassVar[int]
     B_MODEL_FIELD_NUMBER: _ClassVar[int]
     B_FIELD_NUMBER: _ClassVar[int]
     FAR_FIELD_NUMBER: _ClassVar[int]
+    DIRECTION_FIELD_NUMBER: _ClassVar[int]
     a_model: str
     a: _types_pb2.Matrix
     b_model: str
     b: _types_pb2.Matrix
     far: float
-    def __init__(self, a_model: _Optional[str] = ..., a: _Optional[_Union[_types_pb2.Matrix, _Mapping]] = ..., b_model: _Optional[str] = ..., b: _Optional[_Union[_types_pb2.Matrix, _Mapping]] = ..., far: _Optional[float] = ...) -> None: ...
+    direction: str
+    def __init__(self, a_model: _Optional[str] = ..., a: _Optional[_Union[_types_pb2.Matrix, _Mapping]] = ..., b_model: _Optional[str] = ..., b: _Optional[_Union[_types_pb2.Matrix, _Mapping]] = ..., far: _Optional[float] = ..., direction: _Optional[str] = ...) -> None: ...
 
 class VerifyResponse(_message.Message):
-    __slots__ = ("scores", "accept", "threshold", "far_requested", "far_calibration", "tar_calibration", "calibration", "n_genuine", "n_impostor", "route", "calibration_pairs", "n_excluded")
+    __slots__ = ("scores", "accept", "threshold", "far_requested", "far_calibration", "tar_calibration", "calibration", "n_genuine", "n_impostor", "route", "calibration_pairs", "n_excluded", "direction", "direction_reason")
     SCORES_FIELD_NUMBER: _ClassVar[int]
     ACCEPT_FIELD_NUMBER: _ClassVar[int]
     THRESHOLD_FIELD_NUMBER: _ClassVar[int]
@@ -212,6 +214,8 @@ class VerifyResponse(_message.Message):
     ROUTE_FIELD_NUMBER: _ClassVar[int]
     CALIBRATION_PAIRS_FIELD_NUMBER: _ClassVar[int]
     N_EXCLUDED_FIELD_NUMBER: _ClassVar[int]
+    DIRECTION_FIELD_NUMBER: _ClassVar[int]
+    DIRECTION_REASON_FIELD_NUMBER: _ClassVar[int]
     scores: _types_pb2.Matrix
     accept: _containers.RepeatedScalarFieldContainer[bool]
     threshold: float
@@ -224,15 +228,19 @@ class VerifyResponse(_message.Message):
     route: str
     calibration_pairs: str
     n_excluded: int
-    def __init__(self, scores: _Optional[_Union[_types_pb2.Matrix, _Mapping]] = ..., accept: _Optional[_Iterable[bool]] = ..., threshold: _Optional[float] = ..., far_requested: _Optional[float] = ..., far_calibration: _Optional[float] = ..., tar_calibration: _Optional[float] = ..., calibration: _Optional[str] = ..., n_genuine: _Optional[int] = ..., n_impostor: _Optional[int] = ..., route: _Optional[str] = ..., calibration_pairs: _Optional[str] = ..., n_excluded: _Optional[int] = ...) -> None: ...
+    direction: str
+    direction_reason: str
+    def __init__(self, scores: _Optional[_Union[_types_pb2.Matrix, _Mapping]] = ..., accept: _Optional[_Iterable[bool]] = ..., threshold: _Optional[float] = ..., far_requested: _Optional[float] = ..., far_calibration: _Optional[float] = ..., tar_calibration: _Optional[float] = ..., calibration: _Optional[str] = ..., n_genuine: _Optional[int] = ..., n_impostor: _Optional[int] = ..., route: _Optional[str] = ..., calibration_pairs: _Optional[str] = ..., n_excluded: _Optional[int] = ..., direction: _Optional[str] = ..., direction_reason: _Optional[str] = ...) -> None: ...
 
 class VerificationReportRequest(_message.Message):
-    __slots__ = ("a_model", "b_model")
+    __slots__ = ("a_model", "b_model", "direction")
     A_MODEL_FIELD_NUMBER: _ClassVar[int]
     B_MODEL_FIELD_NUMBER: _ClassVar[int]
+    DIRECTION_FIELD_NUMBER: _ClassVar[int]
     a_model: str
     b_model: str
-    def __init__(self, a_model: _Optional[str] = ..., b_model: _Optional[str] = ...) -> None: ...
+    direction: str
+    def __init__(self, a_model: _Optional[str] = ..., b_model: _Optional[str] = ..., direction: _Optional[str] = ...) -> None: ...
 
 class OperatingPoint(_message.Message):
     __slots__ = ("requested_far", "threshold", "far", "tar")
@@ -247,7 +255,7 @@ class OperatingPoint(_message.Message):
     def __init__(self, requested_far: _Optional[float] = ..., threshold: _Optional[float] = ..., far: _Optional[float] = ..., tar: _Optional[float] = ...) -> None: ...
 
 class VerificationReportResponse(_message.Message):
-    __slots__ = ("calibration", "calibration_pairs", "route", "points", "eer", "eer_threshold", "n_genuine", "n_impostor", "n_excluded")
+    __slots__ = ("calibration", "calibration_pairs", "route", "points", "eer", "eer_threshold", "n_genuine", "n_impostor", "n_excluded", "direction", "direction_reason")
     CALIBRATION_FIELD_NUMBER: _ClassVar[int]
     CALIBRATION_PAIRS_FIELD_NUMBER: _ClassVar[int]
     ROUTE_FIELD_NUMBER: _ClassVar[int]
@@ -257,6 +265,8 @@ class VerificationReportResponse(_message.Message):
     N_GENUINE_FIELD_NUMBER: _ClassVar[int]
     N_IMPOSTOR_FIELD_NUMBER: _ClassVar[int]
     N_EXCLUDED_FIELD_NUMBER: _ClassVar[int]
+    DIRECTION_FIELD_NUMBER: _ClassVar[int]
+    DIRECTION_REASON_FIELD_NUMBER: _ClassVar[int]
     calibration: str
     calibration_pairs: str
     route: str
@@ -266,7 +276,9 @@ class VerificationReportResponse(_message.Message):
     n_genuine: int
     n_impostor: int
     n_excluded: int
-    def __init__(self, calibration: _Optional[str] = ..., calibration_pairs: _Optional[str] = ..., route: _Optional[str] = ..., points: _Optional[_Iterable[_Union[OperatingPoint, _Mapping]]] = ..., eer: _Optional[float] = ..., eer_threshold: _Optional[float] = ..., n_genuine: _Optional[int] = ..., n_impostor: _Optional[int] = ..., n_excluded: _Optional[int] = ...) -> None: ...
+    direction: str
+    direction_reason: str
+    def __init__(self, calibration: _Optional[str] = ..., calibration_pairs: _Optional[str] = ..., route: _Optional[str] = ..., points: _Optional[_Iterable[_Union[OperatingPoint, _Mapping]]] = ..., eer: _Optional[float] = ..., eer_threshold: _Optional[float] = ..., n_genuine: _Optional[int] = ..., n_impostor: _Optional[int] = ..., n_excluded: _Optional[int] = ..., direction: _Optional[str] = ..., direction_reason: _Optional[str] = ...) -> None: ...
 
 class CalibrateRequest(_message.Message):
     __slots__ = ("a_model", "a", "b_model", "b", "same")
