@@ -150,6 +150,10 @@ def test_enroll_identify_verify_commands(server, tmp_path: Path, rng):
     verified = run("verify", str(tmp_path / "a.npz"), str(tmp_path / "a.npz"), "--a-model", "face", "--b-model", "face",
                    "--far", "0.01", *address).stdout
     assert "calibration labelled" in verified and "2200 labelled pairs" in verified and "accepted 3 of 3 pairs" in verified
+    assert "scores: cosine in face's space (auto: a and b are the same model)" in verified
+    sideways = run("verify", str(tmp_path / "a.npz"), str(tmp_path / "a.npz"), "--a-model", "face", "--b-model", "face",
+                   "--direction", "sideways", *address, check=False)
+    assert sideways.returncode == 1 and "INVALID_ARGUMENT" in sideways.stderr and "unknown direction 'sideways'" in sideways.stderr
     report = run("verification-report", "--a-model", "face", "--b-model", "face", *address).stdout
     assert "FAR 0.01: threshold" in report and "FAR 0.001: threshold" not in report and "EER" in report
 
