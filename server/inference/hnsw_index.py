@@ -4,6 +4,8 @@ Score direction: **higher = more similar** (cosine on unit rows)."""
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Mapping
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -16,6 +18,9 @@ from convergent.server.inference._state import check_class as _check_class, stat
 # --------------------------------------------------------------------------------------
 # HNSW (faiss)
 # --------------------------------------------------------------------------------------
+_GENERATIONS = itertools.count()  # HnswIndex.generation: a fresh value per change, over all indexes
+
+
 def _faiss():
     try:
         import faiss
@@ -47,6 +52,11 @@ class HnswIndex:
         self.max_deleted_fraction = float(max_deleted_fraction)
         self._reset()
 
+    def _changed(self) -> None:
+        """A new :attr:`generation`: unique over every index of the process and every change."""
+        self.generation = next(_GENERATIONS)
+        self._bitmap: np.ndarray | None = None  # packed live bits, made on the next search that needs them
+
     def _reset(self) -> None:
         faiss = _faiss()
         self._index = faiss.IndexHNSWFlat(self.dim, self.M, faiss.METRIC_INNER_PRODUCT)
@@ -55,7 +65,7 @@ class HnswIndex:
         self._labels: list[str] = []  # faiss label -> id (kept for deleted labels too)
         self._live = np.zeros(0, dtype=bool)
         self._pos: dict[str, int] = {}  # live id -> label
-        self._bitmap: np.ndarray | None = None
+        self._changed()
 
     def __len__(self) -> int:
         return len(self._pos)
@@ -78,7 +88,7 @@ class HnswIndex:
         self._labels.extend(ids)
         self._live = np.concatenate([self._live, np.ones(len(ids), dtype=bool)])
         self._pos.update(zip(ids, range(start, start + len(ids))))
-        self._bitmap = None
+        self._changed()
 
     def remove(self, ids: Iterable[str]) -> int:
         """Mark ``ids`` deleted (unknown ids ignored); returns the number removed."""
@@ -86,7 +96,7 @@ class HnswIndex:
         if not gone:
             return 0
         self._live[[self._pos.pop(i) for i in gone]] = False
-        self._bitmap = None
+        self._changed()
         if self.n_deleted > self.max_deleted_fraction * len(self._labels):
             self._rebuild()
         return len(gone)
@@ -109,12 +119,31 @@ class HnswIndex:
         queries (q, dim) -> (ids: q lists of exactly k strings, scores (q, k) float32), each row
         sorted by score descending (higher = more similar); missing hits are "" / -inf.
         """
+        labels, D = self.search_labels(queries, k)
+        return self.ids_of(labels), D
+
+    def ids_of(self, labels: np.ndarray) -> list[list[str]]:
+        """The ids of labels (q, k) from :meth:`search_labels` (-1 -> ""), as q lists."""
+        names, width = self._labels, labels.shape[1]  # only the labels given (not an array of all ids per call)
+        flat = [names[j] if j >= 0 else "" for j in labels.ravel().tolist()]
+        return [flat[r * width : (r + 1) * width] for r in range(labels.shape[0])]
+
+    def label_values(self, values: Mapping[str, float], missing: float = np.inf) -> np.ndarray:
+        """(labels,) float32: ``values[id]`` of each label's id (``missing`` where absent), so a
+        per-item table is read by label (``table[labels]``) instead of by id string. Valid
+        while :attr:`generation` is unchanged."""
+        get = values.get
+        return np.fromiter((get(i, missing) for i in self._labels), np.float32, len(self._labels))
+
+    def search_labels(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """As :meth:`search`, with the graph's labels (q, k) int64 (-1 for a missing hit) in
+        place of ids (map them with :meth:`ids_of`)."""
         faiss = _faiss()
         Q = as_vectors(queries, "queries", dim=self.dim)
         k = positive_int(k, "k")
         q = Q.shape[0]
         if not self._pos:
-            return [[""] * k for _ in range(q)], np.full((q, k), -np.inf, dtype=np.float32)
+            return np.full((q, k), -1, dtype=np.int64), np.full((q, k), -np.inf, dtype=np.float32)
         params = faiss.SearchParametersHNSW()
         params.efSearch = max(self.ef_search, k)
         selector = None
@@ -131,9 +160,7 @@ class HnswIndex:
         order = np.lexsort((tie_key, -D), axis=1)
         D = np.take_along_axis(D, order, axis=1)
         labels = np.take_along_axis(labels, order, axis=1)
-        names, width = self._labels, labels.shape[1]  # only the labels returned (not an array of all ids per call)
-        flat = [names[j] if j >= 0 else "" for j in labels.ravel().tolist()]  # label -1 -> ""
-        return [flat[r * width : (r + 1) * width] for r in range(q)], D
+        return labels, D
 
     # ---- persistence -----------------------------------------------------------------
     def get_state(self, include_graph: bool = True) -> tuple[dict, dict[str, np.ndarray]]:
@@ -190,6 +217,7 @@ class HnswIndex:
         index._labels = list(labels)
         index._live = live.copy()
         index._pos = {labels[j]: int(j) for j in np.flatnonzero(live)}
+        index._changed()
         return index
 
 

@@ -258,16 +258,26 @@ class Galleries(Routed):
         re-ranking the gallery's own cosine candidates (HNSW, Milvus)."""
         return self.indexes.in_process and gallery.index_kind == "exact"
 
-    def _csls_search(self, index, corrected, Q: np.ndarray, r_T: np.ndarray, depth: int):  # noqa: ANN001, ANN202
-        """(ids, CSLS scores (q, depth')) best first: one search of the augmented index (local
+    def _csls_search(self, index, corrected, Q: np.ndarray, r_T: np.ndarray, depth: int, keep: int):  # noqa: ANN001, ANN202
+        """(ids, CSLS scores (q, <= keep)) best first: one search of the augmented index (local
         exact), or (HNSW, Milvus) a cosine search of ``index`` for ``depth`` candidates re-ranked
-        by 2 cos - r_T - r_S. Candidates the r_S table lacks (removed after the index's snapshot)
-        are dropped ("" / -inf)."""
+        by 2 cos - r_T - r_S, the best ``keep`` returned. Candidates the r_S table lacks (removed
+        after the index's snapshot) are dropped ("" / -inf)."""
         from convergent.server.inference.csls import augment_queries, csls_from_augmented
 
         if corrected.index is not None:
             found, inner = corrected.index.search(augment_queries(Q), depth)
             return found, csls_from_augmented(inner, r_T)
+        if hasattr(index, "search_labels"):  # local HNSW: r_S read by graph label, ids mapped for the top `keep` only
+            labels, cosines = index.search_labels(Q, depth)
+            table = corrected.penalty_by_label(index)
+            r_S = np.where(labels >= 0, table[np.maximum(labels, 0)], np.inf)
+            scores = 2.0 * cosines - r_T[:, None] - r_S
+            scores[~np.isfinite(scores)] = -np.inf
+            order = np.argsort(-scores, axis=1, kind="stable")[:, :keep]
+            scores = np.take_along_axis(scores, order, axis=1)
+            labels = np.where(np.isfinite(scores), np.take_along_axis(labels, order, axis=1), -1)
+            return index.ids_of(labels), scores
         found, cosines = index.search(Q, depth)
         cosines = np.asarray(cosines, np.float32)
         if cosines.size == 0:
@@ -280,7 +290,7 @@ class Galleries(Routed):
         scores = np.take_along_axis(scores, order, axis=1)
         ranked = np.take_along_axis(np.array(found, dtype=object), order, axis=1)
         ranked[~np.isfinite(scores)] = ""
-        return ranked.tolist(), scores
+        return ranked[:, :keep].tolist(), scores[:, :keep]
 
     def _identify_csls(self, tenant: str, gallery: GalleryRecord, gallery_model: ModelRecord, probe_model: ModelRecord,
                        fit: FitRecord | None, Q: np.ndarray, k: int) -> IdentifyResult:
@@ -296,13 +306,13 @@ class Galleries(Routed):
                 corrected = self._corrected(tenant, gallery, gallery_model, refs, route_key)
                 size = len(corrected.penalty)
                 if size:
-                    ids, scores = self._csls_search(None, corrected, Q, r_T, min(k, size))
+                    ids, scores = self._csls_search(None, corrected, Q, r_T, min(k, size), min(k, size))
         else:  # re-rank the gallery's own cosine candidates (local: under its lock, as above)
             with self.indexes.searchable(tenant, gallery, gallery_model) as index:
                 size = self.indexes.size(index, gallery)
                 if size:
                     corrected = self._corrected(tenant, gallery, gallery_model, refs, route_key)
-                    ids, scores = self._csls_search(index, corrected, Q, r_T, rerank_depth(k, size))
+                    ids, scores = self._csls_search(index, corrected, Q, r_T, rerank_depth(k, size), min(k, size))
         if not size:
             return IdentifyResult([[] for _ in range(len(Q))], np.zeros((len(Q), 0), np.float32), _route_name(fit), "csls")
         width = min(k, size)
@@ -398,7 +408,7 @@ class Galleries(Routed):
                 for model_name, Q in queries.items():
                     if model_name in corrections:
                         corrected, r_T = corrections[model_name]
-                        per_party[model_name] = self._csls_search(index, corrected, Q, r_T, depth)
+                        per_party[model_name] = self._csls_search(index, corrected, Q, r_T, depth, depth)
                     else:
                         per_party[model_name] = index.search(Q, depth)
                 fused = fuse_scores(per_party, weight_of, k=min(k, size))

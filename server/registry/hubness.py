@@ -55,6 +55,18 @@ class CorrectedIndex:
     index: ExactIndex | HnswIndex | None  # over [y, -r_S(y)/2]; None: the penalties alone (HNSW, Milvus)
     penalty: dict[str, float]  # gallery id -> r_S(y)
     references: References
+    by_label: tuple[tuple[int, int], np.ndarray] | None = None  # ((index generation, version), r_S by HNSW label)
+
+    def penalty_by_label(self, index: HnswIndex) -> np.ndarray:
+        """r_S of an HNSW index's labels (+inf for an item the table lacks), (labels,) float32,
+        rebuilt when the index or the table changed (a Python lookup per item, once: a
+        re-rank then reads r_S by label, not by id string)."""
+        key = (index.generation, self.version)  # read first: a change while building leaves it stale
+        cached = self.by_label
+        if cached is None or cached[0] != key:
+            cached = (key, index.label_values(self.penalty))
+            self.by_label = cached
+        return cached[1]
 
 
 class Hubness:

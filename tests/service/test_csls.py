@@ -99,7 +99,15 @@ def test_csls_scores_route_and_errors(start_server, gallery_backend, rng):
         _check_csls_scores_route_and_errors(server, client, rng)
 
 
-def _check_csls_scores_route_and_errors(server, client: Client, rng) -> None:
+def test_csls_scores_on_a_local_hnsw_gallery(start_server, rng):
+    """The same checks on a local HNSW gallery: r_S read by graph label, the table following
+    enrolments and removals."""
+    server = start_server()
+    with Client(server.address, timeout=60) as client:
+        _check_csls_scores_route_and_errors(server, client, rng, index="hnsw")
+
+
+def _check_csls_scores_route_and_errors(server, client: Client, rng, index: str = "exact") -> None:
     from convergent.server.inference.csls import neighbourhood_mean
 
     X = rng.standard_normal((60, 6))
@@ -109,7 +117,7 @@ def _check_csls_scores_route_and_errors(server, client: Client, rng) -> None:
         client.upload_anchors(model, anchor_set="s", ids=[f"i{j}" for j in range(60)], vectors=V)
     client.fit_alignment("a", "b", anchor_set="s", method="procrustes")
     G = rng.standard_normal((15, 6))
-    client.enroll(gallery="g", model="b", ids=[f"g{j}" for j in range(15)], vectors=G)
+    client.enroll(gallery="g", model="b", ids=[f"g{j}" for j in range(15)], vectors=G, index=index)
     P = rng.standard_normal((4, 6))
     cos = client.identify(gallery="g", vectors=P, model="a", k=15, scoring="cosine")
     csls = client.identify(gallery="g", vectors=P, model="a", k=15, scoring="csls")

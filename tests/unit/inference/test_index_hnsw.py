@@ -126,3 +126,27 @@ def test_invalid_inputs(built):
         built.search(np.ones((1, 64)), 0)
     with pytest.raises(InvalidInput):
         HnswIndex(8, M=0)
+
+
+def test_labels_ids_and_per_label_tables_follow_every_change(rng):
+    G = normalize_rows(rng.standard_normal((300, 16)))
+    ix = HnswIndex(16, max_deleted_fraction=0.3)
+    seen = {ix.generation}
+    ix.add([f"g{i}" for i in range(300)], G)
+    labels, D = ix.search_labels(G[:5], 4)
+    ids, D2 = ix.search(G[:5], 4)
+    assert ix.ids_of(labels) == ids and np.array_equal(D, D2) and labels.dtype == np.int64
+    values = {f"g{i}": float(i) for i in range(0, 300, 2)}  # odd ids lack a value
+    table = ix.label_values(values)
+    assert table.shape == (300,) and table[labels[0, 0]] == (float(labels[0, 0]) if labels[0, 0] % 2 == 0 else np.inf)
+    assert [table[j] for j in range(6)] == [0.0, np.inf, 2.0, np.inf, 4.0, np.inf]
+    for change in (lambda: ix.add(["new"], G[:1]), lambda: ix.remove(["g0"]),
+                   lambda: ix.remove([f"g{i}" for i in range(1, 120)])):  # the last one rebuilds the graph
+        change()
+        assert ix.generation not in seen
+        seen.add(ix.generation)
+    labels, _ = ix.search_labels(G[200:201], 400)  # more than the live items: padded with -1
+    assert (labels[0] == -1).sum() == 400 - len(ix) and ix.ids_of(labels)[0].count("") == 400 - len(ix)
+    assert ix.ids_of(labels)[0][0] == "g200"
+    copy = HnswIndex.from_state(*ix.get_state())
+    assert copy.generation not in seen
