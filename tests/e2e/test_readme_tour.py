@@ -62,6 +62,7 @@ def test_readme_tour_runs_as_written(tmp_path: Path):
         rank1 = float(re.search(r"rank-1 of 180 unseen probes through fit:\S+: ([0-9.]+)", ran.stdout).group(1))
         assert rank1 >= 0.5, ran.stdout  # 0.922 on the real faces (CSLS); synthetic identities without them
         assert re.search(r"anchors-\S+: threshold [0-9.]+, accepted \d of 9 genuine pairs", ran.stdout), ran.stdout
+        assert "a_to_b - auto: no fit 'facenet' -> 'dlib'" in ran.stdout, ran.stdout  # the tour fits one way only
     finally:
         try:
             os.killpg(session.pid, signal.SIGTERM)  # the server the tour left in the background
