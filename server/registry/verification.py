@@ -122,8 +122,8 @@ class Verification(Routed):
             if direction == "both":
                 raise FailedPrecondition(f"direction='both' needs a fit {tgt.name!r} -> {src.name!r}: {why}")
             return PairRoute(forward, None, "a_to_b", f"auto: {why}")
-        return PairRoute(forward, reverse, "both", "requested" if direction == "both" else
-                         f"auto: fits both ways on anchor set {forward.anchor_set!r}" if forward else "auto")
+        why = "requested" if direction == "both" else f"auto: fits both ways on anchor set {reverse.anchor_set!r}"
+        return PairRoute(forward, reverse, "both", why)
 
     def _reverse_fit(self, tenant: str, src: ModelRecord, tgt: ModelRecord,
                      forward: FitRecord | None) -> tuple[FitRecord | None, str]:
