@@ -247,11 +247,15 @@ class Galleries(Routed):
             )
         return self.hubness.references(tenant, fit, probe_model, gallery_model), f"{fit.id}/{probe_model.name}"
 
-    def _corrected(self, tenant: str, gallery: GalleryRecord, gallery_model: ModelRecord, refs, route_key: str):  # noqa: ANN001, ANN202
+    def _corrected(self, tenant: str, gallery: GalleryRecord, gallery_model: ModelRecord, refs, route_key: str,  # noqa: ANN001, ANN202
+                   with_index: bool | None = None):
         """The route's r_S of the gallery's items: with an augmented index for local exact
-        galleries; the table alone for HNSW and Milvus ones (their cosine candidates are re-ranked)."""
+        galleries; the table alone for HNSW and Milvus ones (their cosine candidates are
+        re-ranked) or when ``with_index`` is False."""
+        if with_index is None:
+            with_index = self._augmented(gallery)
         return self.hubness.corrected_index(tenant, gallery, gallery_model, refs, route_key, self.alignment.device,
-                                            with_index=self._augmented(gallery))
+                                            with_index=with_index)
 
     def _augmented(self, gallery: GalleryRecord) -> bool:
         """Whether CSLS searches an augmented index of the gallery (local exact) rather than
@@ -382,18 +386,21 @@ class Galleries(Routed):
             weights = [PartyWeight(w.model, w.route, 1.0, "equal (no party had a positive weight)") for w in weights]
         weight_of = {w.model: w.weight for w in weights}
         with self.indexes.searchable(tenant, gallery, gallery_model) as index:
+            size = self.indexes.size(index, gallery)
+            dense = hasattr(index, "score_all") and size <= DENSE_FUSION_MAX  # exact, in process: every item scored
             if routed:  # under the gallery's lock: the corrected indexes hold the same items as ``index``
                 from convergent.server.inference.csls import neighbourhood_mean
 
                 current = self.get(tenant, name)
                 for model_name, (refs, route_key) in routed.items():
-                    corrected = self._corrected(tenant, current, gallery_model, refs, route_key)
+                    # dense fusion reads r_S of every item from the table: no augmented index needed
+                    corrected = self._corrected(tenant, current, gallery_model, refs, route_key,
+                                                with_index=not dense and self._augmented(current))
                     corrections[model_name] = (corrected, neighbourhood_mean(queries[model_name], refs.target))
-            size = self.indexes.size(index, gallery)
             if size == 0:
                 n = next(iter(rows))
                 return FusedIdentifyResult([[] for _ in range(n)], np.zeros((n, 0), np.float32), weights, scoring)
-            if hasattr(index, "score_all") and size <= DENSE_FUSION_MAX:  # exact, in process
+            if dense:
                 per_party = {}
                 for model_name, Q in queries.items():
                     ids, per_party[model_name] = index.score_all(Q)

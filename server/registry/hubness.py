@@ -144,9 +144,11 @@ class Hubness:
 
         key = (tenant, gallery.name, gallery.created_at, route_key, with_index)
         with self._lock:
-            cached = self._indexes.get(key)
-        if cached is not None and cached.version >= gallery.version:
-            return cached
+            # the table alone is also served by a current entry that has an index (a superset)
+            found = [self._indexes.get(k) for k in ([key] if with_index else [key, (*key[:-1], True)])]
+        for cached in found:
+            if cached is not None and cached.version >= gallery.version:
+                return cached
         version, ids, vectors = self.store.galleries.items(tenant, gallery.name, model.dim)
         G = normalize_rows(vectors) if ids else np.zeros((0, model.dim), np.float32)
         r_S = neighbourhood_mean(G, refs.mapped) if ids else np.zeros(0, np.float32)

@@ -179,3 +179,24 @@ def test_csls_on_milvus_reranks_cosine_candidates_like_the_local_index(start_ser
     assert np.mean(same) >= 0.9, np.mean(same)
     for row in np.flatnonzero(same):
         np.testing.assert_allclose(milvus.scores[row], local.scores[row], atol=1e-4)
+
+
+def test_dense_fused_csls_reads_r_s_without_building_an_augmented_index(start_server, rng):
+    server = start_server()
+    X = rng.standard_normal((60, 6))
+    Y = X @ np.linalg.qr(rng.standard_normal((6, 6)))[0] + 0.05 * rng.standard_normal((60, 6))
+    with Client(server.address, timeout=60) as client:
+        for model, V in (("a", X), ("b", Y)):
+            client.register_model(model, dim=6)
+            client.upload_anchors(model, anchor_set="s", ids=[f"i{j}" for j in range(60)], vectors=V)
+        client.fit_alignment("a", "b", anchor_set="s", method="procrustes")
+        client.enroll(gallery="g", model="b", ids=[f"g{j}" for j in range(15)], vectors=rng.standard_normal((15, 6)))
+        P = rng.standard_normal((4, 6))
+        hubness = server._backend.galleries.hubness
+        fused = client.identify(gallery="g", vectors={"a": P}, k=15, scoring="csls")
+        assert hubness.builds == 1 and hubness.index_size() == 0  # the r_S table alone
+        single = client.identify(gallery="g", vectors=P, model="a", k=15, scoring="csls")
+        assert hubness.builds == 2 and hubness.index_size() == 15  # the augmented index for single-party search
+        assert fused.ids == single.ids  # one party: z-normalising a row keeps its CSLS order
+        again = client.identify(gallery="g", vectors={"a": P}, k=15, scoring="csls")
+        assert again.ids == fused.ids and hubness.builds == 2
