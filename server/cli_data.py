@@ -119,6 +119,8 @@ def fit(
     method: Annotated[str, typer.Option(help="one of: " + "; ".join(f"{name} ({what})" for name, what in FIT_METHODS.items()))] = "auto",
     param: Annotated[Optional[list[str]], typer.Option(
         help="hyper-parameter key=value (repeatable); `convergent methods` lists each method's")] = None,
+    both_ways: Annotated[bool, typer.Option(
+        help="also fit target -> source (verify then scores pairs in both models' spaces)")] = False,
     address: Address = DEFAULT_ADDRESS,
     api_key: ApiKey = None,
 ) -> None:
@@ -126,7 +128,10 @@ def fit(
     params = _parse_params(param or [])
     with _connected(address, api_key) as client:
         info = client.fit_alignment(source, target, anchor_set=anchor_set, method=method, **params)
-    _print_fit(info)
+        _print_fit(info)
+        if both_ways:
+            typer.echo("")
+            _print_fit(client.fit_alignment(target, source, anchor_set=anchor_set, method=method, **params))
 
 
 @app.command()

@@ -119,6 +119,11 @@ def test_fit_transform_and_fits_commands(server, tmp_path: Path, rng):
         np.testing.assert_allclose(mapped["vectors"], (X @ W.T + b).astype(np.float32), rtol=1e-4, atol=1e-4)
         assert list(mapped["ids"][:2]) == ["a0", "a1"]
 
+    # --both-ways: the map back as well (verify then scores pairs in both models' spaces)
+    both = run("fit", "--source", "src", "--target", "tgt", "--anchor-set", "s", "--method", "ridge", "--both-ways",
+               *address).stdout
+    assert both.count("method ridge (requested ridge)") == 2 and "src -> tgt" in both and "tgt -> src" in both
+
 
 def test_enroll_identify_verify_commands(server, tmp_path: Path, rng):
     address = ["--address", server.address]
