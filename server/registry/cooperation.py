@@ -2,9 +2,10 @@
 distillation from teacher models, and predict through it from one or more parties' vectors.
 
 Teachers are ordinary models (registered with ``normalize=False``) whose anchor vectors are a
-party's class probabilities for those anchors. Nothing here sees a label: the head learns to
-reproduce the teachers' combined predictions (their mean) from the consensus coordinates of the
-same anchors, as seen by each party alone and by their mean. A seeded ``min(20%, 2000)`` of the
+party's class probabilities for those anchors. Nothing here sees a label: the head (one softmax
+regression per teacher, averaged) learns to reproduce the teachers' combined predictions (their
+mean) from the consensus coordinates of the same anchors, as seen by each party alone and by
+their mean. A seeded ``min(20%, 2000)`` of the
 anchors is held out to measure, against the combined teachers, how often the head agrees with
 them through each party and through all parties; the head is then refitted on all anchors.
 """
@@ -79,12 +80,13 @@ class Cooperation:
                 raise FailedPrecondition(str(exc)) from None
         _, space = self.alignment._load(tenant, space_record.id, space_record)
         views = [np.asarray(space.transform(m, X), dtype=np.float64) for m, X in zip(parties, arrays)]
-        target = combine_teachers(arrays[len(parties):])
+        teacher_probs = arrays[len(parties):]
+        target = combine_teachers(teacher_probs)
         kwargs = {"reg": params.get("reg", 1e-3), "max_iter": params.get("max_iter", 500), "random_state": params.get("seed", 0)}
         held = heldout_split(ids, seed=params.get("seed", 0), fraction=HELDOUT_FRACTION, cap=HELDOUT_CAP)
-        metrics = self._held_out_metrics(CooperativeHead(**kwargs).fit([v[~held] for v in views], target[~held]),
+        metrics = self._held_out_metrics(CooperativeHead(**kwargs).fit([v[~held] for v in views], [t[~held] for t in teacher_probs]),
                                          parties, [v[held] for v in views], target[held])
-        head = CooperativeHead(**kwargs).fit(views, target)
+        head = CooperativeHead(**kwargs).fit(views, teacher_probs)
         metrics.update(n_anchors=float(len(ids)), n_heldout=float(held.sum()), n_classes=float(target.shape[1]),
                        fit_seconds=time.perf_counter() - started)
         versions = {r.name: r.version for r in (*party_records, *teacher_records)}

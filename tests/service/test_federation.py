@@ -127,4 +127,4 @@ def test_bad_federation_requests(client: Client, rng):
     with pytest.raises(errors.InvalidArgument, match="dimension"):
         client.predict(head.id, {"p": rng.standard_normal((5, 7))})
     exported = client.export_fit(head.id)
-    assert exported["W"].shape == (3, space.metrics["n_components"])
+    assert exported["W"].shape == (1, 3, space.metrics["n_components"]) and exported["b"].shape == (1, 3)  # one teacher
