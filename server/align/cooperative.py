@@ -47,6 +47,31 @@ def check_probabilities(P: np.ndarray, name: str, tol: float = 1e-3) -> None:
                            f"{float(P[bad[0]].sum()):.4g} (rows must be >= 0 and sum to 1)")
 
 
+def _softmax_regression(Zt, T: np.ndarray, reg: float, max_iter: int) -> tuple[np.ndarray, np.ndarray, float]:  # noqa: ANN001
+    """(W (C, k), b (C,), final loss) minimising -mean_i sum_c T_ic log softmax(Z W^T + b)_ic
+    + reg ||W||^2 by L-BFGS; Zt (n, k) a float64 torch tensor, T (n, C) soft targets."""
+    import torch
+
+    Tt = torch.as_tensor(T, dtype=torch.float64)
+    W = torch.zeros((T.shape[1], Zt.shape[1]), dtype=torch.float64, requires_grad=True)
+    b = torch.zeros(T.shape[1], dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([W, b], max_iter=max_iter, line_search_fn="strong_wolfe")
+
+    def loss_fn() -> torch.Tensor:
+        return -(Tt * torch.log_softmax(Zt @ W.T + b, dim=1)).sum(dim=1).mean() + reg * (W**2).sum()
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = loss_fn()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    with torch.no_grad():
+        loss = float(loss_fn())
+    return W.detach().numpy().copy(), b.detach().numpy().copy(), loss
+
+
 class CooperativeHead:
     """A mixture of per-teacher softmax regressions on consensus coordinates (see the module docstring).
 
@@ -82,27 +107,8 @@ class CooperativeHead:
         self.scale_[self.scale_ < 1e-12] = 1.0
         torch.manual_seed(int(self.random_state))
         Zt = torch.as_tensor((Z - self.mean_) / self.scale_, dtype=torch.float64)
-        weights, biases, losses = [], [], []
-        for T in teachers:
-            Tt = torch.as_tensor(np.vstack([T] * len(inputs)), dtype=torch.float64)
-            W = torch.zeros((T.shape[1], Z.shape[1]), dtype=torch.float64, requires_grad=True)
-            b = torch.zeros(T.shape[1], dtype=torch.float64, requires_grad=True)
-            opt = torch.optim.LBFGS([W, b], max_iter=int(self.max_iter), line_search_fn="strong_wolfe")
-
-            def loss_fn(W=W, b=b, Tt=Tt) -> torch.Tensor:  # noqa: ANN001
-                return -(Tt * torch.log_softmax(Zt @ W.T + b, dim=1)).sum(dim=1).mean() + float(self.reg) * (W**2).sum()
-
-            def closure(opt=opt, loss_fn=loss_fn) -> torch.Tensor:  # noqa: ANN001
-                opt.zero_grad()
-                loss = loss_fn()
-                loss.backward()
-                return loss
-
-            opt.step(closure)
-            with torch.no_grad():
-                losses.append(float(loss_fn()))
-            weights.append(W.detach().numpy().copy())
-            biases.append(b.detach().numpy().copy())
+        heads = [_softmax_regression(Zt, np.vstack([T] * len(inputs)), float(self.reg), int(self.max_iter)) for T in teachers]
+        weights, biases, losses = zip(*heads)
         self.weight_, self.bias_ = np.stack(weights), np.stack(biases)
         self.loss_ = float(np.mean(losses))
         self.n_views_, self.n_anchors_ = len(views), int(teachers[0].shape[0])
