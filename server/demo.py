@@ -203,7 +203,8 @@ class Demo:
         draws = 5 if self.quick else 20
         scores: dict[str, list[float]] = {}
         curves: dict[str, np.ndarray] = {}
-        weights = {}
+        weights: dict[str, float] = {}
+        weight_source = ""
         for draw in range(draws):
             rng = np.random.default_rng(draw)
             gallery = np.array([rng.choice(self.unseen[labels[self.unseen] == p]) for p in range(self.people // 2, self.people)])
@@ -215,7 +216,7 @@ class Demo:
             runs = {p: self.c.identify(gallery=name, vectors=s.faces.vectors[p][probes], model=p, k=len(gallery)) for p in parties}
             fused = self.c.identify(gallery=name, vectors={p: s.faces.vectors[p][probes] for p in parties}, k=len(gallery))
             runs["fused"] = fused
-            weights = fused.parties
+            weights, weight_source = fused.parties, next(iter(fused.weight_sources.values()), "")
             for label, result in runs.items():
                 ranks = _rank_of_truth(result.ids, truth)
                 scores.setdefault(label, []).append(float(np.mean(ranks == 1)))
@@ -232,8 +233,8 @@ class Demo:
         self.sections.append(
             f"## Federated inference: {' + '.join(parties)} parties, {s.third} gallery\n\n"
             f"Each party embeds the same probes with its own model; its scores reach the {s.third} gallery "
-            f"through its own fit, are CSLS-scored (the default), z-normalised per probe and averaged with weights from each route's "
-            f"held-out variance-weighted R² ({', '.join(f'{k}: {v:.2f}' for k, v in weights.items())}). "
+            f"through its own fit, are CSLS-scored (the default), z-normalised per probe and averaged with weights "
+            f"{', '.join(f'{k}: {v:.2f}' for k, v in weights.items())}, set by the server: {weight_source}. "
             f"Mean over {draws} seeded draws of which item of each identity is enrolled.\n\n"
             + report.markdown_table(("party", "mean rank-1", "std over draws"), rows)
             + f"\n\n![fusion CMC]({plot.name})\n"

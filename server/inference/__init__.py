@@ -17,7 +17,7 @@ from convergent.server.inference.calibration import (
     pairs_from_anchor_set,
 )
 from convergent.server.inference.repeats import RepeatedSubjects, find_repeated_subjects
-from convergent.server.inference.fusion import FusedResult, fuse_dense, fuse_scores, zscore_rows
+from convergent.server.inference.fusion import FusedResult, combination_weights, fuse_dense, fuse_scores, zscore_rows
 from convergent.server.inference.identify import cosine_scores, normalize_rows
 from convergent.server.inference.index import ExactIndex, HnswIndex, VectorIndex, index_from_state, matmul_backend
 from convergent.server.inference.verify import both_spaces, verify
@@ -34,6 +34,7 @@ __all__ = [
     "VectorIndex",
     "both_spaces",
     "calibrate_threshold",
+    "combination_weights",
     "cosine_scores",
     "equal_error_rate",
     "find_repeated_subjects",

@@ -32,7 +32,7 @@ import numpy as np
 from convergent.server.errors import InvalidInput
 from convergent.server.inference._validate import positive_int
 
-__all__ = ["FusedResult", "fuse_scores", "fuse_dense", "zscore_rows"]
+__all__ = ["FusedResult", "combination_weights", "fuse_scores", "fuse_dense", "zscore_rows"]
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,30 @@ class FusedResult:
     scores: np.ndarray
     contributors: np.ndarray
     parties: tuple[str, ...]
+
+
+def combination_weights(residuals: Sequence[np.ndarray]) -> np.ndarray:
+    """Weights of P predictors of one target, from their residuals on the same items: the
+    non-negative weights summing to 1 that minimise ||sum_p w_p residuals[p]||^2 (forecast
+    combination, Bates & Granger 1969; stacking with out-of-fold predictions, Wolpert 1992).
+
+    residuals: P arrays of one shape (e.g. (n, d): a party's mapped anchors minus the gallery
+    model's, each predicted by a map that never saw that anchor). Returns (P,) float64, >= 0,
+    summing to 1. A predictor that only repeats another one's errors, plus noise of its own,
+    gets little weight. Solved by non-negative least squares with the sum as a heavily weighted
+    extra equation (then renormalised).
+    """
+    R = [np.asarray(r, dtype=np.float64).ravel() for r in residuals]
+    if not R or len({r.size for r in R}) != 1 or R[0].size == 0:
+        raise InvalidInput("give one or more residual arrays of one non-empty shape")
+    from scipy.optimize import nnls
+
+    A = np.stack(R, axis=1)  # (n * d, P)
+    scale = float(np.sqrt((A**2).sum() / A.shape[1])) or 1.0
+    penalty = 1e3 * scale
+    w, _ = nnls(np.vstack([A, np.full((1, A.shape[1]), penalty)]), np.r_[np.zeros(A.shape[0]), penalty])
+    total = float(w.sum())
+    return w / total if total > 0 else np.full(len(R), 1.0 / len(R))
 
 
 def zscore_rows(S: np.ndarray) -> np.ndarray:

@@ -98,6 +98,9 @@ class Galleries(Routed):
         from convergent.server.registry.verification import Verification
 
         self.hubness = Hubness(store, alignment)
+        from convergent.server.registry.fusion_weights import CombinationWeights
+
+        self.fusion_weights = CombinationWeights(alignment)
         self.verification = Verification(store, alignment)
 
     # ------------------------------------------------------------ gallery records
@@ -335,11 +338,13 @@ class Galleries(Routed):
 
     # ------------------------------------------------------------ federated identify
     def route_weight(self, fit: FitRecord | None, src: ModelRecord, tgt: ModelRecord) -> tuple[float, str]:
-        """Weight of a party in fusion: the share of the gallery model's variance its route
-        explains on held-out anchors, ``max(R^2 variance-weighted, 0)``; 1 for the gallery's own model.
+        """Weight of one party in fusion: the share of the gallery model's variance its route
+        explains on held-out anchors, ``max(R^2 variance-weighted, 0)``; 1 for the gallery's own
+        model. With two or more routed parties on one anchor set their weights are then
+        re-divided by the out-of-fold combination (:meth:`_combined`).
 
-        Validated on the real faces (README): plain held-out top-1 let a weak party (raw
-        pixels) drag dlib + FaceNet fusion from 0.61 to 0.54 rank-1; this weight ignores it.
+        Validated on the real faces (docs/inference.md): plain held-out top-1 let a weak party
+        (raw pixels) drag dlib + FaceNet fusion from 0.61 to 0.54 rank-1; this weight ignores it.
         """
         if fit is None:
             return 1.0, "direct route"
@@ -348,6 +353,17 @@ class Galleries(Routed):
         if value is None:
             return 0.0, f"fit {fit.id} has no {key}"
         return max(float(value), 0.0), f"held-out {key} of fit {fit.id}"
+
+    def _combined(self, tenant: str, weights: builtins.list[PartyWeight], mapped: builtins.list[tuple[ModelRecord, FitRecord]],
+                  gallery_model: ModelRecord) -> builtins.list[PartyWeight]:
+        """The routed parties' weights from their out-of-fold combination (:mod:`.fusion_weights`),
+        with the total of their per-party weights (a direct party keeps 1); unchanged when the
+        combination does not apply."""
+        combo, how = self.fusion_weights.weights(tenant, mapped, gallery_model)
+        if combo is None:
+            return weights
+        mass = sum(w.weight for w in weights if w.model in combo) or 1.0
+        return [PartyWeight(w.model, w.route, combo[w.model] * mass, how) if w.model in combo else w for w in weights]
 
     def identify_fused(self, tenant: str, name: str, parties: builtins.list[tuple[str, int, np.ndarray]], k: int,
                        scoring: str = "auto") -> FusedIdentifyResult:
@@ -372,7 +388,7 @@ class Galleries(Routed):
         gallery = self.get(tenant, name)
         gallery_model = self.store.get_model(tenant, gallery.model)
         self._check_gallery_model(gallery, gallery_model)
-        queries, weights, routed, corrections = {}, [], {}, {}
+        queries, weights, routed, corrections, mapped = {}, [], {}, {}, []
         for model_name, version, vectors in parties:
             valid_name(model_name, "model name")
             model = check_model_version(self.store.get_model(tenant, model_name), version)
@@ -380,8 +396,11 @@ class Galleries(Routed):
             weight, source = self.route_weight(fit, model, gallery_model)
             queries[model_name] = self._into(tenant, fit, prepare_vectors(model, vectors, f"{model_name} probes"), model, gallery_model)
             weights.append(PartyWeight(model_name, _route_name(fit), weight, source))
-            if scoring == "csls" and fit is not None:
-                routed[model_name] = self._csls_route(tenant, gallery_model, model, fit)
+            if fit is not None:
+                mapped.append((model, fit))
+                if scoring == "csls":
+                    routed[model_name] = self._csls_route(tenant, gallery_model, model, fit)
+        weights = self._combined(tenant, weights, mapped, gallery_model)
         if sum(w.weight for w in weights) <= 0:  # nobody measured well: fall back to equal weights
             weights = [PartyWeight(w.model, w.route, 1.0, "equal (no party had a positive weight)") for w in weights]
         weight_of = {w.model: w.weight for w in weights}

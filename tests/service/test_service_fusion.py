@@ -103,4 +103,5 @@ def test_fusion_on_real_faces_with_a_weak_third_party(client: Client, realdata):
     assert mean["dlib+facenet"] > best_solo
     assert mean["dlib+facenet+pixels"] > best_solo  # the weak party does not drag fusion down
     assert mean["dlib+facenet+pixels"] >= mean["dlib+facenet"] - 0.01
-    assert weights["dlib+facenet+pixels"]["pixels"] < 0.25 * weights["dlib+facenet+pixels"]["dlib"]
+    assert all(w > 0 for w in weights["dlib+facenet"].values())
+    assert weights["dlib+facenet+pixels"]["pixels"] < weights["dlib+facenet+pixels"]["dlib"]

@@ -145,3 +145,17 @@ def test_bad_fusion_inputs():
         fuse_dense({"a": np.ones((2, 3)), "b": np.ones((2, 4))})
     with pytest.raises(InvalidInput):
         fuse_dense({"a": np.ones((2, 3))}, ids=["p", "q"])
+
+
+def test_combination_weights_follow_error_size_and_redundancy(rng):
+    from convergent.server.inference import combination_weights
+
+    e1, e2 = rng.standard_normal((2, 400, 8))
+    np.testing.assert_allclose(combination_weights([e1, e2]), [0.5, 0.5], atol=0.05)  # equal, independent errors
+    w = combination_weights([e1, 2 * e2])  # error variance 1 vs 4: weights 4:1 (inverse variance)
+    np.testing.assert_allclose(w, [0.8, 0.2], atol=0.05)
+    noisy_copy = e1 + 2 * rng.standard_normal((400, 8))  # party 1's errors plus noise of its own
+    w = combination_weights([e1, e2, noisy_copy])
+    assert w[2] < 0.05 and abs(w[0] - w[1]) < 0.1 and w.sum() == pytest.approx(1.0) and np.all(w >= 0)
+    with pytest.raises(InvalidInput, match="one non-empty shape"):
+        combination_weights([e1, e2[:, :3]])
