@@ -42,14 +42,21 @@ def sample_pairs(reader, max_anchors: int, seed: int = 0) -> tuple[list[str], np
     return reader.pairs_by_id([ids[i] for i in chosen])
 
 
+def refit_method(record: FitRecord) -> str:
+    """The method a refit of ``record``'s map uses (``auto``'s chosen candidate's)."""
+    from convergent.server.align import methods
+
+    name = record.params.get("candidate") if record.requested_method == "auto" else None
+    return methods.CANDIDATES[name].method if name else record.method
+
+
 def _trains_on_pairs(record: FitRecord) -> int:
     """How many pairs a refit of ``record``'s map trains on beyond the statistics (0: none)."""
     from convergent.server.align import methods
 
     if record.method == "shared":
         return 0
-    name = record.params.get("candidate") if record.requested_method == "auto" else None
-    method = methods.CANDIDATES[name].method if name else record.method
+    method = refit_method(record)
     if not methods.METHODS[method].needs_pairs:
         return 0
     return int(record.params.get("max_train_pairs", methods.PARAMS[method].model_fields["max_train_pairs"].default))

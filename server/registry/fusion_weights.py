@@ -21,6 +21,7 @@ import numpy as np
 from convergent.server.records import FitRecord, ModelRecord
 
 COMBINATION_ANCHORS = 2000  # anchors sampled per party's fit (all of a smaller set)
+SLOW_REFITS = ("sparse", "mlp")  # a Lasso path per output unit / a network trained per fold: too slow for a query
 MIN_SHARED_ANCHORS = 20     # fewer common out-of-fold anchors than this: keep the per-party weights
 KEPT = 32                   # cached weight sets (fits are immutable: keyed by their ids)
 
@@ -37,14 +38,24 @@ class CombinationWeights:
         fits are not pairwise fits on one anchor set or share too few anchors."""
         if len(parties) < 2:
             return None, "one routed party"
+        from convergent.server.registry.crossfit import refit_method
+
         sets = {fit.anchor_set for _, fit in parties}
         if any(fit.method == "shared" for _, fit in parties) or len(sets) != 1:
             return None, "the parties' routes are not pairwise fits on one anchor set"
+        slow = sorted({refit_method(fit) for _, fit in parties} & set(SLOW_REFITS))
+        if slow:
+            return None, f"a route is a {slow[0]} map, whose per-fold refits are too slow for a query"
         key = (tenant, gallery_model.name, *sorted(fit.id for _, fit in parties))
         with self._lock:
             if key in self._cache:
                 return self._cache[key]
-        result = self._compute(tenant, parties, gallery_model, sets.pop())
+        from convergent.server.errors import Unavailable
+
+        try:
+            result = self._compute(tenant, parties, gallery_model, sets.pop())
+        except Unavailable as exc:  # anchors being written: per-party weights this time, try again next
+            return None, f"the anchors are being written ({exc})"
         with self._lock:
             self._cache[key] = result
             while len(self._cache) > KEPT:
@@ -56,9 +67,14 @@ class CombinationWeights:
         from convergent.server.inference import combination_weights, normalize_rows
         from convergent.server.registry.crossfit import calibration_anchors
 
+        from convergent.server.errors import FailedPrecondition
+
         out_of_fold = {}
         for model, fit in parties:
-            anchors = calibration_anchors(self.alignment, tenant, fit, model, gallery_model, COMBINATION_ANCHORS)
+            try:
+                anchors = calibration_anchors(self.alignment, tenant, fit, model, gallery_model, COMBINATION_ANCHORS)
+            except FailedPrecondition as exc:  # too few pairs left: per-party weights
+                return None, f"no out-of-fold anchors for {model.name!r}: {exc}"
             out_of_fold[model.name] = dict(zip(anchors.ids, range(len(anchors.ids)))), anchors
         common = sorted(set.intersection(*(set(rows) for rows, _ in out_of_fold.values())))
         if len(common) < MIN_SHARED_ANCHORS:

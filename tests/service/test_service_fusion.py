@@ -37,6 +37,7 @@ def test_fusion_beats_each_party_on_synthetic_identities(client: Client):
     fused = client.identify(gallery="g", vectors={p: data.vectors[p][probes] for p in ("p1", "p2")}, k=3)
     print(f"\nsynthetic: solo {solo}, fused {rank1(fused, truth):.3f}, weights {fused.parties}")
     assert fused.route == "fused" and sorted(fused.contributors) == ["p1", "p2"]
+    assert all(source.startswith("out-of-fold combination on 300 anchors of 's'") for source in fused.weight_sources.values())
     assert fused.scores.shape == (len(probes), 3) and np.all(np.diff(fused.scores, axis=1) <= 0)
     assert rank1(fused, truth) > max(solo.values())
 
@@ -105,3 +106,29 @@ def test_fusion_on_real_faces_with_a_weak_third_party(client: Client, realdata):
     assert mean["dlib+facenet+pixels"] >= mean["dlib+facenet"] - 0.01
     assert all(w > 0 for w in weights["dlib+facenet"].values())
     assert weights["dlib+facenet+pixels"]["pixels"] < weights["dlib+facenet+pixels"]["dlib"]
+
+
+@pytest.mark.parametrize("gallery_server", ["sqlite"], indirect=True)  # the weights do not depend on the backend
+def test_fusion_weights_fall_back_to_per_party_r2_where_the_combination_does_not_apply(client: Client, rng):
+    """Routes on different anchor sets, or a map whose per-fold refits are slow (sparse), keep
+    each party's held-out R^2 weight."""
+    G = rng.standard_normal((120, 8))
+    views = {"gal": G, "p1": G @ rng.standard_normal((8, 8)) + 0.1 * rng.standard_normal((120, 8)),
+             "p2": G @ rng.standard_normal((8, 8)) + 0.1 * rng.standard_normal((120, 8))}
+    for model, X in views.items():
+        client.register_model(model, dim=8)
+        for aset in ("s", "t"):
+            client.upload_anchors(model, anchor_set=aset, ids=[f"{aset}{i}" for i in range(100)], vectors=X[:100])
+    client.enroll(gallery="g", model="gal", ids=[f"x{i}" for i in range(20)], vectors=G[100:])
+    probes = {p: views[p][100:] for p in ("p1", "p2")}
+    client.fit_alignment("p1", "gal", anchor_set="s", method="ridge")
+    client.fit_alignment("p2", "gal", anchor_set="t", method="ridge")
+    other_sets = client.identify(gallery="g", vectors=probes, k=1)
+    assert all(source.startswith("held-out r2_variance_weighted") for source in other_sets.weight_sources.values())
+    client.fit_alignment("p2", "gal", anchor_set="s", method="sparse")
+    sparse = client.identify(gallery="g", vectors=probes, k=1)
+    assert all(source.startswith("held-out r2_variance_weighted") for source in sparse.weight_sources.values())
+    client.fit_alignment("p2", "gal", anchor_set="s", method="ridge")
+    combined = client.identify(gallery="g", vectors=probes, k=1)
+    assert all(source.startswith("out-of-fold combination on 100 anchors of 's'") for source in combined.weight_sources.values())
+    assert [row[0] for row in combined.ids] == [f"x{i}" for i in range(20)]
