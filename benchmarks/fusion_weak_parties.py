@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from convergent.client import Client
-from convergent.server.datasets import load_faces
+from convergent.server.datasets import graded_weak_parties, load_faces
 from convergent.server.rpc.app import ConvergentServer
 from convergent.server.settings import ServerSettings
 
@@ -38,29 +38,6 @@ from _common import realdata_folder  # noqa: E402
 
 STRONG = ("dlib", "facenet")
 SNRS = (1.0, 0.5, 0.25, 0.1)
-
-
-def weak_parties(faces, pixels: np.ndarray, anchors: np.ndarray, gallery_model: str, seed: int) -> dict[str, np.ndarray]:
-    """name -> (400, d) embeddings of every photo, built from anchor statistics only."""
-    rng = np.random.default_rng(seed)
-
-    def pca(X: np.ndarray, k: int) -> np.ndarray:
-        mean = X[anchors].mean(0)
-        components = np.linalg.svd(X[anchors] - mean, full_matrices=False)[2][:k]
-        return ((X - mean) @ components.T).astype(np.float32)
-
-    out: dict[str, np.ndarray] = {}
-    for model in STRONG:
-        X = faces.vectors[model].astype(np.float64)
-        variance = X[anchors].var(0)
-        for snr in SNRS:
-            noise = rng.standard_normal(X.shape) * np.sqrt(variance / snr)
-            out[f"{model}-noise-snr{snr:g}"] = (X + noise).astype(np.float32)
-        for k in (4, 8):
-            out[f"{model}-pca{k}"] = pca(X, k)
-    out["pixels"] = pca(pixels, 48)
-    out[f"{gallery_model}-pca3"] = pca(faces.vectors[gallery_model].astype(np.float64), 3)
-    return out
 
 
 def rank1(result, truth: list[str]) -> float:
@@ -83,7 +60,7 @@ def main() -> None:
     anchors = np.flatnonzero(first_half if args.split == 0 else ~first_half)
     unseen = np.flatnonzero(~first_half if args.split == 0 else first_half)
     people = sorted(set(labels[unseen].tolist()))
-    views = {**{m: faces.vectors[m] for m in (*STRONG, args.gallery)}, **weak_parties(faces, pixels, anchors, args.gallery, 0)}
+    views = {**{m: faces.vectors[m] for m in (*STRONG, args.gallery)}, **graded_weak_parties(faces, pixels, anchors, args.gallery, 0, STRONG, SNRS)}
     weak = [name for name in views if name not in (*STRONG, args.gallery)]
     results: dict[tuple[str, str], list[float]] = {}
     weights: dict[str, float] = {}

@@ -88,6 +88,35 @@ def synthetic_identities(
     return EmbeddingSet("synthetic-identities", ids, vectors, labels, source=f"generated, seed {seed}")
 
 
+def graded_weak_parties(faces: EmbeddingSet, pixels: np.ndarray, anchors: np.ndarray, gallery_model: str,
+                        seed: int = 0, strong: tuple[str, ...] = ("dlib", "facenet"),
+                        snrs: tuple[float, ...] = (1.0, 0.5, 0.25, 0.1)) -> dict[str, np.ndarray]:
+    """Weak parties for fusion tests, name -> (n, d) embeddings of every item, built from the
+    ``anchors``' statistics only: each ``strong`` model plus Gaussian noise at per-dimension
+    SNR (signal variance / noise variance over the anchors) ``snrs``; its top 4 and 8 principal
+    components; raw ``pixels`` (n, p) as PCA-48; the gallery model's own top 3 components (maps
+    onto the gallery well, tells people apart poorly). Seeded by ``seed``."""
+    rng = np.random.default_rng(seed)
+
+    def pca(X: np.ndarray, k: int) -> np.ndarray:
+        mean = X[anchors].mean(0)
+        components = np.linalg.svd(X[anchors] - mean, full_matrices=False)[2][:k]
+        return ((X - mean) @ components.T).astype(np.float32)
+
+    out: dict[str, np.ndarray] = {}
+    for model in strong:
+        X = faces.vectors[model].astype(np.float64)
+        variance = X[anchors].var(0)
+        for snr in snrs:
+            noise = rng.standard_normal(X.shape) * np.sqrt(variance / snr)
+            out[f"{model}-noise-snr{snr:g}"] = (X + noise).astype(np.float32)
+        for k in (4, 8):
+            out[f"{model}-pca{k}"] = pca(X, k)
+    out["pixels"] = pca(pixels, 48)
+    out[f"{gallery_model}-pca3"] = pca(faces.vectors[gallery_model].astype(np.float64), 3)
+    return out
+
+
 def write_tour_files(folder: Path, realdata: Path | None = None, synthetic: bool = False) -> str:
     """The README tour's files in ``folder``; returns where the vectors came from, in words.
 
