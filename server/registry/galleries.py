@@ -13,7 +13,6 @@ Milvus collections), whose per-gallery lock keeps the database and the index in 
 from __future__ import annotations
 
 import builtins
-import itertools
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -29,7 +28,9 @@ from convergent.server.errors import (
 )
 from convergent.server.registry import paging
 from convergent.server.registry.alignment import Alignment
+from convergent.server.registry.fusion_weights import route_weight
 from convergent.server.registry.gallery_indexes import gallery_indexes
+from convergent.server.registry.hubness import csls_search
 from convergent.server.registry.routes import Routed, route_name as _route_name
 from convergent.server.records import BeforeCommit, FitRecord, GalleryRecord, ModelRecord, Page
 from convergent.server.registry.service import (
@@ -265,40 +266,6 @@ class Galleries(Routed):
         re-ranking the gallery's own cosine candidates (HNSW, Milvus)."""
         return self.indexes.in_process and gallery.index_kind == "exact"
 
-    def _csls_search(self, index, corrected, Q: np.ndarray, r_T: np.ndarray, depth: int, keep: int):  # noqa: ANN001, ANN202
-        """(ids, CSLS scores (q, <= keep)) best first: one search of the augmented index (local
-        exact), or (HNSW, Milvus) a cosine search of ``index`` for ``depth`` candidates re-ranked
-        by 2 cos - r_T - r_S, the best ``keep`` returned. Candidates the r_S table lacks (removed
-        after the index's snapshot) are dropped ("" / -inf)."""
-        from convergent.server.inference.csls import augment_queries, csls_from_augmented
-
-        if corrected.index is not None:
-            found, inner = corrected.index.search(augment_queries(Q), depth)
-            return found, csls_from_augmented(inner, r_T)
-        if hasattr(index, "search_labels"):  # local HNSW: r_S read by graph label, ids mapped for the top `keep` only
-            labels, cosines = index.search_labels(Q, depth)
-            table = corrected.penalty_by_label(index)
-            r_S = np.where(labels >= 0, table[np.maximum(labels, 0)], np.inf)
-            scores = 2.0 * cosines - r_T[:, None] - r_S
-            scores[~np.isfinite(scores)] = -np.inf
-            order = np.argsort(-scores, axis=1, kind="stable")[:, :keep]
-            scores = np.take_along_axis(scores, order, axis=1)
-            labels = np.where(np.isfinite(scores), np.take_along_axis(labels, order, axis=1), -1)
-            return index.ids_of(labels), scores
-        found, cosines = index.search(Q, depth)
-        cosines = np.asarray(cosines, np.float32)
-        if cosines.size == 0:
-            return found, cosines
-        flat = list(itertools.chain.from_iterable(found))  # "" pads (never an id) get +inf, so -inf scores
-        r_S = np.fromiter(map(corrected.penalty.get, flat, itertools.repeat(np.inf)), np.float32, len(flat))
-        scores = 2.0 * cosines - r_T[:, None] - r_S.reshape(cosines.shape)
-        scores[~np.isfinite(scores)] = -np.inf
-        order = np.argsort(-scores, axis=1, kind="stable")
-        scores = np.take_along_axis(scores, order, axis=1)
-        ranked = np.take_along_axis(np.array(found, dtype=object), order, axis=1)
-        ranked[~np.isfinite(scores)] = ""
-        return ranked[:, :keep].tolist(), scores[:, :keep]
-
     def _identify_csls(self, tenant: str, gallery: GalleryRecord, gallery_model: ModelRecord, probe_model: ModelRecord,
                        fit: FitRecord | None, Q: np.ndarray, k: int) -> IdentifyResult:
         from convergent.server.inference.csls import neighbourhood_mean
@@ -313,13 +280,13 @@ class Galleries(Routed):
                 corrected = self._corrected(tenant, gallery, gallery_model, refs, route_key)
                 size = len(corrected.penalty)
                 if size:
-                    ids, scores = self._csls_search(None, corrected, Q, r_T, min(k, size), min(k, size))
+                    ids, scores = csls_search(None, corrected, Q, r_T, min(k, size), min(k, size))
         else:  # re-rank the gallery's own cosine candidates (local: under its lock, as above)
             with self.indexes.searchable(tenant, gallery, gallery_model) as index:
                 size = self.indexes.size(index, gallery)
                 if size:
                     corrected = self._corrected(tenant, gallery, gallery_model, refs, route_key)
-                    ids, scores = self._csls_search(index, corrected, Q, r_T, rerank_depth(k, size), min(k, size))
+                    ids, scores = csls_search(index, corrected, Q, r_T, rerank_depth(k, size), min(k, size))
         if not size:
             return IdentifyResult([[] for _ in range(len(Q))], np.zeros((len(Q), 0), np.float32), _route_name(fit), "csls")
         width = min(k, size)
@@ -337,23 +304,6 @@ class Galleries(Routed):
             raise InvalidInput(f"k must be in 1..{self.settings.max_k}, got {k}")
 
     # ------------------------------------------------------------ federated identify
-    def route_weight(self, fit: FitRecord | None, src: ModelRecord, tgt: ModelRecord) -> tuple[float, str]:
-        """Weight of one party in fusion: the share of the gallery model's variance its route
-        explains on held-out anchors, ``max(R^2 variance-weighted, 0)``; 1 for the gallery's own
-        model. With two or more routed parties on one anchor set their weights are then
-        re-divided by the out-of-fold combination (:meth:`_combined`).
-
-        Validated on the real faces (docs/inference.md): plain held-out top-1 let a weak party
-        (raw pixels) drag dlib + FaceNet fusion from 0.61 to 0.54 rank-1; this weight ignores it.
-        """
-        if fit is None:
-            return 1.0, "direct route"
-        key = "r2_variance_weighted" if fit.method != "shared" else f"{src.name}->{tgt.name}.r2_variance_weighted"
-        value = fit.metrics.get(key)
-        if value is None:
-            return 0.0, f"fit {fit.id} has no {key}"
-        return max(float(value), 0.0), f"held-out {key} of fit {fit.id}"
-
     def _combined(self, tenant: str, weights: builtins.list[PartyWeight], mapped: builtins.list[tuple[ModelRecord, FitRecord]],
                   gallery_model: ModelRecord) -> builtins.list[PartyWeight]:
         """The routed parties' weights from their out-of-fold combination (:mod:`.fusion_weights`),
@@ -393,7 +343,7 @@ class Galleries(Routed):
             valid_name(model_name, "model name")
             model = check_model_version(self.store.get_model(tenant, model_name), version)
             fit = self._route(tenant, model, gallery_model)
-            weight, source = self.route_weight(fit, model, gallery_model)
+            weight, source = route_weight(fit, model, gallery_model)
             queries[model_name] = self._into(tenant, fit, prepare_vectors(model, vectors, f"{model_name} probes"), model, gallery_model)
             weights.append(PartyWeight(model_name, _route_name(fit), weight, source))
             if fit is not None:
@@ -434,7 +384,7 @@ class Galleries(Routed):
                 for model_name, Q in queries.items():
                     if model_name in corrections:
                         corrected, r_T = corrections[model_name]
-                        per_party[model_name] = self._csls_search(index, corrected, Q, r_T, depth, depth)
+                        per_party[model_name] = csls_search(index, corrected, Q, r_T, depth, depth)
                     else:
                         per_party[model_name] = index.search(Q, depth)
                 fused = fuse_scores(per_party, weight_of, k=min(k, size))

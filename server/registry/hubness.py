@@ -19,6 +19,7 @@ missed a change (another replica's) is rebuilt on next use.
 
 from __future__ import annotations
 
+import itertools
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -167,3 +168,38 @@ class Hubness:
             while len(self._indexes) > KEPT:
                 self._indexes.popitem(last=False)
         return built
+
+
+def csls_search(index, corrected: CorrectedIndex, Q: np.ndarray, r_T: np.ndarray, depth: int, keep: int):  # noqa: ANN001, ANN201
+    """(ids, CSLS scores (q, <= keep)) best first: one search of the augmented index (local
+    exact), or (HNSW, Milvus) a cosine search of ``index`` for ``depth`` candidates re-ranked
+    by 2 cos - r_T - r_S, the best ``keep`` returned. Candidates the r_S table lacks (removed
+    after the index's snapshot) are dropped ("" / -inf)."""
+    from convergent.server.inference.csls import augment_queries, csls_from_augmented
+
+    if corrected.index is not None:
+        found, inner = corrected.index.search(augment_queries(Q), depth)
+        return found, csls_from_augmented(inner, r_T)
+    if hasattr(index, "search_labels"):  # local HNSW: r_S read by graph label, ids mapped for the top `keep` only
+        labels, cosines = index.search_labels(Q, depth)
+        table = corrected.penalty_by_label(index)
+        r_S = np.where(labels >= 0, table[np.maximum(labels, 0)], np.inf)
+        scores = 2.0 * cosines - r_T[:, None] - r_S
+        scores[~np.isfinite(scores)] = -np.inf
+        order = np.argsort(-scores, axis=1, kind="stable")[:, :keep]
+        scores = np.take_along_axis(scores, order, axis=1)
+        labels = np.where(np.isfinite(scores), np.take_along_axis(labels, order, axis=1), -1)
+        return index.ids_of(labels), scores
+    found, cosines = index.search(Q, depth)
+    cosines = np.asarray(cosines, np.float32)
+    if cosines.size == 0:
+        return found, cosines
+    flat = list(itertools.chain.from_iterable(found))  # "" pads (never an id) get +inf, so -inf scores
+    r_S = np.fromiter(map(corrected.penalty.get, flat, itertools.repeat(np.inf)), np.float32, len(flat))
+    scores = 2.0 * cosines - r_T[:, None] - r_S.reshape(cosines.shape)
+    scores[~np.isfinite(scores)] = -np.inf
+    order = np.argsort(-scores, axis=1, kind="stable")
+    scores = np.take_along_axis(scores, order, axis=1)
+    ranked = np.take_along_axis(np.array(found, dtype=object), order, axis=1)
+    ranked[~np.isfinite(scores)] = ""
+    return ranked[:, :keep].tolist(), scores[:, :keep]

@@ -51,11 +51,6 @@ class PairRoute:
             return _route_name(self.forward)
         return f"{_route_name(self.forward)} + {_route_name(self.reverse)}"
 
-    @property
-    def key(self) -> str:
-        """Cache key of its anchor calibration (fits are immutable)."""
-        return self.name
-
 
 @dataclass(frozen=True)
 class VerifyResult:
@@ -184,7 +179,7 @@ class Verification(Routed):
                 f"no calibration for {src.name!r} against itself: send labelled pairs with calibrate() first"
             )
         with self._anchor_scores_lock:
-            cached = self._anchor_scores.get(route.key)
+            cached = self._anchor_scores.get(route.name)  # fits are immutable: the route names the calibration
         if cached is not None:
             return cached
         anchors = calibration_anchors(self.alignment, tenant, fit, src, tgt, CALIBRATION_ANCHORS)
@@ -218,7 +213,7 @@ class Verification(Routed):
                           f"(taken as distinct subjects: {repeats.reason})")
         result = AnchorCalibration(scores, name, population, int(np.count_nonzero(repeats.same)) // 2)
         with self._anchor_scores_lock:
-            self._anchor_scores[route.key] = result
+            self._anchor_scores[route.name] = result
             while len(self._anchor_scores) > ANCHOR_CALIBRATIONS_KEPT:
                 self._anchor_scores.popitem(last=False)
         return result
