@@ -7,8 +7,9 @@ import numpy as np
 from convergent.server.errors import InvalidInput
 
 
-def as_matrix(a, name: str, *, min_rows: int = 1) -> np.ndarray:
-    """Return ``a`` as a finite 2-D real array (dtype kept); raise ``InvalidInput`` otherwise."""
+def as_matrix(a, name: str, *, min_rows: int = 1, check_finite: bool = True) -> np.ndarray:
+    """Return ``a`` as a finite 2-D real array (dtype kept); raise ``InvalidInput`` otherwise.
+    ``check_finite=False``: the caller checks finiteness itself (e.g. on sums it computes anyway)."""
     try:
         arr = np.asarray(a)
     except Exception as exc:  # ragged lists and the like
@@ -19,15 +20,16 @@ def as_matrix(a, name: str, *, min_rows: int = 1) -> np.ndarray:
         raise InvalidInput(f"{name} must be real numeric, got dtype {arr.dtype}")
     if arr.shape[0] < min_rows or arr.shape[1] < 1:
         raise InvalidInput(f"{name} needs at least {min_rows} row(s) and 1 column, got shape {arr.shape}")
-    if np.issubdtype(arr.dtype, np.floating) and not np.all(np.isfinite(arr)):
+    if check_finite and np.issubdtype(arr.dtype, np.floating) and not np.all(np.isfinite(arr)):
         raise InvalidInput(f"{name} contains NaN or Inf")
     return arr
 
 
-def as_pair(X, Y, *, min_rows: int = 1, names: tuple[str, str] = ("X", "Y")) -> tuple[np.ndarray, np.ndarray]:
-    """Validate a paired (X, Y): both 2-D, finite, same number of rows."""
-    X = as_matrix(X, names[0], min_rows=min_rows)
-    Y = as_matrix(Y, names[1], min_rows=min_rows)
+def as_pair(X, Y, *, min_rows: int = 1, names: tuple[str, str] = ("X", "Y"),
+            check_finite: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Validate a paired (X, Y): both 2-D, finite (unless ``check_finite=False``), same number of rows."""
+    X = as_matrix(X, names[0], min_rows=min_rows, check_finite=check_finite)
+    Y = as_matrix(Y, names[1], min_rows=min_rows, check_finite=check_finite)
     if X.shape[0] != Y.shape[0]:
         raise InvalidInput(f"{names[0]} and {names[1]} must have the same rows, got {X.shape[0]} and {Y.shape[0]}")
     return X, Y

@@ -43,5 +43,13 @@ def held_count(n: int, fraction: float = 0.2, cap: int = 2000) -> int:
 
 def rank_keys(ids: Sequence[str], seed: int = 0) -> np.ndarray:
     """The ids' ranks as numpy "S16" (n,): 16-byte keys compare there exactly as Python bytes
-    of one length do (memcmp); the lowest are held out."""
-    return np.array([_rank_key(seed, i) for i in ids], dtype="S16")
+    of one length do (memcmp); the lowest are held out. Equal to :func:`_rank_key` per id
+    (a copy of the hash state after the seed prefix: half the time of hashing each in full)."""
+    prefix = hashlib.blake2b(f"{int(seed)}\x00".encode("utf-8"), digest_size=16)
+
+    def key(anchor_id: str) -> bytes:
+        h = prefix.copy()
+        h.update(anchor_id.encode("utf-8"))
+        return h.digest()
+
+    return np.array([key(i) for i in ids], dtype="S16")

@@ -105,7 +105,9 @@ class PairedStats:
 
     # -- accumulation --------------------------------------------------------------------
     def _checked(self, X, Y) -> tuple[np.ndarray, np.ndarray]:
-        X, Y = as_pair(X, Y)
+        # Finiteness is checked on the chunk's sums of squares (:meth:`_add`), not by a scan
+        # of its rows: a NaN or Inf anywhere makes its column's sum of squares non-finite.
+        X, Y = as_pair(X, Y, check_finite=False)
         if X.shape[1] != self.d_x or Y.shape[1] != self.d_y:
             raise InvalidInput(
                 f"chunk dims ({X.shape[1]}, {Y.shape[1]}) do not match statistics ({self.d_x}, {self.d_y})"
@@ -115,8 +117,13 @@ class PairedStats:
         return X.astype(np.float64, copy=False), Y.astype(np.float64, copy=False)
 
     def _add(self, X: np.ndarray, Y: np.ndarray, sign: float, device: str = "cpu") -> None:
+        with np.errstate(invalid="ignore", over="ignore"):  # non-finite input: rejected just below
+            parts = _cross_products(X, Y) if self.products == "cross" else _products(X, Y, device)
+        squares = (parts[2], parts[4]) if self.products == "cross" else (np.diagonal(parts[2]), np.diagonal(parts[4]))
+        for name, sq in zip(("X", "Y"), squares):
+            if not np.all(np.isfinite(sq)):
+                raise InvalidInput(f"{name} contains NaN or Inf (or values whose squares overflow)")
         self.n += int(sign) * X.shape[0]
-        parts = _cross_products(X, Y) if self.products == "cross" else _products(X, Y, device)
         for k, part in zip(self._keys, parts):
             getattr(self, k).__iadd__(sign * part)
 

@@ -48,10 +48,12 @@ def fetch_blocks(
 
 def gather(
     conn: sa.Connection, tenant: str, anchor_set: str, model: str, dim: int,
-    blocks: np.ndarray, slots: np.ndarray,
+    blocks: np.ndarray, slots: np.ndarray, out: np.ndarray | None = None,
 ) -> np.ndarray:
-    """The vectors at (blocks[i], slots[i]) as float32 (len(blocks), dim); each block read once."""
-    out = np.empty((len(blocks), dim), dtype=np.float32)
+    """The vectors at (blocks[i], slots[i]) as float32 (len(blocks), dim); each block read once.
+    ``out``: a float32 (>= len(blocks), dim) buffer to fill (its first rows are returned), so
+    that a pass over many batches does not fault in fresh pages for each."""
+    out = np.empty((len(blocks), dim), dtype=np.float32) if out is None else out[: len(blocks)]
     if not len(blocks):
         return out
     order = np.argsort(blocks, kind="stable")

@@ -91,17 +91,31 @@ def pair_ids(conn: sa.Connection, tenant: str, anchor_set: str, source: str, tar
 
 
 class _Gather:
-    """Vectors of the pairs whose slots it is given, read block by block."""
+    """Vectors of the pairs whose slots it is given, read block by block.
 
-    def __init__(self, conn: sa.Connection, tenant: str, anchor_set: str, source: str, target: str, d_x: int, d_y: int) -> None:
+    ``reuse=True``: every call fills the same two buffers (grown as needed), so the arrays it
+    returned last time are overwritten: for a pass that consumes each batch before the next."""
+
+    def __init__(self, conn: sa.Connection, tenant: str, anchor_set: str, source: str, target: str, d_x: int, d_y: int,
+                 reuse: bool = False) -> None:
         self.conn, self.tenant, self.anchor_set = conn, tenant, anchor_set
         self.sides = ((source, d_x), (target, d_y))
+        self.buffers: list[np.ndarray | None] = [None, None] if reuse else []
+
+    def _buffer(self, side: int, rows: int) -> np.ndarray | None:
+        if not self.buffers:
+            return None
+        buf = self.buffers[side]
+        if buf is None or buf.shape[0] < rows:
+            buf = self.buffers[side] = np.empty((rows, self.sides[side][1]), dtype=np.float32)
+        return buf
 
     def __call__(self, rows: list[tuple]) -> tuple[list[str], np.ndarray, np.ndarray]:
         """rows of (id, source block, source slot, target block, target slot) -> (ids, X, Y)."""
         slots = np.array([r[1:] for r in rows], dtype=np.int64).reshape(len(rows), 4)
         X, Y = (
-            gather(self.conn, self.tenant, self.anchor_set, model, dim, slots[:, 2 * k], slots[:, 2 * k + 1])
+            gather(self.conn, self.tenant, self.anchor_set, model, dim, slots[:, 2 * k], slots[:, 2 * k + 1],
+                   out=self._buffer(k, len(rows)))
             for k, (model, dim) in enumerate(self.sides)
         )
         return [r[0] for r in rows], X, Y
@@ -119,14 +133,15 @@ def iter_pairs(
 ) -> Iterator[tuple[list[str], np.ndarray, np.ndarray]]:
     """Batches of (ids, X (b, d_x) float32, Y (b, d_y) float32) of paired anchors, in the
     order of the source's blocks (not by id): each batch is about :data:`WINDOW_ROWS` pairs
-    of whole source blocks, and each block of either side is read once per batch.
+    of whole source blocks, and each block of either side is read once per batch. X and Y
+    are views of two buffers that the next batch overwrites: copy the rows you keep.
 
     ``written_after=v`` keeps only pairs with a side written after data version ``v``.
     """
     query, a, b = _pair_query(tenant, anchor_set, source, target)
     if written_after:
         query = query.where(sa.or_(a.c.written_version > written_after, b.c.written_version > written_after))
-    read = _Gather(conn, tenant, anchor_set, source, target, d_x, d_y)
+    read = _Gather(conn, tenant, anchor_set, source, target, d_x, d_y, reuse=True)
     window: list[tuple] = []
     for rows in _rows(conn, query.order_by(a.c.block_id, a.c.slot)):
         for row in rows:

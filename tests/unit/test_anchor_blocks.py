@@ -124,7 +124,7 @@ def test_released_slots_are_zeroed_and_empty_blocks_dropped(database_url, rng):
         store.write_anchors(T, "s", a, [(ids[:6], X[:6]), (ids[6:], X[6:])], overwrite=False)
         store.write_anchors(T, "s", b, [(ids[::-1], Y[::-1])], overwrite=False)  # other order, one block
         with store.read_pairs(T, "s", a, b) as reader:
-            got = {i: (x, y) for batch in reader.iter_pairs() for i, x, y in zip(*batch)}
+            got = {i: (x, y) for batch in reader.iter_pairs() for i, x, y in zip(*batch)}  # one batch here (batches reuse buffers)
         assert sorted(got) == sorted(ids)
         for k, i in enumerate(ids):  # paired by id although blocked and ordered differently
             assert got[i][0].tobytes() == X[k].tobytes() and got[i][1].tobytes() == Y[k].tobytes()

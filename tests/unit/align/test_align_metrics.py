@@ -14,6 +14,7 @@ from convergent.server.align import (
     retrieval_margin,
     retrieval_topk,
 )
+from convergent.server.align.metrics import linear_cka_to, retrieval_scores
 from convergent.server.errors import InvalidInput
 
 rng = np.random.default_rng(0)
@@ -108,3 +109,21 @@ def test_retrieval_scores_equal_topk_and_margin_computed_apart(rng):
     both = retrieval_scores(P, T, ks=(1, 5), pool=200, seed=3)
     assert both == {**retrieval_topk(P, T, ks=(1, 5), pool=200, seed=3), "margin": retrieval_margin(P, T, pool=200, seed=3)}
     assert 0 < both["top1"] < 1
+
+
+def test_float32_products_match_float64_metrics(rng):
+    """The diagnostics compute similarities in float32: the same scores to ~1e-6 on data with
+    large means (centring in float64), the same neighbours and retrieval ranks."""
+    X = rng.standard_normal((400, 48)) + 6.0
+    Y = X @ rng.standard_normal((48, 40)) + 0.5 * rng.standard_normal((400, 40)) - 3.0
+    for debiased in (True, False):
+        assert linear_cka(X, Y, debiased=debiased, dtype=np.float32) == pytest.approx(
+            linear_cka(X, Y, debiased=debiased), abs=1e-5)
+    assert linear_cka_to(Y, X, X[:, ::-1], dtype=np.float32) == pytest.approx(
+        [linear_cka(X, Y), linear_cka(X[:, ::-1], Y)], abs=1e-5)
+    P = Y + 0.3 * rng.standard_normal(Y.shape)
+    assert mutual_knn(P, Y, dtype=np.float32) == pytest.approx(mutual_knn(P, Y), abs=0.01)
+    r32, r64 = retrieval_scores(P, Y, dtype=np.float32), retrieval_scores(P, Y)
+    assert r32["top1"] == pytest.approx(r64["top1"], abs=0.01) and r32["margin"] == pytest.approx(r64["margin"], abs=1e-5)
+    with pytest.raises(InvalidInput):
+        mutual_knn(P, Y, dtype=np.float16)

@@ -136,3 +136,11 @@ def test_the_choice_follows_the_reported_gap_and_allowance(seed):
     for name in order:
         assert result.gap[name] == pytest.approx(result.scores[best] - result.scores[name], abs=1e-9)
     assert result.name == next(c for c in order if result.gap[c] <= result.allowed[c])
+
+
+def test_rank_keys_are_the_per_id_hash():
+    from convergent.server.align.split import _rank_key, rank_keys
+
+    ids = ["img-0", "", "ünïcødé-✓", "a" * 300, "x\x00y"]
+    for seed in (0, 7, 12345):
+        assert np.array_equal(rank_keys(ids, seed), np.array([_rank_key(seed, i) for i in ids], dtype="S16"))

@@ -104,3 +104,24 @@ def test_wrong_chunk_dims_and_empty_stats_need_rows():
         s.covariances()
     with pytest.raises(InvalidInput):
         PairedStats.empty(0, 2)
+
+
+@pytest.mark.parametrize("products, bad", [(p, b) for p in ("full", "cross") for b in (np.nan, np.inf, -np.inf)]
+                         + [("cross", np.float32(3e19))])  # its square is finite in float64 (full)
+def test_update_rejects_non_finite_chunks_and_keeps_the_statistics(products, bad):
+    """Chunks are checked on their sums of squares, not by a scan: a NaN, an Inf or (float32
+    cross products) a value whose square overflows float32 anywhere is rejected, and nothing
+    of the chunk is added."""
+    rng = np.random.default_rng(1)
+    s = PairedStats.from_arrays(rng.standard_normal((20, 3)).astype(np.float32),
+                                rng.standard_normal((20, 2)).astype(np.float32), products=products)
+    before = s.copy()
+    X, Y = rng.standard_normal((8, 3)).astype(np.float32), rng.standard_normal((8, 2)).astype(np.float32)
+    for side in (X, Y):
+        side = side.copy()
+        side[5, 1] = bad
+        with pytest.raises(InvalidInput):
+            s.update(side, Y) if side.shape[1] == 3 else s.update(X, side)
+        assert s.n == before.n
+        np.testing.assert_array_equal(s.xty, before.xty)
+        np.testing.assert_array_equal(s.sum_x, before.sum_x)
