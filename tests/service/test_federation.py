@@ -55,7 +55,8 @@ def _run(client: Client, seed: int) -> dict[str, float]:
         client.register_model(f"{m}{seed}_probs", dim=10, normalize=False)
         client.upload_anchors(f"{m}{seed}", anchor_set=f"digits{seed}", ids=ids, vectors=H[m][anchors])
         client.upload_anchors(f"{m}{seed}_probs", anchor_set=f"digits{seed}", ids=ids, vectors=nets[m].predict_proba(X[anchors]))
-    space = client.fit_shared_space([f"a{seed}", f"b{seed}"], anchor_set=f"digits{seed}", n_components=12)
+    # the default consensus dimension: all of the smaller model's (64); k = 12 missed the 0.03 below
+    space = client.fit_shared_space([f"a{seed}", f"b{seed}"], anchor_set=f"digits{seed}")
     head = client.fit_cooperative(space=space.id, anchor_set=f"digits{seed}", teachers=[f"a{seed}_probs", f"b{seed}_probs"])
     assert head.method == "cooperative" and head.models == [f"a{seed}", f"b{seed}"]
     assert head.metrics["n_anchors"] == N_ANCHORS and 0 < head.metrics["fused.agreement"] <= 1
@@ -85,9 +86,8 @@ def test_cooperative_head_beats_each_party_alone_and_fusion_beats_the_best_party
     print("mean over 3 splits:", ", ".join(f"{k} {v:.3f}" for k, v in mean.items()))
     assert mean["head_a"] >= mean["own_a"] + 0.05 and mean["head_b"] >= mean["own_b"] + 0.05
     assert mean["fused"] >= max(mean["own_a"], mean["own_b"]) + 0.08
-    if mean["local_average"] - mean["fused"] > 0.03:
-        pytest.xfail(f"fused {mean['fused']:.3f} is {mean['local_average'] - mean['fused']:.3f} below the average of the "
-                     f"local models' probabilities ({mean['local_average']:.3f}); the issue's target is within 0.03")
+    # within 0.03 of the average of the local models' probabilities (which needs both raw models)
+    assert mean["local_average"] - mean["fused"] <= 0.03
 
 
 def test_bad_federation_requests(client: Client, rng):
