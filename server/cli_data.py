@@ -125,6 +125,13 @@ def fit(
     api_key: ApiKey = None,
 ) -> None:
     """Fit a source -> target map and print its held-out diagnostics."""
+    if method not in FIT_METHODS:  # before connecting: a typo should not read as a network error
+        import difflib
+
+        close = difflib.get_close_matches(method, list(FIT_METHODS), n=2)
+        hint = f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
+        raise typer.BadParameter(f"unknown method {method!r}; {hint}`convergent methods` lists them: "
+                                 f"{', '.join(FIT_METHODS)}", param_hint="--method")
     params = _parse_params(param or [])
     with _connected(address, api_key) as client:
         info = client.fit_alignment(source, target, anchor_set=anchor_set, method=method, **params)

@@ -222,6 +222,11 @@ def test_server_down_and_serve_mistakes(tmp_path: Path):
         assert f"cannot listen on 127.0.0.1:{port}" in taken and "--port" in taken
     nowhere = one_error_line(run("serve", "--port", "0", "--data-dir", "/proc/convergent-nope", check=False, timeout=60))
     assert "cannot use the data folder /proc/convergent-nope" in nowhere and "--data-dir" in nowhere
+    # a misspelt method is a usage error (exit 2) naming the right one, before any connection
+    typo = run("fit", "--source", "a", "--target", "b", "--anchor-set", "s", "--method", "ridgee",
+               "--address", f"127.0.0.1:{port}", check=False)
+    assert typo.returncode == 2 and "unknown method 'ridgee'" in typo.stderr and "'ridge'" in typo.stderr
+    assert "cannot reach" not in typo.stderr
 
 
 def test_gallery_anchor_erase_usage_and_shared_space_commands(server, tmp_path: Path, rng):
