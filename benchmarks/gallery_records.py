@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import sqlalchemy as sa
 
-from convergent.server.storage.schema import gallery_items
+from convergent.server.storage.schema import gallery_item_ids as gallery_items
 from convergent.server.storage.sql import SqlStore
 
 

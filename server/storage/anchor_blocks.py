@@ -1,81 +1,45 @@
-"""Anchor vectors in blocks (``schema.anchor_blocks``) behind an id index (``schema.anchors``).
+"""Anchor vectors in blocks (``schema.anchor_blocks``) behind an id index (``schema.anchor_ids``).
 
-An upload's vectors go to new blocks of at most :data:`BLOCK_BYTES` (one row each: float32
-(rows, dim) bytes); every id gets one small index row -> (block, slot). Replacing, deleting or
-erasing an anchor *releases* its slot: the slot's bytes are zeroed in the block in the same
-transaction (so an erased vector is gone from the row, not only unreachable) and the block's
-``live`` count drops; a block with no live slot left is deleted.
+An upload's vectors go to new blocks of at most :data:`~convergent.server.storage.blocks.BLOCK_BYTES`
+(one row each: float32 (rows, dim) bytes); every id gets one small index row -> (block, slot).
+Replacing, deleting or erasing an anchor releases its slot (:func:`blocks.release`: zeroed in
+the same transaction). Anchor blocks are keyed by (tenant, anchor set, model) and carry the
+data version that wrote them.
 
 Every function takes the caller's connection: they run inside its transaction.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict, defaultdict
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 import sqlalchemy as sa
 
+from convergent.server.storage import blocks as _blocks
+from convergent.server.storage.blocks import ID_BATCH, block_rows
 from convergent.server.storage.schema import anchor_blocks, anchor_ids
 
-BLOCK_BYTES = 2 * 1024 * 1024  # vector bytes per block row at most (one row: 1 slot at least)
-ID_BATCH = 500  # ids / block ids per SELECT ... IN (...): far below every database's limit
+ANCHOR_BLOCKS = _blocks.BlockTable(anchor_blocks, ("tenant", "anchor_set", "model"))
 
-
-def block_rows(dim: int) -> int:
-    """Slots per block for vectors of ``dim`` float32 values."""
-    return max(1, BLOCK_BYTES // (4 * int(dim)))
-
-
-def _block_key(tenant: str, anchor_set: str, model: str) -> sa.ColumnElement:
-    c = anchor_blocks.c
-    return (c.tenant == tenant) & (c.anchor_set == anchor_set) & (c.model == model)
+__all__ = ["ANCHOR_BLOCKS", "ID_BATCH", "BlockWriter", "StoredVectors", "block_rows", "delete_all", "delete_ids",
+           "fetch_blocks", "gather", "model_vectors", "release_slots"]
 
 
 def fetch_blocks(
     conn: sa.Connection, tenant: str, anchor_set: str, model: str, block_ids: Iterable[int]
 ) -> Iterator[tuple[int, bytes]]:
     """(block id, vector bytes) of the given blocks of one (set, model), those present."""
-    wanted = sorted({int(b) for b in block_ids})
-    for start in range(0, len(wanted), ID_BATCH):
-        query = sa.select(anchor_blocks.c.block_id, anchor_blocks.c.vectors).where(
-            _block_key(tenant, anchor_set, model), anchor_blocks.c.block_id.in_(wanted[start : start + ID_BATCH])
-        )
-        for block_id, data in conn.execute(query):
-            yield int(block_id), data
+    return _blocks.fetch(conn, ANCHOR_BLOCKS, (tenant, anchor_set, model), block_ids)
 
 
 def gather(
     conn: sa.Connection, tenant: str, anchor_set: str, model: str, dim: int,
     blocks: np.ndarray, slots: np.ndarray, out: np.ndarray | None = None,
 ) -> np.ndarray:
-    """The vectors at (blocks[i], slots[i]) as float32 (len(blocks), dim); each block read once.
-    ``out``: a float32 (>= len(blocks), dim) buffer to fill (its first rows are returned), so
-    that a pass over many batches does not fault in fresh pages for each."""
-    out = np.empty((len(blocks), dim), dtype=np.float32) if out is None else out[: len(blocks)]
-    if not len(blocks):
-        return out
-    order = np.argsort(blocks, kind="stable")
-    sorted_blocks = blocks[order]
-    uniq, starts = np.unique(sorted_blocks, return_index=True)
-    bounds = dict(zip(uniq.tolist(), zip(starts.tolist(), [*starts[1:].tolist(), len(order)])))
-    found = 0
-    for block_id, data in fetch_blocks(conn, tenant, anchor_set, model, uniq.tolist()):
-        start, end = bounds[block_id]
-        rows = order[start:end]
-        block = np.frombuffer(data, dtype="<f4").reshape(-1, dim)
-        first, first_slot, k = int(rows[0]), int(slots[rows[0]]), end - start
-        if rows[-1] - first == k - 1 and slots[rows[-1]] - first_slot == k - 1 and (
-            k < 3 or (np.all(np.diff(rows) == 1) and np.all(np.diff(slots[rows]) == 1))
-        ):  # consecutive slots to consecutive rows (the usual case): one copy
-            out[first : first + k] = block[first_slot : first_slot + k]
-        else:
-            out[rows] = block[slots[rows]]
-        found += 1
-    if found != len(uniq):
-        raise RuntimeError(f"{len(uniq) - found} anchor blocks of {model!r} in {anchor_set!r} are missing")
-    return out
+    """The vectors at (blocks[i], slots[i]) of one (set, model): :func:`blocks.gather`."""
+    return _blocks.gather(conn, ANCHOR_BLOCKS, (tenant, anchor_set, model), dim, blocks, slots, out)
 
 
 class BlockWriter:
@@ -84,10 +48,7 @@ class BlockWriter:
 
     def __init__(self, conn: sa.Connection, tenant: str, anchor_set: str, model: str, dim: int, version: int) -> None:
         self.conn, self.key, self.dim, self.version = conn, (tenant, anchor_set, model), dim, version
-        last = conn.execute(
-            sa.select(sa.func.max(anchor_blocks.c.block_id)).where(_block_key(tenant, anchor_set, model))
-        ).scalar()
-        self.next_block = int(last or 0) + 1
+        self.next_block = ANCHOR_BLOCKS.next_block(conn, self.key)
         self._sqlite = conn.dialect.name == "sqlite"
 
     def _new_block(self, data: bytes, rows: int) -> int:
@@ -172,39 +133,14 @@ class StoredVectors:
 
 
 def release_slots(
-    conn: sa.Connection, tenant: str, anchor_set: str, model: str, dim: int, slots: Iterable[tuple[int, int]]
+    conn: sa.Connection, tenant: str, anchor_set: str, model: str, slots: Iterable[tuple[int, int]]
 ) -> None:
-    """Zero the given (block, slot)s, whose ids were deleted or re-pointed already, and drop
-    blocks left without a live slot."""
-    by_block: dict[int, list[int]] = defaultdict(list)
-    for block_id, slot in slots:
-        by_block[int(block_id)].append(int(slot))
-    if not by_block:
-        return
-    key = _block_key(tenant, anchor_set, model)
-    row_bytes = dim * 4
-    blocks = sorted(by_block)
-    for start in range(0, len(blocks), ID_BATCH):
-        rows = conn.execute(
-            sa.select(anchor_blocks.c.block_id, anchor_blocks.c.live, anchor_blocks.c.vectors)
-            .where(key, anchor_blocks.c.block_id.in_(blocks[start : start + ID_BATCH]))
-        ).all()
-        for block_id, live, data in rows:
-            freed = sorted(set(by_block[int(block_id)]))
-            where = key & (anchor_blocks.c.block_id == block_id)
-            if live - len(freed) <= 0:
-                conn.execute(anchor_blocks.delete().where(where))
-                continue
-            buffer = bytearray(data)
-            zero = bytes(row_bytes)
-            for slot in freed:
-                buffer[slot * row_bytes : (slot + 1) * row_bytes] = zero
-            conn.execute(anchor_blocks.update().where(where).values(live=live - len(freed), vectors=bytes(buffer)))
+    """Zero the given (block, slot)s of one (set, model), whose ids were deleted or re-pointed
+    already, and drop blocks left without a live slot (:func:`blocks.release`)."""
+    _blocks.release(conn, ANCHOR_BLOCKS, (tenant, anchor_set, model), slots)
 
 
-def delete_ids(
-    conn: sa.Connection, tenant: str, anchor_set: str, model: str, dim: int, ids: Sequence[str]
-) -> int:
+def delete_ids(conn: sa.Connection, tenant: str, anchor_set: str, model: str, ids: Sequence[str]) -> int:
     """Delete the given ids of one (set, model) and release their slots; returns how many were stored."""
     c = anchor_ids.c
     key = (c.tenant == tenant) & (c.anchor_set == anchor_set) & (c.model == model)
@@ -214,7 +150,7 @@ def delete_ids(
         slots = conn.execute(sa.select(c.block_id, c.slot).where(key, c.anchor_id.in_(chunk))).all()
         if slots:
             conn.execute(anchor_ids.delete().where(key, c.anchor_id.in_(chunk)))
-            release_slots(conn, tenant, anchor_set, model, dim, slots)
+            release_slots(conn, tenant, anchor_set, model, slots)
             deleted += len(slots)
     return deleted
 

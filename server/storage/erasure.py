@@ -9,8 +9,9 @@ import sqlalchemy as sa
 from convergent.server.errors import InvalidInput
 from convergent.server.records import BeforeCommit, ErasureReport, GalleryChange
 from convergent.server.storage import anchor_blocks as blocks
-from convergent.server.storage.gallery_store import GalleryStore, record_gallery_change
-from convergent.server.storage.schema import anchor_ids, fits, gallery_items
+from convergent.server.storage import blocks as blocks_
+from convergent.server.storage.gallery_store import GALLERY_BLOCKS, GalleryStore, record_gallery_change
+from convergent.server.storage.schema import anchor_ids, fits, gallery_item_ids
 
 if TYPE_CHECKING:
     from convergent.server.storage.sql import SqlStore
@@ -30,7 +31,6 @@ def erase(store: SqlStore, tenant: str, ids: list[str], before_commit: BeforeCom
         sets: set[str] = set()
         removed: dict[str, list[str]] = {}  # gallery -> its erased items
         anchors_deleted = items_deleted = 0
-        dims: dict[str, int] = {}
         for start in range(0, len(ids), ID_BATCH):
             chunk = ids[start : start + ID_BATCH]
             key = (anchor_ids.c.tenant == tenant) & anchor_ids.c.anchor_id.in_(chunk)
@@ -42,15 +42,20 @@ def erase(store: SqlStore, tenant: str, ids: list[str], before_commit: BeforeCom
             for anchor_set, model, block_id, slot in found:
                 slots.setdefault((anchor_set, model), []).append((block_id, slot))
             for (anchor_set, model), released in slots.items():
-                if model not in dims:
-                    dims[model] = store._get_model(conn, tenant, model).dim  # type: ignore[union-attr]
-                blocks.release_slots(conn, tenant, anchor_set, model, dims[model], released)
+                blocks.release_slots(conn, tenant, anchor_set, model, released)
             sets |= {anchor_set for anchor_set, _ in slots}
             anchors_deleted += len(found)
-            item_key = (gallery_items.c.tenant == tenant) & gallery_items.c.item_id.in_(chunk)
-            for gallery, item in conn.execute(sa.select(gallery_items.c.gallery, gallery_items.c.item_id).where(item_key)):
+            items = gallery_item_ids.c
+            item_key = (items.tenant == tenant) & items.item_id.in_(chunk)
+            freed: dict[str, list[tuple[int, int]]] = {}
+            for gallery, item, block_id, slot in conn.execute(
+                sa.select(items.gallery, items.item_id, items.block_id, items.slot).where(item_key)
+            ):
                 removed.setdefault(gallery, []).append(item)
-            items_deleted += conn.execute(gallery_items.delete().where(item_key)).rowcount
+                freed.setdefault(gallery, []).append((block_id, slot))
+            items_deleted += conn.execute(gallery_item_ids.delete().where(item_key)).rowcount
+            for gallery, released in freed.items():
+                blocks_.release(conn, GALLERY_BLOCKS, (tenant, gallery), released)
         for anchor_set in sorted(sets):
             store._bump_version(conn, tenant, anchor_set, destructive=True)
         changed_galleries = sorted(removed)

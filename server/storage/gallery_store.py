@@ -1,10 +1,13 @@
-"""Galleries and labelled calibration pairs in the SQL store."""
+"""Galleries and labelled calibration pairs in the SQL store.
+
+A gallery's vectors are stored in blocks (``gallery_blocks``, :mod:`~convergent.server.storage.blocks`)
+behind an id index (``gallery_item_ids``: item -> enrolment number, block, slot)."""
 
 from __future__ import annotations
 
 import builtins
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import contextmanager
 
 import numpy as np
@@ -12,11 +15,13 @@ import sqlalchemy as sa
 
 from convergent.server.errors import AlreadyExists, NotFound
 from convergent.server.records import BeforeCommit, GalleryChange, GalleryRecord, HoldAction
-from convergent.server.storage.schema import calibrations, galleries, gallery_items
+from convergent.server.storage import blocks, db
 from convergent.server.storage.guards import check_quota, ensure_wanted
-from convergent.server.storage import db
+from convergent.server.storage.schema import calibrations, galleries, gallery_blocks, gallery_item_ids
 
-ID_BATCH = 500
+ID_BATCH = blocks.ID_BATCH
+GALLERY_BLOCKS = blocks.BlockTable(gallery_blocks, ("tenant", "gallery"))
+_items = gallery_item_ids.c
 
 
 def record_gallery_change(conn: sa.Connection, tenant: str, name: str, size_change: int, last_seq: int | None = None) -> None:
@@ -28,8 +33,43 @@ def record_gallery_change(conn: sa.Connection, tenant: str, name: str, size_chan
     conn.execute(galleries.update().where(galleries.c.tenant == tenant, galleries.c.name == name).values(**values))
 
 
+def _items_of(tenant: str, name: str) -> sa.ColumnElement:
+    return (_items.tenant == tenant) & (_items.gallery == name)
+
+
+def _read_items(conn: sa.Connection, tenant: str, name: str, dim: int, where: sa.ColumnElement | None = None,
+                ) -> tuple[builtins.list[str], np.ndarray]:
+    """(ids, float32 (n, dim)) of a gallery's items (those matching ``where``) in enrolment order;
+    ``dim`` 0: from the stored blocks."""
+    query = sa.select(_items.item_id, _items.block_id, _items.slot).where(_items_of(tenant, name))
+    rows = conn.execute((query if where is None else query.where(where)).order_by(_items.seq)).all()
+    if not dim and rows:
+        count, size = conn.execute(
+            sa.select(gallery_blocks.c.rows, sa.func.length(gallery_blocks.c.vectors))
+            .where(GALLERY_BLOCKS.where((tenant, name)), gallery_blocks.c.block_id == rows[0][1])
+        ).one()
+        dim = int(size) // int(count) // 4
+    block_of = np.array([r[1] for r in rows], dtype=np.int64)
+    slot_of = np.array([r[2] for r in rows], dtype=np.int64)
+    return [r[0] for r in rows], blocks.gather(conn, GALLERY_BLOCKS, (tenant, name), dim, block_of, slot_of)
+
+
+def _delete_items(conn: sa.Connection, tenant: str, name: str, ids: Sequence[str]) -> builtins.list[str]:
+    """Delete the given items of one gallery (unknown ids are ignored) and release their slots;
+    returns the ids that were enrolled."""
+    removed: builtins.list[str] = []
+    for start in range(0, len(ids), ID_BATCH):
+        key = _items_of(tenant, name) & _items.item_id.in_(list(ids[start : start + ID_BATCH]))
+        found = conn.execute(sa.select(_items.item_id, _items.block_id, _items.slot).where(key)).all()
+        if found:
+            conn.execute(gallery_item_ids.delete().where(key))
+            blocks.release(conn, GALLERY_BLOCKS, (tenant, name), [(b, slot) for _, b, slot in found])
+            removed += [r[0] for r in found]
+    return removed
+
+
 class GalleryStore:
-    """Durable galleries: one row per gallery, one per enrolled item (vector bytes)."""
+    """Durable galleries: one row per gallery, its vectors in blocks behind an id index."""
 
     def __init__(self, engine: sa.Engine) -> None:
         self.engine = engine
@@ -92,28 +132,28 @@ class GalleryStore:
             ).scalar())
             added_ids: builtins.list[str] = []
             added: builtins.list[np.ndarray] = []
+            next_block = GALLERY_BLOCKS.next_block(conn, (tenant, name))
             for ids, vectors in batches:
                 for start in range(0, len(ids), ID_BATCH):
-                    chunk = ids[start : start + ID_BATCH]
                     taken = conn.execute(
-                        sa.select(gallery_items.c.item_id).where(
-                            gallery_items.c.tenant == tenant, gallery_items.c.gallery == name,
-                            gallery_items.c.item_id.in_(chunk),
+                        sa.select(_items.item_id).where(
+                            _items_of(tenant, name), _items.item_id.in_(ids[start : start + ID_BATCH])
                         ).limit(1)
                     ).scalar()
                     if taken is not None:
                         raise AlreadyExists(f"id {taken!r} is already enrolled in gallery {name!r}")
-                    block = np.ascontiguousarray(vectors[start : start + ID_BATCH], dtype="<f4")
-                    row_bytes = block.shape[1] * 4
-                    blob = block.tobytes()
-                    conn.execute(gallery_items.insert(), [
-                        {"tenant": tenant, "gallery": name, "item_id": item, "seq": seq + i + 1,
-                         "vector": blob[i * row_bytes : (i + 1) * row_bytes]}
-                        for i, item in enumerate(chunk)
-                    ])
-                    seq += len(chunk)
-                    added_ids += chunk
-                    added.append(block)
+                block = np.ascontiguousarray(vectors, dtype="<f4")
+                if not len(ids):
+                    continue
+                where = blocks.insert(conn, GALLERY_BLOCKS, (tenant, name), next_block, block.shape[1], block.tobytes())
+                next_block = where[-1][0] + 1
+                conn.execute(gallery_item_ids.insert(), [
+                    {"tenant": tenant, "gallery": name, "item_id": item, "seq": seq + i + 1, "block_id": b, "slot": slot}
+                    for i, (item, (b, slot)) in enumerate(zip(ids, where))
+                ])
+                seq += len(ids)
+                added_ids += list(ids)
+                added.append(block)
             record_gallery_change(conn, tenant, name, len(added_ids), last_seq=seq)
             check_quota(conn, tenant, len(added_ids), quota)  # counts the gallery's new size
             record = self.record_in(conn, tenant, name)
@@ -133,14 +173,7 @@ class GalleryStore:
             previous = self.record_in(conn, tenant, name)
             if previous is None:
                 raise NotFound(f"gallery {name!r} not found")
-            removed: builtins.list[str] = []
-            for start in range(0, len(ids), ID_BATCH):
-                key = (
-                    (gallery_items.c.tenant == tenant) & (gallery_items.c.gallery == name)
-                    & gallery_items.c.item_id.in_(ids[start : start + ID_BATCH])
-                )
-                removed += conn.execute(sa.select(gallery_items.c.item_id).where(key)).scalars().all()
-                conn.execute(gallery_items.delete().where(key))
+            removed = _delete_items(conn, tenant, name, ids)
             if removed:
                 record_gallery_change(conn, tenant, name, -len(removed))
             record = self.record_in(conn, tenant, name)
@@ -153,7 +186,8 @@ class GalleryStore:
             previous = self.record_in(conn, tenant, name)
             if previous is None:
                 raise NotFound(f"gallery {name!r} not found")
-            conn.execute(gallery_items.delete().where(gallery_items.c.tenant == tenant, gallery_items.c.gallery == name))
+            conn.execute(gallery_item_ids.delete().where(_items_of(tenant, name)))
+            conn.execute(gallery_blocks.delete().where(GALLERY_BLOCKS.where((tenant, name))))
             conn.execute(galleries.delete().where(galleries.c.tenant == tenant, galleries.c.name == name))
             if before_commit is not None:
                 before_commit(GalleryChange(previous, None, lambda: ([], np.zeros((0, 0), np.float32))))
@@ -178,17 +212,13 @@ class GalleryStore:
         vectors): what a copy made at ``seq`` needs to catch up."""
         with self._write() as conn:
             record = self.record_in(conn, tenant, name)
-            key = (gallery_items.c.tenant == tenant) & (gallery_items.c.gallery == name)
-            rows = conn.execute(
-                sa.select(gallery_items.c.item_id, gallery_items.c.vector).where(key & (gallery_items.c.seq > seq))
-                .order_by(gallery_items.c.seq)
-            ).all() if record is not None else []
-            vectors = np.frombuffer(b"".join(r[1] for r in rows), dtype="<f4").reshape(len(rows), dim)
+            ids, vectors = (_read_items(conn, tenant, name, dim, _items.seq > seq) if record is not None
+                            else ([], np.zeros((0, dim), np.float32)))
 
             def current_ids() -> builtins.list[str]:
-                return list(conn.execute(sa.select(gallery_items.c.item_id).where(key)).scalars().all())
+                return list(conn.execute(sa.select(_items.item_id).where(_items_of(tenant, name))).scalars().all())
 
-            action(record, [r[0] for r in rows], vectors, current_ids)
+            action(record, ids, vectors, current_ids)
 
     def items(self, tenant: str, name: str, dim: int) -> tuple[int, builtins.list[str], np.ndarray]:
         """(gallery version, ids, vectors (n, dim) float32) in enrolment order, one snapshot."""
@@ -205,14 +235,7 @@ class GalleryStore:
         (``dim`` from the stored rows when not given)."""
 
         def read() -> tuple[builtins.list[str], np.ndarray]:
-            rows = conn.execute(
-                sa.select(gallery_items.c.item_id, gallery_items.c.vector)
-                .where(gallery_items.c.tenant == tenant, gallery_items.c.gallery == name)
-                .order_by(gallery_items.c.seq)
-            ).all()
-            width = dim or (len(rows[0][1]) // 4 if rows else 0)
-            vectors = np.frombuffer(b"".join(r[1] for r in rows), dtype="<f4").reshape(len(rows), width)
-            return [r[0] for r in rows], vectors
+            return _read_items(conn, tenant, name, dim)
 
         return read
 

@@ -182,19 +182,51 @@ galleries = sa.Table(
     sa.Column("last_seq", sa.BigInteger, nullable=False, server_default="0"),
 )
 
-# Enrolled vectors (normalised as their model says); the in-memory index is rebuilt from these.
-gallery_items = sa.Table(
-    "gallery_items",
+# Enrolled vectors (normalised as their model says) in blocks, as anchors: the vectors of one
+# enrolment chunk (regrouped to at most ``blocks.BLOCK_BYTES``) in one row, little-endian float32
+# (rows, dim) bytes. Slots of removed or erased items are zeroed in the same transaction
+# (``live`` counts the rest); a block with no live slot is deleted. The in-memory index is
+# rebuilt from these.
+gallery_blocks = sa.Table(
+    "gallery_blocks",
+    metadata,
+    sa.Column("tenant", sa.String(128), primary_key=True),
+    sa.Column("gallery", sa.String(128), primary_key=True),
+    sa.Column("block_id", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("rows", sa.Integer, nullable=False),
+    sa.Column("live", sa.Integer, nullable=False),
+    sa.Column("vectors", sa.LargeBinary, nullable=False),
+    sa.ForeignKeyConstraint(
+        ["tenant", "gallery"], ["galleries.tenant", "galleries.name"], ondelete="CASCADE"
+    ),
+)
+
+# The id index of enrolled items: one small row per item -> its enrolment number (order, ties
+# in search) and the (block, slot) of its vector. (SQLite: WITHOUT ROWID.) The foreign key to
+# the block has no cascade: a block is deleted only once no id points into it.
+gallery_item_ids = sa.Table(
+    "gallery_item_ids",
     metadata,
     sa.Column("tenant", sa.String(128), primary_key=True),
     sa.Column("gallery", sa.String(128), primary_key=True),
     sa.Column("item_id", sa.String(4096), primary_key=True),
     sa.Column("seq", sa.BigInteger, nullable=False),  # enrolment order (ties in search)
-    sa.Column("vector", sa.LargeBinary, nullable=False),
+    sa.Column("block_id", sa.BigInteger, nullable=False),
+    sa.Column("slot", sa.Integer, nullable=False),
     sa.ForeignKeyConstraint(
         ["tenant", "gallery"], ["galleries.tenant", "galleries.name"], ondelete="CASCADE"
     ),
+    sa.ForeignKeyConstraint(
+        ["tenant", "gallery", "block_id"],
+        ["gallery_blocks.tenant", "gallery_blocks.gallery", "gallery_blocks.block_id"],
+    ),
+    sqlite_with_rowid=False,
 )
+
+# A read-only view in the previous release's shape, one row per item with its vector, for
+# direct SQL readers of the file (the crash harness, operators); the server never reads it.
+# Created by migration 0009.
+gallery_items = sa.table("gallery_items", *(sa.column(c) for c in ("tenant", "gallery", "item_id", "seq", "vector")))
 
 # Labelled pairs for verification thresholds of (a_model, b_model): a (n, d_a), b (n, d_b)
 # float32 and same (n,) bool; scores are recomputed through whichever map is current.

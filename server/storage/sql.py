@@ -33,7 +33,7 @@ from convergent.server.storage.schema import (
     anchor_blocks,
     anchor_ids,
     anchor_sets,
-    gallery_items,
+    gallery_item_ids,
     model_versions,
     models,
 )
@@ -72,7 +72,7 @@ class SqlStore:
         with self._read() as conn:
             return {
                 kind: int(conn.execute(sa.select(sa.func.count()).select_from(table)).scalar())
-                for kind, table in (("anchors", anchor_ids), ("gallery_items", gallery_items))
+                for kind, table in (("anchors", anchor_ids), ("gallery_items", gallery_item_ids))
             }
 
     @contextmanager
@@ -258,7 +258,7 @@ class SqlStore:
                             )
                     if new_ids or changed_ids:
                         writer.write(new_ids, changed_ids, b"".join(new_rows + changed_rows))
-                        blocks.release_slots(conn, tenant, anchor_set, model.name, model.dim, released)
+                        blocks.release_slots(conn, tenant, anchor_set, model.name, released)
                     inserted += len(new_ids)
                     overwritten += len(changed_ids)
             check_quota(conn, tenant, inserted, quota)
@@ -336,7 +336,7 @@ class SqlStore:
             if ids is None:
                 deleted = blocks.delete_all(conn, tenant, anchor_set, model)
             else:
-                deleted = blocks.delete_ids(conn, tenant, anchor_set, model, record.dim, ids)
+                deleted = blocks.delete_ids(conn, tenant, anchor_set, model, ids)
             if deleted:
                 version = self._bump_version(conn, tenant, anchor_set, destructive=True)
             return int(deleted), int(version)

@@ -1,0 +1,134 @@
+"""Vectors in blocks: one row holds the float32 vectors of many items behind a per-item id index.
+
+A block row has key columns (which scope its ``block_id``), ``rows`` slots, ``live`` of them in
+use, and ``vectors``: little-endian float32 (rows, dim) bytes. Anchors (:mod:`anchor_blocks`)
+and gallery items (:mod:`gallery_store`) are stored this way. Removing an item *releases* its
+slot: the slot's bytes are zeroed in the block in the same transaction (so a removed or erased
+vector is gone from the row, not only unreachable) and ``live`` drops; a block with no live
+slot left is deleted.
+
+Every function takes the caller's connection: they run inside its transaction.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import sqlalchemy as sa
+
+BLOCK_BYTES = 2 * 1024 * 1024  # vector bytes per block row at most (one row: 1 slot at least)
+ID_BATCH = 500  # ids / block ids per SELECT ... IN (...): far below every database's limit
+
+
+def block_rows(dim: int) -> int:
+    """Slots per block for vectors of ``dim`` float32 values."""
+    return max(1, BLOCK_BYTES // (4 * int(dim)))
+
+
+@dataclass(frozen=True)
+class BlockTable:
+    """A table of blocks and the names of its key columns (block ids are unique per key)."""
+
+    table: sa.Table
+    key: tuple[str, ...]
+
+    def where(self, key: Sequence[object]) -> sa.ColumnElement:
+        if len(key) != len(self.key):
+            raise ValueError(f"{self.table.name} is keyed by {self.key}, got {tuple(key)}")
+        return sa.and_(*(self.table.c[name] == value for name, value in zip(self.key, key)))
+
+    def next_block(self, conn: sa.Connection, key: Sequence[object]) -> int:
+        """The next free block number of ``key`` (inside a write transaction: it stays free)."""
+        last = conn.execute(sa.select(sa.func.max(self.table.c.block_id)).where(self.where(key))).scalar()
+        return int(last or 0) + 1
+
+
+def fetch(conn: sa.Connection, blocks: BlockTable, key: Sequence[object], block_ids: Iterable[int]) -> Iterator[tuple[int, bytes]]:
+    """(block id, vector bytes) of the given blocks of ``key``, those present."""
+    c = blocks.table.c
+    wanted = sorted({int(b) for b in block_ids})
+    for start in range(0, len(wanted), ID_BATCH):
+        query = sa.select(c.block_id, c.vectors).where(blocks.where(key), c.block_id.in_(wanted[start : start + ID_BATCH]))
+        for block_id, data in conn.execute(query):
+            yield int(block_id), data
+
+
+def gather(
+    conn: sa.Connection, blocks: BlockTable, key: Sequence[object], dim: int,
+    block_of: np.ndarray, slot_of: np.ndarray, out: np.ndarray | None = None,
+) -> np.ndarray:
+    """The vectors at (block_of[i], slot_of[i]) as float32 (len(block_of), dim); each block read once.
+    ``out``: a float32 (>= len(block_of), dim) buffer to fill (its first rows are returned), so
+    that a pass over many batches does not fault in fresh pages for each."""
+    out = np.empty((len(block_of), dim), dtype=np.float32) if out is None else out[: len(block_of)]
+    if not len(block_of):
+        return out
+    order = np.argsort(block_of, kind="stable")
+    uniq, starts = np.unique(block_of[order], return_index=True)
+    bounds = dict(zip(uniq.tolist(), zip(starts.tolist(), [*starts[1:].tolist(), len(order)])))
+    found = 0
+    for block_id, data in fetch(conn, blocks, key, uniq.tolist()):
+        start, end = bounds[block_id]
+        rows = order[start:end]
+        block = np.frombuffer(data, dtype="<f4").reshape(-1, dim)
+        first, first_slot, k = int(rows[0]), int(slot_of[rows[0]]), end - start
+        if rows[-1] - first == k - 1 and slot_of[rows[-1]] - first_slot == k - 1 and (
+            k < 3 or (np.all(np.diff(rows) == 1) and np.all(np.diff(slot_of[rows]) == 1))
+        ):  # consecutive slots to consecutive rows (the usual case): one copy
+            out[first : first + k] = block[first_slot : first_slot + k]
+        else:
+            out[rows] = block[slot_of[rows]]
+        found += 1
+    if found != len(uniq):
+        raise RuntimeError(f"{len(uniq) - found} blocks of {tuple(key)} in {blocks.table.name} are missing")
+    return out
+
+
+def insert(conn: sa.Connection, blocks: BlockTable, key: Sequence[object], first_block: int, dim: int,
+           data: bytes, **columns: object) -> list[tuple[int, int]]:
+    """Store float32 ``data`` (n rows of ``dim``) in new blocks numbered from ``first_block``,
+    each row with ``columns`` too; returns (block id, slot) of every row, in order."""
+    per_block, row_bytes = block_rows(dim), int(dim) * 4
+    n = len(data) // row_bytes
+    where: list[tuple[int, int]] = []
+    block_id = first_block
+    for start in range(0, n, per_block):
+        rows = min(per_block, n - start)
+        conn.execute(blocks.table.insert().values(
+            **dict(zip(blocks.key, key)), block_id=block_id, rows=rows, live=rows,
+            vectors=data[start * row_bytes : (start + rows) * row_bytes], **columns,
+        ))
+        where += [(block_id, slot) for slot in range(rows)]
+        block_id += 1
+    return where
+
+
+def release(conn: sa.Connection, blocks: BlockTable, key: Sequence[object], slots: Iterable[tuple[int, int]]) -> None:
+    """Zero the given (block, slot)s, whose ids were deleted or re-pointed already, and drop
+    blocks left without a live slot (a row's width is the block's bytes / its rows)."""
+    by_block: dict[int, list[int]] = defaultdict(list)
+    for block_id, slot in slots:
+        by_block[int(block_id)].append(int(slot))
+    if not by_block:
+        return
+    c, scope = blocks.table.c, blocks.where(key)
+    ids = sorted(by_block)
+    for start in range(0, len(ids), ID_BATCH):
+        rows = conn.execute(
+            sa.select(c.block_id, c.rows, c.live, c.vectors).where(scope, c.block_id.in_(ids[start : start + ID_BATCH]))
+        ).all()
+        for block_id, count, live, data in rows:
+            freed = sorted(set(by_block[int(block_id)]))
+            one = scope & (c.block_id == block_id)
+            if live - len(freed) <= 0:
+                conn.execute(blocks.table.delete().where(one))
+                continue
+            row_bytes = len(data) // int(count)
+            buffer = bytearray(data)
+            zero = bytes(row_bytes)
+            for slot in freed:
+                buffer[slot * row_bytes : (slot + 1) * row_bytes] = zero
+            conn.execute(blocks.table.update().where(one).values(live=live - len(freed), vectors=bytes(buffer)))
