@@ -100,6 +100,16 @@ def migrate(engine: sa.Engine, revision: str = "head") -> None:
         connection.commit()
 
 
+def downgrade(engine: sa.Engine, revision: str) -> None:
+    """Take the schema back to ``revision`` (the migrations' ``downgrade`` steps; data they
+    moved is moved back). For going back to an earlier release; take a backup first."""
+    config = _config()
+    with write_connection(engine) as connection:
+        config.attributes["connection"] = connection
+        command.downgrade(config, revision)
+        connection.commit()
+
+
 def current_revision(engine: sa.Engine) -> str | None:
     """The Alembic revision the database is at (None for an empty database)."""
     from alembic.runtime.migration import MigrationContext

@@ -91,13 +91,7 @@ def test_downgrade_restores_the_rows(tmp_path, rng):
     expected = _old_store(url, rng)
     engine = db.create_engine(url)
     db.migrate(engine)
-    from alembic import command
-
-    with db.write_connection(engine) as conn:
-        config = db._config()
-        config.attributes["connection"] = conn
-        command.downgrade(config, "0007")
-        conn.commit()
+    db.downgrade(engine, "0007")
     with engine.connect() as conn:
         rows = conn.execute(sa.text("SELECT anchor_set, model, anchor_id, vector, written_version FROM anchors")).all()
     engine.dispose()

@@ -82,13 +82,7 @@ def test_downgrade_restores_the_rows(tmp_path, rng):
     expected = _old_store(url, rng)
     engine = db.create_engine(url)
     db.migrate(engine)
-    from alembic import command
-
-    with db.write_connection(engine) as conn:
-        config = db._config()
-        config.attributes["connection"] = conn
-        command.downgrade(config, "0008")
-        conn.commit()
+    db.downgrade(engine, "0008")
     with engine.connect() as conn:
         rows = conn.execute(sa.text("SELECT gallery, item_id, seq, vector FROM gallery_items")).all()
     engine.dispose()
