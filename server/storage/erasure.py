@@ -8,8 +8,7 @@ import sqlalchemy as sa
 
 from convergent.server.errors import InvalidInput
 from convergent.server.records import BeforeCommit, ErasureReport, GalleryChange
-from convergent.server.storage import anchor_blocks as blocks
-from convergent.server.storage import blocks as blocks_
+from convergent.server.storage import anchor_blocks, blocks
 from convergent.server.storage.gallery_store import GALLERY_BLOCKS, GalleryStore, record_gallery_change
 from convergent.server.storage.schema import anchor_ids, fits, gallery_item_ids
 
@@ -42,7 +41,7 @@ def erase(store: SqlStore, tenant: str, ids: list[str], before_commit: BeforeCom
             for anchor_set, model, block_id, slot in found:
                 slots.setdefault((anchor_set, model), []).append((block_id, slot))
             for (anchor_set, model), released in slots.items():
-                blocks.release_slots(conn, tenant, anchor_set, model, released)
+                anchor_blocks.release_slots(conn, tenant, anchor_set, model, released)
             sets |= {anchor_set for anchor_set, _ in slots}
             anchors_deleted += len(found)
             items = gallery_item_ids.c
@@ -55,7 +54,7 @@ def erase(store: SqlStore, tenant: str, ids: list[str], before_commit: BeforeCom
                 freed.setdefault(gallery, []).append((block_id, slot))
             items_deleted += conn.execute(gallery_item_ids.delete().where(item_key)).rowcount
             for gallery, released in freed.items():
-                blocks_.release(conn, GALLERY_BLOCKS, (tenant, gallery), released)
+                blocks.release(conn, GALLERY_BLOCKS, (tenant, gallery), released)
         for anchor_set in sorted(sets):
             store._bump_version(conn, tenant, anchor_set, destructive=True)
         changed_galleries = sorted(removed)
