@@ -191,7 +191,21 @@ def _print_fit(fit) -> None:  # noqa: ANN001
     typer.echo(f"fit {fit.id}: {fit.source} -> {fit.target} on {fit.anchor_set}, method {fit.method}"
                f" (requested {fit.requested_method}){stale}")
     typer.echo(f"  params: {fit.params}")
-    for key in sorted(fit.metrics):
-        typer.echo(f"  {key:<32} {fit.metrics[key]:.4g}")
+    metrics = dict(fit.metrics)
+    auto = {k: metrics.pop(k) for k in sorted(metrics) if k.startswith("auto.")}
+    if "n_heldout" in metrics:
+        n_fit = f"; condition_number: of the {metrics['n_fit']:.0f} fitting anchors, lower is better" if "n_fit" in metrics else ""
+        typer.echo(f"  scores measured on {metrics['n_heldout']:.0f} held-out anchors of {metrics.get('n_anchors', 0):.0f} "
+                   f"(never used to fit; higher is better{n_fit}):")
+    for key in sorted(metrics):
+        typer.echo(f"  {key:<32} {metrics[key]:.4g}")
+    candidates = sorted({k.split(".")[1] for k in auto}, key=lambda c: -auto.get(f"auto.{c}.margin", 0.0))
+    if candidates:
+        typer.echo("  auto's candidates on the same held-out anchors (it takes the simplest whose gap to the best "
+                   "margin is within its allowance):")
+        for c in candidates:
+            typer.echo(f"    {c:<20} margin {auto.get(f'auto.{c}.margin', float('nan')):.4g} "
+                       f"± {auto.get(f'auto.{c}.stderr', float('nan')):.2g}   gap {auto.get(f'auto.{c}.gap', float('nan')):.3g}"
+                       f" (allowed {auto.get(f'auto.{c}.gap_allowed', float('nan')):.3g})")
     for warning in fit.warnings:
         typer.echo(f"  warning: {warning}")

@@ -221,6 +221,8 @@ def fits_list(
             f"{f.id:<22} {route:<32} {f.anchor_set:<16} {f.method:<11} "
             f"{f.metrics.get('top1', float('nan')):>6.3f} {f.metrics.get('r2', float('nan')):>7.3f}  {f.stale}"
         )
+    if fits:
+        typer.echo("top1, r2: on each fit's held-out anchors (higher is better); `convergent fits show ID` for all")
 
 
 @fits_app.command("show")
