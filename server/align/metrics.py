@@ -103,8 +103,7 @@ def linear_cka(X, Y, debiased: bool = True, dtype=np.float64) -> float:  # noqa:
     dip slightly below 0); higher = more similar; invariant to rotation and isotropic scale.
     ``dtype=np.float32``: the products in float32 (half the time; ~1e-6 relative), sums in float64.
     """
-    X, Y = as_pair(X, Y, min_rows=4 if debiased else 2)
-    return linear_cka_to(Y, X, debiased=debiased, dtype=dtype)[0]
+    return linear_cka_to(Y, X, debiased=debiased, dtype=dtype)[0]  # checks both, as as_pair does
 
 
 def _knn(S: np.ndarray, k: int) -> np.ndarray:

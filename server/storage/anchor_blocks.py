@@ -51,32 +51,21 @@ class BlockWriter:
         self.next_block = ANCHOR_BLOCKS.next_block(conn, self.key)
         self._sqlite = conn.dialect.name == "sqlite"
 
-    def _new_block(self, data: bytes, rows: int) -> int:
-        tenant, anchor_set, model = self.key
-        block_id, self.next_block = self.next_block, self.next_block + 1
-        self.conn.execute(anchor_blocks.insert().values(
-            tenant=tenant, anchor_set=anchor_set, model=model, block_id=block_id,
-            written_version=self.version, rows=rows, live=rows, vectors=data,
-        ))
-        return block_id
-
     def write(self, new_ids: Sequence[str], changed_ids: Sequence[str], data: bytes) -> None:
         """Store ``data`` (float32 bytes of len(new_ids) + len(changed_ids) rows, new ids first)
         in new blocks; index the new ids, re-point the changed ids (whose old slots the caller
         releases)."""
-        ids = [*new_ids, *changed_ids]
-        per_block, row_bytes = block_rows(self.dim), self.dim * 4
         tenant, anchor_set, model = self.key
-        inserts: list[tuple] = []
-        updates: list[dict] = []
-        for start in range(0, len(ids), per_block):
-            part = ids[start : start + per_block]
-            block_id = self._new_block(data[start * row_bytes : (start + len(part)) * row_bytes], len(part))
-            for slot, anchor_id in enumerate(part, start):
-                if slot < len(new_ids):
-                    inserts.append((tenant, anchor_set, model, anchor_id, block_id, slot - start, self.version))
-                else:
-                    updates.append({"b_id": anchor_id, "b_block": block_id, "b_slot": slot - start})
+        where = _blocks.insert(self.conn, ANCHOR_BLOCKS, self.key, self.next_block, self.dim, data,
+                               written_version=self.version)
+        if len(where) != len(new_ids) + len(changed_ids):
+            raise ValueError(f"{len(where)} vectors for {len(new_ids) + len(changed_ids)} ids")
+        if where:
+            self.next_block = where[-1][0] + 1
+        inserts = [(tenant, anchor_set, model, anchor_id, block_id, slot, self.version)
+                   for anchor_id, (block_id, slot) in zip(new_ids, where)]
+        updates = [{"b_id": anchor_id, "b_block": block_id, "b_slot": slot}
+                   for anchor_id, (block_id, slot) in zip(changed_ids, where[len(new_ids):])]
         if inserts:
             self._insert_index(inserts)
         if updates:
