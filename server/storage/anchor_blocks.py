@@ -163,6 +163,4 @@ def model_vectors(conn: sa.Connection, tenant: str, anchor_set: str, model: str,
         .where(c.tenant == tenant, c.anchor_set == anchor_set, c.model == model)
         .order_by(c.anchor_id)
     ).all()
-    blocks = np.array([r[1] for r in rows], dtype=np.int64)
-    slots = np.array([r[2] for r in rows], dtype=np.int64)
-    return [r[0] for r in rows], gather(conn, tenant, anchor_set, model, dim, blocks, slots)
+    return _blocks.gather_rows(conn, ANCHOR_BLOCKS, (tenant, anchor_set, model), dim, rows)

@@ -87,6 +87,14 @@ def gather(
     return out
 
 
+def gather_rows(conn: sa.Connection, blocks: BlockTable, key: Sequence[object], dim: int,
+                rows: Sequence[tuple]) -> tuple[list[str], np.ndarray]:
+    """Index rows of (id, block, slot) -> (their ids, their vectors float32 (len(rows), dim)), in the rows' order."""
+    block_of = np.array([r[1] for r in rows], dtype=np.int64)
+    slot_of = np.array([r[2] for r in rows], dtype=np.int64)
+    return [r[0] for r in rows], gather(conn, blocks, key, dim, block_of, slot_of)
+
+
 def insert(conn: sa.Connection, blocks: BlockTable, key: Sequence[object], first_block: int, dim: int,
            data: bytes, **columns: object) -> list[tuple[int, int]]:
     """Store float32 ``data`` (n rows of ``dim``) in new blocks numbered from ``first_block``,

@@ -49,9 +49,7 @@ def _read_items(conn: sa.Connection, tenant: str, name: str, dim: int, where: sa
             .where(GALLERY_BLOCKS.where((tenant, name)), gallery_blocks.c.block_id == rows[0][1])
         ).one()
         dim = int(size) // int(count) // 4
-    block_of = np.array([r[1] for r in rows], dtype=np.int64)
-    slot_of = np.array([r[2] for r in rows], dtype=np.int64)
-    return [r[0] for r in rows], blocks.gather(conn, GALLERY_BLOCKS, (tenant, name), dim, block_of, slot_of)
+    return blocks.gather_rows(conn, GALLERY_BLOCKS, (tenant, name), dim, rows)
 
 
 def _delete_items(conn: sa.Connection, tenant: str, name: str, ids: Sequence[str]) -> builtins.list[str]:
