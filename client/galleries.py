@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -62,6 +63,7 @@ class GalleryMixin:
     def identify(
         self, gallery: str, vectors: np.ndarray | Mapping[str, np.ndarray], model: str | None = None, k: int = 5,
         fit_id: str | None = None, model_version: int = 0, batch_size: int = 4096, scoring: str = "auto",
+        direction: str = "auto", fpir: float | None = None, non_mated: np.ndarray | None = None,
     ) -> IdentifyResult:
         """Top-``k`` gallery items for each probe.
 
@@ -75,7 +77,15 @@ class GalleryMixin:
         "csls" for probes routed through a map, also for each such party of a fused identify;
         "cosine" for the gallery's own model), "cosine" (scores in [-1, 1]) or "csls" (hubness-corrected
         2 cos - r_T - r_S in [-4, 4], for probes routed through a map); ``result.scoring`` says
-        which produced the scores.
+        which produced the scores. ``direction``: "auto" (the default: "both" when a fit gallery
+        model -> ``model`` on the route's anchor set exists and the gallery is a local exact one),
+        "forward" (scores in the gallery's space) or "both" (the mean of the scores in both
+        models' spaces); ``result.direction`` and ``direction_reason`` say which and why.
+
+        Open-set: ``fpir`` in (0, 1) also tests each probe's top-1 against a threshold for that
+        false-positive identification rate (``result.accepted``, ``threshold``, what the
+        calibration measured on how many non-mated searches), calibrated without labels on the
+        route's anchors, or on ``non_mated`` (m, dim): probes of people who are not enrolled.
         """
         k = _count(k, "k")
         batch_size = _count(batch_size, "batch_size")
@@ -102,16 +112,43 @@ class GalleryMixin:
         if model is None:
             raise errors.InvalidArgument("give the probes' model (or a dict of party model -> probes)")
         probes = _matrix(vectors, "vectors")
-        rows = min(batch_size, rows_per_chunk(max(probes.shape[1], 1), batch_size, self._max_message_bytes))
+        budget = self._max_message_bytes
+        extra: dict[str, Any] = {}
+        if fpir is not None:
+            extra["fpir"] = float(fpir)
+        if non_mated is not None:
+            if fpir is None:
+                raise errors.InvalidArgument("non_mated probes calibrate an open-set threshold: give fpir too")
+            calibration = _matrix(non_mated, "non_mated")
+            budget -= 2 * calibration.nbytes  # every batch carries them (the server keeps no state between calls)
+            if budget <= 8 * probes.shape[1] * 4:
+                raise errors.InvalidArgument(
+                    f"non_mated ({calibration.nbytes / 2**20:.1f} MiB) leaves no room for probes in a message of "
+                    f"{self._max_message_bytes / 2**20:.0f} MiB: give fewer non-mated probes")
+            extra["non_mated"] = encode_matrix(calibration)
+        rows = min(batch_size, rows_per_chunk(max(probes.shape[1], 1), batch_size, budget))
         replies = [
             self._call(self._galleries.Identify, galleries_pb2.IdentifyRequest(
                 gallery=gallery, model=model, model_version=_count(model_version, "model_version", 0), k=k,
                 vectors=encode_matrix(probes[start : start + rows]), fit_id=fit_id or "", scoring=scoring,
+                direction=direction, **extra,
             ))
             for start in range(0, max(len(probes), 1), rows)
         ]
         ids, scores = _joined(replies)
-        return IdentifyResult(ids=ids, scores=scores, route=replies[-1].route, scoring=replies[-1].scoring or "cosine")
+        last = replies[-1]
+        result = IdentifyResult(ids=ids, scores=scores, route=last.route, scoring=last.scoring or "cosine",
+                                direction=last.direction or "forward", direction_reason=last.direction_reason)
+        if not last.HasField("open_set"):
+            return result
+        decision = last.open_set
+        return replace(
+            result, accepted=np.array([a for r in replies for a in r.open_set.accepted], dtype=bool),
+            threshold=decision.threshold, fpir_requested=decision.fpir_requested,
+            fpir_calibration=decision.fpir_calibration, n_calibration_searches=decision.n_searches,
+            calibration=decision.calibration, calibration_searches=decision.calibration_searches,
+            n_excluded=decision.n_excluded,
+        )
 
     def verify(self, a: np.ndarray, a_model: str, b: np.ndarray, b_model: str, far: float = 1e-3,
                direction: str = "auto") -> VerifyResult:

@@ -84,6 +84,20 @@ class IdentifyResult:
     scores: Any
     route: str = ""
     scoring: str = "cosine"
+    direction: str = "forward"          # "forward" (the gallery's space) or "both" (both models' spaces averaged)
+    direction_reason: str = ""
+    # Open-set identify (fpir given) only: accepted[i] = scores[i, 0] >= threshold; the threshold
+    # was calibrated for fpir_requested on n_calibration_searches non-mated searches
+    # (calibration "anchors": the route's anchors, no labels; "labelled": non_mated probes given),
+    # where it achieved fpir_calibration.
+    accepted: Any = None
+    threshold: float = 0.0
+    fpir_requested: float = 0.0
+    fpir_calibration: float = 0.0
+    n_calibration_searches: int = 0
+    calibration: str = ""
+    calibration_searches: str = ""
+    n_excluded: int = 0
     # Fused identify only: party model -> weight (0 = did not contribute), and how it was set.
     parties: dict[str, float] = field(default_factory=dict)
     party_routes: dict[str, str] = field(default_factory=dict)

@@ -90,8 +90,10 @@ def _refit(record: FitRecord, stats, src: ModelRecord, tgt: ModelRecord, pairs=N
 
 
 def calibration_anchors(alignment, tenant: str, record: FitRecord, src: ModelRecord, tgt: ModelRecord,  # noqa: ANN001
-                        max_anchors: int, seed: int = 0) -> CalibrationAnchors:
-    """The out-of-fold calibration anchors of ``record`` (src -> tgt), from one consistent read."""
+                        max_anchors: int, seed: int = 0, groups=None) -> CalibrationAnchors:  # noqa: ANN001
+    """The out-of-fold calibration anchors of ``record`` (src -> tgt), from one consistent read.
+    ``groups(X, Y) -> (n,) int``: anchors of one group (one subject's photos) share a fold, so the
+    refit that maps an anchor never saw its subject either."""
     from convergent.server.errors import FailedPrecondition, Unavailable
 
     for _ in range(RETRIES):
@@ -107,7 +109,11 @@ def calibration_anchors(alignment, tenant: str, record: FitRecord, src: ModelRec
         raise Unavailable(f"anchor set {record.anchor_set!r} is being written: try verify again")
     if len(ids) < 2 * FOLDS:
         raise FailedPrecondition(f"anchor set {record.anchor_set!r} has {len(ids)} pairs left: too few to calibrate on")
-    fold = np.random.default_rng(seed).permutation(len(ids)) % FOLDS
+    if groups is None:
+        fold = np.random.default_rng(seed).permutation(len(ids)) % FOLDS
+    else:
+        _, group = np.unique(groups(X, Y), return_inverse=True)
+        fold = (np.random.default_rng(seed).permutation(group.max() + 1) % FOLDS)[group]
     mapped = np.empty((len(ids), tgt.dim), dtype=np.float32)
     for f in range(FOLDS):
         rows = fold == f

@@ -60,6 +60,7 @@ class EnrollChunk:
     last: bool = False
 
 
+IDENTIFY_DIRECTIONS = ("auto", "forward", "both")
 SCORINGS = ("auto", "cosine", "csls")  # auto: csls through a map, cosine for the gallery's own model (identify)
 
 
@@ -69,6 +70,32 @@ class IdentifyResult:
     scores: np.ndarray     # (n, k') float32, higher = more similar; -inf pads: cosine in [-1, 1] or CSLS in [-4, 4]
     route: str             # "direct" or "fit:<id>"
     scoring: str = "cosine"
+    direction: str = "forward"         # "forward" (the gallery's space) or "both" (both models' spaces averaged)
+    direction_reason: str = ""         # why that direction, in words
+    # open-set (fpir given) only: accepted[i] = scores[i, 0] >= threshold
+    accepted: np.ndarray | None = None
+    threshold: float = 0.0
+    fpir_requested: float = 0.0
+    fpir_calibration: float = 0.0      # FPIR achieved on the calibration's non-mated searches
+    n_calibration_searches: int = 0
+    calibration: str = ""              # "anchors" (no labels) or "labelled" (non-mated probes given)
+    calibration_searches: str = ""     # which searches, in words
+    n_excluded: int = 0                # anchors left out as probably enrolled subjects
+
+
+@dataclass(frozen=True)
+class SearchPlan:
+    """How an identify searches: the route ``fit`` (None: the gallery's own model), the
+    ``reverse`` fit gallery model -> probe model when both spaces are scored, and why."""
+
+    gallery: GalleryRecord
+    gallery_model: ModelRecord
+    probe_model: ModelRecord
+    fit: FitRecord | None
+    reverse: FitRecord | None
+    scoring: str           # "cosine" or "csls"
+    direction: str         # "forward" or "both"
+    why: str
 
 
 @dataclass(frozen=True)
@@ -103,6 +130,11 @@ class Galleries(Routed):
 
         self.fusion_weights = CombinationWeights(alignment)
         self.verification = Verification(store, alignment)
+        from convergent.server.registry.open_set import OpenSet
+        from convergent.server.registry.two_way import TwoWay
+
+        self.two_way = TwoWay(store, alignment, self.hubness)
+        self.open_set = OpenSet(alignment, self.hubness)
 
     # ------------------------------------------------------------ gallery records
     def get(self, tenant: str, name: str) -> GalleryRecord:
@@ -118,6 +150,7 @@ class Galleries(Routed):
         with self.indexes.lock(tenant, name):
             self.galleries.delete(tenant, name, before_commit=self.before_commit(tenant))
             self.indexes.deleted(tenant, name)
+            self.two_way.forget(tenant, name)
 
     # ------------------------------------------------------------ enrol / remove
     def enroll(
@@ -207,14 +240,23 @@ class Galleries(Routed):
     # ------------------------------------------------------------ identify
     def identify(
         self, tenant: str, name: str, model_name: str, model_version: int, vectors: np.ndarray, k: int, fit_id: str = "",
-        scoring: str = "auto",
+        scoring: str = "auto", direction: str = "auto", fpir: float = 0.0, non_mated: np.ndarray | None = None,
     ) -> IdentifyResult:
         """Top-k gallery items per probe; probes of another model go through its latest fit
         (or the fit ``fit_id``, which must map the probe model into the gallery model).
         ``scoring``: "auto" (default: "csls" through a map, "cosine" for the gallery's own model),
-        "cosine", or "csls" (hubness-corrected, routes through a map only)."""
+        "cosine", or "csls" (hubness-corrected, routes through a map only). ``direction``: "auto"
+        (default: "both" where a fit gallery model -> probe model on the same anchor set exists and
+        the gallery is a local exact one, else "forward"), "forward" (scores in the gallery's space)
+        or "both" (:mod:`.two_way`). ``fpir`` in (0, 1): open-set, each top-1 is also tested against a
+        threshold for that false-positive identification rate, calibrated on ``non_mated`` probes
+        (n, d) when given, else on the route's anchors (:mod:`.open_set`)."""
         self._check_k(k)
         scoring = self._check_scoring(scoring)
+        if fpir and not (0.0 < fpir < 1.0):
+            raise InvalidInput(f"fpir must be in (0, 1) (0: closed-set identify), got {fpir}")
+        if non_mated is not None and not fpir:
+            raise InvalidInput("non_mated probes calibrate an open-set threshold: give fpir too")
         gallery = self.get(tenant, name)
         valid_name(model_name, "model name")
         probe_model = check_model_version(self.store.get_model(tenant, model_name), model_version)
@@ -229,18 +271,116 @@ class Galleries(Routed):
             self.alignment.check_versions(fit, probe_model, gallery_model)
         else:
             fit = self._route(tenant, probe_model, gallery_model)
-        Q = self._into(tenant, fit, prepare_vectors(probe_model, vectors, "probes"), probe_model, gallery_model)
         if scoring == "auto":
             scoring = "csls" if fit is not None else "cosine"
         if scoring == "csls":
-            return self._identify_csls(tenant, gallery, gallery_model, probe_model, fit, Q, k)
-        with self.indexes.searchable(tenant, gallery, gallery_model) as index:
-            size = self.indexes.size(index, gallery)
+            self._csls_route(tenant, gallery_model, probe_model, fit)  # INVALID_ARGUMENT on a direct route
+        plan = self._plan(tenant, gallery, gallery_model, probe_model, fit, scoring, direction)
+        P = prepare_vectors(probe_model, vectors, "probes")
+        ids, scores = self._search(tenant, plan, P, k)
+        result = IdentifyResult(ids, scores, _route_name(fit), scoring, plan.direction, plan.why)
+        if not fpir:
+            return result
+        return self._open_set(tenant, plan, result, fpir, non_mated)
+
+    def _plan(self, tenant: str, gallery: GalleryRecord, gallery_model: ModelRecord, probe_model: ModelRecord,
+              fit: FitRecord | None, scoring: str, direction: str) -> SearchPlan:
+        """How identify searches: which fits, which scoring, which space(s), and why."""
+        direction = direction or "auto"
+        if direction not in IDENTIFY_DIRECTIONS:
+            raise InvalidInput(f"unknown direction {direction!r}; choose from {list(IDENTIFY_DIRECTIONS)}")
+        base = SearchPlan(gallery, gallery_model, probe_model, fit, None, scoring, "forward", "requested")
+        if direction == "forward":
+            return base
+        reverse, why = self.verification._reverse_fit(tenant, probe_model, gallery_model, fit)
+        if reverse is not None and not self._augmented(gallery):
+            reverse, why = None, (f"gallery {gallery.name!r} is a {gallery.index_kind} gallery"
+                                  f"{'' if self.indexes.in_process else ' on Milvus'}: both spaces are scored on local "
+                                  f"exact galleries only")
+        if reverse is None:
+            if direction == "both":
+                raise FailedPrecondition(f"direction='both' for {probe_model.name!r} probes: {why}")
+            return SearchPlan(gallery, gallery_model, probe_model, fit, None, scoring, "forward", f"auto: {why}")
+        why = "requested" if direction == "both" else f"auto: fits both ways on anchor set {reverse.anchor_set!r}"
+        return SearchPlan(gallery, gallery_model, probe_model, fit, reverse, scoring, "both", why)
+
+    def _search(self, tenant: str, plan: SearchPlan, P: np.ndarray, k: int) -> tuple[builtins.list[builtins.list[str]], np.ndarray]:
+        """(ids, scores) of prepared probes P (n, d_probe) as the plan says."""
+        Q = self._into(tenant, plan.fit, P, plan.probe_model, plan.gallery_model)
+        return self._search_mapped(tenant, plan, Q, P, k)
+
+    def _search_mapped(self, tenant: str, plan: SearchPlan, Q: np.ndarray, P: np.ndarray, k: int,
+                       r_Q: np.ndarray | None = None, r_P: np.ndarray | None = None,
+                       ) -> tuple[builtins.list[builtins.list[str]], np.ndarray]:
+        """(ids, scores (n, k') float32) of probes given mapped, Q (n, d_g) unit, and native, P
+        (n, d_p); r_Q / r_P: their CSLS penalties when the caller computed them (calibration)."""
+        from convergent.server.inference import normalize_rows
+        from convergent.server.inference.csls import neighbourhood_mean
+        from convergent.server.registry.two_way import two_way_search
+
+        csls = plan.scoring == "csls"
+        if plan.reverse is not None:
+            assert plan.fit is not None
+            copy = self.two_way.gallery(tenant, plan.gallery, plan.gallery_model, plan.probe_model, plan.fit, plan.reverse, csls)
+            if not copy.ids:
+                return [[] for _ in range(len(Q))], np.zeros((len(Q), 0), np.float32)
+            P = normalize_rows(P)
+            if csls:
+                if r_Q is None:
+                    r_Q = neighbourhood_mean(Q, self.hubness.references(tenant, plan.fit, plan.probe_model, plan.gallery_model).target)
+                if r_P is None:
+                    r_P = neighbourhood_mean(P, self.hubness.references(tenant, plan.reverse, plan.gallery_model, plan.probe_model).mapped)
+            return two_way_search(copy, Q, P, k, r_Q, r_P)
+        if csls:
+            return self._identify_csls(tenant, plan, Q, k, r_Q)
+        with self.indexes.searchable(tenant, plan.gallery, plan.gallery_model) as index:
+            size = self.indexes.size(index, plan.gallery)
             if size == 0:
-                return IdentifyResult([[] for _ in range(len(Q))], np.zeros((len(Q), 0), np.float32), _route_name(fit))
+                return [[] for _ in range(len(Q))], np.zeros((len(Q), 0), np.float32)
             ids, scores = index.search(Q, min(k, size))
         width = min(k, size)
-        return IdentifyResult([row[:width] for row in ids], np.asarray(scores, np.float32)[:, :width], _route_name(fit))
+        return [row[:width] for row in ids], np.asarray(scores, np.float32)[:, :width]
+
+    def _open_set(self, tenant: str, plan: SearchPlan, result: IdentifyResult, fpir: float,
+                  non_mated: np.ndarray | None) -> IdentifyResult:
+        """``result`` with each top-1 tested against the threshold for ``fpir``."""
+        from dataclasses import replace
+
+        from convergent.server.inference.open_set import open_set_threshold
+
+        if non_mated is not None:
+            _, top = self._search(tenant, plan, prepare_vectors(plan.probe_model, non_mated, "non_mated probes"), 1)
+            searches = self.open_set.from_probes(top[:, 0] if top.size else np.zeros(0, np.float32))
+        elif plan.fit is None:
+            raise FailedPrecondition(
+                f"open-set identify of {plan.probe_model.name!r} probes on its own gallery has no anchors to calibrate on: "
+                f"give non_mated probes (people who are not enrolled)"
+            )
+        else:
+            gallery = plan.gallery
+            key = (tenant, gallery.name, gallery.created_at, gallery.version, plan.fit.id,
+                   plan.reverse.id if plan.reverse else "", plan.scoring)
+
+            def native_top1(T: np.ndarray) -> np.ndarray:
+                with self.indexes.searchable(tenant, gallery, plan.gallery_model) as index:
+                    if self.indexes.size(index, gallery) == 0:
+                        return np.full(len(T), -np.inf, np.float32)
+                    return np.asarray(index.search(T, 1)[1], np.float32)[:, 0]
+
+            def search(Q: np.ndarray, P: np.ndarray, r_Q: np.ndarray | None, r_P: np.ndarray | None) -> np.ndarray:
+                _, top = self._search_mapped(tenant, plan, Q, P, 1, r_Q, r_P)
+                return top[:, 0] if top.size else np.zeros(0, np.float32)
+
+            searches = self.open_set.from_anchors(tenant, key, plan.fit, plan.reverse, plan.probe_model, plan.gallery_model,
+                                                  plan.scoring == "csls", native_top1, search)
+        if searches.top1.size == 0:
+            raise FailedPrecondition(f"gallery {plan.gallery.name!r} is empty: nothing to calibrate an open-set threshold on")
+        cal = open_set_threshold(searches.top1, fpir)
+        top1 = result.scores[:, 0].astype(np.float64) if result.scores.shape[1] else np.full(len(result.ids), -np.inf)
+        return replace(result, accepted=top1 >= cal.threshold, threshold=cal.threshold, fpir_requested=fpir,
+                       fpir_calibration=cal.fpir, n_calibration_searches=cal.n_searches,
+                       calibration=searches.calibration, calibration_searches=searches.population,
+                       n_excluded=searches.n_excluded)
 
     def _csls_route(self, tenant: str, gallery_model: ModelRecord, probe_model: ModelRecord, fit: FitRecord | None):  # noqa: ANN202
         """(references, route key) of a CSLS identify; INVALID_ARGUMENT for a direct route."""
@@ -266,13 +406,15 @@ class Galleries(Routed):
         re-ranking the gallery's own cosine candidates (HNSW, Milvus)."""
         return self.indexes.in_process and gallery.index_kind == "exact"
 
-    def _identify_csls(self, tenant: str, gallery: GalleryRecord, gallery_model: ModelRecord, probe_model: ModelRecord,
-                       fit: FitRecord | None, Q: np.ndarray, k: int) -> IdentifyResult:
+    def _identify_csls(self, tenant: str, plan: SearchPlan, Q: np.ndarray, k: int,
+                       r_T: np.ndarray | None = None) -> tuple[builtins.list[builtins.list[str]], np.ndarray]:
         from convergent.server.inference.csls import neighbourhood_mean
         from convergent.server.registry.hubness import rerank_depth
 
-        refs, route_key = self._csls_route(tenant, gallery_model, probe_model, fit)
-        r_T = neighbourhood_mean(Q, refs.target)
+        gallery, gallery_model = plan.gallery, plan.gallery_model
+        refs, route_key = self._csls_route(tenant, gallery_model, plan.probe_model, plan.fit)
+        if r_T is None:
+            r_T = neighbourhood_mean(Q, refs.target)
         if self._augmented(gallery):
             # the augmented index alone (no cosine index needed), under the gallery's lock, where
             # enrolments update it
@@ -288,9 +430,9 @@ class Galleries(Routed):
                     corrected = self._corrected(tenant, gallery, gallery_model, refs, route_key)
                     ids, scores = csls_search(index, corrected, Q, r_T, rerank_depth(k, size), min(k, size))
         if not size:
-            return IdentifyResult([[] for _ in range(len(Q))], np.zeros((len(Q), 0), np.float32), _route_name(fit), "csls")
+            return [[] for _ in range(len(Q))], np.zeros((len(Q), 0), np.float32)
         width = min(k, size)
-        return IdentifyResult([row[:width] for row in ids], scores[:, :width], _route_name(fit), "csls")
+        return [row[:width] for row in ids], scores[:, :width]
 
     @staticmethod
     def _check_scoring(scoring: str) -> str:

@@ -159,10 +159,18 @@ def export_to_pb(record: FitRecord, arrays: dict[str, np.ndarray]) -> alignment_
 
 def identify_result_to_pb(result: IdentifyResult) -> galleries_pb2.IdentifyResponse:
     """Ids flattened row by row (the scores matrix gives the row length)."""
-    return galleries_pb2.IdentifyResponse(
+    response = galleries_pb2.IdentifyResponse(
         ids=[i for row in result.ids for i in row], scores=encode_matrix(result.scores), route=result.route,
-        scoring=result.scoring,
+        scoring=result.scoring, direction=result.direction, direction_reason=result.direction_reason,
     )
+    if result.accepted is not None:
+        response.open_set.CopyFrom(galleries_pb2.OpenSetDecision(
+            accepted=result.accepted.tolist(), threshold=result.threshold, fpir_requested=result.fpir_requested,
+            fpir_calibration=result.fpir_calibration, n_searches=result.n_calibration_searches,
+            calibration=result.calibration, calibration_searches=result.calibration_searches,
+            n_excluded=result.n_excluded,
+        ))
+    return response
 
 
 def fused_result_to_pb(result: FusedIdentifyResult) -> galleries_pb2.IdentifyFusedResponse:

@@ -260,7 +260,8 @@ class GalleryServicer(galleries_pb2_grpc.GalleryServiceServicer):
     def Identify(self, request, context):  # noqa: ANN001, N802
         result = self.backend.galleries.identify(
             context.tenant, request.gallery, request.model, request.model_version,
-            self.backend.rows(request.vectors, "probes"), request.k, request.fit_id, request.scoring,
+            self.backend.rows(request.vectors, "probes"), request.k, request.fit_id, request.scoring, request.direction,
+            request.fpir, self.backend.rows(request.non_mated, "non_mated") if request.HasField("non_mated") else None,
         )
         return codec.identify_result_to_pb(result)
 

@@ -109,7 +109,7 @@ class DeleteGalleryResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class IdentifyRequest(_message.Message):
-    __slots__ = ("gallery", "model", "model_version", "vectors", "k", "fit_id", "scoring")
+    __slots__ = ("gallery", "model", "model_version", "vectors", "k", "fit_id", "scoring", "direction", "fpir", "non_mated")
     GALLERY_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -117,6 +117,9 @@ class IdentifyRequest(_message.Message):
     K_FIELD_NUMBER: _ClassVar[int]
     FIT_ID_FIELD_NUMBER: _ClassVar[int]
     SCORING_FIELD_NUMBER: _ClassVar[int]
+    DIRECTION_FIELD_NUMBER: _ClassVar[int]
+    FPIR_FIELD_NUMBER: _ClassVar[int]
+    NON_MATED_FIELD_NUMBER: _ClassVar[int]
     gallery: str
     model: str
     model_version: int
@@ -124,19 +127,48 @@ class IdentifyRequest(_message.Message):
     k: int
     fit_id: str
     scoring: str
-    def __init__(self, gallery: _Optional[str] = ..., model: _Optional[str] = ..., model_version: _Optional[int] = ..., vectors: _Optional[_Union[_types_pb2.Matrix, _Mapping]] = ..., k: _Optional[int] = ..., fit_id: _Optional[str] = ..., scoring: _Optional[str] = ...) -> None: ...
+    direction: str
+    fpir: float
+    non_mated: _types_pb2.Matrix
+    def __init__(self, gallery: _Optional[str] = ..., model: _Optional[str] = ..., model_version: _Optional[int] = ..., vectors: _Optional[_Union[_types_pb2.Matrix, _Mapping]] = ..., k: _Optional[int] = ..., fit_id: _Optional[str] = ..., scoring: _Optional[str] = ..., direction: _Optional[str] = ..., fpir: _Optional[float] = ..., non_mated: _Optional[_Union[_types_pb2.Matrix, _Mapping]] = ...) -> None: ...
+
+class OpenSetDecision(_message.Message):
+    __slots__ = ("accepted", "threshold", "fpir_requested", "fpir_calibration", "n_searches", "calibration", "calibration_searches", "n_excluded")
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    FPIR_REQUESTED_FIELD_NUMBER: _ClassVar[int]
+    FPIR_CALIBRATION_FIELD_NUMBER: _ClassVar[int]
+    N_SEARCHES_FIELD_NUMBER: _ClassVar[int]
+    CALIBRATION_FIELD_NUMBER: _ClassVar[int]
+    CALIBRATION_SEARCHES_FIELD_NUMBER: _ClassVar[int]
+    N_EXCLUDED_FIELD_NUMBER: _ClassVar[int]
+    accepted: _containers.RepeatedScalarFieldContainer[bool]
+    threshold: float
+    fpir_requested: float
+    fpir_calibration: float
+    n_searches: int
+    calibration: str
+    calibration_searches: str
+    n_excluded: int
+    def __init__(self, accepted: _Optional[_Iterable[bool]] = ..., threshold: _Optional[float] = ..., fpir_requested: _Optional[float] = ..., fpir_calibration: _Optional[float] = ..., n_searches: _Optional[int] = ..., calibration: _Optional[str] = ..., calibration_searches: _Optional[str] = ..., n_excluded: _Optional[int] = ...) -> None: ...
 
 class IdentifyResponse(_message.Message):
-    __slots__ = ("ids", "scores", "route", "scoring")
+    __slots__ = ("ids", "scores", "route", "scoring", "direction", "direction_reason", "open_set")
     IDS_FIELD_NUMBER: _ClassVar[int]
     SCORES_FIELD_NUMBER: _ClassVar[int]
     ROUTE_FIELD_NUMBER: _ClassVar[int]
     SCORING_FIELD_NUMBER: _ClassVar[int]
+    DIRECTION_FIELD_NUMBER: _ClassVar[int]
+    DIRECTION_REASON_FIELD_NUMBER: _ClassVar[int]
+    OPEN_SET_FIELD_NUMBER: _ClassVar[int]
     ids: _containers.RepeatedScalarFieldContainer[str]
     scores: _types_pb2.Matrix
     route: str
     scoring: str
-    def __init__(self, ids: _Optional[_Iterable[str]] = ..., scores: _Optional[_Union[_types_pb2.Matrix, _Mapping]] = ..., route: _Optional[str] = ..., scoring: _Optional[str] = ...) -> None: ...
+    direction: str
+    direction_reason: str
+    open_set: OpenSetDecision
+    def __init__(self, ids: _Optional[_Iterable[str]] = ..., scores: _Optional[_Union[_types_pb2.Matrix, _Mapping]] = ..., route: _Optional[str] = ..., scoring: _Optional[str] = ..., direction: _Optional[str] = ..., direction_reason: _Optional[str] = ..., open_set: _Optional[_Union[OpenSetDecision, _Mapping]] = ...) -> None: ...
 
 class PartyProbes(_message.Message):
     __slots__ = ("model", "model_version", "vectors")
