@@ -110,6 +110,12 @@ def identify(
     key: Annotated[Optional[str], typer.Option(help="array in the .npz")] = None,
     out: Annotated[Optional[Path], typer.Option(help=".npz to write ids (n, k) and scores (n, k)")] = None,
     scoring: Annotated[str, typer.Option(help="auto (csls through a map, else cosine), cosine, or csls (hubness-corrected)")] = "auto",
+    direction: Annotated[str, typer.Option(
+        help="auto (both when a fit back from the gallery's model exists, on a local exact gallery), forward "
+             "(scores in the gallery's space) or both (mean of both models' spaces)")] = "auto",
+    fpir: Annotated[Optional[float], typer.Option(
+        help="open-set: also test each top-1 against a threshold for this false-positive identification rate "
+             "(calibrated without labels on the route's anchors)")] = None,
     address: Address = DEFAULT_ADDRESS,
     api_key: ApiKey = None,
 ) -> None:
@@ -118,13 +124,24 @@ def identify(
 
     vectors, probe_ids = _load_npz(file, key, model, "ids")
     with _connected(address, api_key) as client:
-        result = client.identify(gallery=gallery, vectors=vectors, model=model, k=k, scoring=scoring)
-    typer.echo(f"route: {result.route}; top-1 of the first probes ({result.scoring}, higher = more similar):")
+        result = client.identify(gallery=gallery, vectors=vectors, model=model, k=k, scoring=scoring,
+                                 direction=direction, fpir=fpir)
+    space = "both models' spaces" if result.direction == "both" else "the gallery's space"
+    typer.echo(f"route: {result.route}; scores in {space} ({result.direction_reason}); "
+               f"top-1 of the first probes ({result.scoring}, higher = more similar):")
+    open_set = result.accepted is not None
+    if open_set:
+        typer.echo(f"open-set: threshold {result.threshold:.3f} for FPIR {result.fpir_requested:g} "
+                   f"({result.calibration}; FPIR {result.fpir_calibration:.4f} on {result.n_calibration_searches} "
+                   f"non-mated searches: {result.calibration_searches}); "
+                   f"{int(np.sum(result.accepted))} of {len(result.accepted)} probes pass")
     for i, (row, scores) in enumerate(zip(result.ids[:10], result.scores[:10])):
         name = probe_ids[i] if probe_ids else str(i)
-        typer.echo(f"  {name}: {row[0] if row else '-'} ({scores[0]:.3f})" if row else f"  {name}: -")
+        verdict = (" pass" if result.accepted[i] else " below threshold") if open_set else ""
+        typer.echo(f"  {name}: {row[0] if row else '-'} ({scores[0]:.3f}){verdict}" if row else f"  {name}: -")
     if out is not None:
-        np.savez(out, ids=np.array(result.ids, dtype=str), scores=result.scores)
+        extra = {"accepted": result.accepted} if open_set else {}
+        np.savez(out, ids=np.array(result.ids, dtype=str), scores=result.scores, **extra)
         typer.echo(f"wrote ids and scores {result.scores.shape} to {out}")
 
 
