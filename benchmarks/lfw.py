@@ -135,6 +135,7 @@ def part_pairs(c, data: Lfw, bar: tqdm) -> dict:  # noqa: ANN001
         V = data.vectors
         row: dict = {}
         unlabeled = {}
+        scores = None  # verify's scores do not depend on the FAR: any call that answered gives them
         for far in FARS:
             try:
                 v = c.verify(a=V[x][a], a_model=x, b=V[y][b], b_model=y, far=far)
@@ -144,6 +145,8 @@ def part_pairs(c, data: Lfw, bar: tqdm) -> dict:  # noqa: ANN001
             unlabeled[far] = {"tar": float(np.mean(v.accept[same])), "far": float(np.mean(v.accept[~same])),
                               "threshold": v.threshold, "calibration": v.calibration, "direction": v.direction}
             scores = v.scores
+        if scores is None:
+            raise SystemExit(f"verify {x} -> {y} failed at every FAR: {unlabeled}")
         row["accuracy"] = protocol_accuracy(scores, same, fold)
         row["unlabeled"] = {str(k): val for k, val in unlabeled.items()}
         labelled = {far: np.zeros(2) for far in FARS}

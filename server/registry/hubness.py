@@ -48,7 +48,6 @@ def rerank_depth(k: int, size: int) -> int:
 class References:
     target: np.ndarray  # (r, d_gallery) unit: anchors as the gallery model embedded them
     mapped: np.ndarray  # (r, d_gallery) unit: the same anchors of the probe model, mapped
-    ids: tuple[str, ...] = ()  # (r,) the anchors' ids, row by row
     source: np.ndarray | None = None  # (r, d_probe) unit: the anchors as the probe model embedded them
 
 
@@ -92,11 +91,11 @@ class Hubness:
         from convergent.server.registry.crossfit import sample_pairs
 
         with self.store.read_pairs(tenant, fit.anchor_set, src, tgt) as reader:
-            ids, X, Y = sample_pairs(reader, CSLS_ANCHORS)
+            _, X, Y = sample_pairs(reader, CSLS_ANCHORS)
         if len(X) < 2:
             raise FailedPrecondition(f"anchor set {fit.anchor_set!r} has too few pairs left for CSLS scoring")
         refs = References(target=normalize_rows(Y), mapped=normalize_rows(self.alignment.map_prepared(tenant, fit, X, src, tgt)),
-                          ids=tuple(ids), source=normalize_rows(X))
+                          source=normalize_rows(X))
         with self._lock:
             self._references[key] = refs
             while len(self._references) > KEPT:

@@ -5,12 +5,13 @@ Without labels the non-mated searches are the fit's anchors, who are not enrolle
 probe-model vector, mapped by a refit that never saw it (:mod:`.crossfit`), is searched against
 the gallery exactly as a probe is (same route, direction and scoring; CSLS penalties computed with
 the anchor's subject left out of the reference neighbourhoods: its partner, and the anchors that
-look like it in both models' own spaces). Where the anchors' repeated subjects are not detected
-only the partner is left out, and a CSLS threshold can come out too low (docs/inference.md). Anchors that look like an
-enrolled subject in the gallery model's own space (native cosine to their nearest item at least
-the median same-subject cosine of the anchors' repeated subjects, :mod:`..inference.repeats`;
-0.999 — a copy — when the anchors show no repeats) are left out, as verification leaves out
-anchor pairs of one subject. Measured on LFW (benchmarks/lfw.py): FPIR achieved vs requested.
+look like it in both models' own spaces), one search per subject. Where the anchors' repeated
+subjects are not detected only the partner is left out, and a CSLS threshold can come out too low
+(docs/inference.md). Anchors that look like an enrolled subject in the gallery model's own space
+(native cosine to their nearest item at least the median same-subject cosine of the anchors'
+repeated subjects, :mod:`..inference.repeats`; 0.999 — a copy — when the anchors show no
+repeats) are left out, as verification leaves out anchor pairs of one subject. Measured on LFW
+(benchmarks/lfw.py): FPIR achieved vs requested.
 """
 
 from __future__ import annotations
@@ -112,18 +113,20 @@ class OpenSet:
             cached = self._cache.get(key)
         if cached is not None:
             return cached
-        found: list[SameSubject] = []
+        found: dict = {}
 
         def subjects(X: np.ndarray, Y: np.ndarray) -> np.ndarray:
-            found.append(same_subject_bounds(normalize_rows(X), normalize_rows(Y)))
-            return subject_groups(normalize_rows(X), normalize_rows(Y), found[0])
+            """The anchors' subject groups (folds follow them), kept with their bounds for below."""
+            X, Y = normalize_rows(X), normalize_rows(Y)
+            found["bounds"] = same_subject_bounds(X, Y)
+            found["groups"] = subject_groups(X, Y, found["bounds"])
+            return found["groups"]
 
         anchors = calibration_anchors(self.alignment, tenant, fit, probe_model, gallery_model, OPEN_SET_ANCHORS,
                                       groups=subjects)
-        bounds = found[0]
+        bounds, group = found["bounds"], found["groups"]  # row i of anchors is row i of the groups
         # one search per subject: photos of one subject are not independent searches, and counting
         # them as such would resolve an FPIR from far fewer subjects than the count says
-        group = subject_groups(normalize_rows(anchors.source), normalize_rows(anchors.target), bounds)
         order = np.random.default_rng(0).permutation(len(group))
         _, pick = np.unique(group[order], return_index=True)
         one = np.sort(order[pick])
