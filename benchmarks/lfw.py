@@ -17,7 +17,7 @@ searched for. Three parts, on ``shared/realdata/lfw_embeddings.npz`` (dlib-128, 
     achieved), and FNIR at FPIR 1e-2 / 1e-3 with the oracle threshold set on the true non-mated
     probes (the NIST definition).
 
-    .venv/bin/python benchmarks/lfw.py [--seeds 0 1 2] [--anchors 200 1000 all] [--quick] [--out FILE]
+    .venv/bin/python benchmarks/lfw.py [--seeds 0 1 2] [--anchors 200 1000 all] [--quick] [--out FILE] [--markdown FILE]
 
 ``--quick`` (the test suite's subset): one seed, all anchors, 600 gallery people, no labelled
 pairs part. Prints a table and writes JSON (default benchmarks/lfw_results.json).
@@ -51,33 +51,21 @@ def unit(X: np.ndarray) -> np.ndarray:
 # ------------------------------------------------------------------ data
 class Lfw:
     def __init__(self, folder: Path) -> None:
-        z = np.load(folder / "lfw_embeddings.npz")
-        self.vectors = {m: z[m].astype(np.float32) for m in MODELS}
-        self.person = z["person"]
-        self.pairs = (z["pairs_a"], z["pairs_b"], z["pairs_same"], z["pairs_fold"])
-        self.ids = np.array([f"lfw{i}" for i in range(len(self.person))])
+        from convergent.server.datasets import load_lfw
+
+        faces = load_lfw(folder)
+        if faces is None:
+            raise SystemExit(f"{folder} has no LFW embeddings")
+        self.vectors, self.labels, self.ids = faces.vectors, faces.labels, np.array(faces.ids)
+        with np.load(folder / "lfw_embeddings.npz") as z:
+            self.person = z["person"]
+            self.pairs = (z["pairs_a"], z["pairs_b"], z["pairs_same"], z["pairs_fold"])
 
 
 def people_split(data: Lfw, seed: int, max_gallery: int | None = None) -> dict[str, np.ndarray]:
-    """Rows of half A (anchors), half B's gallery (one photo a person) and probes (the rest)."""
-    rng = np.random.default_rng(seed)
-    names = np.unique(data.person)
-    order = rng.permutation(len(names))
-    half_a = set(names[order[: len(names) // 2]].tolist())
-    half_b = names[order[len(names) // 2:]]
-    if max_gallery is not None:
-        half_b = half_b[:max_gallery]
-    rows = np.arange(len(data.person))
-    by_person: dict[str, list[int]] = {}
-    for i, p in enumerate(data.person):
-        by_person.setdefault(str(p), []).append(i)
-    gallery, probes = [], []
-    for name in half_b:
-        photos = rng.permutation(by_person[str(name)])
-        gallery.append(photos[0])
-        probes.extend(photos[1:].tolist())
-    anchors = rows[np.isin(data.person, list(half_a))]
-    return {"anchors": anchors, "gallery": np.array(gallery), "probes": np.array(probes), "half_b": half_b}
+    from convergent.server.datasets import people_split as split
+
+    return split(data.labels, seed, max_gallery)
 
 
 # ------------------------------------------------------------------ metrics
@@ -207,13 +195,13 @@ def part_open(c, data: Lfw, seed: int, max_gallery: int | None) -> dict:  # noqa
     split = people_split(data, seed, max_gallery)
     half_b = split["half_b"]
     enrolled = set(half_b[: len(half_b) // 2].tolist())
-    gal = np.array([g for g in split["gallery"] if data.person[g] in enrolled])
+    gal = np.array([g for g in split["gallery"] if data.labels[g] in enrolled])
     probes = split["probes"]
-    mated = probes[np.isin(data.person[probes], list(enrolled))]
-    nonmated = np.concatenate([probes[~np.isin(data.person[probes], list(enrolled))],
-                               split["gallery"][~np.isin(data.person[split["gallery"]], list(enrolled))]])
-    mate = {p: i for p, i in zip(data.person[gal], data.ids[gal])}
-    truth = np.array([mate[p] for p in data.person[mated]])
+    mated = probes[np.isin(data.labels[probes], list(enrolled))]
+    nonmated = np.concatenate([probes[~np.isin(data.labels[probes], list(enrolled))],
+                               split["gallery"][~np.isin(data.labels[split["gallery"]], list(enrolled))]])
+    mate = {p: i for p, i in zip(data.labels[gal], data.ids[gal])}
+    truth = np.array([mate[p] for p in data.labels[mated]])
     for m in MODELS:
         c.enroll(gallery=f"open{seed}-{m}", model=m, ids=data.ids[gal].tolist(), vectors=data.vectors[m][gal])
     out: dict = {"enrolled": int(len(gal)), "mated": int(len(mated)), "non_mated": int(len(nonmated))}
@@ -287,6 +275,50 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def markdown(results: dict) -> str:
+    """The three tables of benchmarks/RESULTS.md and docs/inference.md from a full run's results."""
+    out = []
+    if "pairs" in results:
+        p = results["pairs"]
+        out += ["| pairs | accuracy | FAR 1e-2: TAR (FAR) unlabeled | labelled | FAR 1e-3: TAR (FAR) unlabeled | labelled |",
+                "|---|---|---|---|---|---|"]
+        for key, name in (("native dlib", "dlib natively"), ("native facenet", "FaceNet natively")):
+            m, sd = p[key]["accuracy"]
+            out.append(f"| {name} | {100 * m:.2f} ± {100 * sd:.2f} % | | | | |")
+        for key, name in (("dlib->facenet", "dlib → FaceNet"), ("facenet->dlib", "FaceNet → dlib")):
+            r = p[key]
+            m, sd = r["accuracy"]
+            cells = []
+            for far in FARS:
+                u, lab = r["unlabeled"][str(far)], r["labelled"][str(far)]
+                cells += [f"{u['tar']:.3f} ({u['far']:.4f})" if "tar" in u else "n/a", f"{lab['tar']:.3f} ({lab['far']:.4f})"]
+            out.append(f"| {name} | {100 * m:.2f} ± {100 * sd:.2f} % | " + " | ".join(cells) + " |")
+        out.append("")
+    out += ["| split | native dlib | native FaceNet | anchors | dlib → FaceNet | FaceNet → dlib |", "|---|---|---|---|---|---|"]
+    for seed, run in results["closed"].items():
+        first = True
+        for key, row in run.items():
+            if not key.startswith("anchors"):
+                continue
+            lead = (f"| {seed} | {run['native dlib']['1']:.3f} | {run['native facenet']['1']:.3f} |" if first
+                    else "| | | |")
+            first = False
+            cells = [f"{row[d]['cmc']['1']:.3f} ({row[d]['cmc']['5']:.3f})" for d in ("dlib->facenet", "facenet->dlib")]
+            out.append(f"{lead} {row['anchors']:,} | " + " | ".join(cells) + " |")
+    out += ["", "| split | route | oracle FNIR @ FPIR 1e-2 | @ 1e-3 | service: FNIR | FPIR achieved (requested 0.01) | "
+            "searches (excluded) |", "|---|---|---|---|---|---|---|"]
+    for seed, run in results["open"].items():
+        for i, (key, name) in enumerate((("native dlib", "dlib natively"), ("native facenet", "FaceNet natively"),
+                                         ("dlib->facenet", "dlib → FaceNet"), ("facenet->dlib", "FaceNet → dlib"))):
+            row = run[key]
+            text = f"| {seed if i == 0 else ''} | {name} | {row['oracle fnir@0.01']:.3f} | {row['oracle fnir@0.001']:.3f} |"
+            s = row.get("service")
+            text += (f" {s['fnir']:.3f} | {s['fpir_achieved']:.4f} | {s['searches']:,} ({s['excluded']}) |" if s
+                     else " | | |")
+            out.append(text)
+    return "\n".join(out)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--realdata", type=Path, default=None)
@@ -294,11 +326,10 @@ def main() -> None:
     parser.add_argument("--anchors", nargs="+", default=["200", "1000", "all"])
     parser.add_argument("--quick", action="store_true", help="one seed, all anchors, 600 gallery people, no pairs part")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "lfw_results.json")
+    parser.add_argument("--markdown", type=Path, default=None, help="also write the tables as Markdown here")
     parser.add_argument("--keep-blas-env", action="store_true", help="keep OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE")
     args = parser.parse_args()
     folder = realdata_folder(args.realdata)
-    if not (folder / "lfw_embeddings.npz").exists():
-        raise SystemExit(f"{folder / 'lfw_embeddings.npz'} not found")
     data = Lfw(folder)
     seeds, sizes, max_gallery = (args.seeds[:1], ["all"], 600) if args.quick else (args.seeds, args.anchors, None)
     started = time.perf_counter()
@@ -327,6 +358,8 @@ def main() -> None:
     print(table(results))
     print(f"whole run {results['seconds']:.0f} s; server peak RSS {results['server_peak_rss_mib']:.0f} MiB")
     args.out.write_text(json.dumps(results, indent=1, default=float))
+    if args.markdown is not None:
+        args.markdown.write_text(markdown(json.loads(args.out.read_text())) + "\n")
 
 
 if __name__ == "__main__":

@@ -56,6 +56,43 @@ def load_faces(folder: Path) -> EmbeddingSet:
     return EmbeddingSet("att-faces", ids, vectors, labels, source=str(folder / "face_embeddings.npz"))
 
 
+LFW_FILE = "lfw_embeddings.npz"
+
+
+def load_lfw(folder: Path) -> EmbeddingSet | None:
+    """LFW (13,233 photos of 5,749 people) embedded by dlib and FaceNet, ``labels`` the person
+    index; None when this real-data folder has no LFW file. ``notes`` stays empty."""
+    if not (folder / LFW_FILE).exists():
+        return None
+    with np.load(folder / LFW_FILE) as data:
+        vectors = {m: data[m].astype(np.float32) for m in ("dlib", "facenet")}
+        _, labels = np.unique(data["person"], return_inverse=True)
+    ids = [f"lfw-{i:05d}" for i in range(len(labels))]
+    return EmbeddingSet("lfw", ids, vectors, labels.astype(np.int64), source=str(folder / LFW_FILE))
+
+
+def people_split(labels: np.ndarray, seed: int, max_gallery: int | None = None) -> dict[str, np.ndarray]:
+    """Rows of a seeded split of people in halves: ``anchors`` every photo of half A, ``gallery``
+    one random photo of each person of half B (the first ``max_gallery`` of them), ``probes``
+    their other photos, ``half_b`` the people of the gallery in gallery order."""
+    rng = np.random.default_rng(seed)
+    people = np.unique(labels)
+    order = rng.permutation(len(people))
+    half_a, half_b = people[order[: len(people) // 2]], people[order[len(people) // 2:]]
+    if max_gallery is not None:
+        half_b = half_b[:max_gallery]
+    by_label = np.argsort(labels, kind="stable")  # each person's rows in row order, one sort for all
+    starts = np.searchsorted(labels[by_label], half_b)
+    ends = np.searchsorted(labels[by_label], half_b, side="right")
+    gallery, probes = [], []
+    for start, end in zip(starts, ends):
+        photos = rng.permutation(by_label[start:end])
+        gallery.append(photos[0])
+        probes.extend(photos[1:].tolist())
+    return {"anchors": np.flatnonzero(np.isin(labels, half_a)), "gallery": np.array(gallery),
+            "probes": np.array(probes, dtype=np.int64), "half_b": half_b}
+
+
 def load_text(folder: Path, n: int | None = None) -> EmbeddingSet:
     """WordNet noun glosses embedded by MiniLM-L6 (384) and mpnet (768); first ``n`` rows."""
     with np.load(folder / "text" / "text_embeddings_2500.npz") as data:

@@ -3,7 +3,8 @@
 An embedded server on a free port with a temporary data folder; SDK clients play the parties:
 they upload anchors, fit every alignment method, enroll a gallery, identify unmapped vs
 mapped vs fused, align MiniLM to mpnet text, reproduce Convergent Learning on two small
-networks, and write ``OUT/report.md`` with PNG plots. Real embeddings from
+networks, search LFW at 2,875 people (:mod:`.demo_lfw`; real data only, not ``--quick``), and
+write ``OUT/report.md`` with PNG plots. Real embeddings from
 ``shared/realdata`` are used when present; otherwise everything runs on synthetic data the
 demo generates (and the report says so).
 """
@@ -18,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from convergent.server import report
-from convergent.server.datasets import EmbeddingSet, find_realdata, load_faces, load_text, synthetic_identities
+from convergent.server.datasets import EmbeddingSet, find_realdata, load_faces, load_lfw, load_text, synthetic_identities
 from convergent.wire import FIT_METHODS
 
 PAIR_METHODS = tuple(FIT_METHODS)  # every method of the contract, auto first
@@ -38,6 +39,7 @@ class Scenario:
     text_target: str
     synthetic: bool
     notes: list[str] = field(default_factory=list)
+    lfw: EmbeddingSet | None = None  # LFW (dlib, facenet) when the real data holds it: the demo's large face stage
 
 
 def _scenario(realdata: Path | None, synthetic: bool) -> Scenario:
@@ -45,7 +47,7 @@ def _scenario(realdata: Path | None, synthetic: bool) -> Scenario:
     if folder is not None:
         return Scenario(
             f"real embeddings from {folder}", load_faces(folder), "dlib", "facenet", "mobileface",
-            load_text(folder), "minilm_l6", "mpnet", synthetic=False,
+            load_text(folder), "minilm_l6", "mpnet", synthetic=False, lfw=load_lfw(folder),
         )
     reason = "--synthetic was given" if synthetic else "no real data found (looked for shared/realdata)"
     faces = synthetic_identities(n_people=40, photos_per_person=10,
@@ -333,7 +335,8 @@ def run_demo(out: Path, realdata: Path | None = None, quick: bool = False, synth
     started = time.perf_counter()
     scenario = _scenario(realdata, synthetic)
     out.mkdir(parents=True, exist_ok=True)
-    total = 1 + len(PAIR_METHODS) + 1 + 1 + 1 + (3 if quick else 7) + 1
+    lfw = None if quick else scenario.lfw  # --quick keeps to the small faces
+    total = 1 + len(PAIR_METHODS) + 1 + 1 + 1 + (3 if quick else 7) + 1 + (3 if lfw is not None else 0)
     with tempfile.TemporaryDirectory(prefix="convergent-demo-") as data_dir:
         settings = ServerSettings(host="127.0.0.1", port=0, data_dir=Path(data_dir))
         with ConvergentServer(settings) as server, Client(server.address, timeout=120) as client, \
@@ -346,6 +349,10 @@ def run_demo(out: Path, realdata: Path | None = None, quick: bool = False, synth
             demo.fusion()
             demo.text_curve()
             demo.convergent_learning()
+            if lfw is not None:
+                from convergent.server.demo_lfw import lfw_stage
+
+                lfw_stage(demo, lfw)
     seconds = time.perf_counter() - started
     header = [
         "# convergent demo report", "",

@@ -30,12 +30,12 @@ def test_lfw_quick_subset_through_the_service(realdata: Path, tmp_path: Path) ->
     closed, opened = results["closed"]["0"], results["open"]["0"]
     native_dlib = closed["native dlib"]["1"]
     run = closed["anchors all"]
-    # Measured 2026-12-07 (seed 0, 600 people): native dlib 0.906; dlib->facenet 0.908, facenet->dlib
-    # 0.894, both in both spaces. Cross-model search within 0.03 of the weaker model's own.
+    # Measured 2026-12-07 (seed 0, 600 people): native dlib 0.906; dlib->facenet 0.905, facenet->dlib
+    # 0.897, both in both spaces. Cross-model search within 0.03 of the weaker model's own.
     for route in ("dlib->facenet", "facenet->dlib"):
         assert run[route]["direction"] == "both", run[route]
         assert run[route]["cmc"]["1"] >= native_dlib - 0.03, (route, run[route]["cmc"], native_dlib)
         service = opened[route]["service"]
-        # label-free open-set threshold (measured FPIR 0.0055 / 0.0068 for 0.01 requested here)
+        # label-free open-set threshold (measured FPIR 0.0055 / 0.0027 for 0.01 requested here)
         assert service["calibration"] == "anchors" and service["fpir_calibration"] <= 0.01
         assert service["fpir_achieved"] <= 2 * 0.01 and service["fnir"] < 0.5, service
