@@ -68,7 +68,10 @@ class Searching(Routed):
         base = SearchPlan(gallery, gallery_model, probe_model, fit, None, scoring, "forward", "requested")
         if direction == "forward":
             return base
-        reverse, why = self.verification._reverse_fit(tenant, probe_model, gallery_model, fit)
+        if fit is None:
+            reverse, why = None, f"{probe_model.name!r} is the gallery's own model: one space"
+        else:
+            reverse, why = self.verification.reverse_fit(tenant, probe_model, gallery_model, fit)
         if reverse is not None and not self._augmented(gallery):
             reverse, why = None, (f"gallery {gallery.name!r} is a {gallery.index_kind} gallery"
                                   f"{'' if self.indexes.in_process else ' on Milvus'}: both spaces are scored on local "

@@ -112,7 +112,7 @@ class Verification(Routed):
         forward = self._route(tenant, src, tgt)
         if direction == "a_to_b":
             return PairRoute(forward, None, "a_to_b", "requested")
-        reverse, why = self._reverse_fit(tenant, src, tgt, forward)
+        reverse, why = self.reverse_fit(tenant, src, tgt, forward)
         if reverse is None:
             if direction == "both":
                 raise FailedPrecondition(f"direction='both' needs a fit {tgt.name!r} -> {src.name!r}: {why}")
@@ -120,7 +120,7 @@ class Verification(Routed):
         why = "requested" if direction == "both" else f"auto: fits both ways on anchor set {reverse.anchor_set!r}"
         return PairRoute(forward, reverse, "both", why)
 
-    def _reverse_fit(self, tenant: str, src: ModelRecord, tgt: ModelRecord,
+    def reverse_fit(self, tenant: str, src: ModelRecord, tgt: ModelRecord,
                      forward: FitRecord | None) -> tuple[FitRecord | None, str]:
         """(the newest fit tgt -> src on the forward fit's anchor set, None and why not)."""
         if forward is None:
