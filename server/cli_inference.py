@@ -116,6 +116,10 @@ def identify(
     fpir: Annotated[Optional[float], typer.Option(
         help="open-set: also test each top-1 against a threshold for this false-positive identification rate "
              "(calibrated without labels on the route's anchors)")] = None,
+    non_mated: Annotated[Optional[Path], typer.Option(
+        exists=True, dir_okay=False,
+        help="with --fpir: .npz of probes of people who are NOT enrolled (the model's array, or the only one); "
+             "the threshold is set on them instead of the anchors")] = None,
     address: Address = DEFAULT_ADDRESS,
     api_key: ApiKey = None,
 ) -> None:
@@ -123,9 +127,12 @@ def identify(
     import numpy as np
 
     vectors, probe_ids = _load_npz(file, key, model, "ids")
+    if non_mated is not None and fpir is None:
+        _fail("--non-mated calibrates an open-set threshold: give --fpir too")
+    calibration = _load_npz(non_mated, None, model, None)[0] if non_mated is not None else None
     with _connected(address, api_key) as client:
         result = client.identify(gallery=gallery, vectors=vectors, model=model, k=k, scoring=scoring,
-                                 direction=direction, fpir=fpir)
+                                 direction=direction, fpir=fpir, non_mated=calibration)
     space = "both models' spaces" if result.direction == "both" else "the gallery's space"
     typer.echo(f"route: {result.route}; scores in {space} ({result.direction_reason}); "
                f"top-1 of the first probes ({result.scoring}, higher = more similar):")

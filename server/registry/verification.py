@@ -129,8 +129,8 @@ class Verification(Routed):
             return None, f"the route is the shared space {forward.id} (one space for both models already)"
         reverse = self.alignment.fits.latest(tenant, tgt.name, src.name)
         if reverse is None:
-            return None, (f"no fit {tgt.name!r} -> {src.name!r}; fit_alignment(source={tgt.name!r}, target={src.name!r}, "
-                          f"anchor_set={forward.anchor_set!r}) scores pairs in both models' spaces")
+            return None, (f"no fit {tgt.name!r} -> {src.name!r}; one on anchor set {forward.anchor_set!r} "
+                          f"(convergent fit --both-ways) would score in both models' spaces")
         if reverse.anchor_set != forward.anchor_set:
             return None, (f"the newest fit {tgt.name!r} -> {src.name!r} ({reverse.id}) is on anchor set "
                           f"{reverse.anchor_set!r}, the fit {src.name!r} -> {tgt.name!r} on {forward.anchor_set!r}")

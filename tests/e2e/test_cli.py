@@ -137,6 +137,20 @@ def test_enroll_identify_verify_commands(server, tmp_path: Path, rng):
     assert "route: direct" in result.stdout and "0: person0" in result.stdout
     with np.load(tmp_path / "hits.npz") as hits:
         assert hits["ids"].shape == (4, 3) and list(hits["ids"][:, 0]) == [f"person{i}" for i in range(4)]
+    # open-set on the gallery's own model: a threshold from non-mated probes (people not enrolled)
+    np.savez(tmp_path / "strangers.npz", face=rng.standard_normal((300, 8)))
+    needs_fpir = run("identify", str(tmp_path / "probes.npz"), "--gallery", "staff", "--model", "face",
+                     "--non-mated", str(tmp_path / "strangers.npz"), *address, check=False)
+    assert needs_fpir.returncode == 1 and "give --fpir too" in needs_fpir.stderr
+    no_anchors = run("identify", str(tmp_path / "probes.npz"), "--gallery", "staff", "--model", "face", "--fpir", "0.05",
+                     *address, check=False)
+    assert no_anchors.returncode == 1 and "FAILED_PRECONDITION" in no_anchors.stderr and "non_mated" in no_anchors.stderr
+    opened = run("identify", str(tmp_path / "probes.npz"), "--gallery", "staff", "--model", "face", "--fpir", "0.05",
+                 "--non-mated", str(tmp_path / "strangers.npz"), "--out", str(tmp_path / "open.npz"), *address).stdout
+    assert "open-set: threshold" in opened and "labelled" in opened and "on 300 non-mated searches" in opened
+    assert "4 of 4 probes pass" in opened and "0: person0 (" in opened and ") pass" in opened
+    with np.load(tmp_path / "open.npz") as hits:
+        assert hits["accepted"].tolist() == [True] * 4
     np.savez(tmp_path / "a.npz", face=G[:3])
     failed = run("verify", str(tmp_path / "a.npz"), str(tmp_path / "a.npz"), "--a-model", "face", "--b-model", "face", *address, check=False)
     assert failed.returncode == 1 and "FAILED_PRECONDITION" in failed.stderr and "calibrate" in failed.stderr
