@@ -78,7 +78,8 @@ class GalleryMixin:
         "cosine" for the gallery's own model), "cosine" (scores in [-1, 1]) or "csls" (hubness-corrected
         2 cos - r_T - r_S in [-4, 4], for probes routed through a map); ``result.scoring`` says
         which produced the scores. ``direction``: "auto" (the default: "both" when a fit gallery
-        model -> ``model`` on the route's anchor set exists and the gallery is a local exact one),
+        model -> ``model`` on the route's anchor set exists, the gallery is a local exact one and the
+        route's held-out anchors retrieve at least as well that way),
         "forward" (scores in the gallery's space) or "both" (the mean of the scores in both
         models' spaces); ``result.direction`` and ``direction_reason`` say which and why.
 

@@ -111,7 +111,8 @@ def identify(
     out: Annotated[Optional[Path], typer.Option(help=".npz to write ids (n, k) and scores (n, k)")] = None,
     scoring: Annotated[str, typer.Option(help="auto (csls through a map, else cosine), cosine, or csls (hubness-corrected)")] = "auto",
     direction: Annotated[str, typer.Option(
-        help="auto (both when a fit back from the gallery's model exists, on a local exact gallery), forward "
+        help="auto (both when a fit back from the gallery's model exists, on a local exact gallery, and held-out "
+             "anchors retrieve at least as well that way), forward "
              "(scores in the gallery's space) or both (mean of both models' spaces)")] = "auto",
     fpir: Annotated[Optional[float], typer.Option(
         help="open-set: also test each top-1 against a threshold for this false-positive identification rate "

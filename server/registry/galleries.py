@@ -231,8 +231,9 @@ class Galleries(Searching):
         (or the fit ``fit_id``, which must map the probe model into the gallery model).
         ``scoring``: "auto" (default: "csls" through a map, "cosine" for the gallery's own model),
         "cosine", or "csls" (hubness-corrected, routes through a map only). ``direction``: "auto"
-        (default: "both" where a fit gallery model -> probe model on the same anchor set exists and
-        the gallery is a local exact one, else "forward"), "forward" (scores in the gallery's space)
+        (default: "both" where a fit gallery model -> probe model on the same anchor set exists, the
+        gallery is a local exact one and held-out anchors retrieve at least as well that way, else
+        "forward"), "forward" (scores in the gallery's space)
         or "both" (:mod:`.two_way`). ``fpir`` in (0, 1): open-set, each top-1 is also tested against a
         threshold for that false-positive identification rate, calibrated on ``non_mated`` probes
         (n, d) when given, else on the route's anchors (:mod:`.open_set`)."""

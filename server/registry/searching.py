@@ -80,7 +80,13 @@ class Searching(Routed):
             if direction == "both":
                 raise FailedPrecondition(f"direction='both' for {probe_model.name!r} probes: {why}")
             return SearchPlan(gallery, gallery_model, probe_model, fit, None, scoring, "forward", f"auto: {why}")
-        why = "requested" if direction == "both" else f"auto: fits both ways on anchor set {reverse.anchor_set!r}"
+        if direction == "both":
+            return SearchPlan(gallery, gallery_model, probe_model, fit, reverse, scoring, "both", "requested")
+        assert fit is not None
+        both, judged = self.two_way.judge(tenant, fit, reverse, probe_model, gallery_model)
+        why = f"auto: fits both ways on anchor set {reverse.anchor_set!r}; {judged}"
+        if not both:
+            return SearchPlan(gallery, gallery_model, probe_model, fit, None, scoring, "forward", why)
         return SearchPlan(gallery, gallery_model, probe_model, fit, reverse, scoring, "both", why)
 
     def _search(self, tenant: str, plan: SearchPlan, P: np.ndarray, k: int) -> tuple[list[list[str]], np.ndarray]:

@@ -9,7 +9,9 @@ from 0.82 to 0.88 rank-1; a weak map in one direction is helped by a better one 
 
 Scores, higher = more similar: "cosine" (cos_G + cos_P) / 2 in [-1, 1]; "csls" the mean of the
 two spaces' 2 cos - r_T - r_S in [-4, 4]. Served on local exact galleries (every item scored:
-the gallery is read once per version and its mapped copy kept in memory, LRU).
+the gallery is read once per version and its mapped copy kept in memory, LRU). identify's "auto"
+takes this way where the route's held-out anchors retrieve at least as well in both spaces
+(:meth:`TwoWay.judge`, :func:`held_out_top1`): on AT&T one direction does better forward.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import numpy as np
 from convergent.server.records import FitRecord, GalleryRecord, ModelRecord
 
 KEPT = 8             # galleries' two-way copies kept (LRU)
+JUDGE_ANCHORS = 2000  # held-out anchors that judge "both" against "forward" (as verification's calibration)
 SCORE_BLOCK = 1 << 25  # score-matrix cells per block of probes (128 MiB of float32)
 
 
@@ -49,6 +52,7 @@ class TwoWay:
     def __init__(self, store, alignment, hubness) -> None:  # noqa: ANN001
         self.store, self.alignment, self.hubness = store, alignment, hubness
         self._copies: OrderedDict[tuple, TwoWayGallery] = OrderedDict()
+        self._judged: OrderedDict[tuple, tuple[bool, str]] = OrderedDict()
         self._lock = threading.Lock()
 
     def gallery(self, tenant: str, gallery: GalleryRecord, gallery_model: ModelRecord, probe_model: ModelRecord,
@@ -83,10 +87,58 @@ class TwoWay:
                 self._copies.popitem(last=False)
         return built
 
+    def judge(self, tenant: str, forward: FitRecord, reverse: FitRecord, probe_model: ModelRecord,
+              gallery_model: ModelRecord) -> tuple[bool, str]:
+        """(score in both spaces?, why): :func:`held_out_top1` of the fits' anchors, each mapped
+        both ways by refits that never saw it; "both" unless "forward" retrieves better. Cached
+        per fit pair (fits are immutable); too few anchors to judge, or anchors being written:
+        "both", and the reason says so (not cached)."""
+        from convergent.server.errors import FailedPrecondition, Unavailable
+        from convergent.server.inference import normalize_rows
+        from convergent.server.registry.crossfit import calibration_anchors
+
+        key = (tenant, forward.id, reverse.id)
+        with self._lock:
+            cached = self._judged.get(key)
+        if cached is not None:
+            return cached
+        try:
+            there = calibration_anchors(self.alignment, tenant, forward, probe_model, gallery_model, JUDGE_ANCHORS)
+            back = calibration_anchors(self.alignment, tenant, reverse, gallery_model, probe_model, JUDGE_ANCHORS)
+        except (FailedPrecondition, Unavailable) as exc:
+            return True, f"not judged on held-out anchors ({exc})"
+        row = {i: k for k, i in enumerate(back.ids)}
+        keep = [k for k, i in enumerate(there.ids) if i in row]
+        if len(keep) < 2:
+            return True, f"not judged: the fits share {len(keep)} sampled anchors"
+        other = [row[there.ids[k]] for k in keep]
+        one, two = held_out_top1(*(normalize_rows(a) for a in (there.mapped[keep], there.target[keep],
+                                                                  there.source[keep], back.mapped[other])))
+        both = two >= one
+        verdict = (both, f"held-out top-1 among {len(keep)} anchors of {forward.anchor_set!r}, each mapped by refits "
+                         f"that never saw it: both spaces {two:.3f}, forward {one:.3f}")
+        with self._lock:
+            self._judged[key] = verdict
+            while len(self._judged) > KEPT:
+                self._judged.popitem(last=False)
+        return verdict
+
     def forget(self, tenant: str, name: str) -> None:
         with self._lock:
             for key in [k for k in self._copies if k[:2] == (tenant, name)]:
                 del self._copies[key]
+
+
+def held_out_top1(Q: np.ndarray, T: np.ndarray, P: np.ndarray, T_mapped: np.ndarray) -> tuple[float, float]:
+    """(forward, both) top-1 retrieval rates of n held-out anchors among themselves, row i of
+    every array the same anchor (unit rows): Q (n, d_g) its probe-model vector mapped into the
+    gallery's space, T (n, d_g) its gallery-model vector, P (n, d_p) its probe-model vector,
+    T_mapped (n, d_p) its gallery-model vector mapped into the probe's space. Forward ranks
+    cos(Q_i, T_j), both the mean of that and cos(P_i, T_mapped_j); a hit: j = i ranks first."""
+    forward = Q @ T.T
+    both = forward + P @ T_mapped.T
+    truth = np.arange(len(Q))
+    return float(np.mean(forward.argmax(axis=1) == truth)), float(np.mean(both.argmax(axis=1) == truth))
 
 
 def two_way_search(copy: TwoWayGallery, Q: np.ndarray, P: np.ndarray, k: int,

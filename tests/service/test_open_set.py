@@ -8,6 +8,8 @@ of people 450-599, whom nobody enrolled (all 5 photos of each).
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -113,7 +115,11 @@ def test_both_directions(served, people):
     assert forward.direction == "forward" and "no fit 'model-b' -> 'model-a'" in forward.direction_reason
     served.fit_alignment("model-b", "model-a", anchor_set="s", method="ridge")
     both = served.identify("g-exact", probes, model="model-a", k=1)
-    assert both.direction == "both" and "fits both ways" in both.direction_reason
+    # auto judged the two on held-out anchors and went the way that retrieved them better
+    judged = re.search(r"both spaces ([0-9.]+), forward ([0-9.]+)", both.direction_reason)
+    assert "fits both ways" in both.direction_reason and judged, both.direction_reason
+    assert both.direction == ("both" if float(judged.group(1)) >= float(judged.group(2)) else "forward")
+    assert both.direction == "both"  # measured here: both spaces 1.000 >= forward
     again = served.identify("g-exact", probes, model="model-a", k=1, direction="forward")
     assert again.ids == forward.ids
     hnsw = served.identify("g-hnsw", probes, model="model-a", k=1)

@@ -15,7 +15,7 @@ from convergent.server.inference.open_set import (
     open_set_threshold,
     threshold_for_fpir,
 )
-from convergent.server.registry.two_way import TwoWayGallery, two_way_search
+from convergent.server.registry.two_way import TwoWayGallery, held_out_top1, two_way_search
 
 
 @pytest.mark.parametrize("fpir", [1e-2, 1e-3])
@@ -94,3 +94,18 @@ def test_two_way_search_equals_brute_force(csls):
     assert ids == [[f"g{j}" for j in row] for row in best]
     np.testing.assert_allclose(scores, np.take_along_axis(brute, best, axis=1), atol=1e-5)
     assert two_way_search(copy, Q, P, 500)[1].shape == (n, N)  # k above the gallery: every item
+
+
+def test_held_out_top1_prefers_the_space_that_retrieves():
+    rng = np.random.default_rng(4)
+    n = 300
+    T = normalize_rows(rng.standard_normal((n, 16)).astype(np.float32))
+    P = normalize_rows(rng.standard_normal((n, 12)).astype(np.float32))
+    noisy = normalize_rows((T + 0.6 * rng.standard_normal(T.shape)).astype(np.float32))   # a weak forward map
+    sharp = normalize_rows((P + 0.1 * rng.standard_normal(P.shape)).astype(np.float32))   # a good map back
+    garbage = normalize_rows(rng.standard_normal(P.shape).astype(np.float32))             # a useless map back
+    forward, both = held_out_top1(noisy, T, P, sharp)
+    assert both > forward + 0.1, (forward, both)
+    forward, both = held_out_top1(noisy, T, P, garbage)
+    assert forward > both, (forward, both)
+    assert held_out_top1(T, T, P, P) == (1.0, 1.0)
