@@ -90,7 +90,9 @@ class TwoWay:
     def judge(self, tenant: str, forward: FitRecord, reverse: FitRecord, probe_model: ModelRecord,
               gallery_model: ModelRecord) -> tuple[bool, str]:
         """(score in both spaces?, why): :func:`held_out_top1` of the fits' anchors, each mapped
-        both ways by refits that never saw it; "both" unless "forward" retrieves better. Cached
+        both ways by refits that never saw it; "both" unless "forward" retrieves better by more than
+        one standard error of the difference (the one-standard-error rule: Hastie, Tibshirani and
+        Friedman, *Elements of Statistical Learning*, 7.10; small anchor sets flip otherwise). Cached
         per fit pair (fits are immutable); too few anchors to judge, or anchors being written:
         "both", and the reason says so (not cached)."""
         from convergent.server.errors import FailedPrecondition, Unavailable
@@ -112,11 +114,12 @@ class TwoWay:
         if len(keep) < 2:
             return True, f"not judged: the fits share {len(keep)} sampled anchors"
         other = [row[there.ids[k]] for k in keep]
-        one, two = held_out_top1(*(normalize_rows(a) for a in (there.mapped[keep], there.target[keep],
-                                                                  there.source[keep], back.mapped[other])))
-        both = two >= one
+        one, two, error = held_out_top1(*(normalize_rows(a) for a in (there.mapped[keep], there.target[keep],
+                                                                         there.source[keep], back.mapped[other])))
+        both = one - two <= error  # one-standard-error rule: forward only where it is clearly better
         verdict = (both, f"held-out top-1 among {len(keep)} anchors of {forward.anchor_set!r}, each mapped by refits "
-                         f"that never saw it: both spaces {two:.3f}, forward {one:.3f}")
+                         f"that never saw it: both spaces {two:.3f}, forward {one:.3f} (standard error of the "
+                         f"difference {error:.3f}; forward only when better by more)")
         with self._lock:
             self._judged[key] = verdict
             while len(self._judged) > KEPT:
@@ -129,16 +132,19 @@ class TwoWay:
                 del self._copies[key]
 
 
-def held_out_top1(Q: np.ndarray, T: np.ndarray, P: np.ndarray, T_mapped: np.ndarray) -> tuple[float, float]:
-    """(forward, both) top-1 retrieval rates of n held-out anchors among themselves, row i of
-    every array the same anchor (unit rows): Q (n, d_g) its probe-model vector mapped into the
-    gallery's space, T (n, d_g) its gallery-model vector, P (n, d_p) its probe-model vector,
-    T_mapped (n, d_p) its gallery-model vector mapped into the probe's space. Forward ranks
-    cos(Q_i, T_j), both the mean of that and cos(P_i, T_mapped_j); a hit: j = i ranks first."""
-    forward = Q @ T.T
-    both = forward + P @ T_mapped.T
+def held_out_top1(Q: np.ndarray, T: np.ndarray, P: np.ndarray, T_mapped: np.ndarray) -> tuple[float, float, float]:
+    """(forward, both, standard error of forward - both): top-1 retrieval rates of n held-out
+    anchors among themselves, row i of every array the same anchor (unit rows): Q (n, d_g) its
+    probe-model vector mapped into the gallery's space, T (n, d_g) its gallery-model vector, P
+    (n, d_p) its probe-model vector, T_mapped (n, d_p) its gallery-model vector mapped into the
+    probe's space. Forward ranks cos(Q_i, T_j), both the mean of that and cos(P_i, T_mapped_j);
+    a hit: j = i ranks first. The error is of the paired per-anchor differences."""
     truth = np.arange(len(Q))
-    return float(np.mean(forward.argmax(axis=1) == truth)), float(np.mean(both.argmax(axis=1) == truth))
+    forward = Q @ T.T
+    hit_forward = forward.argmax(axis=1) == truth
+    hit_both = (forward + P @ T_mapped.T).argmax(axis=1) == truth
+    difference = hit_forward.astype(np.float64) - hit_both
+    return float(hit_forward.mean()), float(hit_both.mean()), float(difference.std(ddof=1) / np.sqrt(len(Q)))
 
 
 def two_way_search(copy: TwoWayGallery, Q: np.ndarray, P: np.ndarray, k: int,
