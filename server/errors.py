@@ -40,6 +40,11 @@ class ResourceExhausted(ConvergentError):
     """A limit (message size, vectors per request, dimension, quota) would be exceeded."""
 
 
+class DataLoss(ConvergentError):
+    """Stored data failed a check (a block's checksum, a count against its records, a page the
+    database cannot read): the named object is damaged and is not served."""
+
+
 class Unavailable(ConvergentError):
     """The server cannot serve right now (storage not open yet, shutting down); retry later."""
 

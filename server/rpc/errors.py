@@ -6,6 +6,7 @@ from __future__ import annotations
 import grpc
 
 from convergent.server import errors
+from convergent.server.storage.faults import domain_error
 from convergent.wire import WireError
 
 # Most specific first: the first matching class wins.
@@ -20,11 +21,15 @@ STATUS_TABLE: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (errors.Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
     (errors.PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
     (errors.Cancelled, grpc.StatusCode.CANCELLED),
+    (errors.DataLoss, grpc.StatusCode.DATA_LOSS),
 )
 
 
 def status_for(exc: BaseException) -> grpc.StatusCode:
-    """The status a raised exception is reported with (INTERNAL when not in the table)."""
+    """The status a raised exception is reported with (INTERNAL when not in the table).
+    Faults of the storage under the server (disk full, a damaged file) are read as the domain
+    errors they mean first (:func:`convergent.server.storage.faults.domain_error`)."""
+    exc = domain_error(exc)
     for error_class, code in STATUS_TABLE:
         if isinstance(exc, error_class):
             return code

@@ -21,7 +21,9 @@ from convergent.server.storage import blocks as _blocks
 from convergent.server.storage.blocks import ID_BATCH, block_rows
 from convergent.server.storage.schema import anchor_blocks, anchor_ids
 
-ANCHOR_BLOCKS = _blocks.BlockTable(anchor_blocks, ("tenant", "anchor_set", "model"))
+ANCHOR_BLOCKS = _blocks.BlockTable(
+    anchor_blocks, ("tenant", "anchor_set", "model"),
+    lambda key: f"anchor set {key[1]!r}, model {key[2]!r} (tenant {key[0]!r})")
 
 __all__ = ["ANCHOR_BLOCKS", "ID_BATCH", "BlockWriter", "StoredVectors", "block_rows", "delete_all", "delete_ids",
            "fetch_blocks", "gather", "model_vectors", "release_slots"]
@@ -57,6 +59,7 @@ class BlockWriter:
         releases)."""
         tenant, anchor_set, model = self.key
         where = _blocks.insert(self.conn, ANCHOR_BLOCKS, self.key, self.next_block, self.dim, data,
+                               [*new_ids, *changed_ids], [self.version] * (len(new_ids) + len(changed_ids)),
                                written_version=self.version)
         if len(where) != len(new_ids) + len(changed_ids):
             raise ValueError(f"{len(where)} vectors for {len(new_ids) + len(changed_ids)} ids")
@@ -99,34 +102,36 @@ class StoredVectors:
         self.conn, self.key, self.row_bytes, self.keep = conn, (tenant, anchor_set, model), dim * 4, keep
         self._blocks: OrderedDict[int, bytes] = OrderedDict()
 
-    def lookup(self, ids: Sequence[str]) -> dict[str, tuple[int, int, bytes]]:
-        """id -> (block, slot, vector bytes) of the ids that are stored (at most ID_BATCH ids)."""
+    def lookup(self, ids: Sequence[str]) -> dict[str, tuple[int, int, bytes, int]]:
+        """id -> (block, slot, vector bytes, written version) of the ids that are stored (at most ID_BATCH ids)."""
         tenant, anchor_set, model = self.key
         c = anchor_ids.c
         slots = self.conn.execute(
-            sa.select(c.anchor_id, c.block_id, c.slot).where(
+            sa.select(c.anchor_id, c.block_id, c.slot, c.written_version).where(
                 c.tenant == tenant, c.anchor_set == anchor_set, c.model == model, c.anchor_id.in_(list(ids))
             )
         ).all()
-        missing = {int(b) for _, b, _ in slots if int(b) not in self._blocks}
+        missing = {int(b) for _, b, _, _ in slots if int(b) not in self._blocks}
         for block_id, data in fetch_blocks(self.conn, tenant, anchor_set, model, missing):
             self._blocks[block_id] = bytes(data)
         out = {}
-        for anchor_id, block_id, slot in slots:
+        for anchor_id, block_id, slot, version in slots:
             data = self._blocks[int(block_id)]
             self._blocks.move_to_end(int(block_id))
-            out[anchor_id] = (int(block_id), int(slot), data[slot * self.row_bytes : (slot + 1) * self.row_bytes])
+            out[anchor_id] = (int(block_id), int(slot), data[slot * self.row_bytes : (slot + 1) * self.row_bytes], int(version))
         while len(self._blocks) > max(self.keep, len(missing)):
             self._blocks.popitem(last=False)
         return out
 
 
 def release_slots(
-    conn: sa.Connection, tenant: str, anchor_set: str, model: str, slots: Iterable[tuple[int, int]]
+    conn: sa.Connection, tenant: str, anchor_set: str, model: str, slots: Iterable[tuple[str, int, int, int]]
 ) -> None:
-    """Zero the given (block, slot)s of one (set, model), whose ids were deleted or re-pointed
-    already, and drop blocks left without a live slot (:func:`blocks.release`)."""
-    _blocks.release(conn, ANCHOR_BLOCKS, (tenant, anchor_set, model), slots)
+    """Zero the slots of the given (anchor id, block, slot, written version)s of one (set, model),
+    whose ids were deleted or re-pointed already, and drop blocks left without a live slot
+    (:func:`blocks.release`)."""
+    _blocks.release(conn, ANCHOR_BLOCKS, (tenant, anchor_set, model),
+                    [(block, slot, _blocks.slot_term(anchor_id, slot, version)) for anchor_id, block, slot, version in slots])
 
 
 def delete_ids(conn: sa.Connection, tenant: str, anchor_set: str, model: str, ids: Sequence[str]) -> int:
@@ -136,7 +141,8 @@ def delete_ids(conn: sa.Connection, tenant: str, anchor_set: str, model: str, id
     deleted = 0
     for start in range(0, len(ids), ID_BATCH):
         chunk = list(ids[start : start + ID_BATCH])
-        slots = conn.execute(sa.select(c.block_id, c.slot).where(key, c.anchor_id.in_(chunk))).all()
+        slots = conn.execute(
+            sa.select(c.anchor_id, c.block_id, c.slot, c.written_version).where(key, c.anchor_id.in_(chunk))).all()
         if slots:
             conn.execute(anchor_ids.delete().where(key, c.anchor_id.in_(chunk)))
             release_slots(conn, tenant, anchor_set, model, slots)

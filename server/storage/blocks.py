@@ -1,7 +1,13 @@
 """Vectors in blocks: one row holds the float32 vectors of many items behind a per-item id index.
 
 A block row has key columns (which scope its ``block_id``), ``rows`` slots, ``live`` of them in
-use, and ``vectors``: little-endian float32 (rows, dim) bytes. Anchors (:mod:`anchor_blocks`)
+use, ``vectors``: little-endian float32 (rows, dim) bytes, and ``checksum``: the CRC-32 of those
+bytes, written in the same statement and verified on every read (a mismatch is
+:class:`DataLoss` naming the object, never a silently different vector). ``ids_digest`` is the
+sum of :func:`slot_term` over the block's live slots (the id each slot belongs to, and for
+gallery items their enrolment number): kept by every insert and release, so a damaged id index
+(an id, block or slot that changed on disk) shows as a block whose ids no longer add up
+(:mod:`~convergent.server.storage.integrity`). Anchors (:mod:`anchor_blocks`)
 and gallery items (:mod:`gallery_store`) are stored this way. Removing an item *releases* its
 slot: the slot's bytes are zeroed in the block in the same transaction (so a removed or erased
 vector is gone from the row, not only unreachable) and ``live`` drops; a block with no live
@@ -12,12 +18,15 @@ Every function takes the caller's connection: they run inside its transaction.
 
 from __future__ import annotations
 
+import zlib
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import sqlalchemy as sa
+
+from convergent.server.errors import DataLoss
 
 BLOCK_BYTES = 2 * 1024 * 1024  # vector bytes per block row at most (one row: 1 slot at least)
 ID_BATCH = 500  # ids / block ids per SELECT ... IN (...): far below every database's limit
@@ -28,12 +37,37 @@ def block_rows(dim: int) -> int:
     return max(1, BLOCK_BYTES // (4 * int(dim)))
 
 
+def checksum(data: bytes) -> int:
+    """CRC-32 of a block's vector bytes (unsigned, < 2**32)."""
+    return zlib.crc32(data)
+
+
+def slot_term(item_id: str, slot: int, seq: int) -> int:
+    """One slot's share of its block's ``ids_digest``: CRC-32 of (id, slot, ``seq``: the
+    anchor's written version, or the gallery item's enrolment number)."""
+    return zlib.crc32(item_id.encode() + b"\0" + int(slot).to_bytes(8, "little", signed=True)
+                      + int(seq).to_bytes(8, "little", signed=True))
+
+
 @dataclass(frozen=True)
 class BlockTable:
-    """A table of blocks and the names of its key columns (block ids are unique per key)."""
+    """A table of blocks, the names of its key columns (block ids are unique per key) and how a
+    key names its object to a caller (``describe``)."""
 
     table: sa.Table
     key: tuple[str, ...]
+    describe: Callable[[Sequence[object]], str]
+
+    def verified(self, key: Sequence[object], block_id: int, data: bytes, stored: int | None) -> bytes:
+        """``data`` if its CRC-32 is ``stored``; :class:`DataLoss` naming the object otherwise."""
+        if stored is None or checksum(data) != int(stored):
+            raise DataLoss(
+                f"{self.describe(key)} is damaged: its vector block {block_id} "
+                + ("has no checksum" if stored is None else "fails its checksum")
+                + " (the stored bytes changed after they were written); it is not served. "
+                "The operator should run `convergent check --data-dir DIR` and restore from a backup"
+            )
+        return data
 
     def where(self, key: Sequence[object]) -> sa.ColumnElement:
         if len(key) != len(self.key):
@@ -51,9 +85,10 @@ def fetch(conn: sa.Connection, blocks: BlockTable, key: Sequence[object], block_
     c = blocks.table.c
     wanted = sorted({int(b) for b in block_ids})
     for start in range(0, len(wanted), ID_BATCH):
-        query = sa.select(c.block_id, c.vectors).where(blocks.where(key), c.block_id.in_(wanted[start : start + ID_BATCH]))
-        for block_id, data in conn.execute(query):
-            yield int(block_id), data
+        query = sa.select(c.block_id, c.vectors, c.checksum).where(
+            blocks.where(key), c.block_id.in_(wanted[start : start + ID_BATCH]))
+        for block_id, data, stored in conn.execute(query):
+            yield int(block_id), blocks.verified(key, int(block_id), data, stored)
 
 
 def gather(
@@ -74,6 +109,9 @@ def gather(
         start, end = bounds[block_id]
         rows = order[start:end]
         block = np.frombuffer(data, dtype="<f4").reshape(-1, dim)
+        if slot_of[rows].min() < 0 or slot_of[rows].max() >= len(block):
+            raise DataLoss(f"{blocks.describe(key)} is damaged: its id index points past the end of vector block "
+                           f"{block_id}; it is not served. The operator should run `convergent check --data-dir DIR`")
         first, first_slot, k = int(rows[0]), int(slot_of[rows[0]]), end - start
         if rows[-1] - first == k - 1 and slot_of[rows[-1]] - first_slot == k - 1 and (
             k < 3 or (np.all(np.diff(rows) == 1) and np.all(np.diff(slot_of[rows]) == 1))
@@ -83,7 +121,10 @@ def gather(
             out[rows] = block[slot_of[rows]]
         found += 1
     if found != len(uniq):
-        raise RuntimeError(f"{len(uniq) - found} blocks of {tuple(key)} in {blocks.table.name} are missing")
+        raise DataLoss(
+            f"{blocks.describe(key)} is damaged: {len(uniq) - found} of its vector blocks that its id index "
+            "points to are missing; it is not served. The operator should run `convergent check --data-dir DIR`"
+        )
     return out
 
 
@@ -96,39 +137,48 @@ def gather_rows(conn: sa.Connection, blocks: BlockTable, key: Sequence[object], 
 
 
 def insert(conn: sa.Connection, blocks: BlockTable, key: Sequence[object], first_block: int, dim: int,
-           data: bytes, **columns: object) -> list[tuple[int, int]]:
-    """Store float32 ``data`` (n rows of ``dim``) in new blocks numbered from ``first_block``,
-    each row with ``columns`` too; returns (block id, slot) of every row, in order."""
+           data: bytes, ids: Sequence[str], seqs: Sequence[int], **columns: object) -> list[tuple[int, int]]:
+    """Store float32 ``data`` (n rows of ``dim``: the vectors of ``ids``, their :func:`slot_term`
+    numbers ``seqs``) in new blocks numbered from ``first_block``, each row with ``columns`` too;
+    returns (block id, slot) of every row, in order."""
     per_block, row_bytes = block_rows(dim), int(dim) * 4
     n = len(data) // row_bytes
     where: list[tuple[int, int]] = []
     block_id = first_block
     for start in range(0, n, per_block):
         rows = min(per_block, n - start)
+        chunk = data[start * row_bytes : (start + rows) * row_bytes]
+        digest = sum(slot_term(ids[start + slot], slot, seqs[start + slot]) for slot in range(rows))
         conn.execute(blocks.table.insert().values(
             **dict(zip(blocks.key, key)), block_id=block_id, rows=rows, live=rows,
-            vectors=data[start * row_bytes : (start + rows) * row_bytes], **columns,
+            vectors=chunk, checksum=checksum(chunk), ids_digest=digest, **columns,
         ))
         where += [(block_id, slot) for slot in range(rows)]
         block_id += 1
     return where
 
 
-def release(conn: sa.Connection, blocks: BlockTable, key: Sequence[object], slots: Iterable[tuple[int, int]]) -> None:
-    """Zero the given (block, slot)s, whose ids were deleted or re-pointed already, and drop
-    blocks left without a live slot (a row's width is the block's bytes / its rows)."""
+def release(conn: sa.Connection, blocks: BlockTable, key: Sequence[object], slots: Iterable[tuple[int, int, int]]) -> None:
+    """Zero the given (block, slot, :func:`slot_term` of the id that held it)s, whose ids were
+    deleted or re-pointed already, and drop
+    blocks left without a live slot (a row's width is the block's bytes / its rows). A damaged
+    block is zeroed too (an erasure never fails on damage) but stays damaged: no checksum."""
     by_block: dict[int, list[int]] = defaultdict(list)
-    for block_id, slot in slots:
+    terms: dict[int, int] = defaultdict(int)
+    for block_id, slot, term in slots:
         by_block[int(block_id)].append(int(slot))
+        terms[int(block_id)] += int(term)
     if not by_block:
         return
     c, scope = blocks.table.c, blocks.where(key)
     ids = sorted(by_block)
     for start in range(0, len(ids), ID_BATCH):
         rows = conn.execute(
-            sa.select(c.block_id, c.rows, c.live, c.vectors).where(scope, c.block_id.in_(ids[start : start + ID_BATCH]))
+            sa.select(c.block_id, c.rows, c.live, c.vectors, c.checksum, c.ids_digest).where(
+                scope, c.block_id.in_(ids[start : start + ID_BATCH]))
         ).all()
-        for block_id, count, live, data in rows:
+        for block_id, count, live, data, stored, digest in rows:
+            intact = stored is not None and checksum(data) == int(stored)  # damaged bytes are never re-summed
             freed = sorted(set(by_block[int(block_id)]))
             one = scope & (c.block_id == block_id)
             if live - len(freed) <= 0:
@@ -139,4 +189,6 @@ def release(conn: sa.Connection, blocks: BlockTable, key: Sequence[object], slot
             zero = bytes(row_bytes)
             for slot in freed:
                 buffer[slot * row_bytes : (slot + 1) * row_bytes] = zero
-            conn.execute(blocks.table.update().where(one).values(live=live - len(freed), vectors=bytes(buffer)))
+            conn.execute(blocks.table.update().where(one).values(
+                live=live - len(freed), vectors=bytes(buffer), checksum=checksum(bytes(buffer)) if intact else None,
+                ids_digest=None if digest is None else int(digest) - terms[int(block_id)]))

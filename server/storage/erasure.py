@@ -34,27 +34,28 @@ def erase(store: SqlStore, tenant: str, ids: list[str], before_commit: BeforeCom
             chunk = ids[start : start + ID_BATCH]
             key = (anchor_ids.c.tenant == tenant) & anchor_ids.c.anchor_id.in_(chunk)
             found = conn.execute(
-                sa.select(anchor_ids.c.anchor_set, anchor_ids.c.model, anchor_ids.c.block_id, anchor_ids.c.slot).where(key)
+                sa.select(anchor_ids.c.anchor_set, anchor_ids.c.model, anchor_ids.c.anchor_id, anchor_ids.c.block_id,
+                          anchor_ids.c.slot, anchor_ids.c.written_version).where(key)
             ).all()
             conn.execute(anchor_ids.delete().where(key))
-            slots: dict[tuple[str, str], list[tuple[int, int]]] = {}
-            for anchor_set, model, block_id, slot in found:
-                slots.setdefault((anchor_set, model), []).append((block_id, slot))
+            slots: dict[tuple[str, str], list[tuple[str, int, int, int]]] = {}
+            for anchor_set, model, anchor_id, block_id, slot, version in found:
+                slots.setdefault((anchor_set, model), []).append((anchor_id, block_id, slot, version))
             for (anchor_set, model), released in slots.items():
                 anchor_blocks.release_slots(conn, tenant, anchor_set, model, released)
             sets |= {anchor_set for anchor_set, _ in slots}
             anchors_deleted += len(found)
             items = gallery_item_ids.c
             item_key = (items.tenant == tenant) & items.item_id.in_(chunk)
-            freed: dict[str, list[tuple[int, int]]] = {}
-            for gallery, item, block_id, slot in conn.execute(
-                sa.select(items.gallery, items.item_id, items.block_id, items.slot).where(item_key)
+            freed: dict[str, list[tuple[int, int, int]]] = {}
+            for gallery, item, seq, block_id, slot in conn.execute(
+                sa.select(items.gallery, items.item_id, items.seq, items.block_id, items.slot).where(item_key)
             ):
                 removed.setdefault(gallery, []).append(item)
-                freed.setdefault(gallery, []).append((block_id, slot))
+                freed.setdefault(gallery, []).append((block_id, slot, blocks.slot_term(item, slot, seq)))
             items_deleted += conn.execute(gallery_item_ids.delete().where(item_key)).rowcount
-            for gallery, released in freed.items():
-                blocks.release(conn, GALLERY_BLOCKS, (tenant, gallery), released)
+            for gallery, freed_slots in freed.items():
+                blocks.release(conn, GALLERY_BLOCKS, (tenant, gallery), freed_slots)
         for anchor_set in sorted(sets):
             store._bump_version(conn, tenant, anchor_set, destructive=True)
         changed_galleries = sorted(removed)

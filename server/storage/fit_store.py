@@ -7,10 +7,11 @@ import json
 import numpy as np
 import sqlalchemy as sa
 
-from convergent.server.errors import NotFound
+from convergent.server.errors import DataLoss, NotFound
 from convergent.server.records import FitRecord
 from convergent.server.storage.schema import fit_arrays, fits
 from convergent.server.storage import db
+from convergent.server.storage.blocks import checksum
 
 _JSON_FIELDS = ("params", "metrics", "warnings")
 
@@ -22,6 +23,14 @@ def _record(row: sa.Row) -> FitRecord:
     for name in _JSON_FIELDS:
         data[name] = json.loads(data[name])
     return FitRecord(**data)
+
+
+def _verified(fit_id: str, row: sa.Row) -> bytes:
+    """A fit array's bytes if they match their CRC-32; :class:`DataLoss` naming the fit otherwise."""
+    if row.checksum is None or checksum(row.data) != row.checksum:
+        raise DataLoss(f"fit {fit_id!r} is damaged: its array {row.name!r} fails its checksum; it is not served. "
+                       "Fit the route again, or restore a backup (`convergent check --data-dir DIR` lists the damage)")
+    return row.data
 
 
 class FitStore:
@@ -44,7 +53,8 @@ class FitStore:
                         {
                             "fit_id": record.id, "name": name, "dtype": _dtype_name(array),
                             "shape": json.dumps(list(array.shape)),
-                            "data": np.ascontiguousarray(array, dtype=_dtype_name(array)).tobytes(),
+                            "data": (data := np.ascontiguousarray(array, dtype=_dtype_name(array)).tobytes()),
+                            "checksum": checksum(data),
                         }
                         for name, array in arrays.items()
                     ],
@@ -65,7 +75,7 @@ class FitStore:
         with self.engine.connect() as conn, conn.begin():
             row = self._row(conn, tenant, fit_id)
             arrays = {
-                r.name: np.frombuffer(r.data, dtype=r.dtype).reshape(json.loads(r.shape))
+                r.name: np.frombuffer(_verified(fit_id, r), dtype=r.dtype).reshape(json.loads(r.shape))
                 for r in conn.execute(sa.select(fit_arrays).where(fit_arrays.c.fit_id == fit_id))
             }
         return _record(row), json.loads(row.state), arrays

@@ -13,14 +13,15 @@ from contextlib import contextmanager
 import numpy as np
 import sqlalchemy as sa
 
-from convergent.server.errors import AlreadyExists, NotFound
+from convergent.server.errors import AlreadyExists, DataLoss, NotFound
 from convergent.server.records import BeforeCommit, GalleryChange, GalleryRecord, HoldAction
 from convergent.server.storage import blocks, db
 from convergent.server.storage.guards import check_quota, ensure_wanted
 from convergent.server.storage.schema import calibrations, galleries, gallery_blocks, gallery_item_ids
 
 ID_BATCH = blocks.ID_BATCH
-GALLERY_BLOCKS = blocks.BlockTable(gallery_blocks, ("tenant", "gallery"))
+GALLERY_BLOCKS = blocks.BlockTable(
+    gallery_blocks, ("tenant", "gallery"), lambda key: f"gallery {key[1]!r} (tenant {key[0]!r})")
 _items = gallery_item_ids.c
 
 
@@ -49,6 +50,12 @@ def _read_items(conn: sa.Connection, tenant: str, name: str, dim: int, where: sa
             .where(GALLERY_BLOCKS.where((tenant, name)), gallery_blocks.c.block_id == rows[0][1])
         ).one()
         dim = int(size) // int(count) // 4
+    if where is None:  # the whole gallery: its id index must list what its record counts
+        recorded = conn.execute(sa.select(galleries.c.size).where(galleries.c.tenant == tenant, galleries.c.name == name)).scalar()
+        if recorded is not None and int(recorded) != len(rows):
+            raise DataLoss(f"{GALLERY_BLOCKS.describe((tenant, name))} is damaged: its record counts {int(recorded)} items, "
+                           f"its id index lists {len(rows)}; it is not served. The operator should run "
+                           "`convergent check --data-dir DIR` and restore from a backup")
     return blocks.gather_rows(conn, GALLERY_BLOCKS, (tenant, name), dim, rows)
 
 
@@ -58,10 +65,11 @@ def _delete_items(conn: sa.Connection, tenant: str, name: str, ids: Sequence[str
     removed: builtins.list[str] = []
     for start in range(0, len(ids), ID_BATCH):
         key = _items_of(tenant, name) & _items.item_id.in_(list(ids[start : start + ID_BATCH]))
-        found = conn.execute(sa.select(_items.item_id, _items.block_id, _items.slot).where(key)).all()
+        found = conn.execute(sa.select(_items.item_id, _items.block_id, _items.slot, _items.seq).where(key)).all()
         if found:
             conn.execute(gallery_item_ids.delete().where(key))
-            blocks.release(conn, GALLERY_BLOCKS, (tenant, name), [(b, slot) for _, b, slot in found])
+            blocks.release(conn, GALLERY_BLOCKS, (tenant, name),
+                           [(b, slot, blocks.slot_term(item, slot, seq)) for item, b, slot, seq in found])
             removed += [r[0] for r in found]
     return removed
 
@@ -70,7 +78,10 @@ class GalleryStore:
     """Durable galleries: one row per gallery, its vectors in blocks behind an id index."""
 
     def __init__(self, engine: sa.Engine) -> None:
+        from convergent.server.storage.integrity import DamagedObjects
+
         self.engine = engine
+        self.damaged = DamagedObjects()  # the store's: what its start-up check found
 
     @contextmanager
     def _write(self):  # noqa: ANN202
@@ -143,11 +154,13 @@ class GalleryStore:
                 block = np.ascontiguousarray(vectors, dtype="<f4")
                 if not len(ids):
                     continue
-                where = blocks.insert(conn, GALLERY_BLOCKS, (tenant, name), next_block, block.shape[1], block.tobytes())
+                seqs = range(seq + 1, seq + len(ids) + 1)
+                where = blocks.insert(conn, GALLERY_BLOCKS, (tenant, name), next_block, block.shape[1], block.tobytes(),
+                                      ids, seqs)
                 next_block = where[-1][0] + 1
                 conn.execute(gallery_item_ids.insert(), [
-                    {"tenant": tenant, "gallery": name, "item_id": item, "seq": seq + i + 1, "block_id": b, "slot": slot}
-                    for i, (item, (b, slot)) in enumerate(zip(ids, where))
+                    {"tenant": tenant, "gallery": name, "item_id": item, "seq": s, "block_id": b, "slot": slot}
+                    for item, s, (b, slot) in zip(ids, seqs, where)
                 ])
                 seq += len(ids)
                 added_ids += list(ids)
@@ -193,6 +206,7 @@ class GalleryStore:
     def snapshot(self, tenant: str, name: str, dim: int) -> tuple[GalleryRecord | None, int, builtins.list[str], np.ndarray]:
         """(record, newest enrolment number, ids, vectors (n, dim) float32) in one read; record
         None if the gallery does not exist. No lock: writes go on meanwhile."""
+        self.damaged.refuse("gallery", tenant, name)
         with self.engine.connect() as conn, conn.begin():
             record = self.record_in(conn, tenant, name)
             if record is None:
@@ -208,6 +222,7 @@ class GalleryStore:
         ids, vectors, current_ids)`` with the gallery's record (None if gone), its items enrolled
         after enrolment number ``seq`` (in order), and a function that reads all its ids (no
         vectors): what a copy made at ``seq`` needs to catch up."""
+        self.damaged.refuse("gallery", tenant, name)
         with self._write() as conn:
             record = self.record_in(conn, tenant, name)
             ids, vectors = (_read_items(conn, tenant, name, dim, _items.seq > seq) if record is not None
@@ -220,6 +235,7 @@ class GalleryStore:
 
     def items(self, tenant: str, name: str, dim: int) -> tuple[int, builtins.list[str], np.ndarray]:
         """(gallery version, ids, vectors (n, dim) float32) in enrolment order, one snapshot."""
+        self.damaged.refuse("gallery", tenant, name)
         with self.engine.connect() as conn, conn.begin():
             version = conn.execute(
                 sa.select(galleries.c.version).where(galleries.c.tenant == tenant, galleries.c.name == name)
@@ -243,10 +259,11 @@ class GalleryStore:
         a: np.ndarray, b: np.ndarray, same: np.ndarray,
     ) -> None:
         """Replace the labelled pairs of (a_model, b_model)."""
+        arrays = (np.ascontiguousarray(a, "<f4").tobytes(), np.ascontiguousarray(b, "<f4").tobytes(),
+                  np.ascontiguousarray(same, np.uint8).tobytes())
         row = {
-            "a_version": a_version, "b_version": b_version, "n": len(same),
-            "a": np.ascontiguousarray(a, "<f4").tobytes(), "b": np.ascontiguousarray(b, "<f4").tobytes(),
-            "same": np.ascontiguousarray(same, np.uint8).tobytes(), "created_at": time.time(),
+            "a_version": a_version, "b_version": b_version, "n": len(same), "a": arrays[0], "b": arrays[1],
+            "same": arrays[2], "created_at": time.time(), "checksum": blocks.checksum(b"".join(arrays)),
         }
         key = (calibrations.c.tenant == tenant) & (calibrations.c.a_model == a_model) & (calibrations.c.b_model == b_model)
         with self._write() as conn:
@@ -263,6 +280,9 @@ class GalleryStore:
             )).first()
         if row is None or (row.a_version, row.b_version) != (a_version, b_version):
             return None
+        if row.checksum is None or blocks.checksum(row.a + row.b + row.same) != row.checksum:
+            raise DataLoss(f"the labelled calibration pairs of ({a_model}, {b_model}) (tenant {tenant!r}) are damaged "
+                           "(they fail their checksum); they are not served. Upload them again, or restore a backup")
         a = np.frombuffer(row.a, "<f4").reshape(row.n, d_a)
         b = np.frombuffer(row.b, "<f4").reshape(row.n, d_b)
         return a, b, np.frombuffer(row.same, np.uint8).astype(bool)

@@ -62,6 +62,10 @@ anchor_blocks = sa.Table(
     sa.Column("rows", sa.Integer, nullable=False),
     sa.Column("live", sa.Integer, nullable=False),
     sa.Column("vectors", sa.LargeBinary, nullable=False),
+    # CRC-32 of ``vectors`` (migration 0010; NULL: damaged or never summed, not served), and the
+    # sum of blocks.slot_term(id, slot) over the live slots: what the id index must add up to
+    sa.Column("checksum", sa.BigInteger, nullable=True),
+    sa.Column("ids_digest", sa.BigInteger, nullable=True),
     sa.ForeignKeyConstraint(
         ["tenant", "model"], ["models.tenant", "models.name"], ondelete="CASCADE"
     ),
@@ -162,6 +166,7 @@ fit_arrays = sa.Table(
     sa.Column("dtype", sa.String(16), nullable=False),
     sa.Column("shape", sa.String(64), nullable=False),  # JSON list
     sa.Column("data", sa.LargeBinary, nullable=False),
+    sa.Column("checksum", sa.BigInteger, nullable=True),  # CRC-32 of ``data`` (migration 0010)
 )
 
 galleries = sa.Table(
@@ -196,6 +201,8 @@ gallery_blocks = sa.Table(
     sa.Column("rows", sa.Integer, nullable=False),
     sa.Column("live", sa.Integer, nullable=False),
     sa.Column("vectors", sa.LargeBinary, nullable=False),
+    sa.Column("checksum", sa.BigInteger, nullable=True),  # CRC-32 of ``vectors``, as anchor_blocks
+    sa.Column("ids_digest", sa.BigInteger, nullable=True),  # sum of slot_term(item, slot, seq), live slots
     sa.ForeignKeyConstraint(
         ["tenant", "gallery"], ["galleries.tenant", "galleries.name"], ondelete="CASCADE"
     ),
@@ -243,6 +250,7 @@ calibrations = sa.Table(
     sa.Column("b", sa.LargeBinary, nullable=False),
     sa.Column("same", sa.LargeBinary, nullable=False),
     sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("checksum", sa.BigInteger, nullable=True),  # CRC-32 of a + b + same (migration 0010)
 )
 
 # API keys: parties of a tenant (federation). Only a hash of the secret is stored.

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 import numpy as np
 import sqlalchemy as sa
 
-from convergent.server.errors import AlreadyExists, NotFound, SpaceMismatch
+from convergent.server.errors import AlreadyExists, DataLoss, NotFound, SpaceMismatch
 from convergent.server.records import (
     AnchorSetRecord,
     BeforeCommit,
@@ -26,6 +26,7 @@ from convergent.server.storage import db
 from convergent.server.storage.guards import check_quota, ensure_wanted, stored_vectors
 from convergent.server.storage.fit_store import FitStore
 from convergent.server.storage.gallery_store import GalleryStore
+from convergent.server.storage.integrity import Damage, DamagedObjects
 from convergent.server.storage.key_store import KeyStore
 from convergent.server.storage.pair_stats import PairStatsStore, delete_for_set
 from convergent.server.storage.pairs import SqlPairReader
@@ -59,6 +60,18 @@ class SqlStore:
         self.galleries = GalleryStore(self.engine)
         self.keys = KeyStore(self.engine)
         self.pair_stats = PairStatsStore(self.engine)
+        self.damaged = self.galleries.damaged = DamagedObjects()
+
+    def check(self, full: bool = False) -> list[Damage]:
+        """Damage found by :func:`~convergent.server.storage.integrity.quick_check` (or, ``full``,
+        :func:`~convergent.server.storage.integrity.full_check`); empty when none."""
+        from convergent.server.storage.integrity import full_check, quick_check
+
+        return (full_check if full else quick_check)(self.engine)
+
+    def serve_damaged(self, found: list[Damage]) -> None:
+        """Serve the store with the damage a check found: reads of those objects raise DataLoss."""
+        self.damaged = self.galleries.damaged = DamagedObjects(found)
 
     def describe(self) -> str:
         """The database URL with any password hidden (for logs)."""
@@ -249,7 +262,7 @@ class SqlStore:
                         elif overwrite:
                             changed_ids.append(anchor_id)
                             changed_rows.append(vector)
-                            released.append(old[:2])
+                            released.append((anchor_id, old[0], old[1], old[3]))
                         else:
                             raise AlreadyExists(
                                 f"anchor {anchor_id!r} of model {model.name!r} in set "
@@ -284,10 +297,25 @@ class SqlStore:
             ).scalar()
         )
 
+    @classmethod
+    def _counted(cls, conn: sa.Connection, tenant: str, anchor_set: str, model: str) -> int:
+        """:meth:`_count`, checked against the live slots of the blocks (:class:`DataLoss` if they
+        differ: an id index that lost entries to a damaged page is not served)."""
+        count = cls._count(conn, tenant, anchor_set, model)
+        key = (tenant, anchor_set, model)
+        live = int(conn.execute(sa.select(sa.func.coalesce(sa.func.sum(anchor_blocks.c.live), 0))
+                                .where(blocks.ANCHOR_BLOCKS.where(key))).scalar())
+        if live != count:
+            raise DataLoss(f"{blocks.ANCHOR_BLOCKS.describe(key)} is damaged: its id index lists {count} anchors, "
+                           f"its blocks hold {live}; it is not served. The operator should run "
+                           "`convergent check --data-dir DIR` and restore from a backup")
+        return count
+
     def count_anchors(self, tenant: str, anchor_set: str, model: str) -> int:
         """Anchors of ``model`` in ``anchor_set`` (0 if either holds none)."""
+        self.damaged.refuse("anchors", tenant, anchor_set, model)
         with self._read() as conn:
-            return self._count(conn, tenant, anchor_set, model)
+            return self._counted(conn, tenant, anchor_set, model)
 
     def list_anchor_sets(
         self, tenant: str, after: str, limit: int, model: str | None = None
@@ -346,8 +374,13 @@ class SqlStore:
     def read_pairs(
         self, tenant: str, anchor_set: str, source: ModelRecord, target: ModelRecord
     ) -> Iterator[SqlPairReader]:
-        """A reader of the (source, target) pairs of one anchor set, all from one snapshot."""
+        """A reader of the (source, target) pairs of one anchor set, all from one snapshot
+        (:class:`DataLoss` when either model's id index does not add up to its blocks)."""
+        for model in (source, target):
+            self.damaged.refuse("anchors", tenant, anchor_set, model.name)
         with self._read() as conn:
+            for model in (source, target):
+                self._counted(conn, tenant, anchor_set, model.name)
             yield SqlPairReader(conn, tenant, anchor_set, source.name, target.name, source.dim, target.dim)
 
     def anchor_set_version(self, tenant: str, anchor_set: str) -> int:
