@@ -73,12 +73,18 @@ class Unimplemented(ConvergentError):
     code = grpc.StatusCode.UNIMPLEMENTED
 
 
+class DataLoss(ConvergentError):
+    """Stored data the call needs is damaged on the server (failed checksum or count); not served."""
+
+    code = grpc.StatusCode.DATA_LOSS
+
+
 _BY_CODE = {
     cls.code: cls
     for cls in (
         InvalidArgument, NotFound, AlreadyExists, FailedPrecondition, ResourceExhausted,
         Unauthenticated, PermissionDenied, Unavailable, DeadlineExceeded, Cancelled, Internal,
-        Unimplemented,
+        Unimplemented, DataLoss,
     )
 }
 

@@ -26,6 +26,7 @@ import grpc
 from convergent.server.logs import request_id_var
 from convergent.server.rpc.auth import AUDITED, METHOD_ROLES, Principal
 from convergent.server.rpc.errors import status_for
+from convergent.server.storage.faults import domain_error
 from convergent.wire import REQUEST_ID_KEY
 
 if TYPE_CHECKING:
@@ -114,13 +115,17 @@ class Statuses(_Wrap):
         try:
             response = behaviour(request, context)
         except Exception as exc:  # noqa: BLE001 - every error is mapped, none escapes raw
-            code = status_for(exc)
+            fault = domain_error(exc)  # a full disk or a damaged file: the error it means
+            code = status_for(fault)
             elapsed_ms = (time.perf_counter() - started) * 1e3
             if code is grpc.StatusCode.INTERNAL:
                 if isinstance(exc, grpc.RpcError) or context.code() is not None:
                     raise  # already aborted (context.abort) or a cancelled stream
                 log.exception("%s failed after %.1f ms", name, elapsed_ms)
                 message = f"internal error; the server log has the details under request id {request_id_var.get()}"
+            elif fault is not exc:
+                log.error("%s -> %s after %.1f ms: storage fault: %s", name, code.name, elapsed_ms, exc)
+                message = str(fault)
             else:
                 log.info("%s -> %s after %.1f ms: %s", name, code.name, elapsed_ms, exc)
                 message = str(exc)
