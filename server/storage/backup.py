@@ -173,6 +173,7 @@ def _check_database(path: Path, what: str) -> tuple[str | None, dict[str, int]]:
         if "alembic_version" in tables:
             row = conn.execute("SELECT version_num FROM alembic_version").fetchone()
             revision = None if row is None else str(row[0])
+        _check_sums(path, what, revision)
         return revision, counts
     except sqlite3.DatabaseError as exc:  # "file is not a database", "database disk image is malformed"
         raise CorruptBackup(f"{what} is not a valid SQLite database: {exc}") from exc
@@ -192,6 +193,26 @@ def _temp_path(folder: Path, prefix: str, suffix: str = ".tmp") -> Iterator[Path
     finally:
         for side in ("", *_SIDE_FILES):
             _unlink(Path(f"{path}{side}"))
+
+
+def _check_sums(path: Path, what: str, revision: str | None) -> None:
+    """:class:`CorruptBackup` if the counts, id digests or checksums of a store at this release's
+    schema find damage (:func:`~convergent.server.storage.integrity.full_check`, read-only); an
+    older schema has no checksums yet (its migration adds them)."""
+    import sqlalchemy as sa
+
+    from convergent.server.storage.db import head_revision
+    from convergent.server.storage.integrity import full_check
+
+    if revision != head_revision():
+        return
+    engine = sa.create_engine("sqlite://", creator=lambda: sqlite3.connect(_sqlite_uri(path, "ro"), uri=True))
+    try:
+        damage = full_check(engine)
+    finally:
+        engine.dispose()
+    if damage:
+        raise CorruptBackup(f"{what} holds damaged data: {'; '.join(map(str, damage[:5]))}")
 
 
 # --------------------------------------------------------------------------- backup

@@ -193,3 +193,18 @@ def test_every_write_path_keeps_checksums_and_id_digests_true(tmp_path, rng):
             assert conn.execute(sa.text(f"SELECT * FROM {table} ORDER BY 1, 2, 3")).all() == rows, table
     assert store.check(full=True) == []
     store.close()
+
+
+def test_a_backup_of_a_damaged_store_is_refused(pristine, tmp_path):
+    from convergent.server.storage.backup import BackupError, backup_sqlite
+
+    path = _copy(pristine, tmp_path)
+    offset = None
+    rows = iter(range(N_ITEMS))
+    while offset is None:
+        offset = _vector_offset(path, pristine[1][next(rows)], "gallery_blocks")
+    backup_sqlite(path, tmp_path / "clean.tar")  # the same store before the flip backs up
+    _flip(path, offset, 3)
+    with pytest.raises(BackupError, match="holds damaged data: gallery 'g'"):
+        backup_sqlite(path, tmp_path / "damaged.tar")
+    assert not (tmp_path / "damaged.tar").exists()
