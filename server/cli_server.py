@@ -1,4 +1,4 @@
-"""Commands run on or for the server host: serve, health, backup, restore, keys, audit, example data, demo."""
+"""Commands run on or for the server host: serve, health, backup, check, restore, keys, audit, example data, demo."""
 
 from __future__ import annotations
 
@@ -24,7 +24,10 @@ def serve(
     port: Annotated[Optional[int], typer.Option(help="port; 0 picks a free one [50051]")] = None,
     data_dir: Annotated[Optional[Path], typer.Option(help="where the database lives [./convergent-data]")] = None,
     reflection: Annotated[Optional[bool], typer.Option("--reflection/--no-reflection", help="gRPC reflection")] = None,
-    workers: Annotated[Optional[int], typer.Option(help="RPC threads [8]")] = None,
+    workers: Annotated[Optional[int], typer.Option(help="RPC threads for unary calls (streams get --max-streams more) [8]")] = None,
+    max_streams: Annotated[Optional[int], typer.Option(help="streaming calls open at once [64]")] = None,
+    max_streams_per_client: Annotated[Optional[int], typer.Option(help="streaming calls open at once per client connection [8]")] = None,
+    stream_idle_seconds: Annotated[Optional[float], typer.Option(help="end a request stream silent this long [30]")] = None,
     max_message_bytes: Annotated[Optional[int], typer.Option(help="max gRPC message size, both directions [64 MiB]")] = None,
     log_level: Annotated[Optional[str], typer.Option(help="DEBUG, INFO, WARNING, ERROR")] = None,
     log_format: Annotated[Optional[str], typer.Option(help="text or json")] = None,
@@ -39,6 +42,11 @@ def serve(
     device: Annotated[Optional[str], typer.Option(help="cpu, cuda or auto: where fits and exact search run [cpu]")] = None,
     gallery_backend: Annotated[Optional[str], typer.Option(help="local or milvus: where gallery indexes live [local]")] = None,
     milvus_uri: Annotated[Optional[str], typer.Option(help="Milvus URI or milvus-lite .db file [DATA_DIR/milvus.db]")] = None,
+    allow_damaged: Annotated[Optional[bool], typer.Option(
+        "--allow-damaged/--refuse-damaged",
+        help="serve a store the start-up check finds damaged; its damaged objects answer DATA_LOSS [refuse]")] = None,
+    startup_check: Annotated[Optional[str], typer.Option(
+        help="full (every checksum, ~3 s per GB) or quick (structure and counts) check of the store at start [full]")] = None,
 ) -> None:
     """Run the gRPC server until SIGTERM/SIGINT (settings also from CONVERGENT_* variables)."""
     from pydantic import ValidationError
@@ -55,7 +63,10 @@ def serve(
         "require_auth": require_auth, "bootstrap_keys_file": bootstrap_keys_file, "tls_cert": tls_cert,
         "tls_key": tls_key, "tls_client_ca": tls_client_ca, "max_vectors_per_tenant": max_vectors_per_tenant,
         "metrics_port": metrics_port, "database_url": database_url, "device": device,
-        "gallery_backend": gallery_backend, "milvus_uri": milvus_uri,
+        "gallery_backend": gallery_backend, "milvus_uri": milvus_uri, "allow_damaged": allow_damaged,
+        "startup_check": startup_check,
+        "max_streams": max_streams, "max_streams_per_client": max_streams_per_client,
+        "stream_idle_seconds": stream_idle_seconds,
     }
     try:
         settings = ServerSettings(**{k: v for k, v in flags.items() if v is not None})
@@ -106,6 +117,43 @@ def backup(
     rows = ", ".join(f"{t}={n}" for t, n in sorted(info.tables.items()))
     verb = "verified" if verify_only else "wrote"
     typer.echo(f"{verb} {info.path} ({info.size_bytes} bytes; schema {info.alembic_revision}; sha256 {info.sha256[:12]}…): {rows}")
+
+
+@app.command()
+def check(
+    data_dir: Annotated[Path, typer.Option(envvar="CONVERGENT_DATA_DIR", help="the server's data folder")] = Path("./convergent-data"),
+    database_url: Annotated[Optional[str], typer.Option(help="check this database instead (e.g. postgresql://…)")] = None,
+) -> None:
+    """Check a store for damage, offline: the database's own integrity check, every count against
+    its records and the checksum of every stored vector block. Exit 0: none found; 1: damaged."""
+    import time
+
+    from convergent.server.storage import backup as backups
+    from convergent.server.storage import db
+    from convergent.server.storage.integrity import full_check, inventory
+
+    if database_url is None:
+        path = backups.database_path(data_dir)
+        if not path.is_file():
+            _fail(f"no database at {path}: is --data-dir the folder `convergent serve --data-dir` was given?")
+        database_url = f"sqlite:///{path}"
+    engine = db.create_engine(database_url)
+    try:
+        if db.current_revision(engine) != db.head_revision():
+            _fail(f"the store is at schema {db.current_revision(engine)}, this convergent checks {db.head_revision()}: "
+                  "start `convergent serve` on it once (it migrates and adds the checksums), then check it")
+        started = time.perf_counter()
+        damage = full_check(engine)
+        counts = inventory(engine)
+    finally:
+        engine.dispose()
+    checked = ", ".join(f"{n} {what}" for what, n in counts.items())
+    for finding in damage:
+        typer.echo(f"DAMAGED  {finding}")
+    verdict = f"{len(damage)} findings" if damage else "no damage found"
+    typer.echo(f"checked {engine.url.render_as_string(hide_password=True)} in {time.perf_counter() - started:.1f} s "
+               f"({checked}): {verdict}")
+    raise typer.Exit(code=1 if damage else 0)
 
 
 @app.command()

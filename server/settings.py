@@ -20,7 +20,16 @@ class ServerSettings(BaseSettings):
     port: int = Field(50051, ge=0, le=65535, description="0 picks a free port")
     data_dir: Path = Path("./convergent-data")
     reflection: bool = False
-    workers: int = Field(8, ge=1, le=256, description="threads serving RPCs")
+    workers: int = Field(8, ge=1, le=256, description="threads serving unary RPCs (streams get max_streams more)")
+    max_streams: int = Field(
+        64, ge=1, le=1024, description="streaming calls (uploads, enrolls, watches) open at once; more: RESOURCE_EXHAUSTED"
+    )
+    max_streams_per_client: int = Field(
+        8, ge=1, le=1024, description="streaming calls open at once on one client connection; more: RESOURCE_EXHAUSTED"
+    )
+    stream_idle_seconds: float = Field(
+        30.0, gt=0, le=86400, description="a request stream that sends no message for this long is ended (DEADLINE_EXCEEDED)"
+    )
     max_receive_message_bytes: int = Field(64 * MiB, ge=1 * MiB, le=1024 * MiB)
     max_send_message_bytes: int = Field(64 * MiB, ge=1 * MiB, le=1024 * MiB)
     max_vectors_per_message: int = Field(65536, ge=1)
@@ -65,6 +74,12 @@ class ServerSettings(BaseSettings):
     )
     database_url: str | None = Field(
         None, description="SQLAlchemy URL; default: SQLite file convergent.sqlite3 in data_dir"
+    )
+    allow_damaged: bool = Field(
+        False, description="serve a store whose start-up check found damage (the damaged objects answer DATA_LOSS)"
+    )
+    startup_check: Literal["full", "quick"] = Field(
+        "full", description="start-up check of the store: full (every checksum; ~3 s per GB) or quick (structure and counts)"
     )
 
     @model_validator(mode="after")

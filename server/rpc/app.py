@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 from concurrent import futures
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from convergent.server.rpc.servicers import (
     ModelServicer,
     TenantServicer,
 )
+from convergent.server.rpc.streams import StreamGuard
 from convergent.server.settings import ServerSettings
 from convergent.server.storage import open_store
 from convergent.server.storage.protocols import Store
@@ -84,10 +86,12 @@ class ConvergentServer:
             ("grpc.so_reuseport", 0),
         ]
         own_methods = [m.name for service in SERVICE_DESCRIPTORS for m in service.methods]
+        # Streams hold a thread each (at most max_streams of them): `workers` stay for unary calls.
+        self.streams = StreamGuard(settings.max_streams, settings.max_streams_per_client, settings.stream_idle_seconds)
         self._server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="rpc"),
+            futures.ThreadPoolExecutor(max_workers=settings.workers + settings.max_streams, thread_name_prefix="rpc"),
             options=options,
-            interceptors=interceptors(self._backend, self.metrics, own_methods),
+            interceptors=[self.streams, *interceptors(self._backend, self.metrics, own_methods)],
         )
         models_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(self._backend), self._server)
         anchors_pb2_grpc.add_AnchorServiceServicer_to_server(AnchorServicer(self._backend), self._server)
@@ -145,6 +149,7 @@ class ConvergentServer:
         security = "mTLS" if s.tls_client_ca else "TLS" if s.tls_cert else "plaintext"
         log.info("listening on %s (%s, API keys %s)", self.address, security, "required" if s.auth_enabled() else "off")
         self.store = open_store(s.resolved_database_url())
+        self._check_store(self.store)
         alignment = Alignment(self.store, s)
         bootstrap = load_bootstrap_keys(s.bootstrap_keys_file) if s.bootstrap_keys_file else None
         authenticator = Authenticator(s.auth_enabled(), self.store.keys, bootstrap)
@@ -157,6 +162,29 @@ class ConvergentServer:
         self._set_health(health_pb2.HealthCheckResponse.SERVING)
         log.info("storage open (%s); serving", self.store.describe())
         return self.port
+
+    def _check_store(self, store: Store) -> None:
+        """The start-up check (``startup_check``: :func:`~convergent.server.storage.integrity.full_check`
+        or ``quick_check``): damage is logged, and refused (:class:`StartupError`) unless
+        ``allow_damaged``; then the damaged objects answer DATA_LOSS and the rest is served."""
+        started = time.perf_counter()
+        damage = store.check(full=self.settings.startup_check == "full")
+        log.info("%s start-up check of the store: %d findings in %.2f s", self.settings.startup_check, len(damage),
+                 time.perf_counter() - started)
+        for finding in damage:
+            log.error("damaged: %s", finding)
+        if damage and not self.settings.allow_damaged:
+            store.close()
+            self._server.stop(0)
+            shown = "; ".join(str(d) for d in damage[:3]) + (f"; and {len(damage) - 3} more" if len(damage) > 3 else "")
+            raise StartupError(
+                f"the store is damaged: {shown}. Run `convergent check --data-dir DIR` for the whole report and restore "
+                "from a backup (`convergent restore`), or start with --allow-damaged to serve the rest (the damaged "
+                "objects answer DATA_LOSS)"
+            )
+        if damage:
+            log.warning("serving a damaged store (--allow-damaged): %d damaged objects answer DATA_LOSS", len(damage))
+            store.serve_damaged(damage)
 
     def stop(self, grace: float | None = None) -> None:
         """NOT_SERVING, let in-flight RPCs finish within ``grace`` seconds, close storage."""
