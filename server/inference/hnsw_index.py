@@ -32,6 +32,10 @@ def _faiss():
 class HnswIndex:
     """Approximate top-k by inner product: faiss ``IndexHNSWFlat`` with METRIC_INNER_PRODUCT.
 
+    Vectors are inserted one at a time in the order given (faiss inserts a batch level by level,
+    shuffled, on several threads), so the graph is a function of the sequence of vectors added:
+    adding them in several calls or in one, on any number of threads, builds the same graph and
+    gives the same answers (a rebuild from storage answers as the index it replaces).
     Removal marks a label deleted (searches skip it through a bitmap ``IDSelector``); when
     more than ``max_deleted_fraction`` of the graph is deleted the graph is rebuilt from the
     live vectors. A query with fewer hits than k is padded with id "" and score -inf.
@@ -84,7 +88,9 @@ class HnswIndex:
         if not ids:
             return
         start = len(self._labels)
-        self._index.add(X)
+        X = np.ascontiguousarray(X, dtype=np.float32)
+        for row in range(len(X)):  # one at a time: see the class docstring
+            self._index.add(X[row : row + 1])
         self._labels.extend(ids)
         self._live = np.concatenate([self._live, np.ones(len(ids), dtype=bool)])
         self._pos.update(zip(ids, range(start, start + len(ids))))

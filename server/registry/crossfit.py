@@ -6,6 +6,10 @@ cosines near 1, a TAR far above what unseen subjects get). Here the calibration 
 split into ``FOLDS`` folds and each fold is mapped by the fit's method refitted on the pair's
 statistics minus that fold (the chosen hyper-parameters kept; ``auto`` refits its chosen
 candidate), so each mapped anchor comes from a map that never saw it.
+
+Everything a cached answer reads of a fit's anchors is pinned to what the fit was fitted on
+(:func:`fit_pairs_version`): the pairs written at or before the fit's data version, so anchors
+uploaded later change no answer of the fit, before or after a restart, on any replica.
 """
 
 from __future__ import annotations
@@ -17,7 +21,6 @@ import numpy as np
 from convergent.server.records import FitRecord, ModelRecord
 
 FOLDS = 5
-RETRIES = 3  # re-reads when anchors are written between the statistics and the pairs
 
 
 @dataclass(frozen=True)
@@ -32,14 +35,36 @@ class CalibrationAnchors:
     mapped: np.ndarray
     source: np.ndarray
     target: np.ndarray
+    version: int = 0  # fit_pairs_version of the read
 
 
-def sample_pairs(reader, max_anchors: int, seed: int = 0) -> tuple[list[str], np.ndarray, np.ndarray]:  # noqa: ANN001
-    """Up to ``max_anchors`` pairs of a pair reader, a seeded uniform sample: (ids, X, Y)."""
-    ids = reader.pair_ids()
+def fit_pairs_version(version, record: FitRecord) -> int:  # noqa: ANN001 - a SetVersionLike
+    """What the stored pairs of ``record``'s fit (those written at or before its data version)
+    are as of, for cache keys: 0 while they are all stored as fitted; after a delete, overwrite
+    or erasure in the set since the fit, the set's version of that change (the fit's surviving
+    pairs are used then, so the answer stays a function of what is stored)."""
+    return int(version.rewritten_version) if version.rewritten_version > record.data_version else 0
+
+
+def sample_pairs(reader, max_anchors: int, seed: int = 0,  # noqa: ANN001
+                 written_at_most: int | None = None) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Up to ``max_anchors`` pairs of a pair reader (``written_at_most``: those written at that
+    data version or before), a seeded uniform sample: (ids, X, Y)."""
+    ids = reader.pair_ids(written_at_most=written_at_most)
     rng = np.random.default_rng(seed)
     chosen = sorted(rng.choice(len(ids), size=min(len(ids), max_anchors), replace=False)) if ids else []
     return reader.pairs_by_id([ids[i] for i in chosen])
+
+
+def fit_stats(reader, record: FitRecord, src: ModelRecord, tgt: ModelRecord, device: str = "cpu"):  # noqa: ANN001, ANN201
+    """Full statistics of the fit's stored pairs (written at or before its data version), read
+    in one pass in storage order: the same sums, to the bit, whenever and wherever they are read."""
+    from convergent.server.align import PairedStats
+
+    stats = PairedStats.empty(src.dim, tgt.dim)
+    for _, X, Y in reader.iter_pairs(written_at_most=record.data_version):
+        stats.update(X, Y, device=device)
+    return stats
 
 
 def refit_method(record: FitRecord) -> str:
@@ -91,24 +116,22 @@ def _refit(record: FitRecord, stats, src: ModelRecord, tgt: ModelRecord, pairs=N
 
 def calibration_anchors(alignment, tenant: str, record: FitRecord, src: ModelRecord, tgt: ModelRecord,  # noqa: ANN001
                         max_anchors: int, seed: int = 0, groups=None) -> CalibrationAnchors:  # noqa: ANN001
-    """The out-of-fold calibration anchors of ``record`` (src -> tgt), from one consistent read.
+    """The out-of-fold calibration anchors of ``record`` (src -> tgt) among the pairs it was
+    fitted on (:func:`fit_stats`), from one consistent read.
     ``groups(X, Y) -> (n,) int``: anchors of one group (one subject's photos) share a fold, so the
     refit that maps an anchor never saw its subject either."""
-    from convergent.server.errors import FailedPrecondition, Unavailable
+    from convergent.server.errors import FailedPrecondition
 
-    for _ in range(RETRIES):
-        snap = alignment.snapshot(tenant, record.anchor_set, src, tgt, seed=0)
-        with alignment.store.read_pairs(tenant, record.anchor_set, src, tgt) as reader:
-            if reader.version().data_version != snap.data_version:
-                continue  # anchors arrived in between: the statistics would not hold these pairs
-            ids, X, Y = sample_pairs(reader, max_anchors, seed)
-            n_train = _trains_on_pairs(record)
-            train = sample_pairs(reader, n_train, seed + 1) if n_train else None
-        break
-    else:
-        raise Unavailable(f"anchor set {record.anchor_set!r} is being written: try verify again")
-    if len(ids) < 2 * FOLDS:
-        raise FailedPrecondition(f"anchor set {record.anchor_set!r} has {len(ids)} pairs left: too few to calibrate on")
+    pinned = record.data_version
+    with alignment.store.read_pairs(tenant, record.anchor_set, src, tgt) as reader:
+        version = fit_pairs_version(reader.version(), record)
+        ids, X, Y = sample_pairs(reader, max_anchors, seed, written_at_most=pinned)
+        n_train = _trains_on_pairs(record)
+        train = sample_pairs(reader, n_train, seed + 1, written_at_most=pinned) if n_train else None
+        stats = fit_stats(reader, record, src, tgt, alignment.device) if len(ids) >= 2 * FOLDS else None
+    if stats is None:
+        raise FailedPrecondition(f"anchor set {record.anchor_set!r} has {len(ids)} of the pairs fit {record.id!r} was fitted "
+                                 f"on left: too few to calibrate on")
     if groups is None:
         fold = np.random.default_rng(seed).permutation(len(ids)) % FOLDS
     else:
@@ -122,6 +145,6 @@ def calibration_anchors(alignment, tenant: str, record: FitRecord, src: ModelRec
             left_out = {ids[i] for i in np.flatnonzero(rows)}
             keep = np.array([i not in left_out for i in train[0]], dtype=bool)
             pairs = (train[1][keep], train[2][keep])
-        transform = _refit(record, snap.stats.copy().subtract(X[rows], Y[rows]), src, tgt, pairs)
+        transform = _refit(record, stats.copy().subtract(X[rows], Y[rows]), src, tgt, pairs)
         mapped[rows] = np.asarray(transform(X[rows]), dtype=np.float32)
-    return CalibrationAnchors(ids=list(ids), mapped=mapped, source=X, target=Y)
+    return CalibrationAnchors(ids=list(ids), mapped=mapped, source=X, target=Y, version=version)

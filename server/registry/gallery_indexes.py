@@ -92,8 +92,14 @@ class LocalIndexes(_PerGallery):
                   added: np.ndarray | None = None, removed_ids: list[str] | None = None) -> None:
         """Apply a committed change (the gallery is now at ``version``; the caller holds the
         lock) if the index held the version before; otherwise it missed another replica's
-        change and is rebuilt on next use."""
+        change and is rebuilt on next use. A removal from an HNSW index drops it too (rebuilt on
+        next use): its graph would keep the removed items as waypoints, which a rebuild from
+        storage (a restart, another replica) lacks, and answer differently."""
         entry = self._entry(tenant, name)
+        from convergent.server.inference import HnswIndex
+
+        if removed_ids and isinstance(entry.index, HnswIndex):
+            entry.index = None  # rebuilt on next use, as a restart builds it
         if entry.index is not None and entry.version == version - 1:
             if added_ids:
                 entry.index.add(added_ids, unit(added))

@@ -1,10 +1,15 @@
 """CSLS scoring for identify (see :mod:`convergent.server.inference.csls`): the reference
 neighbourhoods of a route and the hubness-corrected gallery indexes, cached in memory.
 
-A route's references are up to ``CSLS_ANCHORS`` anchors of its fit's set (seeded sample): the
-gallery model's own vectors (for r_T of the probes) and the probe model's vectors mapped through
-the route (for r_S of the gallery items). r_S of every gallery item is computed once per
-(gallery version, route) and kept in memory (rebuilt from the stored items after a restart):
+A route's references are up to ``CSLS_ANCHORS`` anchors (seeded sample) of the pairs its fit was
+fitted on (written at or before the fit's data version: anchors uploaded later change nothing,
+:mod:`.crossfit`): the gallery model's own vectors (for r_T of the probes) and the probe model's
+vectors mapped through the route (for r_S of the gallery items). Cached per fit, probe model and
+:func:`~.crossfit.fit_pairs_version` (a delete, overwrite or erasure in the set since the fit
+takes the fit's surviving pairs), so the references are a function of stored state: the same
+before and after a restart and on every replica. r_S of every gallery item is computed once per
+(gallery version, references) and kept in memory (rebuilt from the stored items after a restart,
+to the same bits: :func:`penalties`):
 
 * local exact galleries keep it in an augmented exact index [y, -r_S/2], so a query costs one
   search with one extra dimension;
@@ -32,9 +37,11 @@ from convergent.server.records import FitRecord, GalleryRecord, ModelRecord
 
 if TYPE_CHECKING:
     from convergent.server.inference import ExactIndex, HnswIndex
+    from convergent.server.storage.protocols import SetVersionLike
 
 CSLS_ANCHORS = 2000
 KEPT = 16  # routes' references and corrected indexes kept (LRU)
+BLOCK = 4096  # rows of V per product in penalties
 
 
 def rerank_depth(k: int, size: int) -> int:
@@ -44,11 +51,25 @@ def rerank_depth(k: int, size: int) -> int:
     return min(size, max(3 * k, 30))
 
 
+def penalties(V: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """:func:`~convergent.server.inference.csls.neighbourhood_mean` of unit rows V (m, d), each
+    row's value the same to the bit whether V holds it alone or among others: BLAS takes another
+    path for a single row (matrix-vector), rounded differently, so a lone row is computed as one
+    of two (an item enrolled alone gets the r_S it gets in a rebuild of the whole gallery)."""
+    from convergent.server.inference.csls import neighbourhood_mean
+
+    if len(V) % BLOCK != 1:
+        return neighbourhood_mean(V, reference, block=BLOCK)
+    last = neighbourhood_mean(np.vstack([V[-1:], V[-1:]]), reference, block=BLOCK)[:1]
+    return np.concatenate([neighbourhood_mean(V[:-1], reference, block=BLOCK), last])
+
+
 @dataclass(frozen=True)
 class References:
     target: np.ndarray  # (r, d_gallery) unit: anchors as the gallery model embedded them
     mapped: np.ndarray  # (r, d_gallery) unit: the same anchors of the probe model, mapped
     source: np.ndarray | None = None  # (r, d_probe) unit: the anchors as the probe model embedded them
+    key: str = ""  # fit id / probe model / fit_pairs_version: what they were read from
 
 
 @dataclass
@@ -76,26 +97,51 @@ class Hubness:
         self.store, self.alignment = store, alignment
         self._references: OrderedDict[str, References] = OrderedDict()
         self._indexes: OrderedDict[tuple, CorrectedIndex] = OrderedDict()
+        self._versions: OrderedDict[tuple[str, str], SetVersionLike] = OrderedDict()
         self._lock = threading.Lock()
         self.builds = 0  # corrected indexes built (for tests and metrics)
 
-    def references(self, tenant: str, fit: FitRecord, src: ModelRecord, tgt: ModelRecord) -> References:
-        """The route's reference neighbourhoods (fits are immutable: cached by fit id and probe model)."""
-        from convergent.server.inference import normalize_rows
+    def set_version(self, tenant: str, anchor_set: str, src: ModelRecord, tgt: ModelRecord) -> SetVersionLike:
+        """The set's data and rewritten versions as stored now: one small read per call (the data
+        version); the pair reader (which checks the id index) only when the data version moved."""
+        data_version = self.store.anchor_set_version(tenant, anchor_set)
+        with self._lock:
+            seen = self._versions.get((tenant, anchor_set))
+        if seen is not None and seen.data_version == data_version:
+            return seen
+        with self.store.read_pairs(tenant, anchor_set, src, tgt) as reader:
+            seen = reader.version()
+        with self._lock:
+            self._versions[(tenant, anchor_set)] = seen
+            while len(self._versions) > 4 * KEPT:
+                self._versions.popitem(last=False)
+        return seen
 
-        key = f"{fit.id}/{src.name}"
+    def pairs_version(self, tenant: str, fit: FitRecord, src: ModelRecord, tgt: ModelRecord) -> int:
+        """:func:`~.crossfit.fit_pairs_version` of ``fit`` as stored now (see :meth:`set_version`)."""
+        from convergent.server.registry.crossfit import fit_pairs_version
+
+        return fit_pairs_version(self.set_version(tenant, fit.anchor_set, src, tgt), fit)
+
+    def references(self, tenant: str, fit: FitRecord, src: ModelRecord, tgt: ModelRecord) -> References:
+        """The route's reference neighbourhoods, from the pairs the fit was fitted on (the sample
+        once per fit and version of its pairs, :meth:`pairs_version`)."""
+        from convergent.server.inference import normalize_rows
+        from convergent.server.registry.crossfit import fit_pairs_version, sample_pairs
+
+        key = f"{fit.id}/{src.name}/{self.pairs_version(tenant, fit, src, tgt)}"
         with self._lock:
             cached = self._references.get(key)
         if cached is not None:
             return cached
-        from convergent.server.registry.crossfit import sample_pairs
-
         with self.store.read_pairs(tenant, fit.anchor_set, src, tgt) as reader:
-            _, X, Y = sample_pairs(reader, CSLS_ANCHORS)
+            key = f"{fit.id}/{src.name}/{fit_pairs_version(reader.version(), fit)}"  # of this read
+            _, X, Y = sample_pairs(reader, CSLS_ANCHORS, written_at_most=fit.data_version)
         if len(X) < 2:
-            raise FailedPrecondition(f"anchor set {fit.anchor_set!r} has too few pairs left for CSLS scoring")
+            raise FailedPrecondition(f"anchor set {fit.anchor_set!r} has {len(X)} of the pairs fit {fit.id!r} was fitted on "
+                                     f"left: too few for CSLS scoring")
         refs = References(target=normalize_rows(Y), mapped=normalize_rows(self.alignment.map_prepared(tenant, fit, X, src, tgt)),
-                          source=normalize_rows(X))
+                          source=normalize_rows(X), key=key)
         with self._lock:
             self._references[key] = refs
             while len(self._references) > KEPT:
@@ -111,7 +157,7 @@ class Hubness:
         if not entries:
             return
         from convergent.server.inference import normalize_rows
-        from convergent.server.inference.csls import augment_gallery, neighbourhood_mean
+        from convergent.server.inference.csls import augment_gallery
 
         for key, corrected in entries:
             if corrected.version != version - 1:
@@ -120,7 +166,7 @@ class Hubness:
                 continue
             if added_ids:
                 G = normalize_rows(added)
-                r_S = neighbourhood_mean(G, corrected.references.mapped)
+                r_S = penalties(G, corrected.references.mapped)
                 if corrected.index is not None:
                     corrected.index.add(added_ids, augment_gallery(G, r_S))
                 corrected.penalty.update(zip(added_ids, r_S.tolist()))
@@ -141,9 +187,10 @@ class Hubness:
     def corrected_index(self, tenant: str, gallery: GalleryRecord, model: ModelRecord, refs: References,
                         route_key: str, device: str = "cpu", *, with_index: bool = True) -> CorrectedIndex:
         """The gallery's items' r_S, at the gallery's version (or newer), with an augmented
-        index of them (``with_index``; without: the table alone, for re-ranking)."""
+        index of them (``with_index``; without: the table alone, for re-ranking). ``route_key``
+        names the references (:attr:`References.key`)."""
         from convergent.server.inference import ExactIndex, HnswIndex, normalize_rows
-        from convergent.server.inference.csls import augment_gallery, neighbourhood_mean
+        from convergent.server.inference.csls import augment_gallery
 
         key = (tenant, gallery.name, gallery.created_at, route_key, with_index)
         with self._lock:
@@ -154,7 +201,7 @@ class Hubness:
                 return cached
         version, ids, vectors = self.store.galleries.items(tenant, gallery.name, model.dim)
         G = normalize_rows(vectors) if ids else np.zeros((0, model.dim), np.float32)
-        r_S = neighbourhood_mean(G, refs.mapped) if ids else np.zeros(0, np.float32)
+        r_S = penalties(G, refs.mapped) if ids else np.zeros(0, np.float32)
         index: ExactIndex | HnswIndex | None = None
         if with_index:
             if gallery.index_kind == "exact":

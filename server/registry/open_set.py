@@ -12,6 +12,10 @@ subjects are not detected only the partner is left out, and a CSLS threshold can
 repeated subjects, :mod:`..inference.repeats`; 0.999 — a copy — when the anchors show no
 repeats) are left out, as verification leaves out anchor pairs of one subject. Measured on LFW
 (benchmarks/lfw.py): FPIR achieved vs requested.
+
+The anchors are the pairs the fit was fitted on (:mod:`.crossfit`), kept per fit and version of
+those pairs (:func:`~.crossfit.fit_pairs_version`); a threshold per route, scoring, direction,
+gallery version and those versions: a function of stored state, whenever and wherever computed.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from convergent.server.records import FitRecord, ModelRecord
 OPEN_SET_ANCHORS = 20_000  # anchors searched for the unlabeled calibration
 COPY_COSINE = 0.999        # an anchor this close to an enrolled item is that item
 KEPT = 16
+KEPT_ANCHORS = 4  # fits' calibration searches kept (LRU; up to OPEN_SET_ANCHORS rows each)
 
 # search(Q (n, d_g) unit mapped, P (n, d_p) unit native, r_Q, r_P) -> top-1 scores (n,)
 Search = Callable[[np.ndarray, np.ndarray, "np.ndarray | None", "np.ndarray | None"], np.ndarray]
@@ -93,24 +98,35 @@ def subject_groups(source: np.ndarray, target: np.ndarray, bounds: SameSubject) 
     return connected_components(graph, directed=False)[1]
 
 
+@dataclass(frozen=True)
+class Searches:
+    """One anchor of each subject of a fit's calibration anchors, row i the same anchor in each:
+    Q (m, d_g) mapped out of fold, P (m, d_p) and T (m, d_g) native, all unit."""
+
+    Q: np.ndarray
+    P: np.ndarray
+    T: np.ndarray
+    bounds: SameSubject
+    n_photos: int  # calibration anchors they were picked from
+    version: int   # fit_pairs_version of the read
+
+
 class OpenSet:
     def __init__(self, alignment, hubness) -> None:  # noqa: ANN001
         self.alignment, self.hubness = alignment, hubness
         self._cache: OrderedDict[tuple, NonMated] = OrderedDict()
+        self._searches: OrderedDict[tuple, Searches] = OrderedDict()
         self._lock = threading.Lock()
 
-    def from_anchors(self, tenant: str, key: tuple, fit: FitRecord, reverse: FitRecord | None, probe_model: ModelRecord,
-                     gallery_model: ModelRecord, csls: bool, native_top1: Callable[[np.ndarray], np.ndarray],
-                     search: Search) -> NonMated:
-        """The route's anchors searched as non-mated probes (cached under ``key``: route, scoring,
-        direction and gallery version). ``native_top1`` (m, d_g) -> (m,): each anchor's cosine
-        to its nearest item in the gallery's own space."""
+    def searches(self, tenant: str, fit: FitRecord, probe_model: ModelRecord, gallery_model: ModelRecord,
+                 version: int) -> Searches:
+        """The fit's calibration searches (:class:`Searches`), cached per fit and ``version`` of its pairs."""
         from convergent.server.inference import normalize_rows
-        from convergent.server.inference.open_set import neighbourhood_mean_excluding
-        from convergent.server.registry.crossfit import FOLDS, calibration_anchors
+        from convergent.server.registry.crossfit import calibration_anchors
 
+        key = (tenant, fit.id, probe_model.name, version)
         with self._lock:
-            cached = self._cache.get(key)
+            cached = self._searches.get(key)
         if cached is not None:
             return cached
         found: dict = {}
@@ -124,14 +140,38 @@ class OpenSet:
 
         anchors = calibration_anchors(self.alignment, tenant, fit, probe_model, gallery_model, OPEN_SET_ANCHORS,
                                       groups=subjects)
-        bounds, group = found["bounds"], found["groups"]  # row i of anchors is row i of the groups
+        group = found["groups"]  # row i of anchors is row i of the groups
         # one search per subject: photos of one subject are not independent searches, and counting
         # them as such would resolve an FPIR from far fewer subjects than the count says
         order = np.random.default_rng(0).permutation(len(group))
         _, pick = np.unique(group[order], return_index=True)
         one = np.sort(order[pick])
         Q, P, T = (normalize_rows(a[one]) for a in (anchors.mapped, anchors.source, anchors.target))
-        n_photos = len(group)
+        built = Searches(Q, P, T, found["bounds"], len(group), anchors.version)
+        with self._lock:
+            self._searches[(*key[:3], anchors.version)] = built
+            while len(self._searches) > KEPT_ANCHORS:
+                self._searches.popitem(last=False)
+        return built
+
+    def from_anchors(self, tenant: str, key: tuple, fit: FitRecord, reverse: FitRecord | None, probe_model: ModelRecord,
+                     gallery_model: ModelRecord, csls: bool, native_top1: Callable[[np.ndarray], np.ndarray],
+                     search: Search) -> NonMated:
+        """The route's anchors searched as non-mated probes (cached under ``key``: route, scoring,
+        direction and gallery version, with the versions of the fits' pairs). ``native_top1``
+        (m, d_g) -> (m,): each anchor's cosine to its nearest item in the gallery's own space."""
+        from convergent.server.inference.open_set import neighbourhood_mean_excluding
+        from convergent.server.registry.crossfit import FOLDS
+
+        version = self.hubness.pairs_version(tenant, fit, probe_model, gallery_model)
+        back_version = self.hubness.pairs_version(tenant, reverse, gallery_model, probe_model) if reverse else 0
+        key = (*key, version, back_version)
+        with self._lock:
+            cached = self._cache.get(key)
+        if cached is not None:
+            return cached
+        anchors = self.searches(tenant, fit, probe_model, gallery_model, version)
+        Q, P, T, bounds, n_photos = anchors.Q, anchors.P, anchors.T, anchors.bounds, anchors.n_photos
         keep = native_top1(T) < bounds.enrolled
         why = bounds.reason
         r_Q = r_P = None
@@ -146,7 +186,7 @@ class OpenSet:
         top1 = search(Q[keep], P[keep], r_Q, r_P)
         excluded = int(np.count_nonzero(~keep))
         population = (f"{len(top1)} anchors of set {fit.anchor_set!r} searched as non-mated probes (one of each of the "
-                      f"{len(one)} subjects among {n_photos} anchors), each mapped by a {FOLDS}-fold refit that never saw "
+                      f"{len(Q)} subjects among {n_photos} anchors), each mapped by a {FOLDS}-fold refit that never saw "
                       f"it nor the anchors that look like its subject; {excluded} left out as probably enrolled ({why})")
         result = NonMated(top1, "anchors", population, excluded)
         with self._lock:

@@ -174,7 +174,8 @@ class Searching(Routed):
                 f"scoring='csls' needs a route through a map: {probe_model.name!r} is the gallery's own model "
                 f"(the route's anchors are CSLS's reference neighbourhoods); use scoring='cosine'"
             )
-        return self.hubness.references(tenant, fit, probe_model, gallery_model), f"{fit.id}/{probe_model.name}"
+        refs = self.hubness.references(tenant, fit, probe_model, gallery_model)
+        return refs, refs.key
 
     def _corrected(self, tenant: str, gallery: GalleryRecord, gallery_model: ModelRecord, refs, route_key: str,  # noqa: ANN001, ANN202
                    with_index: bool | None = None):

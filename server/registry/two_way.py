@@ -61,7 +61,12 @@ class TwoWay:
         from convergent.server.inference import normalize_rows
         from convergent.server.inference.csls import neighbourhood_mean
 
-        key = (tenant, gallery.name, gallery.created_at, forward.id, reverse.id, csls)
+        forward_refs = reverse_refs = None
+        if csls:  # the references name what they were read from (a fit's pairs may lose some: :mod:`.hubness`)
+            forward_refs = self.hubness.references(tenant, forward, probe_model, gallery_model)
+            reverse_refs = self.hubness.references(tenant, reverse, gallery_model, probe_model)
+        key = (tenant, gallery.name, gallery.created_at, forward.id, reverse.id, csls,
+               forward_refs.key if forward_refs else "", reverse_refs.key if reverse_refs else "")
         with self._lock:
             cached = self._copies.get(key)
         if cached is not None and cached.version >= gallery.version:
@@ -73,9 +78,7 @@ class TwoWay:
                                  np.zeros((0, probe_model.dim), np.float32), empty, empty)
         native = normalize_rows(vectors)
         mapped = normalize_rows(self.alignment.map_prepared(tenant, reverse, vectors, gallery_model, probe_model))
-        if csls:
-            forward_refs = self.hubness.references(tenant, forward, probe_model, gallery_model)
-            reverse_refs = self.hubness.references(tenant, reverse, gallery_model, probe_model)
+        if forward_refs is not None and reverse_refs is not None:
             r_native = neighbourhood_mean(native, forward_refs.mapped)
             r_mapped = neighbourhood_mean(mapped, reverse_refs.target)
         else:
@@ -92,14 +95,16 @@ class TwoWay:
         """(score in both spaces?, why): :func:`held_out_top1` of the fits' anchors, each mapped
         both ways by refits that never saw it; "both" unless "forward" retrieves better by more than
         one standard error of the difference (the one-standard-error rule: Hastie, Tibshirani and
-        Friedman, *Elements of Statistical Learning*, 7.10; small anchor sets flip otherwise). Cached
-        per fit pair (fits are immutable); too few anchors to judge, or anchors being written:
-        "both", and the reason says so (not cached)."""
+        Friedman, *Elements of Statistical Learning*, 7.10; small anchor sets flip otherwise). Judged
+        on the pairs the fits were fitted on (:mod:`.crossfit`), cached per fit pair and versions of
+        those pairs; too few anchors to judge, or anchors being written: "both", and the reason
+        says so (not cached)."""
         from convergent.server.errors import FailedPrecondition, Unavailable
         from convergent.server.inference import normalize_rows
         from convergent.server.registry.crossfit import calibration_anchors
 
-        key = (tenant, forward.id, reverse.id)
+        key = (tenant, forward.id, reverse.id, self.hubness.pairs_version(tenant, forward, probe_model, gallery_model),
+               self.hubness.pairs_version(tenant, reverse, gallery_model, probe_model))
         with self._lock:
             cached = self._judged.get(key)
         if cached is not None:

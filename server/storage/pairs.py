@@ -35,8 +35,11 @@ def set_version(conn: sa.Connection, tenant: str, anchor_set: str) -> SetVersion
     return SetVersion(0, 0) if row is None else SetVersion(int(row[0]), int(row[1]))
 
 
-def _pair_query(tenant: str, anchor_set: str, source: str, target: str) -> tuple[sa.Select, sa.Alias, sa.Alias]:
-    """(id, source block, source slot, target block, target slot) of every pair, joined on the id index."""
+def _pair_query(tenant: str, anchor_set: str, source: str, target: str,
+                written_at_most: int | None = None) -> tuple[sa.Select, sa.Alias, sa.Alias]:
+    """(id, source block, source slot, target block, target slot) of every pair, joined on the id
+    index; ``written_at_most=v``: only pairs whose both sides were written at data version ``v``
+    or before (the pairs a fit at ``v`` saw, those still stored)."""
     a, b = anchor_ids.alias("a"), anchor_ids.alias("b")
     query = (
         sa.select(a.c.anchor_id, a.c.block_id, a.c.slot, b.c.block_id, b.c.slot)
@@ -51,6 +54,8 @@ def _pair_query(tenant: str, anchor_set: str, source: str, target: str) -> tuple
         )
         .where(a.c.tenant == tenant, a.c.anchor_set == anchor_set, a.c.model == source)
     )
+    if written_at_most is not None:
+        query = query.where(a.c.written_version <= written_at_most, b.c.written_version <= written_at_most)
     return query, a, b
 
 
@@ -83,9 +88,10 @@ def _rows(conn: sa.Connection, query: sa.Select, raw: bool = True) -> Iterator[l
         cursor.close()
 
 
-def pair_ids(conn: sa.Connection, tenant: str, anchor_set: str, source: str, target: str) -> list[str]:
-    """Ids embedded by both models in the set, sorted."""
-    query, a, _ = _pair_query(tenant, anchor_set, source, target)
+def pair_ids(conn: sa.Connection, tenant: str, anchor_set: str, source: str, target: str,
+             written_at_most: int | None = None) -> list[str]:
+    """Ids embedded by both models in the set (``written_at_most``: as :func:`_pair_query`), sorted."""
+    query, a, _ = _pair_query(tenant, anchor_set, source, target, written_at_most)
     query = query.with_only_columns(a.c.anchor_id).order_by(a.c.anchor_id)
     return [row[0] for rows in _rows(conn, query) for row in rows]
 
@@ -130,15 +136,17 @@ def iter_pairs(
     d_x: int,
     d_y: int,
     written_after: int = 0,
+    written_at_most: int | None = None,
 ) -> Iterator[tuple[list[str], np.ndarray, np.ndarray]]:
     """Batches of (ids, X (b, d_x) float32, Y (b, d_y) float32) of paired anchors, in the
     order of the source's blocks (not by id): each batch is about :data:`WINDOW_ROWS` pairs
     of whole source blocks, and each block of either side is read once per batch. X and Y
     are views of two buffers that the next batch overwrites: copy the rows you keep.
 
-    ``written_after=v`` keeps only pairs with a side written after data version ``v``.
+    ``written_after=v`` keeps only pairs with a side written after data version ``v``;
+    ``written_at_most=v`` only pairs with both sides written at ``v`` or before.
     """
-    query, a, b = _pair_query(tenant, anchor_set, source, target)
+    query, a, b = _pair_query(tenant, anchor_set, source, target, written_at_most)
     if written_after:
         query = query.where(sa.or_(a.c.written_version > written_after, b.c.written_version > written_after))
     read = _Gather(conn, tenant, anchor_set, source, target, d_x, d_y, reuse=True)
@@ -184,11 +192,13 @@ class SqlPairReader:
     def version(self) -> SetVersion:
         return set_version(self._conn, *self._args[:2])
 
-    def pair_ids(self) -> list[str]:
-        return pair_ids(self._conn, *self._args)
+    def pair_ids(self, written_at_most: int | None = None) -> list[str]:
+        return pair_ids(self._conn, *self._args, written_at_most=written_at_most)
 
-    def iter_pairs(self, written_after: int = 0) -> Iterator[tuple[list[str], np.ndarray, np.ndarray]]:
-        return iter_pairs(self._conn, *self._args, self.d_x, self.d_y, written_after=written_after)
+    def iter_pairs(self, written_after: int = 0, written_at_most: int | None = None,
+                   ) -> Iterator[tuple[list[str], np.ndarray, np.ndarray]]:
+        return iter_pairs(self._conn, *self._args, self.d_x, self.d_y, written_after=written_after,
+                          written_at_most=written_at_most)
 
     def pairs_by_id(self, ids: Sequence[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
         return pairs_by_id(self._conn, *self._args, self.d_x, self.d_y, ids)

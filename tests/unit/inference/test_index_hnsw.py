@@ -150,3 +150,18 @@ def test_labels_ids_and_per_label_tables_follow_every_change(rng):
     assert ix.ids_of(labels)[0][0] == "g200"
     copy = HnswIndex.from_state(*ix.get_state())
     assert copy.generation not in seen
+
+
+def test_the_graph_is_the_same_however_the_vectors_were_added(data, built):
+    """Vectors go in one at a time in order: enrolments in steps (one vector alone among them)
+    build the graph one add of everything builds (a rebuild after a restart), to the byte."""
+    import faiss
+
+    G, Q, ids = data
+    steps = HnswIndex(64)
+    for start, stop in ((0, 1000), (1000, 1001), (1001, 3500), (3500, len(ids))):
+        steps.add(ids[start:stop], G[start:stop])
+    labels, scores = steps.search_labels(Q, 30)
+    want_labels, want_scores = built.search_labels(Q, 30)
+    assert np.array_equal(labels, want_labels) and np.array_equal(scores, want_scores)
+    assert np.array_equal(faiss.serialize_index(steps._index), faiss.serialize_index(built._index))
