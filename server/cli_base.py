@@ -66,10 +66,10 @@ def _client(address: str, api_key: str | None):  # noqa: ANN202
     return Client(address, api_key=api_key, tls=tls)
 
 
-def _fail(error: Exception | str) -> None:
-    """Print one line ``error: ...`` on stderr and exit 1."""
+def _fail(error: Exception | str, code: int = 1) -> None:
+    """Print one line ``error: ...`` on stderr and exit with ``code`` (1)."""
     typer.echo(f"error: {error}", err=True)
-    raise typer.Exit(code=1)
+    raise typer.Exit(code=code)
 
 
 @contextmanager

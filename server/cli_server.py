@@ -125,7 +125,8 @@ def check(
     database_url: Annotated[Optional[str], typer.Option(help="check this database instead (e.g. postgresql://…)")] = None,
 ) -> None:
     """Check a store for damage, offline: the database's own integrity check, every count against
-    its records and the checksum of every stored vector block. Exit 0: none found; 1: damaged."""
+    its records and the checksum of every stored vector block. Exit 0: none found; 1: damaged;
+    2: nothing to check (no database there, or one of another schema)."""
     import time
 
     from convergent.server.storage import backup as backups
@@ -135,13 +136,13 @@ def check(
     if database_url is None:
         path = backups.database_path(data_dir)
         if not path.is_file():
-            _fail(f"no database at {path}: is --data-dir the folder `convergent serve --data-dir` was given?")
+            _fail(f"no database at {path}: is --data-dir the folder `convergent serve --data-dir` was given?", code=2)
         database_url = f"sqlite:///{path}"
     engine = db.create_engine(database_url)
     try:
         if db.current_revision(engine) != db.head_revision():
             _fail(f"the store is at schema {db.current_revision(engine)}, this convergent checks {db.head_revision()}: "
-                  "start `convergent serve` on it once (it migrates and adds the checksums), then check it")
+                  "start `convergent serve` on it once (it migrates and adds the checksums), then check it", code=2)
         started = time.perf_counter()
         damage = full_check(engine)
         counts = inventory(engine)

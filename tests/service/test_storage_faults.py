@@ -71,7 +71,7 @@ def test_check_of_a_clean_store_exits_zero_and_of_a_missing_one_says_where_it_lo
     clean = subprocess.run([str(BIN), "check", "--data-dir", str(data)], capture_output=True, text=True, timeout=120)
     assert clean.returncode == 0 and "no damage found" in clean.stdout, clean.stdout + clean.stderr
     missing = subprocess.run([str(BIN), "check", "--data-dir", str(tmp_path / "nowhere")], capture_output=True, text=True)
-    assert missing.returncode != 0 and "no database at" in missing.stderr
+    assert missing.returncode == 2 and "no database at" in missing.stderr
 
 
 @pytest.fixture
