@@ -96,9 +96,8 @@ class LocalIndexes(_PerGallery):
         next use): its graph would keep the removed items as waypoints, which a rebuild from
         storage (a restart, another replica) lacks, and answer differently."""
         entry = self._entry(tenant, name)
-        from convergent.server.inference import HnswIndex
-
-        if removed_ids and isinstance(entry.index, HnswIndex):
+        # by name: importing the inference package here would load torch on a first enrolment
+        if removed_ids and type(entry.index).__name__ == "HnswIndex":
             entry.index = None  # rebuilt on next use, as a restart builds it
         if entry.index is not None and entry.version == version - 1:
             if added_ids:

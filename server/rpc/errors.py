@@ -6,7 +6,7 @@ from __future__ import annotations
 import grpc
 
 from convergent.server import errors
-from convergent.server.storage.faults import domain_error
+from convergent.server.rpc.faults import domain_error
 from convergent.wire import WireError
 
 # Most specific first: the first matching class wins.
@@ -28,7 +28,7 @@ STATUS_TABLE: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
 def status_for(exc: BaseException) -> grpc.StatusCode:
     """The status a raised exception is reported with (INTERNAL when not in the table).
     Faults of the storage under the server (disk full, a damaged file) are read as the domain
-    errors they mean first (:func:`convergent.server.storage.faults.domain_error`)."""
+    errors they mean first (:func:`convergent.server.rpc.faults.domain_error`)."""
     exc = domain_error(exc)
     for error_class, code in STATUS_TABLE:
         if isinstance(exc, error_class):

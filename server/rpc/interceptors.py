@@ -26,7 +26,7 @@ import grpc
 from convergent.server.logs import request_id_var
 from convergent.server.rpc.auth import AUDITED, METHOD_ROLES, Principal
 from convergent.server.rpc.errors import status_for
-from convergent.server.storage.faults import domain_error
+from convergent.server.rpc.faults import domain_error
 from convergent.wire import REQUEST_ID_KEY
 
 if TYPE_CHECKING:

@@ -1,4 +1,4 @@
-"""Faults of the storage under the server, read as the domain errors they mean.
+"""Faults of the storage under the server (disk full, a damaged file), read as the domain errors they mean.
 
 A database driver reports a full disk or a damaged file as its own exception (SQLite:
 ``database or disk is full``, ``database disk image is malformed``; PostgreSQL: SQLSTATE 53100,
