@@ -58,15 +58,17 @@ class BlockTable:
     key: tuple[str, ...]
     describe: Callable[[Sequence[object]], str]
 
+    def damaged(self, key: Sequence[object], detail: str) -> DataLoss:
+        """The :class:`DataLoss` of the object ``key`` names, with what is wrong and what to do."""
+        return DataLoss(f"{self.describe(key)} is damaged: {detail}; it is not served. The operator should run "
+                        "`convergent check --data-dir DIR` and restore from a backup")
+
     def verified(self, key: Sequence[object], block_id: int, data: bytes, stored: int | None) -> bytes:
         """``data`` if its CRC-32 is ``stored``; :class:`DataLoss` naming the object otherwise."""
         if stored is None or checksum(data) != int(stored):
-            raise DataLoss(
-                f"{self.describe(key)} is damaged: its vector block {block_id} "
-                + ("has no checksum" if stored is None else "fails its checksum")
-                + " (the stored bytes changed after they were written); it is not served. "
-                "The operator should run `convergent check --data-dir DIR` and restore from a backup"
-            )
+            raise self.damaged(key, f"its vector block {block_id} "
+                               + ("has no checksum" if stored is None else "fails its checksum")
+                               + " (the stored bytes changed after they were written)")
         return data
 
     def where(self, key: Sequence[object]) -> sa.ColumnElement:
@@ -110,8 +112,7 @@ def gather(
         rows = order[start:end]
         block = np.frombuffer(data, dtype="<f4").reshape(-1, dim)
         if slot_of[rows].min() < 0 or slot_of[rows].max() >= len(block):
-            raise DataLoss(f"{blocks.describe(key)} is damaged: its id index points past the end of vector block "
-                           f"{block_id}; it is not served. The operator should run `convergent check --data-dir DIR`")
+            raise blocks.damaged(key, f"its id index points past the end of vector block {block_id}")
         first, first_slot, k = int(rows[0]), int(slot_of[rows[0]]), end - start
         if rows[-1] - first == k - 1 and slot_of[rows[-1]] - first_slot == k - 1 and (
             k < 3 or (np.all(np.diff(rows) == 1) and np.all(np.diff(slot_of[rows]) == 1))
@@ -121,10 +122,7 @@ def gather(
             out[rows] = block[slot_of[rows]]
         found += 1
     if found != len(uniq):
-        raise DataLoss(
-            f"{blocks.describe(key)} is damaged: {len(uniq) - found} of its vector blocks that its id index "
-            "points to are missing; it is not served. The operator should run `convergent check --data-dir DIR`"
-        )
+        raise blocks.damaged(key, f"{len(uniq) - found} of its vector blocks that its id index points to are missing")
     return out
 
 

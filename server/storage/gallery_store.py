@@ -53,9 +53,7 @@ def _read_items(conn: sa.Connection, tenant: str, name: str, dim: int, where: sa
     if where is None:  # the whole gallery: its id index must list what its record counts
         recorded = conn.execute(sa.select(galleries.c.size).where(galleries.c.tenant == tenant, galleries.c.name == name)).scalar()
         if recorded is not None and int(recorded) != len(rows):
-            raise DataLoss(f"{GALLERY_BLOCKS.describe((tenant, name))} is damaged: its record counts {int(recorded)} items, "
-                           f"its id index lists {len(rows)}; it is not served. The operator should run "
-                           "`convergent check --data-dir DIR` and restore from a backup")
+            raise GALLERY_BLOCKS.damaged((tenant, name), f"its record counts {int(recorded)} items, its id index lists {len(rows)}")
     return blocks.gather_rows(conn, GALLERY_BLOCKS, (tenant, name), dim, rows)
 
 

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 import numpy as np
 import sqlalchemy as sa
 
-from convergent.server.errors import AlreadyExists, DataLoss, NotFound, SpaceMismatch
+from convergent.server.errors import AlreadyExists, NotFound, SpaceMismatch
 from convergent.server.records import (
     AnchorSetRecord,
     BeforeCommit,
@@ -306,9 +306,7 @@ class SqlStore:
         live = int(conn.execute(sa.select(sa.func.coalesce(sa.func.sum(anchor_blocks.c.live), 0))
                                 .where(blocks.ANCHOR_BLOCKS.where(key))).scalar())
         if live != count:
-            raise DataLoss(f"{blocks.ANCHOR_BLOCKS.describe(key)} is damaged: its id index lists {count} anchors, "
-                           f"its blocks hold {live}; it is not served. The operator should run "
-                           "`convergent check --data-dir DIR` and restore from a backup")
+            raise blocks.ANCHOR_BLOCKS.damaged(key, f"its id index lists {count} anchors, its blocks hold {live}")
         return count
 
     def count_anchors(self, tenant: str, anchor_set: str, model: str) -> int:
