@@ -163,7 +163,14 @@ def write_tour_files(folder: Path, realdata: Path | None = None, synthetic: bool
     photos, ``ids`` and ``person`` (the true gallery id of each probe, to check answers).
     Real AT&T faces when ``shared/realdata`` is found (and not ``synthetic``), else synthetic
     identities seen through two random encoders of the same dimensions.
+
+    The same arrays also go out without zip or .npy, for clients in any language
+    (``examples/node``): ``tour.json`` holds every string array (ids, person) as a JSON list
+    and names, for every vector array, a raw little-endian row-major float32 file beside it
+    (``anchors.dlib.f32``, ...) with its shape; the float32 values are those the SDK sends.
     """
+    import json
+
     source = None if synthetic else find_realdata(realdata)
     if source is not None:
         faces = load_faces(source)
@@ -176,11 +183,24 @@ def write_tour_files(folder: Path, realdata: Path | None = None, synthetic: bool
     unseen = np.flatnonzero(labels >= 20)
     gallery = np.array([unseen[labels[unseen] == p][0] for p in range(20, 40)])
     probes = np.setdiff1d(unseen, gallery)
+    files = {
+        "anchors": {"dlib": faces.vectors["dlib"][anchors], "facenet": faces.vectors["facenet"][anchors], "ids": ids[anchors]},
+        "gallery": {"facenet": faces.vectors["facenet"][gallery], "ids": np.array([f"person{labels[i]}" for i in gallery])},
+        "probes": {"dlib": faces.vectors["dlib"][probes], "ids": ids[probes],
+                   "person": np.array([f"person{labels[i]}" for i in probes])},
+    }
     folder.mkdir(parents=True, exist_ok=True)
-    np.savez(folder / "anchors.npz", dlib=faces.vectors["dlib"][anchors], facenet=faces.vectors["facenet"][anchors],
-             ids=ids[anchors])
-    np.savez(folder / "gallery.npz", facenet=faces.vectors["facenet"][gallery],
-             ids=np.array([f"person{labels[i]}" for i in gallery]))
-    np.savez(folder / "probes.npz", dlib=faces.vectors["dlib"][probes], ids=ids[probes],
-             person=np.array([f"person{labels[i]}" for i in probes]))
+    manifest: dict[str, object] = {"provenance": provenance, "float_files": "raw float32, little-endian, row-major"}
+    for name, arrays in files.items():
+        np.savez(folder / f"{name}.npz", **arrays)
+        plain: dict[str, object] = {}
+        for key, array in arrays.items():
+            if array.dtype.kind in "US":
+                plain[key] = [str(value) for value in array]
+            else:
+                values = np.ascontiguousarray(array, dtype="<f4")
+                values.tofile(folder / f"{name}.{key}.f32")
+                plain[key] = {"file": f"{name}.{key}.f32", "shape": list(values.shape), "dtype": "float32"}
+        manifest[name] = plain
+    (folder / "tour.json").write_text(json.dumps(manifest, indent=1) + "\n")
     return provenance

@@ -27,7 +27,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from convergent.v1 import types_pb2 as convergent_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x63onvergent/v1/alignment.proto\x12\rconvergent.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19\x63onvergent/v1/types.proto\"u\n\x15\x46itCooperativeRequest\x12\r\n\x05space\x18\x01 \x01(\t\x12\x12\n\nanchor_set\x18\x02 \x01(\t\x12\x10\n\x08teachers\x18\x03 \x03(\t\x12\'\n\x06params\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\"\\\n\x0cPartyVectors\x12\r\n\x05model\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\r\x12&\n\x07vectors\x18\x03 \x01(\x0b\x32\x15.convergent.v1.Matrix\"L\n\x0ePredictRequest\x12\x0c\n\x04head\x18\x01 \x01(\t\x12,\n\x07parties\x18\x02 \x03(\x0b\x32\x1b.convergent.v1.PartyVectors\"^\n\x0fPredictResponse\x12,\n\rprobabilities\x18\x01 \x01(\x0b\x32\x15.convergent.v1.Matrix\x12\x0f\n\x07parties\x18\x02 \x03(\t\x12\x0c\n\x04rule\x18\x03 \x01(\t\"\x82\x01\n\x13\x46itAlignmentRequest\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\x0e\n\x06target\x18\x02 \x01(\t\x12\x12\n\nanchor_set\x18\x03 \x01(\t\x12\x0e\n\x06method\x18\x04 \x01(\t\x12\'\n\x06params\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\"\xb4\x03\n\x03\x46it\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06method\x18\x02 \x01(\t\x12\x18\n\x10requested_method\x18\x03 \x01(\t\x12\x0e\n\x06source\x18\x04 \x01(\t\x12\x16\n\x0esource_version\x18\x05 \x01(\r\x12\x0e\n\x06target\x18\x06 \x01(\t\x12\x16\n\x0etarget_version\x18\x07 \x01(\r\x12\x12\n\nanchor_set\x18\x08 \x01(\t\x12\x14\n\x0c\x64\x61ta_version\x18\t \x01(\x04\x12\x30\n\x07metrics\x18\n \x03(\x0b\x32\x1f.convergent.v1.Fit.MetricsEntry\x12\x10\n\x08warnings\x18\x0b \x03(\t\x12\x11\n\tconverged\x18\x0c \x01(\x08\x12\r\n\x05stale\x18\r \x01(\x08\x12.\n\ncreated_at\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x06params\x18\x0f \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0e\n\x06models\x18\x10 \x03(\t\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"d\n\x15\x46itSharedSpaceRequest\x12\x0e\n\x06models\x18\x01 \x03(\t\x12\x12\n\nanchor_set\x18\x02 \x01(\t\x12\'\n\x06params\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\"\x1b\n\rGetFitRequest\x12\n\n\x02id\x18\x01 \x01(\t\"[\n\x0fListFitsRequest\x12(\n\x04page\x18\x01 \x01(\x0b\x32\x1a.convergent.v1.PageRequest\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\x0e\n\x06target\x18\x03 \x01(\t\"M\n\x10ListFitsResponse\x12 \n\x04\x66its\x18\x01 \x03(\x0b\x32\x12.convergent.v1.Fit\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x1e\n\x10\x44\x65leteFitRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\x13\n\x11\x44\x65leteFitResponse\"\x82\x01\n\x10TransformRequest\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\x16\n\x0esource_version\x18\x02 \x01(\r\x12\x0e\n\x06target\x18\x03 \x01(\t\x12\x0e\n\x06\x66it_id\x18\x04 \x01(\t\x12&\n\x07vectors\x18\x05 \x01(\x0b\x32\x15.convergent.v1.Matrix\"s\n\x11TransformResponse\x12&\n\x07vectors\x18\x01 \x01(\x0b\x32\x15.convergent.v1.Matrix\x12\x0e\n\x06\x66it_id\x18\x02 \x01(\t\x12\x0e\n\x06target\x18\x03 \x01(\t\x12\x16\n\x0etarget_version\x18\x04 \x01(\r\"\x1e\n\x10\x45xportFitRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\xb8\x01\n\x11\x45xportFitResponse\x12\x1f\n\x03\x66it\x18\x01 \x01(\x0b\x32\x12.convergent.v1.Fit\x12<\n\x06\x61rrays\x18\x02 \x03(\x0b\x32,.convergent.v1.ExportFitResponse.ArraysEntry\x1a\x44\n\x0b\x41rraysEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12$\n\x05value\x18\x02 \x01(\x0b\x32\x15.convergent.v1.Matrix:\x02\x38\x01\x32\xb5\x05\n\x10\x41lignmentService\x12\x46\n\x0c\x46itAlignment\x12\".convergent.v1.FitAlignmentRequest\x1a\x12.convergent.v1.Fit\x12:\n\x06GetFit\x12\x1c.convergent.v1.GetFitRequest\x1a\x12.convergent.v1.Fit\x12K\n\x08ListFits\x12\x1e.convergent.v1.ListFitsRequest\x1a\x1f.convergent.v1.ListFitsResponse\x12N\n\tDeleteFit\x12\x1f.convergent.v1.DeleteFitRequest\x1a .convergent.v1.DeleteFitResponse\x12N\n\tTransform\x12\x1f.convergent.v1.TransformRequest\x1a .convergent.v1.TransformResponse\x12N\n\tExportFit\x12\x1f.convergent.v1.ExportFitRequest\x1a .convergent.v1.ExportFitResponse\x12J\n\x0e\x46itSharedSpace\x12$.convergent.v1.FitSharedSpaceRequest\x1a\x12.convergent.v1.Fit\x12J\n\x0e\x46itCooperative\x12$.convergent.v1.FitCooperativeRequest\x1a\x12.convergent.v1.Fit\x12H\n\x07Predict\x12\x1d.convergent.v1.PredictRequest\x1a\x1e.convergent.v1.PredictResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x63onvergent/v1/alignment.proto\x12\rconvergent.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19\x63onvergent/v1/types.proto\"u\n\x15\x46itCooperativeRequest\x12\r\n\x05space\x18\x01 \x01(\t\x12\x12\n\nanchor_set\x18\x02 \x01(\t\x12\x10\n\x08teachers\x18\x03 \x03(\t\x12\'\n\x06params\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\"\\\n\x0cPartyVectors\x12\r\n\x05model\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\r\x12&\n\x07vectors\x18\x03 \x01(\x0b\x32\x15.convergent.v1.Matrix\"L\n\x0ePredictRequest\x12\x0c\n\x04head\x18\x01 \x01(\t\x12,\n\x07parties\x18\x02 \x03(\x0b\x32\x1b.convergent.v1.PartyVectors\"^\n\x0fPredictResponse\x12,\n\rprobabilities\x18\x01 \x01(\x0b\x32\x15.convergent.v1.Matrix\x12\x0f\n\x07parties\x18\x02 \x03(\t\x12\x0c\n\x04rule\x18\x03 \x01(\t\"\x82\x01\n\x13\x46itAlignmentRequest\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\x0e\n\x06target\x18\x02 \x01(\t\x12\x12\n\nanchor_set\x18\x03 \x01(\t\x12\x0e\n\x06method\x18\x04 \x01(\t\x12\'\n\x06params\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\"\xc9\x03\n\x03\x46it\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06method\x18\x02 \x01(\t\x12\x18\n\x10requested_method\x18\x03 \x01(\t\x12\x0e\n\x06source\x18\x04 \x01(\t\x12\x16\n\x0esource_version\x18\x05 \x01(\r\x12\x0e\n\x06target\x18\x06 \x01(\t\x12\x16\n\x0etarget_version\x18\x07 \x01(\r\x12\x12\n\nanchor_set\x18\x08 \x01(\t\x12\x14\n\x0c\x64\x61ta_version\x18\t \x01(\x04\x12\x30\n\x07metrics\x18\n \x03(\x0b\x32\x1f.convergent.v1.Fit.MetricsEntry\x12\x10\n\x08warnings\x18\x0b \x03(\t\x12\x11\n\tconverged\x18\x0c \x01(\x08\x12\r\n\x05stale\x18\r \x01(\x08\x12.\n\ncreated_at\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x06params\x18\x0f \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0e\n\x06models\x18\x10 \x03(\t\x12\x13\n\x0b\x61uto_winner\x18\x11 \x01(\t\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"d\n\x15\x46itSharedSpaceRequest\x12\x0e\n\x06models\x18\x01 \x03(\t\x12\x12\n\nanchor_set\x18\x02 \x01(\t\x12\'\n\x06params\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\"\x1b\n\rGetFitRequest\x12\n\n\x02id\x18\x01 \x01(\t\"[\n\x0fListFitsRequest\x12(\n\x04page\x18\x01 \x01(\x0b\x32\x1a.convergent.v1.PageRequest\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\x0e\n\x06target\x18\x03 \x01(\t\"M\n\x10ListFitsResponse\x12 \n\x04\x66its\x18\x01 \x03(\x0b\x32\x12.convergent.v1.Fit\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x1e\n\x10\x44\x65leteFitRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\x13\n\x11\x44\x65leteFitResponse\"\x82\x01\n\x10TransformRequest\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\x16\n\x0esource_version\x18\x02 \x01(\r\x12\x0e\n\x06target\x18\x03 \x01(\t\x12\x0e\n\x06\x66it_id\x18\x04 \x01(\t\x12&\n\x07vectors\x18\x05 \x01(\x0b\x32\x15.convergent.v1.Matrix\"s\n\x11TransformResponse\x12&\n\x07vectors\x18\x01 \x01(\x0b\x32\x15.convergent.v1.Matrix\x12\x0e\n\x06\x66it_id\x18\x02 \x01(\t\x12\x0e\n\x06target\x18\x03 \x01(\t\x12\x16\n\x0etarget_version\x18\x04 \x01(\r\"\x1e\n\x10\x45xportFitRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\xb8\x01\n\x11\x45xportFitResponse\x12\x1f\n\x03\x66it\x18\x01 \x01(\x0b\x32\x12.convergent.v1.Fit\x12<\n\x06\x61rrays\x18\x02 \x03(\x0b\x32,.convergent.v1.ExportFitResponse.ArraysEntry\x1a\x44\n\x0b\x41rraysEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12$\n\x05value\x18\x02 \x01(\x0b\x32\x15.convergent.v1.Matrix:\x02\x38\x01\x32\xb5\x05\n\x10\x41lignmentService\x12\x46\n\x0c\x46itAlignment\x12\".convergent.v1.FitAlignmentRequest\x1a\x12.convergent.v1.Fit\x12:\n\x06GetFit\x12\x1c.convergent.v1.GetFitRequest\x1a\x12.convergent.v1.Fit\x12K\n\x08ListFits\x12\x1e.convergent.v1.ListFitsRequest\x1a\x1f.convergent.v1.ListFitsResponse\x12N\n\tDeleteFit\x12\x1f.convergent.v1.DeleteFitRequest\x1a .convergent.v1.DeleteFitResponse\x12N\n\tTransform\x12\x1f.convergent.v1.TransformRequest\x1a .convergent.v1.TransformResponse\x12N\n\tExportFit\x12\x1f.convergent.v1.ExportFitRequest\x1a .convergent.v1.ExportFitResponse\x12J\n\x0e\x46itSharedSpace\x12$.convergent.v1.FitSharedSpaceRequest\x1a\x12.convergent.v1.Fit\x12J\n\x0e\x46itCooperative\x12$.convergent.v1.FitCooperativeRequest\x1a\x12.convergent.v1.Fit\x12H\n\x07Predict\x12\x1d.convergent.v1.PredictRequest\x1a\x1e.convergent.v1.PredictResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -49,31 +49,31 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_FITALIGNMENTREQUEST']._serialized_start=526
   _globals['_FITALIGNMENTREQUEST']._serialized_end=656
   _globals['_FIT']._serialized_start=659
-  _globals['_FIT']._serialized_end=1095
-  _globals['_FIT_METRICSENTRY']._serialized_start=1049
-  _globals['_FIT_METRICSENTRY']._serialized_end=1095
-  _globals['_FITSHAREDSPACEREQUEST']._serialized_start=1097
-  _globals['_FITSHAREDSPACEREQUEST']._serialized_end=1197
-  _globals['_GETFITREQUEST']._serialized_start=1199
-  _globals['_GETFITREQUEST']._serialized_end=1226
-  _globals['_LISTFITSREQUEST']._serialized_start=1228
-  _globals['_LISTFITSREQUEST']._serialized_end=1319
-  _globals['_LISTFITSRESPONSE']._serialized_start=1321
-  _globals['_LISTFITSRESPONSE']._serialized_end=1398
-  _globals['_DELETEFITREQUEST']._serialized_start=1400
-  _globals['_DELETEFITREQUEST']._serialized_end=1430
-  _globals['_DELETEFITRESPONSE']._serialized_start=1432
-  _globals['_DELETEFITRESPONSE']._serialized_end=1451
-  _globals['_TRANSFORMREQUEST']._serialized_start=1454
-  _globals['_TRANSFORMREQUEST']._serialized_end=1584
-  _globals['_TRANSFORMRESPONSE']._serialized_start=1586
-  _globals['_TRANSFORMRESPONSE']._serialized_end=1701
-  _globals['_EXPORTFITREQUEST']._serialized_start=1703
-  _globals['_EXPORTFITREQUEST']._serialized_end=1733
-  _globals['_EXPORTFITRESPONSE']._serialized_start=1736
-  _globals['_EXPORTFITRESPONSE']._serialized_end=1920
-  _globals['_EXPORTFITRESPONSE_ARRAYSENTRY']._serialized_start=1852
-  _globals['_EXPORTFITRESPONSE_ARRAYSENTRY']._serialized_end=1920
-  _globals['_ALIGNMENTSERVICE']._serialized_start=1923
-  _globals['_ALIGNMENTSERVICE']._serialized_end=2616
+  _globals['_FIT']._serialized_end=1116
+  _globals['_FIT_METRICSENTRY']._serialized_start=1070
+  _globals['_FIT_METRICSENTRY']._serialized_end=1116
+  _globals['_FITSHAREDSPACEREQUEST']._serialized_start=1118
+  _globals['_FITSHAREDSPACEREQUEST']._serialized_end=1218
+  _globals['_GETFITREQUEST']._serialized_start=1220
+  _globals['_GETFITREQUEST']._serialized_end=1247
+  _globals['_LISTFITSREQUEST']._serialized_start=1249
+  _globals['_LISTFITSREQUEST']._serialized_end=1340
+  _globals['_LISTFITSRESPONSE']._serialized_start=1342
+  _globals['_LISTFITSRESPONSE']._serialized_end=1419
+  _globals['_DELETEFITREQUEST']._serialized_start=1421
+  _globals['_DELETEFITREQUEST']._serialized_end=1451
+  _globals['_DELETEFITRESPONSE']._serialized_start=1453
+  _globals['_DELETEFITRESPONSE']._serialized_end=1472
+  _globals['_TRANSFORMREQUEST']._serialized_start=1475
+  _globals['_TRANSFORMREQUEST']._serialized_end=1605
+  _globals['_TRANSFORMRESPONSE']._serialized_start=1607
+  _globals['_TRANSFORMRESPONSE']._serialized_end=1722
+  _globals['_EXPORTFITREQUEST']._serialized_start=1724
+  _globals['_EXPORTFITREQUEST']._serialized_end=1754
+  _globals['_EXPORTFITRESPONSE']._serialized_start=1757
+  _globals['_EXPORTFITRESPONSE']._serialized_end=1941
+  _globals['_EXPORTFITRESPONSE_ARRAYSENTRY']._serialized_start=1873
+  _globals['_EXPORTFITRESPONSE_ARRAYSENTRY']._serialized_end=1941
+  _globals['_ALIGNMENTSERVICE']._serialized_start=1944
+  _globals['_ALIGNMENTSERVICE']._serialized_end=2637
 # @@protoc_insertion_point(module_scope)

@@ -66,7 +66,7 @@ class FitAlignmentRequest(_message.Message):
     def __init__(self, source: _Optional[str] = ..., target: _Optional[str] = ..., anchor_set: _Optional[str] = ..., method: _Optional[str] = ..., params: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
 
 class Fit(_message.Message):
-    __slots__ = ("id", "method", "requested_method", "source", "source_version", "target", "target_version", "anchor_set", "data_version", "metrics", "warnings", "converged", "stale", "created_at", "params", "models")
+    __slots__ = ("id", "method", "requested_method", "source", "source_version", "target", "target_version", "anchor_set", "data_version", "metrics", "warnings", "converged", "stale", "created_at", "params", "models", "auto_winner")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -90,6 +90,7 @@ class Fit(_message.Message):
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     PARAMS_FIELD_NUMBER: _ClassVar[int]
     MODELS_FIELD_NUMBER: _ClassVar[int]
+    AUTO_WINNER_FIELD_NUMBER: _ClassVar[int]
     id: str
     method: str
     requested_method: str
@@ -106,7 +107,8 @@ class Fit(_message.Message):
     created_at: _timestamp_pb2.Timestamp
     params: _struct_pb2.Struct
     models: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, id: _Optional[str] = ..., method: _Optional[str] = ..., requested_method: _Optional[str] = ..., source: _Optional[str] = ..., source_version: _Optional[int] = ..., target: _Optional[str] = ..., target_version: _Optional[int] = ..., anchor_set: _Optional[str] = ..., data_version: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., warnings: _Optional[_Iterable[str]] = ..., converged: _Optional[bool] = ..., stale: _Optional[bool] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., params: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., models: _Optional[_Iterable[str]] = ...) -> None: ...
+    auto_winner: str
+    def __init__(self, id: _Optional[str] = ..., method: _Optional[str] = ..., requested_method: _Optional[str] = ..., source: _Optional[str] = ..., source_version: _Optional[int] = ..., target: _Optional[str] = ..., target_version: _Optional[int] = ..., anchor_set: _Optional[str] = ..., data_version: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., warnings: _Optional[_Iterable[str]] = ..., converged: _Optional[bool] = ..., stale: _Optional[bool] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., params: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., models: _Optional[_Iterable[str]] = ..., auto_winner: _Optional[str] = ...) -> None: ...
 
 class FitSharedSpaceRequest(_message.Message):
     __slots__ = ("models", "anchor_set", "params")

@@ -87,13 +87,17 @@ class AlignmentServiceServicer:
     def FitAlignment(self, request, context):
         """Fits a source -> target map on the anchors of `anchor_set` that both models embedded
         (paired by id). Holds out min(20% of pairs, 2000) to measure it, then refits on all.
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetFit(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -118,7 +122,8 @@ class AlignmentServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ExportFit(self, request, context):
-        """The fitted arrays (keys per method, documented in the README).
+        """The fitted arrays by name (the names per method are listed in docs/alignment.md, "Exported
+        arrays"): float arrays as FLOAT64, index arrays as INT64.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -127,6 +132,8 @@ class AlignmentServiceServicer:
     def FitSharedSpace(self, request, context):
         """One shared space for N >= 2 models (MAXVAR generalised CCA) on the anchors of a set.
         Transform into it with target "shared:<fit id>"; identify uses it when no direct fit exists.
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -136,6 +143,8 @@ class AlignmentServiceServicer:
         """Federated inference (CE-FI's cooperative output layer): a classifier on a shared space's
         coordinates, trained by distillation from teacher models' class probabilities of the same
         anchors (no labels). Stored as a fit with method "cooperative".
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

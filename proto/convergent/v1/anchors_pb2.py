@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from convergent.v1 import types_pb2 as convergent_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x63onvergent/v1/anchors.proto\x12\rconvergent.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19\x63onvergent/v1/types.proto\"\xa6\x01\n\x14UploadAnchorsRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\r\x12\x12\n\nanchor_set\x18\x03 \x01(\t\x12\x11\n\toverwrite\x18\x04 \x01(\x08\x12\x0b\n\x03ids\x18\x05 \x03(\t\x12&\n\x07vectors\x18\x06 \x01(\x0b\x32\x15.convergent.v1.Matrix\x12\x0c\n\x04last\x18\x07 \x01(\x08\"\x88\x01\n\x15UploadAnchorsResponse\x12\x10\n\x08received\x18\x01 \x01(\x04\x12\x10\n\x08inserted\x18\x02 \x01(\x04\x12\x11\n\tunchanged\x18\x03 \x01(\x04\x12\x13\n\x0boverwritten\x18\x04 \x01(\x04\x12\r\n\x05total\x18\x05 \x01(\x04\x12\x14\n\x0c\x64\x61ta_version\x18\x06 \x01(\x04\"8\n\x13\x43ountAnchorsRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x12\n\nanchor_set\x18\x02 \x01(\t\"%\n\x14\x43ountAnchorsResponse\x12\r\n\x05\x63ount\x18\x01 \x01(\x04\".\n\x0e\x41nchorSetModel\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\x04\"\x8e\x01\n\tAnchorSet\x12\x0c\n\x04name\x18\x01 \x01(\t\x12-\n\x06models\x18\x02 \x03(\x0b\x32\x1d.convergent.v1.AnchorSetModel\x12\x14\n\x0c\x64\x61ta_version\x18\x03 \x01(\x04\x12.\n\nupdated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"P\n\x15ListAnchorSetsRequest\x12(\n\x04page\x18\x01 \x01(\x0b\x32\x1a.convergent.v1.PageRequest\x12\r\n\x05model\x18\x02 \x01(\t\"`\n\x16ListAnchorSetsResponse\x12-\n\x0b\x61nchor_sets\x18\x01 \x03(\x0b\x32\x18.convergent.v1.AnchorSet\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"F\n\x14\x44\x65leteAnchorsRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x12\n\nanchor_set\x18\x02 \x01(\t\x12\x0b\n\x03ids\x18\x03 \x03(\t\">\n\x15\x44\x65leteAnchorsResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x04\x12\x14\n\x0c\x64\x61ta_version\x18\x02 \x01(\x04\x32\x81\x03\n\rAnchorService\x12\\\n\rUploadAnchors\x12#.convergent.v1.UploadAnchorsRequest\x1a$.convergent.v1.UploadAnchorsResponse(\x01\x12W\n\x0c\x43ountAnchors\x12\".convergent.v1.CountAnchorsRequest\x1a#.convergent.v1.CountAnchorsResponse\x12]\n\x0eListAnchorSets\x12$.convergent.v1.ListAnchorSetsRequest\x1a%.convergent.v1.ListAnchorSetsResponse\x12Z\n\rDeleteAnchors\x12#.convergent.v1.DeleteAnchorsRequest\x1a$.convergent.v1.DeleteAnchorsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x63onvergent/v1/anchors.proto\x12\rconvergent.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19\x63onvergent/v1/types.proto\"\xbe\x01\n\x14UploadAnchorsRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\r\x12\x12\n\nanchor_set\x18\x03 \x01(\t\x12\x11\n\toverwrite\x18\x04 \x01(\x08\x12\x0b\n\x03ids\x18\x05 \x03(\t\x12&\n\x07vectors\x18\x06 \x01(\x0b\x32\x15.convergent.v1.Matrix\x12\x0c\n\x04last\x18\x07 \x01(\x08\x12\x16\n\x0e\x65nds_with_last\x18\x08 \x01(\x08\"\x88\x01\n\x15UploadAnchorsResponse\x12\x10\n\x08received\x18\x01 \x01(\x04\x12\x10\n\x08inserted\x18\x02 \x01(\x04\x12\x11\n\tunchanged\x18\x03 \x01(\x04\x12\x13\n\x0boverwritten\x18\x04 \x01(\x04\x12\r\n\x05total\x18\x05 \x01(\x04\x12\x14\n\x0c\x64\x61ta_version\x18\x06 \x01(\x04\"8\n\x13\x43ountAnchorsRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x12\n\nanchor_set\x18\x02 \x01(\t\"%\n\x14\x43ountAnchorsResponse\x12\r\n\x05\x63ount\x18\x01 \x01(\x04\".\n\x0e\x41nchorSetModel\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\x04\"\x8e\x01\n\tAnchorSet\x12\x0c\n\x04name\x18\x01 \x01(\t\x12-\n\x06models\x18\x02 \x03(\x0b\x32\x1d.convergent.v1.AnchorSetModel\x12\x14\n\x0c\x64\x61ta_version\x18\x03 \x01(\x04\x12.\n\nupdated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"P\n\x15ListAnchorSetsRequest\x12(\n\x04page\x18\x01 \x01(\x0b\x32\x1a.convergent.v1.PageRequest\x12\r\n\x05model\x18\x02 \x01(\t\"`\n\x16ListAnchorSetsResponse\x12-\n\x0b\x61nchor_sets\x18\x01 \x03(\x0b\x32\x18.convergent.v1.AnchorSet\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"F\n\x14\x44\x65leteAnchorsRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x12\n\nanchor_set\x18\x02 \x01(\t\x12\x0b\n\x03ids\x18\x03 \x03(\t\">\n\x15\x44\x65leteAnchorsResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x04\x12\x14\n\x0c\x64\x61ta_version\x18\x02 \x01(\x04\x32\x81\x03\n\rAnchorService\x12\\\n\rUploadAnchors\x12#.convergent.v1.UploadAnchorsRequest\x1a$.convergent.v1.UploadAnchorsResponse(\x01\x12W\n\x0c\x43ountAnchors\x12\".convergent.v1.CountAnchorsRequest\x1a#.convergent.v1.CountAnchorsResponse\x12]\n\x0eListAnchorSets\x12$.convergent.v1.ListAnchorSetsRequest\x1a%.convergent.v1.ListAnchorSetsResponse\x12Z\n\rDeleteAnchors\x12#.convergent.v1.DeleteAnchorsRequest\x1a$.convergent.v1.DeleteAnchorsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,25 +34,25 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'convergent.v1.anchors_pb2',
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_UPLOADANCHORSREQUEST']._serialized_start=107
-  _globals['_UPLOADANCHORSREQUEST']._serialized_end=273
-  _globals['_UPLOADANCHORSRESPONSE']._serialized_start=276
-  _globals['_UPLOADANCHORSRESPONSE']._serialized_end=412
-  _globals['_COUNTANCHORSREQUEST']._serialized_start=414
-  _globals['_COUNTANCHORSREQUEST']._serialized_end=470
-  _globals['_COUNTANCHORSRESPONSE']._serialized_start=472
-  _globals['_COUNTANCHORSRESPONSE']._serialized_end=509
-  _globals['_ANCHORSETMODEL']._serialized_start=511
-  _globals['_ANCHORSETMODEL']._serialized_end=557
-  _globals['_ANCHORSET']._serialized_start=560
-  _globals['_ANCHORSET']._serialized_end=702
-  _globals['_LISTANCHORSETSREQUEST']._serialized_start=704
-  _globals['_LISTANCHORSETSREQUEST']._serialized_end=784
-  _globals['_LISTANCHORSETSRESPONSE']._serialized_start=786
-  _globals['_LISTANCHORSETSRESPONSE']._serialized_end=882
-  _globals['_DELETEANCHORSREQUEST']._serialized_start=884
-  _globals['_DELETEANCHORSREQUEST']._serialized_end=954
-  _globals['_DELETEANCHORSRESPONSE']._serialized_start=956
-  _globals['_DELETEANCHORSRESPONSE']._serialized_end=1018
-  _globals['_ANCHORSERVICE']._serialized_start=1021
-  _globals['_ANCHORSERVICE']._serialized_end=1406
+  _globals['_UPLOADANCHORSREQUEST']._serialized_end=297
+  _globals['_UPLOADANCHORSRESPONSE']._serialized_start=300
+  _globals['_UPLOADANCHORSRESPONSE']._serialized_end=436
+  _globals['_COUNTANCHORSREQUEST']._serialized_start=438
+  _globals['_COUNTANCHORSREQUEST']._serialized_end=494
+  _globals['_COUNTANCHORSRESPONSE']._serialized_start=496
+  _globals['_COUNTANCHORSRESPONSE']._serialized_end=533
+  _globals['_ANCHORSETMODEL']._serialized_start=535
+  _globals['_ANCHORSETMODEL']._serialized_end=581
+  _globals['_ANCHORSET']._serialized_start=584
+  _globals['_ANCHORSET']._serialized_end=726
+  _globals['_LISTANCHORSETSREQUEST']._serialized_start=728
+  _globals['_LISTANCHORSETSREQUEST']._serialized_end=808
+  _globals['_LISTANCHORSETSRESPONSE']._serialized_start=810
+  _globals['_LISTANCHORSETSRESPONSE']._serialized_end=906
+  _globals['_DELETEANCHORSREQUEST']._serialized_start=908
+  _globals['_DELETEANCHORSREQUEST']._serialized_end=978
+  _globals['_DELETEANCHORSRESPONSE']._serialized_start=980
+  _globals['_DELETEANCHORSRESPONSE']._serialized_end=1042
+  _globals['_ANCHORSERVICE']._serialized_start=1045
+  _globals['_ANCHORSERVICE']._serialized_end=1430
 # @@protoc_insertion_point(module_scope)

@@ -11,7 +11,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class UploadAnchorsRequest(_message.Message):
-    __slots__ = ("model", "model_version", "anchor_set", "overwrite", "ids", "vectors", "last")
+    __slots__ = ("model", "model_version", "anchor_set", "overwrite", "ids", "vectors", "last", "ends_with_last")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     ANCHOR_SET_FIELD_NUMBER: _ClassVar[int]
@@ -19,6 +19,7 @@ class UploadAnchorsRequest(_message.Message):
     IDS_FIELD_NUMBER: _ClassVar[int]
     VECTORS_FIELD_NUMBER: _ClassVar[int]
     LAST_FIELD_NUMBER: _ClassVar[int]
+    ENDS_WITH_LAST_FIELD_NUMBER: _ClassVar[int]
     model: str
     model_version: int
     anchor_set: str
@@ -26,7 +27,8 @@ class UploadAnchorsRequest(_message.Message):
     ids: _containers.RepeatedScalarFieldContainer[str]
     vectors: _types_pb2.Matrix
     last: bool
-    def __init__(self, model: _Optional[str] = ..., model_version: _Optional[int] = ..., anchor_set: _Optional[str] = ..., overwrite: _Optional[bool] = ..., ids: _Optional[_Iterable[str]] = ..., vectors: _Optional[_Union[_types_pb2.Matrix, _Mapping]] = ..., last: _Optional[bool] = ...) -> None: ...
+    ends_with_last: bool
+    def __init__(self, model: _Optional[str] = ..., model_version: _Optional[int] = ..., anchor_set: _Optional[str] = ..., overwrite: _Optional[bool] = ..., ids: _Optional[_Iterable[str]] = ..., vectors: _Optional[_Union[_types_pb2.Matrix, _Mapping]] = ..., last: _Optional[bool] = ..., ends_with_last: _Optional[bool] = ...) -> None: ...
 
 class UploadAnchorsResponse(_message.Message):
     __slots__ = ("received", "inserted", "unchanged", "overwritten", "total", "data_version")

@@ -62,8 +62,11 @@ class AnchorServiceServicer:
     def UploadAnchors(self, request_iterator, context):
         """One stream is one transaction: acknowledged only after commit; any bad chunk aborts the
         whole stream and stores nothing. The first message names model and anchor set; later
-        messages may leave them empty or repeat them exactly. The final message sets last=true:
-        a stream that ends without it was cut short (INVALID_ARGUMENT, nothing stored).
+        messages may leave them empty or repeat them exactly. The final message may set last=true
+        (it may then be empty: no ids, no vectors); no message may follow it. A stream whose first
+        message sets ends_with_last=true and that ends without a last=true message was cut short
+        (INVALID_ARGUMENT, nothing stored); without ends_with_last, the client's half-close ends the
+        stream (the 0.1 behaviour). A stream of no message at all is INVALID_ARGUMENT.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -37,7 +37,7 @@ class Gallery(_message.Message):
     def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., model_version: _Optional[int] = ..., index: _Optional[_Union[IndexKind, str]] = ..., size: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class EnrollRequest(_message.Message):
-    __slots__ = ("gallery", "model", "model_version", "index", "ids", "vectors", "last")
+    __slots__ = ("gallery", "model", "model_version", "index", "ids", "vectors", "last", "ends_with_last")
     GALLERY_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -45,6 +45,7 @@ class EnrollRequest(_message.Message):
     IDS_FIELD_NUMBER: _ClassVar[int]
     VECTORS_FIELD_NUMBER: _ClassVar[int]
     LAST_FIELD_NUMBER: _ClassVar[int]
+    ENDS_WITH_LAST_FIELD_NUMBER: _ClassVar[int]
     gallery: str
     model: str
     model_version: int
@@ -52,7 +53,8 @@ class EnrollRequest(_message.Message):
     ids: _containers.RepeatedScalarFieldContainer[str]
     vectors: _types_pb2.Matrix
     last: bool
-    def __init__(self, gallery: _Optional[str] = ..., model: _Optional[str] = ..., model_version: _Optional[int] = ..., index: _Optional[_Union[IndexKind, str]] = ..., ids: _Optional[_Iterable[str]] = ..., vectors: _Optional[_Union[_types_pb2.Matrix, _Mapping]] = ..., last: _Optional[bool] = ...) -> None: ...
+    ends_with_last: bool
+    def __init__(self, gallery: _Optional[str] = ..., model: _Optional[str] = ..., model_version: _Optional[int] = ..., index: _Optional[_Union[IndexKind, str]] = ..., ids: _Optional[_Iterable[str]] = ..., vectors: _Optional[_Union[_types_pb2.Matrix, _Mapping]] = ..., last: _Optional[bool] = ..., ends_with_last: _Optional[bool] = ...) -> None: ...
 
 class EnrollResponse(_message.Message):
     __slots__ = ("enrolled", "size")

@@ -92,7 +92,7 @@ class GalleryServiceServicer:
     def Enroll(self, request_iterator, context):
         """Adds items to a gallery in one transaction; creates the gallery (bound to `model`, with
         `index`) on the first enroll. Duplicate ids (stored or within the stream): ALREADY_EXISTS.
-        The final message sets last=true; a stream without it was cut short and stores nothing.
+        The end of the stream works as in AnchorService.UploadAnchors (last, ends_with_last).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -106,7 +106,8 @@ class GalleryServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetGallery(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')

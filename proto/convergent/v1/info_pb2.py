@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x63onvergent/v1/info.proto\x12\rconvergent.v1\"\x16\n\x14GetServerInfoRequest\"\xcf\x01\n\nServerInfo\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x0b\n\x03\x61pi\x18\x02 \x01(\t\x12!\n\x19max_receive_message_bytes\x18\x03 \x01(\x04\x12\x1e\n\x16max_send_message_bytes\x18\x04 \x01(\x04\x12\x1f\n\x17max_vectors_per_message\x18\x05 \x01(\x04\x12\x0f\n\x07max_dim\x18\x06 \x01(\r\x12\x17\n\x0fmax_name_length\x18\x07 \x01(\r\x12\x15\n\rmax_page_size\x18\x08 \x01(\r2^\n\x0bInfoService\x12O\n\rGetServerInfo\x12#.convergent.v1.GetServerInfoRequest\x1a\x19.convergent.v1.ServerInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x63onvergent/v1/info.proto\x12\rconvergent.v1\"\x16\n\x14GetServerInfoRequest\"\x14\n\x12ListMethodsRequest\"b\n\tFitMethod\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03rpc\x18\x02 \x01(\t\x12\x0f\n\x07summary\x18\x03 \x01(\t\x12\x15\n\rparams_schema\x18\x04 \x01(\t\x12\x12\n\ncandidates\x18\x05 \x03(\t\"@\n\x13ListMethodsResponse\x12)\n\x07methods\x18\x01 \x03(\x0b\x32\x18.convergent.v1.FitMethod\"\xcf\x01\n\nServerInfo\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x0b\n\x03\x61pi\x18\x02 \x01(\t\x12!\n\x19max_receive_message_bytes\x18\x03 \x01(\x04\x12\x1e\n\x16max_send_message_bytes\x18\x04 \x01(\x04\x12\x1f\n\x17max_vectors_per_message\x18\x05 \x01(\x04\x12\x0f\n\x07max_dim\x18\x06 \x01(\r\x12\x17\n\x0fmax_name_length\x18\x07 \x01(\r\x12\x15\n\rmax_page_size\x18\x08 \x01(\r2\xb4\x01\n\x0bInfoService\x12O\n\rGetServerInfo\x12#.convergent.v1.GetServerInfoRequest\x1a\x19.convergent.v1.ServerInfo\x12T\n\x0bListMethods\x12!.convergent.v1.ListMethodsRequest\x1a\".convergent.v1.ListMethodsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,8 +33,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_GETSERVERINFOREQUEST']._serialized_start=43
   _globals['_GETSERVERINFOREQUEST']._serialized_end=65
-  _globals['_SERVERINFO']._serialized_start=68
-  _globals['_SERVERINFO']._serialized_end=275
-  _globals['_INFOSERVICE']._serialized_start=277
-  _globals['_INFOSERVICE']._serialized_end=371
+  _globals['_LISTMETHODSREQUEST']._serialized_start=67
+  _globals['_LISTMETHODSREQUEST']._serialized_end=87
+  _globals['_FITMETHOD']._serialized_start=89
+  _globals['_FITMETHOD']._serialized_end=187
+  _globals['_LISTMETHODSRESPONSE']._serialized_start=189
+  _globals['_LISTMETHODSRESPONSE']._serialized_end=253
+  _globals['_SERVERINFO']._serialized_start=256
+  _globals['_SERVERINFO']._serialized_end=463
+  _globals['_INFOSERVICE']._serialized_start=466
+  _globals['_INFOSERVICE']._serialized_end=646
 # @@protoc_insertion_point(module_scope)

@@ -39,13 +39,27 @@ class InfoServiceStub:
                 request_serializer=convergent_dot_v1_dot_info__pb2.GetServerInfoRequest.SerializeToString,
                 response_deserializer=convergent_dot_v1_dot_info__pb2.ServerInfo.FromString,
                 _registered_method=True)
+        self.ListMethods = channel.unary_unary(
+                '/convergent.v1.InfoService/ListMethods',
+                request_serializer=convergent_dot_v1_dot_info__pb2.ListMethodsRequest.SerializeToString,
+                response_deserializer=convergent_dot_v1_dot_info__pb2.ListMethodsResponse.FromString,
+                _registered_method=True)
 
 
 class InfoServiceServicer:
     """Missing associated documentation comment in .proto file."""
 
     def GetServerInfo(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListMethods(self, request, context):
+        """The fit methods this server offers, each with the JSON Schema of its `params`, so that any
+        client can build and check a request before sending it.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -57,6 +71,11 @@ def add_InfoServiceServicer_to_server(servicer, server):
                     servicer.GetServerInfo,
                     request_deserializer=convergent_dot_v1_dot_info__pb2.GetServerInfoRequest.FromString,
                     response_serializer=convergent_dot_v1_dot_info__pb2.ServerInfo.SerializeToString,
+            ),
+            'ListMethods': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListMethods,
+                    request_deserializer=convergent_dot_v1_dot_info__pb2.ListMethodsRequest.FromString,
+                    response_serializer=convergent_dot_v1_dot_info__pb2.ListMethodsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -86,6 +105,33 @@ class InfoService:
             '/convergent.v1.InfoService/GetServerInfo',
             convergent_dot_v1_dot_info__pb2.GetServerInfoRequest.SerializeToString,
             convergent_dot_v1_dot_info__pb2.ServerInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListMethods(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/convergent.v1.InfoService/ListMethods',
+            convergent_dot_v1_dot_info__pb2.ListMethodsRequest.SerializeToString,
+            convergent_dot_v1_dot_info__pb2.ListMethodsResponse.FromString,
             options,
             channel_credentials,
             insecure,
