@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test test-fast check install proto constraints clean
+.PHONY: demo test test-fast check contract install proto constraints clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -31,9 +31,13 @@ test-fast: $(STAMP)
 	$(PY) -m pytest -n $(TEST_WORKERS) -m "not slow" $(PYTEST_ARGS)
 
 # Lint and types (ruff and mypy, configured in pyproject.toml); CI runs it before the tests.
-check: $(STAMP)
+check: $(STAMP) contract
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
+
+# The contract: buf lint, and buf breaking against every released contract (proto/released/).
+contract: $(STAMP)
+	BUF=$(VENV)/bin/buf bash proto/check.sh
 
 proto: $(STAMP)
 	PYTHON=$(PY) proto/gen.sh

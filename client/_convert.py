@@ -70,5 +70,5 @@ def _fit_info(pb: alignment_pb2.Fit) -> FitInfo:
         metrics=dict(pb.metrics), warnings=list(pb.warnings), converged=pb.converged, stale=pb.stale,
         created_at=pb.created_at.ToNanoseconds() / 1e9, requested_method=pb.requested_method,
         source_version=pb.source_version, target_version=pb.target_version, data_version=pb.data_version,
-        params=json_format.MessageToDict(pb.params), models=list(pb.models),
+        params=json_format.MessageToDict(pb.params), models=list(pb.models), auto_winner=pb.auto_winner,
     )

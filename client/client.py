@@ -25,6 +25,7 @@ from convergent.client.types import (
     TlsConfig,
     Usage,
     FitInfo,
+    MethodInfo,
     ModelInfo,
     ServerInfo,
 )
@@ -51,7 +52,7 @@ DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 _IDEMPOTENT = {
     "convergent.v1.ModelService": ("GetModel", "ListModels"),
     "convergent.v1.AnchorService": ("CountAnchors", "ListAnchorSets"),
-    "convergent.v1.InfoService": ("GetServerInfo",),
+    "convergent.v1.InfoService": ("GetServerInfo", "ListMethods"),
     "convergent.v1.AlignmentService": ("GetFit", "ListFits", "Transform", "ExportFit"),
     "convergent.v1.GalleryService": ("GetGallery", "ListGalleries", "Identify", "IdentifyFused", "Verify", "VerificationReport"),
     "grpc.health.v1.Health": ("Check",),
@@ -185,6 +186,13 @@ class Client(GalleryMixin, FederationMixin):
             )
         return self._server_info
 
+    def list_methods(self) -> list[MethodInfo]:
+        """The fit methods the server offers, FitAlignment's first, each with the JSON Schema of
+        its ``params`` (parsed into a dict): build and check parameters before sending them."""
+        response = self._call(self._info.ListMethods, info_pb2.ListMethodsRequest())
+        return [MethodInfo(name=m.name, rpc=m.rpc, summary=m.summary, params_schema=json.loads(m.params_schema or "{}"),
+                           candidates=list(m.candidates)) for m in response.methods]
+
     # ----------------------------------------------------------------- models
     def register_model(self, name: str, dim: int, normalize: bool = True) -> ModelInfo:
         """Register a model. ``normalize=True``: the server L2-normalises its vectors on every path."""
@@ -234,7 +242,8 @@ class Client(GalleryMixin, FederationMixin):
         UNAVAILABLE.
         """
         header = anchors_pb2.UploadAnchorsRequest(
-            model=model, anchor_set=anchor_set, overwrite=overwrite, model_version=_count(model_version, "model_version", 0)
+            model=model, anchor_set=anchor_set, overwrite=overwrite, model_version=_count(model_version, "model_version", 0),
+            ends_with_last=True,
         )
         response = self._stream(
             self._anchors.UploadAnchors, anchors_pb2.UploadAnchorsRequest, header, ids, vectors,

@@ -35,7 +35,8 @@ class GalleryMixin:
         if index not in _INDEX_KINDS:
             raise errors.InvalidArgument(f"index must be one of {sorted(_INDEX_KINDS)}, got {index!r}")
         header = galleries_pb2.EnrollRequest(
-            gallery=gallery, model=model, index=_INDEX_KINDS[index], model_version=_count(model_version, "model_version", 0)
+            gallery=gallery, model=model, index=_INDEX_KINDS[index], model_version=_count(model_version, "model_version", 0),
+            ends_with_last=True,
         )
         response = self._stream(
             self._galleries.Enroll, galleries_pb2.EnrollRequest, header, ids, vectors, chunk_size,

@@ -38,9 +38,29 @@ class ServerInfo:
 
 
 @dataclass(frozen=True)
+class MethodInfo:
+    """A fit method the server offers (``Client.list_methods``). ``name``: FitAlignment's
+    ``method`` (or, for FitSharedSpace and FitCooperative, the method's name in the docs);
+    ``rpc``: the call that takes it; ``params_schema``: the JSON Schema (draft 2020-12) of its
+    ``params`` as a dict, each property with its type, bounds, description and default (absent
+    where the server chooses from the data); ``candidates``: ``auto``'s, simple to complex."""
+
+    name: str
+    rpc: str
+    summary: str
+    params_schema: dict[str, Any]
+    candidates: list[str] = field(default_factory=list)
+
+    @property
+    def defaults(self) -> dict[str, Any]:
+        """The parameters that have a default, at their defaults (a valid ``params``)."""
+        return {key: prop["default"] for key, prop in self.params_schema.get("properties", {}).items() if "default" in prop}
+
+
+@dataclass(frozen=True)
 class FitInfo:
     """A fitted source -> target map. ``metrics`` are measured on ``n_heldout`` held-out anchors
-    (see the README for each key's range and direction); ``stale``: the anchor set or a model
+    (docs/alignment.md "Diagnostics" lists each key's range and direction); ``stale``: the anchor set or a model
     changed since the fit; ``created_at``: seconds since the Unix epoch."""
 
     id: str
@@ -59,6 +79,7 @@ class FitInfo:
     data_version: int = 0
     params: dict = field(default_factory=dict)
     models: list[str] = field(default_factory=list)  # method "shared": the models of the space
+    auto_winner: str = ""  # requested_method "auto": the winning candidate, e.g. "procrustes_scaled"
 
 
 @dataclass(frozen=True)

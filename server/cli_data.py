@@ -141,26 +141,63 @@ def fit(
             _print_fit(client.fit_alignment(target, source, anchor_set=anchor_set, method=method, **params))
 
 
+# The commands that run the methods beyond FitAlignment (`convergent fit` runs those).
+_METHOD_COMMANDS = {"shared": "convergent fit-shared", "shared (contrastive)": "convergent fit-shared --param method=contrastive",
+                    "cooperative": "convergent fit-cooperative"}
+
+
+def _accepted(prop: dict) -> str:
+    """A JSON Schema property's type and bounds in words, as the docs table writes them."""
+    kind = prop.get("type")
+    if "enum" in prop:
+        return " / ".join(str(v) for v in prop["enum"])
+    if kind == "boolean":
+        return "true / false"
+    if kind == "integer" and "minimum" in prop and "maximum" in prop:
+        return f"integer in {prop['minimum']}..{prop['maximum']}"
+    if kind == "number":
+        low = f"({prop['exclusiveMinimum']:g}" if "exclusiveMinimum" in prop else f"[{prop.get('minimum', float('-inf')):g}"
+        high = f"{prop['exclusiveMaximum']:g})" if "exclusiveMaximum" in prop else f"{prop.get('maximum', float('inf')):g}]"
+        return f"number in {low}, {high}"
+    if kind == "array":
+        items = prop.get("items", {})
+        count = f"{prop.get('minItems', 0)}..{prop['maxItems']}" if "maxItems" in prop else f"{prop.get('minItems', 0)} or more"
+        if "enum" in items:
+            return f"list of {count} {'distinct ' if prop.get('uniqueItems') else ''}names (below)"
+        return f"list of {count} {_accepted(items).replace('number', 'numbers', 1)}"
+    return str(kind or "")
+
+
+def _default(prop: dict) -> str:
+    if "default" not in prop:
+        return "—"
+    value = prop["default"]
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
 @app.command()
 def methods(
-    markdown: Annotated[bool, typer.Option(help="print the table as Markdown (as in docs/alignment.md)")] = False,
+    markdown: Annotated[bool, typer.Option(help="print the parameter table of docs/alignment.md from this installation's "
+                                                "method table (no server needed)")] = False,
+    address: Address = DEFAULT_ADDRESS,
+    api_key: ApiKey = None,
 ) -> None:
-    """List the fit methods of this version with their parameters, accepted values and defaults."""
-    from convergent.server.align import methods as table
-
+    """List the fit methods the server offers with their parameters, accepted values and defaults."""
     if markdown:
+        from convergent.server.align import methods as table
+
         typer.echo(table.markdown_table())
         return
-    other = {table.SHARED: "one space for N models (convergent fit-shared)",
-             table.SHARED_CONTRASTIVE: "a learned space for N models (convergent fit-shared --param method=contrastive)",
-             table.COOPERATIVE: "a classifier on a shared space, by distillation (convergent fit-cooperative)"}
-    for name in (*table.PARAMS, *table.OTHER_PARAMS):
-        summary = FIT_METHODS.get(name) or other[name]
-        typer.echo(f"{name}: {summary}")
-        for key, accepted, default, meaning in table.describe(name):
-            typer.echo(f"  {key:<14} {accepted:<42} default {default:<6} {meaning}")
-    order = " < ".join(table.CANDIDATES)
-    typer.echo(f"auto tries {', '.join(table.DEFAULT_CANDIDATES)} by default; simple to complex: {order}")
+    with _connected(address, api_key) as client:
+        catalogue = client.list_methods()
+    for method in catalogue:
+        command = _METHOD_COMMANDS.get(method.name)
+        typer.echo(f"{method.name}: {method.summary}" + (f" ({command})" if command else ""))
+        for key, prop in method.params_schema.get("properties", {}).items():
+            typer.echo(f"  {key:<14} {_accepted(prop):<42} default {_default(prop):<6} {prop.get('description', '')}")
+    for method in catalogue:
+        if method.candidates:
+            typer.echo(f"{method.name}'s candidates, simple to complex: {' < '.join(method.candidates)}")
 
 
 @app.command("fit-shared")

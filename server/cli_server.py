@@ -268,7 +268,7 @@ def audit(
 
 @app.command("example-data")
 def example_data(
-    folder: Annotated[Path, typer.Argument(help="where to write anchors.npz, gallery.npz, probes.npz")] = Path("."),
+    folder: Annotated[Path, typer.Argument(help="where to write anchors.npz, gallery.npz, probes.npz (and tour.json + *.f32)")] = Path("."),
     realdata: Annotated[Optional[Path], typer.Option(help="folder of real embeddings [../shared/realdata]")] = None,
     synthetic: Annotated[bool, typer.Option(help="synthetic identities even when real data is present")] = False,
 ) -> None:
@@ -277,7 +277,8 @@ def example_data(
 
     provenance = write_tour_files(folder, realdata=realdata, synthetic=synthetic)
     typer.echo(f"wrote anchors.npz (200 anchors, dlib + facenet), gallery.npz (20 people, facenet), "
-               f"probes.npz (180 photos, dlib) to {folder}: {provenance}")
+               f"probes.npz (180 photos, dlib) to {folder}, and the same as tour.json + *.f32 for clients in "
+               f"other languages (examples/node): {provenance}")
 
 
 @app.command()

@@ -113,7 +113,7 @@ class Demo:
             fit = self.c.fit_alignment(s.probe, s.gallery, anchor_set="faces", method=method)
             result = self.c.identify(gallery="staff", vectors=P, model=s.probe, k=width, fit_id=fit.id)  # auto: CSLS
             cosine = self.c.identify(gallery="staff", vectors=P, model=s.probe, k=width, fit_id=fit.id, scoring="cosine")
-            label = method if method != "auto" else f"auto ({fit.params.get('candidate', fit.method)})"
+            label = method if method != "auto" else f"auto ({fit.auto_winner or fit.method})"
             curves[label] = report.cmc(_rank_of_truth(result.ids, truth), width)
             rows.append((label, f"{fit.metrics.get('top1', float('nan')):.3f}", f"{fit.metrics.get('r2_variance_weighted', float('nan')):.3f}",
                          f"{fit.metrics.get('fit_seconds', 0):.2f}", float(report.cmc(_rank_of_truth(cosine.ids, truth), width)[0]),

@@ -39,7 +39,7 @@ def lfw_stage(demo: Demo, lfw: EmbeddingSet, seed: int = 0, max_gallery: int | N
     methods = {}
     for src, tgt in (MODELS, MODELS[::-1]):
         fit = c.fit_alignment(src, tgt, anchor_set="lfw")
-        methods[src] = str(fit.params.get("candidate", fit.method))
+        methods[src] = fit.auto_winner or fit.method
     demo.step("fitted LFW maps both ways")
     person_id = np.array([f"lfw-person{p}" for p in labels])
     for model in MODELS:

@@ -42,7 +42,15 @@ _ARRAY_DTYPES: dict[int, np.dtype] = {**_DTYPES, types_pb2.DTYPE_INT64: np.dtype
 
 
 class WireError(ValueError):
-    """A message does not follow the wire conventions (the server answers INVALID_ARGUMENT)."""
+    """A message does not follow the wire conventions (the server answers INVALID_ARGUMENT).
+
+    ``reason`` and ``field`` are what the server's error details carry (docs/api.md "Errors"):
+    ``MALFORMED_MATRIX`` unless said otherwise, and the request field at fault if known."""
+
+    def __init__(self, message: str, *, reason: str = "MALFORMED_MATRIX", field: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.field = field
 
 
 def check_name(name: str, what: str = "name") -> str:
@@ -50,7 +58,8 @@ def check_name(name: str, what: str = "name") -> str:
     if not isinstance(name, str) or NAME_PATTERN.fullmatch(name) is None:
         shown = name if isinstance(name, str) and len(name) <= 40 else f"{str(name)[:40]}..."
         raise WireError(
-            f"invalid {what} {shown!r}: use 1-{MAX_NAME_LENGTH} characters of A-Z a-z 0-9 . _ -"
+            f"invalid {what} {shown!r}: use 1-{MAX_NAME_LENGTH} characters of A-Z a-z 0-9 . _ -",
+            reason="INVALID_NAME", field=what.removesuffix(" name").removesuffix(" model").replace(" ", "_"),
         )
     return name
 
@@ -78,31 +87,29 @@ def decode_matrix(message: types_pb2.Matrix, *, what: str = "vectors") -> np.nda
     dtype = _DTYPES.get(message.dtype)
     if dtype is None:
         raise WireError(
-            f"{what}: unsupported dtype {message.dtype} (send DTYPE_FLOAT32, FLOAT64 or FLOAT16)"
+            f"{what}: unsupported dtype {message.dtype} (send DTYPE_FLOAT32, FLOAT64 or FLOAT16)", field=what
         )
     shape = tuple(int(s) for s in message.shape)
     if len(shape) != 2:
-        raise WireError(f"{what}: shape must be [rows, cols], got {list(shape)}")
+        raise WireError(f"{what}: shape must be [rows, cols], got {list(shape)}", field=what)
     rows, cols = shape
     expected = rows * cols * dtype.itemsize
     if len(message.data) != expected:
         raise WireError(
             f"{what}: {len(message.data)} bytes do not hold shape {list(shape)} of "
-            f"{dtype.name} ({expected} bytes expected)"
+            f"{dtype.name} ({expected} bytes expected)", field=what
         )
     return np.frombuffer(message.data, dtype=dtype).reshape(rows, cols)
 
 
 def encode_array(array: np.ndarray) -> types_pb2.Matrix:
-    """Encode an array of any rank for export: float64 stays float64, integers become int64,
-    other floats float32."""
+    """Encode an array of any rank for export (the contract of ExportFit): every float array as
+    float64 (no precision lost, whatever the fit computed in), integers and booleans as int64."""
     array = np.asarray(array)
     if np.issubdtype(array.dtype, np.integer) or array.dtype == np.bool_:
         dtype, code = "<i8", types_pb2.DTYPE_INT64
-    elif array.dtype == np.float64:
-        dtype, code = "<f8", types_pb2.DTYPE_FLOAT64
     elif np.issubdtype(array.dtype, np.floating):
-        dtype, code = "<f4", types_pb2.DTYPE_FLOAT32
+        dtype, code = "<f8", types_pb2.DTYPE_FLOAT64
     else:
         raise WireError(f"cannot encode an array of dtype {array.dtype}")
     data = np.ascontiguousarray(array, dtype=dtype)
@@ -125,7 +132,7 @@ def check_finite(array: np.ndarray, what: str = "vectors", first_row: int = 0) -
     finite = np.isfinite(array)
     if not finite.all():
         bad_row = first_row + int(np.flatnonzero(~finite.all(axis=1))[0])
-        raise WireError(f"{what}: row {bad_row} contains NaN or Inf")
+        raise WireError(f"{what}: row {bad_row} contains NaN or Inf", reason="NON_FINITE_VALUE", field=what)
 
 
 def rows_per_chunk(dim: int, requested: int, max_message_bytes: int, ids: Sequence[str] = ()) -> int:

@@ -21,7 +21,7 @@ def as_matrix(a, name: str, *, min_rows: int = 1, check_finite: bool = True) -> 
     if arr.shape[0] < min_rows or arr.shape[1] < 1:
         raise InvalidInput(f"{name} needs at least {min_rows} row(s) and 1 column, got shape {arr.shape}")
     if check_finite and np.issubdtype(arr.dtype, np.floating) and not np.all(np.isfinite(arr)):
-        raise InvalidInput(f"{name} contains NaN or Inf")
+        raise InvalidInput(f"{name} contains NaN or Inf", reason="NON_FINITE_VALUE")
     return arr
 
 

@@ -122,7 +122,7 @@ class ContrastiveSpace(ModelSpace):
         self._model(model)
         Z = as_matrix(Z, "Z")
         if Z.shape[1] != self.n_components_:
-            raise InvalidInput(f"Z has {Z.shape[1]} columns, the shared space has {self.n_components_}")
+            raise InvalidInput(f"Z has {Z.shape[1]} columns, the shared space has {self.n_components_}", reason="DIMENSION_MISMATCH")
         dec = self.decoders_[model]
         return (Z.astype(np.float64, copy=False) @ dec["W"].T + dec["b"]).astype(out_dtype(Z), copy=False)
 

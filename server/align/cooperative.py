@@ -123,7 +123,7 @@ class CooperativeHead:
         self._check_fitted()
         Z = as_matrix(Z, "Z").astype(np.float64)
         if Z.shape[1] != self.weight_.shape[2]:
-            raise InvalidInput(f"Z has {Z.shape[1]} columns, the head expects {self.weight_.shape[2]}")
+            raise InvalidInput(f"Z has {Z.shape[1]} columns, the head expects {self.weight_.shape[2]}", reason="DIMENSION_MISMATCH")
         X = (Z - self.mean_) / self.scale_
         out = np.zeros((Z.shape[0], self.weight_.shape[1]))
         for W, b in zip(self.weight_, self.bias_):

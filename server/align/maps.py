@@ -51,7 +51,7 @@ class _AffineMap:
     def set_params(self, **params) -> "_AffineMap":
         for k, v in params.items():
             if k not in self._hyper:
-                raise InvalidInput(f"unknown parameter {k!r} for {type(self).__name__}")
+                raise InvalidInput(f"unknown parameter {k!r} for {type(self).__name__}", reason="UNKNOWN_PARAMETER")
             setattr(self, k, v)
         return self
 
@@ -92,7 +92,7 @@ class _AffineMap:
         self._check_fitted()
         X = as_matrix(X, "X")
         if X.shape[1] != self.n_features_in_:
-            raise InvalidInput(f"X has {X.shape[1]} columns, the map expects {self.n_features_in_}")
+            raise InvalidInput(f"X has {X.shape[1]} columns, the map expects {self.n_features_in_}", reason="DIMENSION_MISMATCH")
         return X
 
     def transform(self, X) -> np.ndarray:
@@ -271,7 +271,7 @@ class ProcrustesMap(_AffineMap):
         self._check_fitted()
         Y = as_matrix(Y, "Y")
         if Y.shape[1] != self.n_outputs_:
-            raise InvalidInput(f"Y has {Y.shape[1]} columns, the map expects {self.n_outputs_}")
+            raise InvalidInput(f"Y has {Y.shape[1]} columns, the map expects {self.n_outputs_}", reason="DIMENSION_MISMATCH")
         if self.scale_ == 0:
             raise InvalidInput("the fitted scale is 0; the map has no inverse")
         X = (Y.astype(np.float64, copy=False) - self.intercept_) @ self.rotation_ / self.scale_
@@ -311,12 +311,13 @@ class CCAMap(_AffineMap):
 
     def fit_stats(self, stats: PairedStats) -> "CCAMap":
         if not (0.0 <= float(self.reg) < 1.0):
-            raise InvalidInput(f"reg must be in [0, 1), got {self.reg}")
+            raise InvalidInput(f"reg must be in [0, 1), got {self.reg}", reason="PARAMETER_OUT_OF_RANGE", field="params.reg")
         self._start_fit(stats, 2)
         k_max = min(stats.d_x, stats.d_y)
         k = min(k_max, stats.n - 1) if self.n_components is None else int(self.n_components)
         if not 1 <= k <= k_max:
-            raise InvalidInput(f"n_components must be in [1, {k_max}], got {self.n_components}")
+            raise InvalidInput(f"n_components must be in [1, {k_max}], got {self.n_components}", reason="PARAMETER_OUT_OF_RANGE",
+                               field="params.n_components")
         cxx, cxy, cyy = stats.covariances()
         r = float(self.reg)
         cxx = (1 - r) * cxx + r * np.trace(cxx) / stats.d_x * np.eye(stats.d_x)
@@ -344,7 +345,7 @@ class CCAMap(_AffineMap):
         self._check_fitted()
         Y = as_matrix(Y, "Y")
         if Y.shape[1] != self.n_outputs_:
-            raise InvalidInput(f"Y has {Y.shape[1]} columns, the map expects {self.n_outputs_}")
+            raise InvalidInput(f"Y has {Y.shape[1]} columns, the map expects {self.n_outputs_}", reason="DIMENSION_MISMATCH")
         return ((Y.astype(np.float64, copy=False) - self.mean_y_) @ self.y_weights_).astype(out_dtype(Y), copy=False)
 
     def export(self) -> dict[str, np.ndarray]:

@@ -184,7 +184,7 @@ def hidden_activations(mlp, X, layer: int = 0) -> np.ndarray:
         raise InvalidInput(f"unsupported activation {getattr(mlp, 'activation', None)!r}")
     H = as_matrix(X, "X").astype(np.float64)
     if H.shape[1] != coefs[0].shape[0]:
-        raise InvalidInput(f"X has {H.shape[1]} columns, the net expects {coefs[0].shape[0]}")
+        raise InvalidInput(f"X has {H.shape[1]} columns, the net expects {coefs[0].shape[0]}", reason="DIMENSION_MISMATCH")
     for W, b in zip(coefs[: int(layer) + 1], intercepts[: int(layer) + 1]):
         H = act(H @ W + b)
     return H

@@ -4,7 +4,8 @@ Everything that needs to know the methods reads :data:`METHODS`: parameter valid
 (:func:`validate_params`, ``INVALID_ARGUMENT`` before any math runs), ``auto``'s candidates and
 their simplicity order (:data:`CANDIDATES`), the memory estimate of a fit, the state dispatch
 of a stored fit (:func:`estimator_from_state`), ``convergent methods`` and the table in
-``docs/alignment.md`` (:func:`markdown_table`, checked by a test). Adding a method is one
+``docs/alignment.md`` (:func:`markdown_table`, checked by a test), the ``ListMethods``
+catalogue with each method's JSON Schema (:func:`convergent.server.align.catalogue.catalogue`). Adding a method is one
 :class:`Method` entry here, its estimator, and its name in the contract
 (``convergent.wire.FIT_METHODS``, which the CLI's help shows without loading the server).
 
@@ -13,6 +14,9 @@ The parameter models and their ranges live in :mod:`convergent.server.align.para
 
 from __future__ import annotations
 
+import json
+import types
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -162,26 +166,65 @@ _STATE_CLASSES: dict[str, type[_AffineMap]] = {cls.__name__: cls for m in METHOD
 
 
 # ---------------------------------------------------------------- using it
+def _kind(value: object) -> str:
+    """The JSON kind of a parameter value ("integer" for an integral number)."""
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "integer" if float(value).is_integer() else "number"
+    return "string" if isinstance(value, str) else "list" if isinstance(value, (list, tuple)) else "other"
+
+
+def _expected_kinds(annotation: object) -> set[str]:
+    """The JSON kinds a parameter of this type accepts (a given value is never null)."""
+    union = typing.get_origin(annotation) in (typing.Union, types.UnionType)
+    kinds = set()
+    for part in typing.get_args(annotation) if union else (annotation,):
+        base = typing.get_origin(part) or part
+        kinds |= {bool: {"boolean"}, int: {"integer"}, float: {"number", "integer"}, str: {"string"},
+                  list: {"list"}}.get(base, set())  # type: ignore[call-overload]
+    return kinds
+
+
+def _shown(value: object) -> str:
+    """A parameter value as JSON, cut to 60 characters."""
+    try:
+        text = json.dumps(value, allow_nan=True)
+    except (TypeError, ValueError):
+        text = str(value)
+    return text if len(text) <= 60 else f"{text[:57]}..."
+
+
 def _checked(model: type[Params], params: dict, what: str) -> dict:
     if not isinstance(params, dict):
-        raise InvalidInput(f"parameters of {what} must be a mapping, got {type(params).__name__}")
+        raise InvalidInput(f"parameters of {what} must be an object (a Struct), got {type(params).__name__}",
+                           reason="PARAMETER_WRONG_TYPE", field="params")
     unknown = sorted(set(params) - set(model.model_fields))
     if unknown:
-        raise InvalidInput(f"unknown parameters {unknown} for {what}; it takes {sorted(model.model_fields)}")
+        raise InvalidInput(f"unknown parameters {unknown} for {what}; it takes {sorted(model.model_fields)}",
+                           reason="UNKNOWN_PARAMETER", field=f"params.{unknown[0]}",
+                           metadata={"parameters": ",".join(unknown), "accepted": ",".join(sorted(model.model_fields))})
     try:
         return model.model_validate(params).model_dump(exclude_unset=True)
     except ValidationError as exc:
         error = exc.errors()[0]
-        where = f"parameter {error['loc'][0]!r} " if error["loc"] else ""
-        shown = "" if not error["loc"] or "got " in error["msg"] else f", got {error['input']!r}"
-        raise InvalidInput(f"{where}{error['msg']}{shown}") from None
+        if not error["loc"]:
+            raise InvalidInput(error["msg"], reason="CONFLICTING_PARAMETERS", field="params") from None
+        key = str(error["loc"][0])
+        info = model.model_fields.get(key)
+        expected = _expected_kinds(info.annotation) if info is not None else set()
+        shown = "" if "got " in error["msg"] else f", got {_shown(error['input'])}"
+        raise InvalidInput(f"parameter {key!r} {error['msg']}{shown}", field=f"params.{key}", metadata={"parameter": key},
+                           reason="PARAMETER_OUT_OF_RANGE" if _kind(error["input"]) in expected else "PARAMETER_WRONG_TYPE",
+                           ) from None
 
 
 def validate_params(method: str, params: dict) -> dict:
     """Checked, typed hyper-parameters of ``method`` ("auto" included): the keys given, nothing
     added. :class:`InvalidInput` for an unknown method or key, a wrong type or a value out of range."""
     if method not in PARAMS:
-        raise InvalidInput(f"unknown method {method!r}; choose from {list(PARAMS)}")
+        raise InvalidInput(f"unknown method {method!r}; choose from {list(PARAMS)}", reason="UNKNOWN_METHOD",
+                           field="method", metadata={"accepted": ",".join(PARAMS)})
     return _checked(PARAMS[method], params, f"method {method!r}")
 
 

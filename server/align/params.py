@@ -4,14 +4,15 @@ in :mod:`convergent.server.align.methods` names which model each method takes).
 Parameters arrive from a protobuf ``Struct``, so every number is a double: integers are
 accepted as integral doubles (``3.0``), never as booleans or strings. Every parameter has an
 upper bound (a Lasso path of 1e8 alphas once tried to allocate 11.9 TiB). Each type carries a
-:class:`Range`, the words the docs table and ``convergent methods`` show.
+:class:`Range`: the words the docs table shows, and the same range as JSON Schema keywords, which
+``model_json_schema()`` takes from it (the ``ListMethods`` catalogue, :func:`convergent.server.align.catalogue.catalogue`).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
@@ -115,41 +116,78 @@ def _candidate_names(value: object) -> list[str]:
     unknown = sorted(set(value) - set(CANDIDATES))
     if unknown:
         raise _fail("has unknown candidates {unknown}; choose from {known}", unknown=unknown, known=sorted(CANDIDATES))
+    if len(set(value)) != len(value):
+        raise _fail("must name each candidate at most once")
     return list(value)
+
+
+def _candidates_schema() -> dict[str, Any]:
+    from convergent.server.align.methods import CANDIDATES
+
+    return {"type": "array", "items": {"type": "string", "enum": list(CANDIDATES)}, "minItems": 1,
+            "maxItems": len(CANDIDATES), "uniqueItems": True}
 
 
 @dataclass(frozen=True)
 class Range:
-    """What a parameter accepts, in words (the docs table and ``convergent methods`` show it)."""
+    """What a parameter accepts, from the same numbers as its validator: in words (``text``: the
+    docs table) and as JSON Schema keywords (``schema``, or a function returning them: the type and
+    bounds of a given value, which pydantic's ``model_json_schema()`` takes whole; a default of
+    None, "chosen from the data", is never sent, so it is no JSON type)."""
 
     text: str
+    schema: dict[str, Any] | Callable[[], dict[str, Any]] = field(default_factory=dict, hash=False, compare=False)
+
+    def json_schema(self) -> dict[str, Any]:
+        return dict(self.schema() if callable(self.schema) else self.schema)
+
+    def __get_pydantic_json_schema__(self, core_schema: Any, handler: Any) -> dict[str, Any]:
+        return self.json_schema()
+
+    @classmethod
+    def integer(cls, low: int, high: int) -> Range:
+        return cls(f"integer in {low}..{high}", {"type": "integer", "minimum": low, "maximum": high})
+
+    @classmethod
+    def number(cls, low: float, high: float, *, low_open: bool = False, high_open: bool = False) -> Range:
+        schema = {"type": "number", "exclusiveMinimum" if low_open else "minimum": low,
+                  "exclusiveMaximum" if high_open else "maximum": high}
+        return cls(f"number in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}", schema)
+
+    @classmethod
+    def numbers(cls, most: int, item: Range) -> Range:
+        return cls(f"list of 1..{most} numbers{item.text.removeprefix('number')}",
+                   {"type": "array", "items": item.json_schema(), "minItems": 1, "maxItems": most})
+
+    @classmethod
+    def choice(cls, *values: str) -> Range:
+        return cls(" / ".join(values), {"type": "string", "enum": list(values)})
 
 
-Seed = Annotated[int, BeforeValidator(_whole_number(0, SEED_MAX)), Range(f"integer in 0..{SEED_MAX}")]
-Components = Annotated[int, BeforeValidator(_whole_number(1, COMPONENTS_MAX)), Range(f"integer in 1..{COMPONENTS_MAX}")]
+Seed = Annotated[int, BeforeValidator(_whole_number(0, SEED_MAX)), Range.integer(0, SEED_MAX)]
+Components = Annotated[int, BeforeValidator(_whole_number(1, COMPONENTS_MAX)), Range.integer(1, COMPONENTS_MAX)]
 # Parameters whose default (None) means "chosen from the data": a given value is never None.
-OptionalComponents = Annotated[int | None, BeforeValidator(_whole_number(1, COMPONENTS_MAX)),
-                               Range(f"integer in 1..{COMPONENTS_MAX}")]
-PathLength = Annotated[int, BeforeValidator(_whole_number(1, N_ALPHAS_MAX)), Range(f"integer in 1..{N_ALPHAS_MAX}")]
-Sweeps = Annotated[int, BeforeValidator(_whole_number(1, MAX_ITER_MAX)), Range(f"integer in 1..{MAX_ITER_MAX}")]
-OptionalPositive = Annotated[float | None, BeforeValidator(_positive_number), Range(f"number in (0, {ALPHA_MAX:g}]")]
+OptionalComponents = Annotated[int | None, BeforeValidator(_whole_number(1, COMPONENTS_MAX)), Range.integer(1, COMPONENTS_MAX)]
+PathLength = Annotated[int, BeforeValidator(_whole_number(1, N_ALPHAS_MAX)), Range.integer(1, N_ALPHAS_MAX)]
+Sweeps = Annotated[int, BeforeValidator(_whole_number(1, MAX_ITER_MAX)), Range.integer(1, MAX_ITER_MAX)]
+OptionalPositive = Annotated[float | None, BeforeValidator(_positive_number), Range.number(0, ALPHA_MAX, low_open=True)]
 OptionalPositives = Annotated[list[float] | None, BeforeValidator(_positive_numbers),
-                              Range(f"list of 1..{LIST_MAX} numbers in (0, {ALPHA_MAX:g}]")]
-Fraction = Annotated[float, BeforeValidator(_fraction), Range("number in [0, 1)")]
-Flag = Annotated[bool, BeforeValidator(_boolean), Range("true / false")]
-Hidden = Annotated[int, BeforeValidator(_whole_number(1, HIDDEN_MAX)), Range(f"integer in 1..{HIDDEN_MAX}")]
-Depth = Annotated[int, BeforeValidator(_whole_number(1, DEPTH_MAX)), Range(f"integer in 1..{DEPTH_MAX}")]
-Epochs = Annotated[int, BeforeValidator(_whole_number(1, EPOCHS_MAX)), Range(f"integer in 1..{EPOCHS_MAX}")]
-Patience = Annotated[int, BeforeValidator(_whole_number(1, PATIENCE_MAX)), Range(f"integer in 1..{PATIENCE_MAX}")]
+                              Range.numbers(LIST_MAX, Range.number(0, ALPHA_MAX, low_open=True))]
+Fraction = Annotated[float, BeforeValidator(_fraction), Range.number(0, 1, high_open=True)]
+Flag = Annotated[bool, BeforeValidator(_boolean), Range("true / false", {"type": "boolean"})]
+Hidden = Annotated[int, BeforeValidator(_whole_number(1, HIDDEN_MAX)), Range.integer(1, HIDDEN_MAX)]
+Depth = Annotated[int, BeforeValidator(_whole_number(1, DEPTH_MAX)), Range.integer(1, DEPTH_MAX)]
+Epochs = Annotated[int, BeforeValidator(_whole_number(1, EPOCHS_MAX)), Range.integer(1, EPOCHS_MAX)]
+Patience = Annotated[int, BeforeValidator(_whole_number(1, PATIENCE_MAX)), Range.integer(1, PATIENCE_MAX)]
 TrainPairs = Annotated[int, BeforeValidator(_whole_number(TRAIN_PAIRS_MIN, TRAIN_PAIRS_MAX)),
-                       Range(f"integer in {TRAIN_PAIRS_MIN}..{TRAIN_PAIRS_MAX}")]
-LearningRate = Annotated[float, BeforeValidator(_learning_rate), Range("number in (0, 1]")]
-Device = Annotated[str, BeforeValidator(_device), Range("cpu / cuda / auto")]
-SpaceMethod = Annotated[str, BeforeValidator(_space_method), Range("gcca / contrastive")]
-Temperature = Annotated[float, BeforeValidator(_temperature), Range("number in [0.001, 10]")]
-HiddenOrNone = Annotated[int, BeforeValidator(_whole_number(0, HIDDEN_MAX)), Range(f"integer in 0..{HIDDEN_MAX}")]
+                       Range.integer(TRAIN_PAIRS_MIN, TRAIN_PAIRS_MAX)]
+LearningRate = Annotated[float, BeforeValidator(_learning_rate), Range.number(0, 1, low_open=True)]
+Device = Annotated[str, BeforeValidator(_device), Range.choice("cpu", "cuda", "auto")]
+SpaceMethod = Annotated[str, BeforeValidator(_space_method), Range.choice("gcca", "contrastive")]
+Temperature = Annotated[float, BeforeValidator(_temperature), Range.number(0.001, 10)]
+HiddenOrNone = Annotated[int, BeforeValidator(_whole_number(0, HIDDEN_MAX)), Range.integer(0, HIDDEN_MAX)]
 OptionalCandidateNames = Annotated[list[str] | None, BeforeValidator(_candidate_names),
-                                   Range("list of candidate names, each at most once")]
+                                   Range("list of candidate names, each at most once", _candidates_schema)]
 
 SEED_HELP = "seed of the held-out split"
 
@@ -165,6 +203,7 @@ class Params(BaseModel):
 class _OnePenaltyOrPath(Params):
     """Base of the methods that take one penalty or a list of them to choose from."""
 
+    model_config = ConfigDict(json_schema_extra={"not": {"required": ["alpha", "alphas"]}})  # as _alpha_or_alphas
     alpha: OptionalPositive = None
     alphas: OptionalPositives = None
 

@@ -49,7 +49,7 @@ class ModelSpace:
         i = self._model(model)
         X = as_matrix(X, "X")
         if X.shape[1] != self.dims_[i]:
-            raise InvalidInput(f"X has {X.shape[1]} columns, model {model!r} has {self.dims_[i]}")
+            raise InvalidInput(f"X has {X.shape[1]} columns, model {model!r} has {self.dims_[i]}", reason="DIMENSION_MISMATCH")
         return X
 
     def transform(self, model: str, X) -> np.ndarray:  # pragma: no cover - abstract
@@ -108,7 +108,7 @@ class SharedSpace(ModelSpace):
     def set_params(self, **params) -> "SharedSpace":
         for k, v in params.items():
             if k not in self._hyper:
-                raise InvalidInput(f"unknown parameter {k!r} for SharedSpace")
+                raise InvalidInput(f"unknown parameter {k!r} for SharedSpace", reason="UNKNOWN_PARAMETER")
             setattr(self, k, v)
         return self
 
@@ -184,7 +184,7 @@ class SharedSpace(ModelSpace):
     def _fit_joint(self, names, dims, means, C, n) -> "SharedSpace":
         r = float(self.reg) if isinstance(self.reg, (int, float, np.number)) else float("nan")
         if not 0.0 <= r < 1.0:
-            raise InvalidInput(f"reg must be in [0, 1), got {self.reg}")
+            raise InvalidInput(f"reg must be in [0, 1), got {self.reg}", reason="PARAMETER_OUT_OF_RANGE", field="params.reg")
         D = int(sum(dims))
         k_max = min(D, n - 1)
         if self.n_components is None:
@@ -194,7 +194,8 @@ class SharedSpace(ModelSpace):
             or isinstance(self.n_components, bool)
             or not 1 <= self.n_components <= k_max
         ):
-            raise InvalidInput(f"n_components must be an integer in [1, min(sum d_m, n - 1)] = [1, {k_max}], got {self.n_components}")
+            raise InvalidInput(f"n_components must be an integer in [1, min(sum d_m, n - 1)] = [1, {k_max}], got {self.n_components}",
+                               reason="PARAMETER_OUT_OF_RANGE", field="params.n_components")
         else:
             k = int(self.n_components)
         if k < 1:
@@ -240,7 +241,7 @@ class SharedSpace(ModelSpace):
         self._model(model)
         Z = as_matrix(Z, "Z")
         if Z.shape[1] != self.n_components_:
-            raise InvalidInput(f"Z has {Z.shape[1]} columns, the shared space has {self.n_components_}")
+            raise InvalidInput(f"Z has {Z.shape[1]} columns, the shared space has {self.n_components_}", reason="DIMENSION_MISMATCH")
         X = Z.astype(np.float64, copy=False) @ self.loadings_[model].T + self.means_[model]
         return X.astype(out_dtype(Z), copy=False)
 

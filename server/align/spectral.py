@@ -68,14 +68,15 @@ class SpectralMatching(_AffineMap):
     def fit_stats(self, stats: PairedStats) -> "SpectralMatching":
         self._start_fit(stats, 2)
         if not isinstance(self.reg, (int, float, np.number)) or not float(self.reg) >= 0:
-            raise InvalidInput(f"reg must be >= 0, got {self.reg}")
+            raise InvalidInput(f"reg must be >= 0, got {self.reg}", reason="PARAMETER_OUT_OF_RANGE", field="params.reg")
         if self.assign_labels not in ("kmeans", "discretize", "cluster_qr"):
             raise InvalidInput(f"assign_labels must be 'kmeans', 'discretize' or 'cluster_qr', got {self.assign_labels!r}")
         d_x, d_y = stats.d_x, stats.d_y
         k_max = min(d_x, d_y)
         if self.n_groups is not None:
             if not isinstance(self.n_groups, (int, np.integer)) or isinstance(self.n_groups, bool) or not 1 <= self.n_groups <= k_max:
-                raise InvalidInput(f"n_groups must be an integer in [1, min(d_x, d_y)] = [1, {k_max}], got {self.n_groups}")
+                raise InvalidInput(f"n_groups must be an integer in [1, min(d_x, d_y)] = [1, {k_max}], got {self.n_groups}", reason="PARAMETER_OUT_OF_RANGE",
+                                   field="params.n_groups")
         u = unit_stats(stats)
         assert u.rxx is not None and u.ryy is not None and u.sxx is not None  # full statistics
         A = np.abs(np.block([[u.rxx, u.rxy], [u.rxy.T, u.ryy]]))

@@ -122,7 +122,7 @@ class PairedStats:
         squares = (parts[2], parts[4]) if self.products == "cross" else (np.diagonal(parts[2]), np.diagonal(parts[4]))
         for name, sq in zip(("X", "Y"), squares):
             if not np.all(np.isfinite(sq)):
-                raise InvalidInput(f"{name} contains NaN or Inf (or values whose squares overflow)")
+                raise InvalidInput(f"{name} contains NaN or Inf (or values whose squares overflow)", reason="NON_FINITE_VALUE")
         self.n += int(sign) * X.shape[0]
         for k, part in zip(self._keys, parts):
             getattr(self, k).__iadd__(sign * part)

@@ -29,16 +29,17 @@ def as_vectors(a, name: str, *, dim: int | None = None, allow_empty: bool = Fals
     if arr.ndim != 2:
         raise InvalidInput(f"{name} must be 2-D (rows, dims), got shape {arr.shape}")
     if arr.shape[0] == 0 and not allow_empty:
-        raise InvalidInput(f"{name} is empty")
+        raise InvalidInput(f"{name} is empty", reason="EMPTY_INPUT")
     if dim is not None and arr.shape[1] != dim:
-        raise InvalidInput(f"{name} has dimension {arr.shape[1]}, expected {dim}")
+        raise InvalidInput(f"{name} has dimension {arr.shape[1]}, expected {dim}", reason="DIMENSION_MISMATCH",
+                           metadata={"expected": dim, "got": arr.shape[1]})
     if arr.shape[1] < 1:
         raise InvalidInput(f"{name} needs at least one column, got shape {arr.shape}")
     if not np.all(np.isfinite(arr)):
-        raise InvalidInput(f"{name} contains NaN or Inf")
+        raise InvalidInput(f"{name} contains NaN or Inf", reason="NON_FINITE_VALUE")
     out = np.ascontiguousarray(arr, dtype=np.float32)
     if not np.all(np.isfinite(out)):
-        raise InvalidInput(f"{name} overflows float32")
+        raise InvalidInput(f"{name} overflows float32", reason="NON_FINITE_VALUE")
     return out
 
 
@@ -48,26 +49,26 @@ def as_scores(a, name: str, *, allow_empty: bool = False) -> np.ndarray:
     if arr.ndim != 1:
         raise InvalidInput(f"{name} must be 1-D, got shape {arr.shape}")
     if arr.size == 0 and not allow_empty:
-        raise InvalidInput(f"{name} is empty")
+        raise InvalidInput(f"{name} is empty", reason="EMPTY_INPUT")
     if not np.all(np.isfinite(arr)):
-        raise InvalidInput(f"{name} contains NaN or Inf")
+        raise InvalidInput(f"{name} contains NaN or Inf", reason="NON_FINITE_VALUE")
     return arr if arr.dtype in (np.float32, np.float64) else arr.astype(np.float64)
 
 
 def positive_int(value, name: str) -> int:
     """An int > 0 (bools and floats are refused)."""
     if isinstance(value, bool) or not isinstance(value, Integral) or value <= 0:
-        raise InvalidInput(f"{name} must be a positive integer, got {value!r}")
+        raise InvalidInput(f"{name} must be a positive integer, got {value!r}", reason="VALUE_OUT_OF_RANGE")
     return int(value)
 
 
 def open_unit_float(value, name: str) -> float:
     """A finite real strictly between 0 and 1."""
     if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(float(value)):
-        raise InvalidInput(f"{name} must be a finite number in (0, 1), got {value!r}")
+        raise InvalidInput(f"{name} must be a finite number in (0, 1), got {value!r}", reason="VALUE_OUT_OF_RANGE")
     value = float(value)
     if not 0.0 < value < 1.0:
-        raise InvalidInput(f"{name} must be in (0, 1), got {value!r}")
+        raise InvalidInput(f"{name} must be in (0, 1), got {value!r}", reason="VALUE_OUT_OF_RANGE")
     return value
 
 
@@ -81,9 +82,9 @@ def as_ids(ids, name: str = "ids") -> list[str]:
         raise InvalidInput(f"{name} must be a sequence of strings") from exc
     for i in out:
         if not isinstance(i, str) or not i:
-            raise InvalidInput(f"{name} must contain non-empty strings, got {i!r}")
+            raise InvalidInput(f"{name} must contain non-empty strings, got {i!r}", reason="INVALID_ID")
     if len(set(out)) != len(out):
-        raise InvalidInput(f"{name} contains duplicates")
+        raise InvalidInput(f"{name} contains duplicates", reason="DUPLICATE_ID")
     return out
 
 
@@ -103,8 +104,8 @@ def new_entries(ids, vectors, dim: int, present) -> tuple[list[str], np.ndarray]
     ids = as_ids(ids)
     X = as_vectors(vectors, "vectors", dim=dim, allow_empty=True)
     if len(ids) != X.shape[0]:
-        raise InvalidInput(f"{len(ids)} ids for {X.shape[0]} vectors")
+        raise InvalidInput(f"{len(ids)} ids for {X.shape[0]} vectors", reason="LENGTH_MISMATCH", field="ids")
     taken = present(ids)
     if taken:
-        raise AlreadyExists(f"{len(taken)} id(s) already in the index, e.g. {taken[0]!r}")
+        raise AlreadyExists(f"{len(taken)} id(s) already in the index, e.g. {taken[0]!r}", reason="ID_TAKEN", field="ids")
     return ids, X

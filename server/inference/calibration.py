@@ -85,7 +85,8 @@ def calibrate_threshold(genuine: np.ndarray, impostor: np.ndarray, far: float, *
     if m < needed:
         raise FailedPrecondition(
             f"FAR {far:g} cannot be resolved from {m} impostor pairs: at least {needed} are needed "
-            f"({min_errors}/FAR); add anchors or request a larger FAR"
+            f"({min_errors}/FAR); add anchors or request a larger FAR",
+            reason="UNRESOLVABLE_RATE", metadata={"have": m, "need": needed},
         )
     dtype = np.result_type(gen.dtype, imp.dtype)
     allowed = int(math.floor(far * m * (1 + 1e-12)))  # accepted impostors allowed, < m

@@ -329,4 +329,4 @@ def milvus_errors() -> Iterator[None]:
         yield
     except MilvusException as exc:
         log.warning("Milvus call failed: %s", exc)
-        raise Unavailable("the gallery index service (Milvus) is unavailable; retry later") from exc
+        raise Unavailable("the gallery index service (Milvus) is unavailable; retry later", reason="INDEX_UNAVAILABLE") from exc

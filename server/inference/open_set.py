@@ -68,7 +68,8 @@ def open_set_threshold(top1: np.ndarray, fpir: float, *, min_errors: int = 10) -
     if scores.shape[0] < needed:
         raise FailedPrecondition(
             f"FPIR {fpir:g} cannot be resolved from {scores.shape[0]} non-mated searches: at least {needed} are "
-            f"needed ({min_errors}/FPIR); add anchors, give more non-mated probes, or request a larger FPIR"
+            f"needed ({min_errors}/FPIR); add anchors, give more non-mated probes, or request a larger FPIR",
+            reason="UNRESOLVABLE_RATE", metadata={"have": scores.shape[0], "need": needed},
         )
     threshold, achieved = threshold_for_fpir(scores, fpir)
     return OpenSetThreshold(threshold, achieved, fpir, int(scores.shape[0]))

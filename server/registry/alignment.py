@@ -36,7 +36,8 @@ def check_fit_memory(method: str, params: dict, d_x: int, d_y: int, limit: int, 
     if need > limit:
         raise ResourceExhausted(
             f"a {method} fit of {d_x} -> {d_y} dims with these parameters needs about {need / 2**30:.1f} GiB, "
-            f"over this server's limit of {limit / 2**30:.1f} GiB (max_fit_bytes): use fewer alphas or components"
+            f"over this server's limit of {limit / 2**30:.1f} GiB (max_fit_bytes): use fewer alphas or components",
+            reason="FIT_TOO_LARGE", metadata={"limit": "max_fit_bytes", "value": limit, "estimated": need},
         )
 
 
@@ -92,7 +93,7 @@ class Alignment:
         for name, what in ((source, "source model"), (target, "target model"), (anchor_set, "anchor set name")):
             valid_name(name, what)
         if source == target:
-            raise InvalidInput("source and target must be different models")
+            raise InvalidInput("source and target must be different models", reason="MODELS_NOT_DISTINCT", field="target")
         src, tgt = self.store.get_model(tenant, source), self.store.get_model(tenant, target)
         check_fit_memory(method, params, src.dim, tgt.dim, self.settings.max_fit_bytes)
         started = time.perf_counter()
@@ -102,7 +103,8 @@ class Alignment:
         if n_pairs < MIN_PAIRS:
             raise FailedPrecondition(
                 f"anchor set {anchor_set!r} holds {n_pairs} anchors embedded by both {source!r} and "
-                f"{target!r}; a fit needs at least {MIN_PAIRS}"
+                f"{target!r}; a fit needs at least {MIN_PAIRS}",
+                reason="TOO_FEW_ANCHORS", metadata={"anchor_set": anchor_set, "have": n_pairs, "need": MIN_PAIRS},
             )
         fit_stats = snap.stats.copy().subtract(snap.X_held, snap.Y_held)
         metrics: dict[str, float] = {}
@@ -120,7 +122,7 @@ class Alignment:
                 metrics[f"auto.{name}.stderr"] = result.stderr[name]
                 metrics[f"auto.{name}.gap"] = result.gap[name]
                 metrics[f"auto.{name}.gap_allowed"] = result.allowed[name]
-            learned = {"candidate": result.name, **_learned_params(estimator)}
+            learned = {"candidate": result.name, "candidates": list(candidates), **_learned_params(estimator)}
         else:
             chosen = method
             held_out_fit = methods.fit(method, params, fit_stats, heldout=(snap.X_held, snap.Y_held), pairs=snap.train)
@@ -136,6 +138,7 @@ class Alignment:
                 estimator = held_out_fit
             learned = _learned_params(estimator)
             metrics.update(_estimator_metrics(estimator))
+        learned["seed"] = params.get("seed", 0)  # the held-out split's seed, given or not
         warnings = list(diag.pop("warnings", []))
         for name, value in diag.items():
             if value is not None:
@@ -233,7 +236,9 @@ class Alignment:
             if expected.get(model.name) != model.version:
                 raise SpaceMismatch(
                     f"fit {record.id!r} was computed for {model.name!r} v{expected.get(model.name)}; "
-                    f"the model is now v{model.version}: fit again"
+                    f"the model is now v{model.version}: fit again", reason="STALE_FIT",
+                    metadata={"fit": record.id, "model": model.name, "fitted": expected.get(model.name),
+                              "current": model.version},
                 )
 
     def latest_route(self, tenant: str, src: ModelRecord, tgt: ModelRecord) -> FitRecord:
@@ -247,8 +252,9 @@ class Alignment:
             record = self.fits.latest_shared(tenant, [src.name, tgt.name])
         if record is None:
             raise NotFitted(
-                f"no fit from {src.name!r} to {tgt.name!r} (and no shared space holding both): call "
-                f"fit_alignment(source={src.name!r}, target={tgt.name!r}, anchor_set=...) first"
+                f"no fit from {src.name!r} to {tgt.name!r} (and no shared space holding both): fit one first "
+                f"(FitAlignment with source {src.name!r}, target {tgt.name!r} and an anchor set)",
+                reason="NO_ROUTE", metadata={"source": src.name, "target": tgt.name},
             )
         self.check_versions(record, src, tgt)
         return record
@@ -284,7 +290,8 @@ class Alignment:
         if target.startswith("shared:") or (fit_id and not target and self.fits.get(tenant, fit_id).method == "shared"):
             record = self.fits.get(tenant, target.removeprefix("shared:") or fit_id)
             if record.method != "shared" or source not in record.params["models"]:
-                raise InvalidInput(f"fit {record.id!r} is not a shared space holding {source!r}")
+                raise InvalidInput(f"fit {record.id!r} is not a shared space holding {source!r}", reason="WRONG_FIT",
+                                   field="fit_id" if fit_id and not target else "target")
             self.check_versions(record, src)
             _, space = self._load(tenant, record.id, record)
             Z = np.asarray(space.transform(source, prepare_vectors(src, vectors)), dtype=np.float32)
@@ -293,7 +300,8 @@ class Alignment:
             record = self.fits.get(tenant, fit_id)
             if record.source != source or (target and record.target != target):
                 raise InvalidInput(
-                    f"fit {fit_id!r} maps {record.source!r} -> {record.target!r}, not {source!r} -> {target or record.target!r}"
+                    f"fit {fit_id!r} maps {record.source!r} -> {record.target!r}, not {source!r} -> {target or record.target!r}",
+                    reason="WRONG_FIT", field="fit_id",
                 )
             tgt = self.store.get_model(tenant, record.target)
             self.check_versions(record, src, tgt)

@@ -50,12 +50,14 @@ class Cooperation:
         params = methods.validate_cooperative_params(params)
         valid_name(anchor_set, "anchor set name")
         if not teachers or len(set(teachers)) != len(teachers):
-            raise InvalidInput(f"give one or more different teacher models, got {teachers}")
+            raise InvalidInput(f"give one or more different teacher models, got {teachers}", reason="MODELS_NOT_DISTINCT",
+                               field="teachers")
         space_record = self._space(tenant, space_id)
         parties = list(space_record.params["models"])
         overlap = sorted(set(parties) & set(teachers))
         if overlap:
-            raise InvalidInput(f"{overlap} are models of the shared space; teachers are probability models")
+            raise InvalidInput(f"{overlap} are models of the shared space; teachers are probability models",
+                               reason="MODELS_NOT_DISTINCT", field="teachers")
         party_records = [self.store.get_model(tenant, m) for m in parties]
         self.alignment.check_versions(space_record, *party_records)
         teacher_records = []
@@ -63,21 +65,23 @@ class Cooperation:
             valid_name(name, "teacher model")
             record = self.store.get_model(tenant, name)
             if record.normalize:
-                raise FailedPrecondition(f"teacher {name!r} normalizes its vectors: register teachers with normalize=False "
-                                         "(their anchor vectors are class probabilities)")
+                raise FailedPrecondition(f"teacher {name!r} normalizes its vectors: register teachers with normalize set to "
+                                         "false (their anchor vectors are class probabilities)", field="teachers")
             teacher_records.append(record)
         if len({t.dim for t in teacher_records}) != 1:
-            raise FailedPrecondition(f"the teachers have different numbers of classes: {[t.dim for t in teacher_records]}")
+            raise FailedPrecondition(f"the teachers have different numbers of classes: {[t.dim for t in teacher_records]}",
+                                     field="teachers")
         started = time.perf_counter()
         version, ids, arrays = aligned_anchors(self.store, tenant, anchor_set, [*party_records, *teacher_records])
         if len(ids) < MIN_PAIRS:
             raise FailedPrecondition(f"anchor set {anchor_set!r} holds {len(ids)} anchors embedded by every party and "
-                                     f"teacher; a cooperative head needs at least {MIN_PAIRS}")
+                                     f"teacher; a cooperative head needs at least {MIN_PAIRS}", reason="TOO_FEW_ANCHORS",
+                                     metadata={"anchor_set": anchor_set, "have": len(ids), "need": MIN_PAIRS})
         for name, P in zip(teachers, arrays[len(parties):]):
             try:
                 check_probabilities(P, f"teacher {name!r}'s anchors")
             except InvalidInput as exc:
-                raise FailedPrecondition(str(exc)) from None
+                raise FailedPrecondition(str(exc), field="teachers") from None
         _, space = self.alignment._load(tenant, space_record.id, space_record)
         views = [np.asarray(space.transform(m, X), dtype=np.float64) for m, X in zip(parties, arrays)]
         teacher_probs = arrays[len(parties):]
@@ -93,7 +97,8 @@ class Cooperation:
         record = FitRecord(
             id=new_fit_id(), method=METHOD, requested_method=METHOD, source="", source_version=0, target="",
             target_version=0, anchor_set=anchor_set, data_version=version,
-            params={**params, "space": space_record.id, "models": parties, "teachers": list(teachers),
+            params={**params, "reg": kwargs["reg"], "max_iter": kwargs["max_iter"], "seed": kwargs["random_state"],
+                    "space": space_record.id, "models": parties, "teachers": list(teachers),
                     "model_versions": versions, "n_classes": int(target.shape[1])},
             metrics=metrics, warnings=[] if held.sum() >= 50 else [f"only {int(held.sum())} held-out anchors: the metrics are noisy"],
             converged=True, created_at=time.time(),
@@ -115,10 +120,11 @@ class Cooperation:
 
     def _space(self, tenant: str, space_id: str) -> FitRecord:
         if not space_id:
-            raise InvalidInput("give the shared space's id (fit_shared_space)")
+            raise InvalidInput("give the shared space's id (from FitSharedSpace)", reason="EMPTY_INPUT", field="space")
         record = self.alignment.fits.get(tenant, space_id)
         if record.method != "shared":
-            raise InvalidInput(f"fit {space_id!r} is a {record.method!r} fit, not a shared space")
+            raise InvalidInput(f"fit {space_id!r} is a {record.method!r} fit, not a shared space", reason="WRONG_FIT",
+                               field="space")
         return record
 
     # ------------------------------------------------------------ predict
@@ -127,21 +133,25 @@ class Cooperation:
         from convergent.server.align.cooperative import FUSION_RULE
 
         if not head_id:
-            raise InvalidInput("give the cooperative head's id (fit_cooperative)")
+            raise InvalidInput("give the cooperative head's id (from FitCooperative)", reason="EMPTY_INPUT", field="head")
         record = self.alignment.fits.get(tenant, head_id)
         if record.method != METHOD:
-            raise InvalidInput(f"fit {head_id!r} is a {record.method!r} fit, not a cooperative head")
+            raise InvalidInput(f"fit {head_id!r} is a {record.method!r} fit, not a cooperative head", reason="WRONG_FIT",
+                               field="head")
         if not parties:
-            raise InvalidInput("give at least one party's vectors")
+            raise InvalidInput("give at least one party's vectors", reason="EMPTY_INPUT", field="parties")
         names = [p[0] for p in parties]
         if len(set(names)) != len(names):
-            raise InvalidInput(f"each party must use a different model, got {names}")
+            raise InvalidInput(f"each party must use a different model, got {names}", reason="MODELS_NOT_DISTINCT",
+                               field="parties.model")
         unknown = sorted(set(names) - set(record.params["models"]))
         if unknown:
-            raise InvalidInput(f"{unknown} are not parties of this head; it takes {record.params['models']}")
+            raise InvalidInput(f"{unknown} are not parties of this head; it takes {record.params['models']}",
+                               reason="UNKNOWN_OPTION", field="parties.model")
         rows = {len(v) for _, _, v in parties}
         if len(rows) != 1:
-            raise InvalidInput(f"every party must send the same number of rows, got {sorted(rows)}")
+            raise InvalidInput(f"every party must send the same number of rows, got {sorted(rows)}", reason="LENGTH_MISMATCH",
+                               field="parties.vectors")
         models = []
         for name, version, _ in parties:
             valid_name(name, "model name")

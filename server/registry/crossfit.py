@@ -97,8 +97,8 @@ def _refit(record: FitRecord, stats, src: ModelRecord, tgt: ModelRecord, pairs=N
         if record.params.get("method") == "contrastive":
             raise FailedPrecondition(
                 f"verification without labels routes through the contrastive shared space {record.id!r}, which cannot "
-                f"be refitted out of fold from pair statistics: calibrate with labels (convergent calibrate), or fit a "
-                f"direct map or a gcca shared space for this pair"
+                f"be refitted out of fold from pair statistics: calibrate with labels (Calibrate), or fit a "
+                f"direct map or a gcca shared space for this pair", reason="CALIBRATION_UNAVAILABLE",
             )
         params = {k: record.params[k] for k in ("n_components", "reg") if k in record.params}
         space = SharedSpace(**params).fit_stats({(src.name, tgt.name): stats})
@@ -131,7 +131,8 @@ def calibration_anchors(alignment, tenant: str, record: FitRecord, src: ModelRec
         stats = fit_stats(reader, record, src, tgt, alignment.device) if len(ids) >= 2 * FOLDS else None
     if stats is None:
         raise FailedPrecondition(f"anchor set {record.anchor_set!r} has {len(ids)} of the pairs fit {record.id!r} was fitted "
-                                 f"on left: too few to calibrate on")
+                                 f"on left: too few to calibrate on", reason="TOO_FEW_ANCHORS",
+                                 metadata={"anchor_set": record.anchor_set, "have": len(ids), "need": 2 * FOLDS})
     if groups is None:
         fold = np.random.default_rng(seed).permutation(len(ids)) % FOLDS
     else:

@@ -59,6 +59,7 @@ class EnrollChunk:
     ids: list[str]
     vectors: np.ndarray
     last: bool = False
+    ends_with_last: bool = False  # first message: the stream promises a final last=true message
 
 
 SCORINGS = ("auto", "cosine", "csls")  # auto: csls through a map, cosine for the gallery's own model (identify)
@@ -148,7 +149,8 @@ class Galleries(Searching):
             valid_name(chunk.gallery, "gallery name")
             valid_name(chunk.model, "model name")
             if chunk.index_kind not in INDEX_KINDS:
-                raise InvalidInput(f"unknown index {chunk.index_kind!r}; choose from {list(INDEX_KINDS)}")
+                raise InvalidInput(f"unknown index {chunk.index_kind!r}; choose from {list(INDEX_KINDS)}",
+                                   reason="UNKNOWN_OPTION", field="index")
             return check_model_version(self.store.get_model(tenant, chunk.model), chunk.model_version)
 
         def same_header(chunk: EnrollChunk, first: EnrollChunk) -> bool:
@@ -181,12 +183,15 @@ class Galleries(Searching):
     def _check_gallery_model(gallery: GalleryRecord, model: ModelRecord) -> None:
         if gallery.model != model.name:
             raise FailedPrecondition(
-                f"gallery {gallery.name!r} holds model {gallery.model!r}; enroll {model.name!r} vectors in another gallery"
+                f"gallery {gallery.name!r} holds model {gallery.model!r}; enroll {model.name!r} vectors in another gallery",
+                reason="GALLERY_MODEL_MISMATCH", field="model", metadata={"gallery": gallery.name, "model": gallery.model},
             )
         if gallery.model_version != model.version:
             raise SpaceMismatch(
                 f"gallery {gallery.name!r} was enrolled with {gallery.model!r} v{gallery.model_version}; "
-                f"the model is now v{model.version}"
+                f"the model is now v{model.version}", reason="STALE_GALLERY",
+                metadata={"gallery": gallery.name, "model": gallery.model, "enrolled": gallery.model_version,
+                          "current": model.version},
             )
 
     def index_sizes(self) -> dict[str, int]:
@@ -201,7 +206,7 @@ class Galleries(Searching):
     def remove(self, tenant: str, name: str, ids: builtins.list[str]) -> tuple[int, int]:
         valid_name(name, "gallery name")
         if not ids:
-            raise InvalidInput("give the ids to remove")
+            raise InvalidInput("give the ids to remove", reason="EMPTY_INPUT", field="ids")
         with self.indexes.lock(tenant, name):
             removed, size, version = self.galleries.remove(tenant, name, ids, before_commit=self.before_commit(tenant))
             if removed:
@@ -240,9 +245,11 @@ class Galleries(Searching):
         self._check_k(k)
         scoring = self._check_scoring(scoring)
         if fpir and not (0.0 < fpir < 1.0):
-            raise InvalidInput(f"fpir must be in (0, 1) (0: closed-set identify), got {fpir}")
+            raise InvalidInput(f"fpir must be in (0, 1) (0: closed-set identify), got {fpir}", reason="VALUE_OUT_OF_RANGE",
+                               field="fpir")
         if non_mated is not None and not fpir:
-            raise InvalidInput("non_mated probes calibrate an open-set threshold: give fpir too")
+            raise InvalidInput("non_mated probes calibrate an open-set threshold: give fpir too", reason="EMPTY_INPUT",
+                               field="fpir")
         gallery = self.get(tenant, name)
         valid_name(model_name, "model name")
         probe_model = check_model_version(self.store.get_model(tenant, model_name), model_version)
@@ -252,7 +259,8 @@ class Galleries(Searching):
             fit = self.alignment.fits.get(tenant, fit_id)
             if fit.method != "shared" and (fit.source, fit.target) != (probe_model.name, gallery_model.name):
                 raise InvalidInput(
-                    f"fit {fit_id!r} maps {fit.source!r} -> {fit.target!r}, not {probe_model.name!r} -> {gallery_model.name!r}"
+                    f"fit {fit_id!r} maps {fit.source!r} -> {fit.target!r}, not {probe_model.name!r} -> {gallery_model.name!r}",
+                    reason="WRONG_FIT", field="fit_id",
                 )
             self.alignment.check_versions(fit, probe_model, gallery_model)
         else:
@@ -273,12 +281,14 @@ class Galleries(Searching):
     def _check_scoring(scoring: str) -> str:
         scoring = scoring or "auto"
         if scoring not in SCORINGS:
-            raise InvalidInput(f"unknown scoring {scoring!r}; choose from {list(SCORINGS)}")
+            raise InvalidInput(f"unknown scoring {scoring!r}; choose from {list(SCORINGS)}", reason="UNKNOWN_OPTION",
+                               field="scoring")
         return scoring
 
     def _check_k(self, k: int) -> None:
         if k <= 0 or k > self.settings.max_k:
-            raise InvalidInput(f"k must be in 1..{self.settings.max_k}, got {k}")
+            raise InvalidInput(f"k must be in 1..{self.settings.max_k}, got {k}", reason="VALUE_OUT_OF_RANGE", field="k",
+                               metadata={"limit": "max_k", "value": self.settings.max_k})
 
     # ------------------------------------------------------------ federated identify
     def _combined(self, tenant: str, weights: builtins.list[PartyWeight], mapped: builtins.list[tuple[ModelRecord, FitRecord]],
@@ -305,13 +315,15 @@ class Galleries(Searching):
         if scoring == "auto":
             scoring = "csls"
         if not parties:
-            raise InvalidInput("give at least one party's probes")
+            raise InvalidInput("give at least one party's probes", reason="EMPTY_INPUT", field="parties")
         models = [p[0] for p in parties]
         if len(set(models)) != len(models):
-            raise InvalidInput(f"each party must use a different model, got {models}")
+            raise InvalidInput(f"each party must use a different model, got {models}", reason="MODELS_NOT_DISTINCT",
+                               field="parties.model")
         rows = {len(v) for _, _, v in parties}
         if len(rows) != 1:
-            raise InvalidInput(f"every party must send the same number of probes, got {sorted(rows)}")
+            raise InvalidInput(f"every party must send the same number of probes, got {sorted(rows)}",
+                               reason="LENGTH_MISMATCH", field="parties.vectors")
         gallery = self.get(tenant, name)
         gallery_model = self.store.get_model(tenant, gallery.model)
         self._check_gallery_model(gallery, gallery_model)

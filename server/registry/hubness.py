@@ -139,7 +139,7 @@ class Hubness:
             _, X, Y = sample_pairs(reader, CSLS_ANCHORS, written_at_most=fit.data_version)
         if len(X) < 2:
             raise FailedPrecondition(f"anchor set {fit.anchor_set!r} has {len(X)} of the pairs fit {fit.id!r} was fitted on "
-                                     f"left: too few for CSLS scoring")
+                                     f"left: too few for CSLS scoring", reason="TOO_FEW_ANCHORS")
         refs = References(target=normalize_rows(Y), mapped=normalize_rows(self.alignment.map_prepared(tenant, fit, X, src, tgt)),
                           source=normalize_rows(X), key=key)
         with self._lock:

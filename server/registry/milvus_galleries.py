@@ -163,7 +163,7 @@ class MilvusIndexes(_PerGallery):
                 return state
             record, seq, ids, vectors = self.galleries.snapshot(tenant, gallery.name, dim)
             if record is None:
-                raise NotFound(f"gallery {gallery.name!r} not found")
+                raise NotFound(f"gallery {gallery.name!r} not found", reason="GALLERY_NOT_FOUND", metadata={"name": gallery.name})
             kind = "FLAT" if record.index_kind == "exact" else "HNSW"
             built = catalog.build_aside(name, dim, kind, ids, unit(vectors) if ids else None, record.version)
             switched: list[bool] = []
@@ -186,7 +186,7 @@ class MilvusIndexes(_PerGallery):
                 if not switched:  # deleted meanwhile, or Milvus or the database failed: nothing switched
                     catalog.discard(built.collection)
             if not switched:
-                raise NotFound(f"gallery {gallery.name!r} not found")
+                raise NotFound(f"gallery {gallery.name!r} not found", reason="GALLERY_NOT_FOUND", metadata={"name": gallery.name})
             log.info("gallery %r rebuilt in Milvus (%d items at version %d, then caught up)", gallery.name, len(ids), record.version)
             return catalog.state(name)
 

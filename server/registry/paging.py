@@ -24,7 +24,7 @@ def decode_token(token: str) -> str:
     except (binascii.Error, UnicodeDecodeError, ValueError):
         text = ""
     if not text.startswith(_PREFIX):
-        raise InvalidInput("page_token is not a token this server issued")
+        raise InvalidInput("page_token is not a token this server issued", reason="INVALID_PAGE_TOKEN", field="page_token")
     return text[len(_PREFIX):]
 
 
@@ -37,5 +37,5 @@ def make_page(items: list, limit: int, key: str = "name") -> Page:
 
 def page_size(requested: int, default: int, maximum: int) -> int:
     if requested < 0:
-        raise InvalidInput("page_size must be >= 0")
+        raise InvalidInput("page_size must be >= 0", reason="VALUE_OUT_OF_RANGE", field="page_size")
     return min(requested or default, maximum)

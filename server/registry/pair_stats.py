@@ -162,7 +162,7 @@ class PairStatistics:
         with self.store.read_pairs(tenant, anchor_set, source, target) as reader:
             version = reader.version()
             if version.data_version == 0:
-                raise NotFound(f"anchor set {anchor_set!r} not found")
+                raise NotFound(f"anchor set {anchor_set!r} not found", reason="ANCHOR_SET_NOT_FOUND", metadata={"name": anchor_set})
 
             def usable(entry: _Cached | None) -> bool:
                 # No delete/overwrite happened after it, and it is not newer than this snapshot
@@ -288,7 +288,7 @@ def aligned_anchors(store: Store, tenant: str, anchor_set: str, models: list[Mod
                 ids = set(reader.pair_ids())
             common = ids if common is None else common & ids
         if versions == {0}:
-            raise NotFound(f"anchor set {anchor_set!r} not found")
+            raise NotFound(f"anchor set {anchor_set!r} not found", reason="ANCHOR_SET_NOT_FOUND", metadata={"name": anchor_set})
         wanted = sorted(common or ())
         arrays: list[np.ndarray] = []
         for other in others:

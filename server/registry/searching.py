@@ -64,7 +64,8 @@ class Searching(Routed):
         """How identify searches: which fits, which scoring, which space(s), and why."""
         direction = direction or "auto"
         if direction not in IDENTIFY_DIRECTIONS:
-            raise InvalidInput(f"unknown direction {direction!r}; choose from {list(IDENTIFY_DIRECTIONS)}")
+            raise InvalidInput(f"unknown direction {direction!r}; choose from {list(IDENTIFY_DIRECTIONS)}",
+                               reason="UNKNOWN_OPTION", field="direction")
         base = SearchPlan(gallery, gallery_model, probe_model, fit, None, scoring, "forward", "requested")
         if direction == "forward":
             return base
@@ -78,7 +79,8 @@ class Searching(Routed):
                                   f"exact galleries only")
         if reverse is None:
             if direction == "both":
-                raise FailedPrecondition(f"direction='both' for {probe_model.name!r} probes: {why}")
+                raise FailedPrecondition(f"direction \"both\" for {probe_model.name!r} probes: {why}", reason="NO_ROUTE",
+                                         metadata={"source": gallery_model.name, "target": probe_model.name})
             return SearchPlan(gallery, gallery_model, probe_model, fit, None, scoring, "forward", f"auto: {why}")
         if direction == "both":
             return SearchPlan(gallery, gallery_model, probe_model, fit, reverse, scoring, "both", "requested")
@@ -139,7 +141,7 @@ class Searching(Routed):
         elif plan.fit is None:
             raise FailedPrecondition(
                 f"open-set identify of {plan.probe_model.name!r} probes on its own gallery has no anchors to calibrate on: "
-                f"give non_mated probes (people who are not enrolled)"
+                f"give non_mated probes (people who are not enrolled)", reason="CALIBRATION_UNAVAILABLE", field="non_mated",
             )
         else:
             gallery = plan.gallery
@@ -159,7 +161,8 @@ class Searching(Routed):
             searches = self.open_set.from_anchors(tenant, key, plan.fit, plan.reverse, plan.probe_model, plan.gallery_model,
                                                   plan.scoring == "csls", native_top1, search)
         if searches.top1.size == 0:
-            raise FailedPrecondition(f"gallery {plan.gallery.name!r} is empty: nothing to calibrate an open-set threshold on")
+            raise FailedPrecondition(f"gallery {plan.gallery.name!r} is empty: nothing to calibrate an open-set threshold on",
+                                     reason="CALIBRATION_UNAVAILABLE")
         cal = open_set_threshold(searches.top1, fpir)
         top1 = result.scores[:, 0].astype(np.float64) if result.scores.shape[1] else np.full(len(result.ids), -np.inf)
         return replace(result, accepted=top1 >= cal.threshold, threshold=cal.threshold, fpir_requested=fpir,
@@ -171,8 +174,9 @@ class Searching(Routed):
         """(references, route key) of a CSLS identify; INVALID_ARGUMENT for a direct route."""
         if fit is None:
             raise InvalidInput(
-                f"scoring='csls' needs a route through a map: {probe_model.name!r} is the gallery's own model "
-                f"(the route's anchors are CSLS's reference neighbourhoods); use scoring='cosine'"
+                f"scoring \"csls\" needs a route through a map: {probe_model.name!r} is the gallery's own model "
+                f"(the route's anchors are CSLS's reference neighbourhoods); use scoring \"cosine\"",
+                field="scoring",
             )
         refs = self.hubness.references(tenant, fit, probe_model, gallery_model)
         return refs, refs.key

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from convergent.server.errors import InvalidInput, ResourceExhausted, SpaceMismatch
+from convergent.server.errors import ConvergentError, InvalidInput, ResourceExhausted, SpaceMismatch
 from convergent.server.registry import paging
 from convergent.server.records import ModelRecord, Page, UploadResult
 from convergent.server.settings import ServerSettings
@@ -22,12 +22,13 @@ from convergent.wire import WireError, check_finite, check_name
 DEFAULT_TENANT = "default"
 
 
-def valid_name(name: str, what: str) -> str:
-    """``name`` if it follows the naming rule, else :class:`InvalidInput`."""
+def valid_name(name: str, what: str, field: str | None = None) -> str:
+    """``name`` if it follows the naming rule, else :class:`InvalidInput` (naming ``field``, by
+    default the kind of name: "model", "anchor_set", "gallery")."""
     try:
         return check_name(name, what)
     except WireError as exc:
-        raise InvalidInput(str(exc)) from None
+        raise InvalidInput(str(exc), reason=exc.reason, field=field or exc.field) from None
 
 
 def l2_normalize_rows(vectors: np.ndarray, strict: bool = True, first_row: int = 0) -> np.ndarray:
@@ -39,23 +40,34 @@ def l2_normalize_rows(vectors: np.ndarray, strict: bool = True, first_row: int =
     norms = np.linalg.norm(vectors.astype(np.float64, copy=False), axis=1, keepdims=True)
     zero = np.flatnonzero(norms[:, 0] == 0)
     if zero.size and strict:
-        raise InvalidInput(f"vectors: row {first_row + int(zero[0])} has zero norm and cannot be normalised")
+        raise InvalidInput(f"vectors: row {first_row + int(zero[0])} has zero norm and cannot be normalised",
+                           reason="ZERO_VECTOR", field="vectors", metadata={"row": first_row + int(zero[0])})
     return (vectors / np.where(norms == 0, 1.0, norms)).astype(np.float32)
+
+
+def _field(what: str) -> str:
+    """The request field that ``what`` (how a message names the vectors) is."""
+    what = what.rsplit(": ", 1)[-1]  # "message 3: vectors"
+    if what.startswith("non_mated") or what in ("a", "b"):
+        return what.split()[0]
+    return "parties.vectors" if " " in what else "vectors"  # "<model> probes": a party's
 
 
 def prepare_vectors(model: ModelRecord, vectors: np.ndarray, what: str = "vectors", allow_empty: bool = False) -> np.ndarray:
     """Caller's vectors of ``model`` checked (rows, dimension, finite) and, if the model says so,
     L2-normalised: (n, model.dim) float32. Problems are :class:`InvalidInput`."""
     if vectors.ndim != 2 or (vectors.shape[0] == 0 and not allow_empty):
-        raise InvalidInput(f"{what}: no rows given")
+        raise InvalidInput(f"{what}: no rows given", reason="EMPTY_INPUT", field=_field(what))
     if vectors.shape[1] != model.dim:
         raise InvalidInput(
-            f"{what} have dimension {vectors.shape[1]}, model {model.name!r} has dimension {model.dim}"
+            f"{what} have dimension {vectors.shape[1]}, model {model.name!r} has dimension {model.dim}",
+            reason="DIMENSION_MISMATCH", field=_field(what),
+            metadata={"model": model.name, "expected": model.dim, "got": vectors.shape[1]},
         )
     try:
         check_finite(vectors, what)
     except WireError as exc:
-        raise InvalidInput(str(exc)) from None
+        raise InvalidInput(str(exc), reason=exc.reason, field=_field(what)) from None
     return l2_normalize_rows(vectors) if model.normalize else vectors.astype(np.float32)
 
 
@@ -63,7 +75,9 @@ def check_model_version(model: ModelRecord, version: int) -> ModelRecord:
     """``model`` if vectors stamped ``version`` (0 = current) belong to it, else :class:`SpaceMismatch`."""
     if version not in (0, model.version):
         raise SpaceMismatch(
-            f"vectors are of model {model.name!r} version {version}, but the registered version is {model.version}"
+            f"vectors are of model {model.name!r} version {version}, but the registered version is {model.version}",
+            reason="STALE_MODEL_VERSION", field="model_version",
+            metadata={"model": model.name, "expected": model.version, "got": version},
         )
     return model
 
@@ -79,40 +93,50 @@ class UploadChunk:
     ids: list[str]
     vectors: np.ndarray  # (len(ids), dim), any float dtype
     last: bool = False   # the final message of the stream
+    ends_with_last: bool = False  # first message: the stream promises a final last=true message
 
 
 def check_stream_order(number: int, chunk_last: bool, seen_last: bool) -> bool:
     """Track the ``last`` marker of a client stream; returns whether it has been seen."""
     if seen_last:
-        raise InvalidInput(f"message {number} follows the message marked last")
+        raise InvalidInput(f"message {number} follows the message marked last", reason="MESSAGE_AFTER_LAST",
+                           metadata={"message": number})
     return chunk_last
 
 
 def check_message_size(number: int, n_ids: int, rows: int, limit: int) -> None:
     """One message of an upload or enroll stream: at most ``limit`` vectors, one row per id."""
     if n_ids > limit:
-        raise ResourceExhausted(f"message {number} holds {n_ids} vectors; the limit is max_vectors_per_message={limit}")
+        raise ResourceExhausted(f"message {number} holds {n_ids} vectors; the limit is max_vectors_per_message={limit}",
+                                reason="TOO_MANY_VECTORS", field="vectors",
+                                metadata={"limit": "max_vectors_per_message", "value": limit, "message": number})
     if rows != n_ids:
-        raise InvalidInput(f"message {number}: {n_ids} ids but {rows} vector rows")
+        raise InvalidInput(f"message {number}: {n_ids} ids but {rows} vector rows", reason="LENGTH_MISMATCH",
+                           field="ids", metadata={"message": number})
 
 
 def check_stream_ids(
-    ids: Iterable[str], seen: set[str], max_length: int, noun: str, stream: str, duplicate: type[Exception]
+    ids: Iterable[str], seen: set[str], max_length: int, noun: str, stream: str, duplicate: type[ConvergentError]
 ) -> None:
     """Ids of one stream message: 1..max_length characters, each once in the whole stream
     (``seen`` collects them; a repeat raises ``duplicate``)."""
     for item in ids:
         if not item or len(item) > max_length:
-            raise InvalidInput(f"{noun}s must have 1-{max_length} characters, got {item[:40]!r}")
+            raise InvalidInput(f"{noun}s must have 1-{max_length} characters, got {item[:40]!r}", reason="INVALID_ID",
+                               field="ids", metadata={"limit": "max_id_length", "value": max_length})
         if item in seen:
-            raise duplicate(f"{noun} {item!r} appears twice in one {stream}")
+            raise duplicate(f"{noun} {item!r} appears twice in one {stream}", field="ids",
+                            reason="DUPLICATE_ID" if issubclass(duplicate, InvalidInput) else "ID_TAKEN")
         seen.add(item)
 
 
-def check_stream_complete(seen_last: bool) -> None:
-    if not seen_last:
+def check_stream_complete(seen_last: bool, promised_last: bool) -> None:
+    """A stream whose first message set ``ends_with_last`` must have ended with ``last``; without
+    the promise (clients of the 0.1 contract) the client's half-close ends the stream."""
+    if promised_last and not seen_last:
         raise InvalidInput(
-            "the stream ended without a message marked last=true: it was cut short; nothing was stored"
+            "the stream ended without a message marked last=true: it was cut short; nothing was stored",
+            reason="STREAM_CUT_SHORT",
         )
 
 
@@ -125,15 +149,17 @@ class Registry:
 
     # ------------------------------------------------------------------ models
     def register_model(self, tenant: str, name: str, dim: int, normalize: bool = True) -> ModelRecord:
-        valid_name(name, "model name")
+        valid_name(name, "model name", field="name")
         if dim <= 0:
-            raise InvalidInput(f"dim must be positive, got {dim}")
+            raise InvalidInput(f"dim must be positive, got {dim}", reason="VALUE_OUT_OF_RANGE", field="dim")
         if dim > self.settings.max_dim:
-            raise ResourceExhausted(f"dim {dim} exceeds the server limit max_dim={self.settings.max_dim}")
+            raise ResourceExhausted(f"dim {dim} exceeds the server limit max_dim={self.settings.max_dim}",
+                                    reason="DIMENSION_TOO_LARGE", field="dim",
+                                    metadata={"limit": "max_dim", "value": self.settings.max_dim})
         return self.store.insert_model(tenant, name, dim, normalize)
 
     def get_model(self, tenant: str, name: str) -> ModelRecord:
-        valid_name(name, "model name")
+        valid_name(name, "model name", field="name")
         return self.store.get_model(tenant, name)
 
     def list_models(self, tenant: str, page_size: int, page_token: str) -> Page:
@@ -142,7 +168,7 @@ class Registry:
         return paging.make_page(items, limit)
 
     def delete_model(self, tenant: str, name: str) -> int:
-        valid_name(name, "model name")
+        valid_name(name, "model name", field="name")
         return self.store.delete_model(tenant, name)
 
     # ------------------------------------------------------------------ anchors
@@ -169,11 +195,14 @@ class Registry:
         def prepare(model: ModelRecord, vectors: np.ndarray, number: int, first_row: int) -> np.ndarray:
             if vectors.shape[1] != model.dim:
                 raise InvalidInput(f"message {number}: vectors have dimension {vectors.shape[1]}, "
-                                   f"model {model.name!r} has dimension {model.dim}")
+                                   f"model {model.name!r} has dimension {model.dim}", reason="DIMENSION_MISMATCH",
+                                   field="vectors", metadata={"model": model.name, "expected": model.dim,
+                                                              "got": vectors.shape[1], "message": number})
             try:
                 check_finite(vectors, first_row=first_row)
             except WireError as exc:
-                raise InvalidInput(f"message {number}: {exc}") from None
+                raise InvalidInput(f"message {number}: {exc}", reason=exc.reason, field=exc.field,
+                                   metadata={"message": number}) from None
             vectors = np.asarray(vectors, dtype="<f4")  # no copy when it is float32 already
             return l2_normalize_rows(vectors, first_row=first_row) if model.normalize else vectors
 

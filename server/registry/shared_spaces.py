@@ -23,7 +23,8 @@ def fit_shared(alignment: Alignment, tenant: str, models: list[str], anchor_set:
 
     params = methods.validate_shared_params(params)
     if len(models) < 2 or len(set(models)) != len(models):
-        raise InvalidInput(f"a shared space needs at least 2 different models, got {models}")
+        raise InvalidInput(f"a shared space needs at least 2 different models, got {models}", reason="MODELS_NOT_DISTINCT",
+                           field="models")
     valid_name(anchor_set, "anchor set name")
     records = {}
     for name in models:
@@ -41,7 +42,8 @@ def fit_shared(alignment: Alignment, tenant: str, models: list[str], anchor_set:
             if snap.stats.n < MIN_PAIRS:
                 raise FailedPrecondition(
                     f"anchor set {anchor_set!r} holds {snap.stats.n} anchors embedded by both {a!r} and "
-                    f"{b!r}; a shared space needs at least {MIN_PAIRS} for every pair"
+                    f"{b!r}; a shared space needs at least {MIN_PAIRS} for every pair", reason="TOO_FEW_ANCHORS",
+                    metadata={"anchor_set": anchor_set, "have": snap.stats.n, "need": MIN_PAIRS},
                 )
             snaps[(a, b)] = snap
     space_kwargs = {k: v for k, v in params.items() if k not in ("seed", "method")}
@@ -61,7 +63,7 @@ def fit_shared(alignment: Alignment, tenant: str, models: list[str], anchor_set:
         id=new_fit_id(), method="shared", requested_method="shared", source="", source_version=0,
         target="", target_version=0, anchor_set=anchor_set,
         data_version=max(s.data_version for s in snaps.values()),
-        params={**params, "models": list(models), "model_versions": {m: r.version for m, r in records.items()},
+        params={**params, "seed": params.get("seed", 0), "models": list(models), "model_versions": {m: r.version for m, r in records.items()},
                 "n_components": int(space.n_components_)},
         metrics=metrics, warnings=warnings, converged=True, created_at=time.time(),
     )
@@ -82,7 +84,8 @@ def _fit_contrastive(alignment: Alignment, tenant: str, models: list[str], recor
     version, ids, arrays = aligned_anchors(alignment.store, tenant, anchor_set, [records[m] for m in models])
     if len(ids) < MIN_PAIRS:
         raise FailedPrecondition(f"anchor set {anchor_set!r} holds {len(ids)} anchors embedded by every model; "
-                                 f"a shared space needs at least {MIN_PAIRS}")
+                                 f"a shared space needs at least {MIN_PAIRS}", reason="TOO_FEW_ANCHORS",
+                                 metadata={"anchor_set": anchor_set, "have": len(ids), "need": MIN_PAIRS})
     held = heldout_split(ids, seed=params.get("seed", 0), fraction=HELDOUT_FRACTION, cap=HELDOUT_CAP)
     kwargs = {k: v for k, v in params.items() if k not in ("method", "seed")}
     space = ContrastiveSpace(random_state=params.get("seed", 0), **kwargs).fit(
@@ -97,7 +100,7 @@ def _fit_contrastive(alignment: Alignment, tenant: str, models: list[str], recor
     record = FitRecord(
         id=new_fit_id(), method="shared", requested_method="shared", source="", source_version=0,
         target="", target_version=0, anchor_set=anchor_set, data_version=version,
-        params={**params, "models": list(models), "model_versions": {m: r.version for m, r in records.items()},
+        params={**params, "seed": params.get("seed", 0), "models": list(models), "model_versions": {m: r.version for m, r in records.items()},
                 "n_components": int(space.n_components_)},
         metrics=metrics, warnings=warnings, converged=True, created_at=time.time(),
     )

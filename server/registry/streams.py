@@ -3,9 +3,11 @@ items share every rule of it here; what differs (the header's names, how vectors
 where they go) comes in as callbacks.
 
 Rules: the first message names what the stream writes (later ones may leave those fields empty
-or repeat them); exactly one message, the last, is marked ``last``; each message holds at most
+or repeat them); at most one message, the final one, is marked ``last``; each message holds at most
 ``max_vectors_per_message`` vectors and one row per id; ids have 1..``max_id_length``
-characters and appear once in the stream. Nothing is stored while the stream is read.
+characters and appear once in the stream. A first message that sets ``ends_with_last`` makes
+the ``last`` message required (a stream ending without it was cut short); without it the
+client's half-close ends the stream. Nothing is stored while the stream is read.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from convergent.server.registry.service import (
     check_stream_ids,
     check_stream_order,
 )
-from convergent.server.errors import InvalidInput
+from convergent.server.errors import ConvergentError, InvalidInput
 
 
 @dataclass(frozen=True)
@@ -34,7 +36,7 @@ class StreamRules:
     kind: str
     names: str
     id_noun: str
-    duplicate: type[Exception]
+    duplicate: type[ConvergentError]
 
 
 def read_vector_stream(
@@ -57,15 +59,16 @@ def read_vector_stream(
         if header is None:
             header, model = chunk, open_header(chunk)
         elif not same_header(chunk, header):
-            raise InvalidInput(f"message {number} names another {rules.names} than the first message")
+            raise InvalidInput(f"message {number} names another {rules.names} than the first message",
+                               reason="STREAM_HEADER_CHANGED", metadata={"message": number})
         check_message_size(number, len(chunk.ids), chunk.vectors.shape[0], max_vectors_per_message)
         check_stream_ids(chunk.ids, seen, max_id_length, rules.id_noun, rules.kind, rules.duplicate)
         if chunk.ids:
             sink(prepare(model, chunk.vectors, number, len(ids)))
             ids.extend(chunk.ids)
     if header is None or model is None:
-        raise InvalidInput(f"the {rules.kind} stream is empty: send at least one message")
-    check_stream_complete(seen_last)
+        raise InvalidInput(f"the {rules.kind} stream is empty: send at least one message", reason="EMPTY_STREAM")
+    check_stream_complete(seen_last, promised_last=header.ends_with_last)
     if not ids:
-        raise InvalidInput(f"the {rules.kind} holds no vectors")
+        raise InvalidInput(f"the {rules.kind} holds no vectors", reason="EMPTY_INPUT", field="vectors")
     return header, model, ids

@@ -108,14 +108,16 @@ class Verification(Routed):
         FAILED_PRECONDITION for "both" without a usable fit b -> a."""
         direction = direction or "auto"
         if direction not in DIRECTIONS:
-            raise InvalidInput(f"unknown direction {direction!r}; choose from {list(DIRECTIONS)}")
+            raise InvalidInput(f"unknown direction {direction!r}; choose from {list(DIRECTIONS)}", reason="UNKNOWN_OPTION",
+                               field="direction")
         forward = self._route(tenant, src, tgt)
         if direction == "a_to_b":
             return PairRoute(forward, None, "a_to_b", "requested")
         reverse, why = self.reverse_fit(tenant, src, tgt, forward)
         if reverse is None:
             if direction == "both":
-                raise FailedPrecondition(f"direction='both' needs a fit {tgt.name!r} -> {src.name!r}: {why}")
+                raise FailedPrecondition(f"direction \"both\" needs a fit {tgt.name!r} -> {src.name!r}: {why}",
+                                         reason="NO_ROUTE", metadata={"source": tgt.name, "target": src.name})
             return PairRoute(forward, None, "a_to_b", f"auto: {why}")
         why = "requested" if direction == "both" else f"auto: fits both ways on anchor set {reverse.anchor_set!r}"
         return PairRoute(forward, reverse, "both", why)
@@ -176,7 +178,8 @@ class Verification(Routed):
         fit = route.forward
         if fit is None:
             raise FailedPrecondition(
-                f"no calibration for {src.name!r} against itself: send labelled pairs with calibrate() first"
+                f"no calibration for {src.name!r} against itself: calibrate with labelled pairs first (Calibrate)",
+                reason="CALIBRATION_UNAVAILABLE",
             )
         with self._anchor_scores_lock:
             cached = self._anchor_scores.get(route.name)  # fits are immutable: the route names the calibration
@@ -191,7 +194,8 @@ class Verification(Routed):
             row = {i: k for k, i in enumerate(back.ids)}
             keep = [k for k, i in enumerate(ids) if i in row]
             if len(keep) < 2:
-                raise FailedPrecondition(f"the fits {route.name} share fewer than 2 anchors: verify with direction='a_to_b'")
+                raise FailedPrecondition(f"the fits {route.name} share fewer than 2 anchors: verify with direction "
+                                         f"\"a_to_b\"", reason="TOO_FEW_ANCHORS")
             other = [row[ids[k]] for k in keep]
             ids = [ids[k] for k in keep]
             source_native, target_native = source_native[keep], target_native[keep]
@@ -240,11 +244,12 @@ class Verification(Routed):
         from convergent.server.inference import calibrate_threshold, cosine_scores
 
         if not (0.0 < far < 1.0):
-            raise InvalidInput(f"far must be in (0, 1), got {far}")
+            raise InvalidInput(f"far must be in (0, 1), got {far}", reason="VALUE_OUT_OF_RANGE", field="far")
         src, tgt = self._models(tenant, a_model, b_model)
         A, B = prepare_vectors(src, a, "a"), prepare_vectors(tgt, b, "b")
         if len(A) != len(B):
-            raise InvalidInput(f"a has {len(A)} rows and b {len(B)}: they must pair row by row")
+            raise InvalidInput(f"a has {len(A)} rows and b {len(B)}: they must pair row by row", reason="LENGTH_MISMATCH",
+                               field="b")
         route = self._pair_route(tenant, src, tgt, direction)
         pairs = self._calibration_pairs(tenant, src, tgt, route)
         cal = calibrate_threshold(pairs.scores.genuine, pairs.scores.impostor, far)
@@ -281,9 +286,11 @@ class Verification(Routed):
         A, B = prepare_vectors(src, a, "a"), prepare_vectors(tgt, b, "b")
         same = np.asarray(same, dtype=bool)
         if not (len(A) == len(B) == len(same)):
-            raise InvalidInput(f"a, b and same must have the same length, got {len(A)}, {len(B)}, {len(same)}")
+            raise InvalidInput(f"a, b and same must have the same length, got {len(A)}, {len(B)}, {len(same)}",
+                               reason="LENGTH_MISMATCH", field="same")
         n_genuine = int(same.sum())
         if n_genuine == 0 or n_genuine == len(same):
-            raise InvalidInput("labelled pairs need both genuine (same=True) and impostor (same=False) pairs")
+            raise InvalidInput("labelled pairs need both genuine (same true) and impostor (same false) pairs",
+                               reason="EMPTY_INPUT", field="same")
         self.galleries.save_calibration(tenant, src.name, src.version, tgt.name, tgt.version, A, B, same)
         return n_genuine, len(same) - n_genuine, _route_name(fit)

@@ -101,11 +101,7 @@ class ConvergentServer:
         tenant_pb2_grpc.add_TenantServiceServicer_to_server(TenantServicer(self._backend), self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         if settings.reflection:
-            from grpc_reflection.v1alpha import reflection
-
-            reflection.enable_server_reflection(
-                (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server
-            )
+            _enable_reflection(self._server, (*SERVICE_NAMES, health.SERVICE_NAME))
         self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
 
     def _set_health(self, status: int) -> None:
@@ -249,3 +245,25 @@ def serve(settings: ServerSettings) -> None:
         server.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
+
+
+def _enable_reflection(server: grpc.Server, service_names: tuple[str, ...]) -> None:
+    """Server reflection as ``grpc.reflection.v1`` (what grpcurl and Postman ask first) and the
+    older ``v1alpha``. grpcio-reflection ships only v1alpha; the two protocols' messages are the
+    same fields under another package, so one servicer answers both (``list_services`` names
+    v1alpha, whose descriptors the servicer holds)."""
+    from grpc_reflection.v1alpha import reflection, reflection_pb2
+
+    servicer = reflection.ReflectionServicer((*service_names, reflection.SERVICE_NAME))
+    handler = grpc.stream_stream_rpc_method_handler(
+        servicer.ServerReflectionInfo,
+        request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+        response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString,
+    )
+    server.add_generic_rpc_handlers(tuple(
+        grpc.method_handlers_generic_handler(name, {"ServerReflectionInfo": handler})
+        for name in (REFLECTION_V1, reflection.SERVICE_NAME)
+    ))

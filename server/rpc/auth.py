@@ -78,7 +78,7 @@ def new_key() -> tuple[str, str, str]:
 
 def check_role(role: str) -> str:
     if role not in _RANK:
-        raise InvalidInput(f"unknown role {role!r}; choose from {list(ROLES)}")
+        raise InvalidInput(f"unknown role {role!r}; choose from {list(ROLES)}", reason="UNKNOWN_OPTION", field="role")
     return role
 
 
@@ -118,10 +118,11 @@ class Authenticator:
             return ANONYMOUS_ADMIN
         presented = self._presented_key(metadata)
         if not presented:
-            raise Unauthenticated("missing API key: send 'authorization: Bearer <key>' or 'x-api-key: <key>'")
+            raise Unauthenticated("missing API key: send 'authorization: Bearer <key>' or 'x-api-key: <key>'",
+                                  reason="MISSING_API_KEY")
         match = _KEY.fullmatch(presented)
         if match is None:
-            raise Unauthenticated("invalid or revoked API key")
+            raise Unauthenticated("invalid or revoked API key", reason="INVALID_API_KEY")
         key_id, secret = match.groups()
         entry = self.bootstrap.get(key_id)
         if entry is None and self.keys is not None:
@@ -131,11 +132,12 @@ class Authenticator:
         # Compare even when the id is unknown, so timing does not tell whether it exists.
         expected = entry["secret_sha256"] if entry else "0" * 64
         if not hmac.compare_digest(hash_secret(secret), expected) or entry is None:
-            raise Unauthenticated("invalid or revoked API key")
+            raise Unauthenticated("invalid or revoked API key", reason="INVALID_API_KEY")
         return Principal(entry["tenant"], key_id, entry["role"])
 
     @staticmethod
     def authorize(principal: Principal, method: str) -> None:
         needed = METHOD_ROLES[method]
         if _RANK[principal.role] < _RANK[needed]:
-            raise PermissionDenied(f"role {principal.role!r} may not call {method} (it needs {needed!r})")
+            raise PermissionDenied(f"role {principal.role!r} may not call {method} (it needs {needed!r})",
+                                   metadata={"role": principal.role, "needed": needed, "method": method})

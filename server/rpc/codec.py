@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 from google.protobuf import json_format
@@ -21,6 +23,9 @@ from convergent.v1 import alignment_pb2, anchors_pb2, galleries_pb2, info_pb2, m
 from convergent.wire import MAX_NAME_LENGTH, decode_matrix, encode_array, encode_matrix
 
 _EMPTY = np.zeros((0, 0), dtype=np.float32)
+
+if TYPE_CHECKING:  # the method table loads the estimators: only ListMethods needs it
+    from convergent.server.align.catalogue import MethodInfo
 
 
 def timestamp(seconds: float) -> Timestamp:
@@ -53,7 +58,7 @@ def upload_chunks(requests: Iterable[anchors_pb2.UploadAnchorsRequest]) -> Itera
         yield UploadChunk(
             model=request.model, model_version=request.model_version,
             anchor_set=request.anchor_set, overwrite=request.overwrite,
-            ids=list(request.ids), vectors=vectors, last=request.last,
+            ids=list(request.ids), vectors=vectors, last=request.last, ends_with_last=request.ends_with_last,
         )
 
 
@@ -81,6 +86,7 @@ def fit_to_pb(record: FitRecord) -> alignment_pb2.Fit:
         metrics=record.metrics, warnings=record.warnings, converged=record.converged,
         stale=record.stale, created_at=timestamp(record.created_at), params=dict_to_struct(record.params),
         models=record.params.get("models", []) if record.method in ("shared", "cooperative") else [],
+        auto_winner=str(record.params.get("candidate", "")) if record.requested_method == "auto" else "",
     )
 
 
@@ -103,7 +109,7 @@ def enroll_chunks(requests: Iterable[galleries_pb2.EnrollRequest]) -> Iterator[E
         vectors = decode_matrix(request.vectors) if has_vectors or request.ids else _EMPTY
         yield EnrollChunk(
             gallery=request.gallery, model=request.model, model_version=request.model_version,
-            index_kind=index_kind(request.index), ids=list(request.ids), vectors=vectors, last=request.last,
+            index_kind=index_kind(request.index), ids=list(request.ids), vectors=vectors, last=request.last, ends_with_last=request.ends_with_last,
         )
 
 
@@ -223,3 +229,12 @@ def prediction_to_pb(prediction: Prediction) -> alignment_pb2.PredictResponse:
     return alignment_pb2.PredictResponse(
         probabilities=encode_matrix(prediction.probabilities), parties=prediction.parties, rule=prediction.rule
     )
+
+
+def methods_to_pb(catalogue: Iterable[MethodInfo]) -> info_pb2.ListMethodsResponse:
+    """The method catalogue (:func:`convergent.server.align.catalogue.catalogue`), each schema as JSON text."""
+    return info_pb2.ListMethodsResponse(methods=[
+        info_pb2.FitMethod(name=m.name, rpc=m.rpc, summary=m.summary, params_schema=json.dumps(m.params_schema, ensure_ascii=False),
+                           candidates=list(m.candidates))
+        for m in catalogue
+    ])

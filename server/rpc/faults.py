@@ -40,16 +40,16 @@ def domain_error(exc: BaseException) -> BaseException:
     if sqlite_code is not None:
         primary = int(sqlite_code) & 0xFF  # extended codes carry the primary in the low byte
         if primary == SQLITE_FULL:
-            return ResourceExhausted(STORAGE_FULL)
+            return ResourceExhausted(STORAGE_FULL, reason="STORAGE_FULL")
         if primary in (SQLITE_CORRUPT, SQLITE_NOTADB):
             return DataLoss(STORAGE_DAMAGED.format(detail=str(orig)))
     if "Could not decode to UTF-8" in str(orig):  # Python's sqlite3 reading text bytes a write never stored
         return DataLoss(STORAGE_DAMAGED.format(detail="a stored name is not valid UTF-8"))
     sqlstate = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
     if sqlstate == PG_DISK_FULL:
-        return ResourceExhausted(STORAGE_FULL)
+        return ResourceExhausted(STORAGE_FULL, reason="STORAGE_FULL")
     if sqlstate in PG_DAMAGED:
         return DataLoss(STORAGE_DAMAGED.format(detail=sqlstate))
     if isinstance(orig, OSError) and orig.errno in (errno.ENOSPC, errno.EDQUOT):
-        return ResourceExhausted(STORAGE_FULL)
+        return ResourceExhausted(STORAGE_FULL, reason="STORAGE_FULL")
     return exc

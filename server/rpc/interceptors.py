@@ -4,8 +4,10 @@
    the logs and the trailing metadata;
 2. :class:`CallMetrics`: count and time every call by method and status;
 3. :class:`Statuses`: raised errors become statuses by the one table
-   (:data:`convergent.server.rpc.errors.STATUS_TABLE`); anything else is INTERNAL with a message
-   that names only the request id, the traceback logged;
+   (:data:`convergent.server.rpc.errors.STATUS_TABLE`), each with a ``google.rpc.Status`` in the
+   ``grpc-status-details-bin`` trailer (ErrorInfo reason / metadata, BadRequest for an invalid
+   field; :func:`convergent.server.rpc.errors.failure_for`); anything else is INTERNAL with a
+   message that names only the request id, the traceback logged;
 4. :class:`Authentication`: the caller's API key -> :class:`Principal`, its role checked
    against :data:`METHOD_ROLES`, the audited calls queued for the audit log. The servicer gets
    a :class:`CallContext`: the gRPC context plus ``principal`` and ``tenant``.
@@ -25,7 +27,7 @@ import grpc
 
 from convergent.server.logs import request_id_var
 from convergent.server.rpc.auth import AUDITED, METHOD_ROLES, Principal
-from convergent.server.rpc.errors import status_for
+from convergent.server.rpc.errors import abort, failure_for, status_for
 from convergent.server.rpc.faults import domain_error
 from convergent.wire import REQUEST_ID_KEY
 
@@ -122,14 +124,11 @@ class Statuses(_Wrap):
                 if isinstance(exc, grpc.RpcError) or context.code() is not None:
                     raise  # already aborted (context.abort) or a cancelled stream
                 log.exception("%s failed after %.1f ms", name, elapsed_ms)
-                message = f"internal error; the server log has the details under request id {request_id_var.get()}"
             elif fault is not exc:
                 log.error("%s -> %s after %.1f ms: storage fault: %s", name, code.name, elapsed_ms, exc)
-                message = str(fault)
             else:
                 log.info("%s -> %s after %.1f ms: %s", name, code.name, elapsed_ms, exc)
-                message = str(exc)
-            context.abort(code, message)
+            abort(context, failure_for(fault))
         log.info("%s -> OK after %.1f ms", name, (time.perf_counter() - started) * 1e3)
         return response
 

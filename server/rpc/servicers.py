@@ -75,7 +75,8 @@ class Backend:
         array = decode_matrix(matrix, what=what)
         if self.max_rows is not None and array.shape[0] > self.max_rows:
             raise ResourceExhausted(
-                f"{what}: {array.shape[0]} rows in one message; the limit is max_vectors_per_message={self.max_rows}"
+                f"{what}: {array.shape[0]} rows in one message; the limit is max_vectors_per_message={self.max_rows}",
+                reason="TOO_MANY_VECTORS", field=what, metadata={"limit": "max_vectors_per_message", "value": self.max_rows},
             )
         return array
 
@@ -96,7 +97,7 @@ class Backend:
     @staticmethod
     def _ready(use_case):  # noqa: ANN001, ANN205
         if use_case is None:
-            raise Unavailable("the server is starting or stopping; storage is not open")
+            raise Unavailable("the server is starting or stopping; storage is not open", reason="SERVER_NOT_READY")
         return use_case
 
     @property
@@ -173,6 +174,11 @@ class InfoServicer(info_pb2_grpc.InfoServiceServicer):
 
     def GetServerInfo(self, request, context):  # noqa: ANN001, N802, ARG002
         return codec.server_info_to_pb(self.settings)
+
+    def ListMethods(self, request, context):  # noqa: ANN001, N802, ARG002
+        from convergent.server.align.catalogue import catalogue
+
+        return codec.methods_to_pb(catalogue())
 
 
 class AlignmentServicer(alignment_pb2_grpc.AlignmentServiceServicer):

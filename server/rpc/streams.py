@@ -29,6 +29,8 @@ from typing import Any, NoReturn
 
 import grpc
 
+from convergent.server.rpc.errors import Failure, abort
+
 log = logging.getLogger("convergent.rpc")
 
 _END = object()
@@ -175,15 +177,18 @@ class StreamGuard(grpc.ServerInterceptor):
             if self.total >= self.max_streams:
                 refusal = (f"{self.total} streaming calls are open, the server's limit (max_streams="
                            f"{self.max_streams}); retry later")
+                limit = ("max_streams", self.max_streams)
             elif mine >= self.per_client:
                 refusal = (f"this connection already has {mine} streaming calls open, the limit per client "
                            f"connection (max_streams_per_client={self.per_client}); finish one first")
+                limit = ("max_streams_per_client", self.per_client)
             else:
                 self._open[peer] = mine + 1
                 self.total += 1
                 return peer
         log.warning("%s from %s refused: %s", name, peer, refusal)
-        context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, refusal)
+        abort(context, Failure(grpc.StatusCode.RESOURCE_EXHAUSTED, refusal, reason="TOO_MANY_STREAMS",
+                               metadata={"limit": limit[0], "value": str(limit[1])}))
         raise AssertionError("abort raises")  # pragma: no cover
 
     def _give_back(self, peer: str) -> None:
@@ -222,7 +227,8 @@ class StreamGuard(grpc.ServerInterceptor):
             message = (f"no message for {idle:g} s on this {name} stream (stream_idle_seconds={idle:g}): it was "
                        "ended and nothing of it was stored; send messages more often, or finish with last=true")
             log.warning("%s from %s ended: %s", name, context.peer(), message)
-            context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, message)
+            abort(context, Failure(grpc.StatusCode.DEADLINE_EXCEEDED, message, reason="STREAM_IDLE_TIMEOUT",
+                                   metadata={"limit": "stream_idle_seconds", "value": f"{idle:g}"}))
             raise AssertionError("abort raises")  # pragma: no cover
 
         limited = IdleLimitedRequests(requests, idle, on_idle)

@@ -24,7 +24,7 @@ def erase(store: SqlStore, tenant: str, ids: list[str], before_commit: BeforeCom
     galleries a new version (``before_commit`` sees each gallery's change). Labelled
     calibration pairs hold no ids and are not touched."""
     if not ids:
-        raise InvalidInput("give the ids to erase")
+        raise InvalidInput("give the ids to erase", reason="EMPTY_INPUT", field="ids")
     ids = list(dict.fromkeys(ids))
     with store._write() as conn:
         sets: set[str] = set()

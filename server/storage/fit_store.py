@@ -63,7 +63,7 @@ class FitStore:
     def _row(self, conn: sa.Connection, tenant: str, fit_id: str) -> sa.Row:
         row = conn.execute(sa.select(fits).where(fits.c.tenant == tenant, fits.c.id == fit_id)).first()
         if row is None:
-            raise NotFound(f"fit {fit_id!r} not found")
+            raise NotFound(f"fit {fit_id!r} not found", reason="FIT_NOT_FOUND", metadata={"id": fit_id})
         return row
 
     def get(self, tenant: str, fit_id: str) -> FitRecord:

@@ -101,7 +101,7 @@ class GalleryStore:
         with self.engine.connect() as conn, conn.begin():
             record = self.record_in(conn, tenant, name)
         if record is None:
-            raise NotFound(f"gallery {name!r} not found")
+            raise NotFound(f"gallery {name!r} not found", reason="GALLERY_NOT_FOUND", metadata={"name": name})
         return record
 
     def list(self, tenant: str, after: str, limit: int) -> builtins.list[GalleryRecord]:
@@ -148,7 +148,8 @@ class GalleryStore:
                         ).limit(1)
                     ).scalar()
                     if taken is not None:
-                        raise AlreadyExists(f"id {taken!r} is already enrolled in gallery {name!r}")
+                        raise AlreadyExists(f"id {taken!r} is already enrolled in gallery {name!r}", reason="ID_TAKEN", field="ids",
+                                            metadata={"id": taken})
                 block = np.ascontiguousarray(vectors, dtype="<f4")
                 if not len(ids):
                     continue
@@ -181,7 +182,7 @@ class GalleryStore:
         with self._write() as conn:
             previous = self.record_in(conn, tenant, name)
             if previous is None:
-                raise NotFound(f"gallery {name!r} not found")
+                raise NotFound(f"gallery {name!r} not found", reason="GALLERY_NOT_FOUND", metadata={"name": name})
             removed = _delete_items(conn, tenant, name, ids)
             if removed:
                 record_gallery_change(conn, tenant, name, -len(removed))
@@ -194,7 +195,7 @@ class GalleryStore:
         with self._write() as conn:
             previous = self.record_in(conn, tenant, name)
             if previous is None:
-                raise NotFound(f"gallery {name!r} not found")
+                raise NotFound(f"gallery {name!r} not found", reason="GALLERY_NOT_FOUND", metadata={"name": name})
             conn.execute(gallery_item_ids.delete().where(_items_of(tenant, name)))
             conn.execute(gallery_blocks.delete().where(GALLERY_BLOCKS.where((tenant, name))))
             conn.execute(galleries.delete().where(galleries.c.tenant == tenant, galleries.c.name == name))

@@ -25,7 +25,9 @@ def check_quota(conn: sa.Connection, tenant: str, added: int, quota: int | None)
     held = stored_vectors(conn, tenant)
     if held > quota:
         raise ResourceExhausted(
-            f"quota max_vectors_per_tenant={quota}: the tenant stores {held - added} vectors and this would add {added}"
+            f"quota max_vectors_per_tenant={quota}: the tenant stores {held - added} vectors and this would add {added}",
+            reason="QUOTA_EXCEEDED", metadata={"limit": "max_vectors_per_tenant", "value": quota, "stored": held - added,
+                                               "added": added},
         )
 
 

@@ -20,7 +20,7 @@ class KeyStore:
     def insert(self, key_id: str, tenant: str, name: str, role: str, secret_sha256: str) -> None:
         with db.write_connection(self.engine) as conn, conn.begin():
             if conn.execute(sa.select(api_keys.c.key_id).where(api_keys.c.key_id == key_id)).first():
-                raise AlreadyExists(f"key {key_id!r} already exists")
+                raise AlreadyExists(f"key {key_id!r} already exists", reason="NAME_TAKEN")
             conn.execute(api_keys.insert().values(
                 key_id=key_id, tenant=tenant, name=name, role=role, secret_sha256=secret_sha256,
                 created_at=time.time(), revoked_at=None,

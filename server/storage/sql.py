@@ -103,7 +103,7 @@ class SqlStore:
         """Register ``name``; :class:`AlreadyExists` if it is registered."""
         with self._write() as conn:
             if self._get_model(conn, tenant, name) is not None:
-                raise AlreadyExists(f"model {name!r} already exists")
+                raise AlreadyExists(f"model {name!r} already exists", reason="NAME_TAKEN", field="name")
             last = conn.execute(
                 sa.select(model_versions.c.last_version).where(
                     model_versions.c.tenant == tenant, model_versions.c.name == name
@@ -135,7 +135,7 @@ class SqlStore:
         with self._read() as conn:
             record = self._get_model(conn, tenant, name)
         if record is None:
-            raise NotFound(f"model {name!r} not found")
+            raise NotFound(f"model {name!r} not found", reason="MODEL_NOT_FOUND", metadata={"name": name})
         return record
 
     def list_models(self, tenant: str, after: str, limit: int) -> list[ModelRecord]:
@@ -153,7 +153,7 @@ class SqlStore:
         """Delete the model and its anchors; returns how many anchors went with it."""
         with self._write() as conn:
             if self._get_model(conn, tenant, name) is None:
-                raise NotFound(f"model {name!r} not found")
+                raise NotFound(f"model {name!r} not found", reason="MODEL_NOT_FOUND", metadata={"name": name})
             affected_sets = conn.execute(
                 sa.select(anchor_blocks.c.anchor_set)
                 .where(anchor_blocks.c.tenant == tenant, anchor_blocks.c.model == name)
@@ -227,7 +227,8 @@ class SqlStore:
             stored = self._get_model(conn, tenant, model.name)
             if stored is None or stored.version != model.version:
                 raise SpaceMismatch(
-                    f"model {model.name!r} version {model.version} was deleted or replaced during the upload"
+                    f"model {model.name!r} version {model.version} was deleted or replaced during the upload",
+                    reason="STALE_MODEL_VERSION", metadata={"model": model.name, "got": model.version},
                 )
             new_version = (self._set_version(conn, tenant, anchor_set) or 0) + 1
             if new_version == 1:  # create the set row first (foreign key of the anchors)
@@ -267,7 +268,8 @@ class SqlStore:
                             raise AlreadyExists(
                                 f"anchor {anchor_id!r} of model {model.name!r} in set "
                                 f"{anchor_set!r} is stored with a different vector; "
-                                "upload with overwrite=True to replace it"
+                                "set overwrite to true to replace it", reason="VECTOR_DIFFERS", field="vectors",
+                                metadata={"id": anchor_id},
                             )
                     if new_ids or changed_ids:
                         writer.write(new_ids, changed_ids, b"".join(new_rows + changed_rows))
@@ -355,10 +357,10 @@ class SqlStore:
         with self._write() as conn:
             record = self._get_model(conn, tenant, model)
             if record is None:
-                raise NotFound(f"model {model!r} not found")
+                raise NotFound(f"model {model!r} not found", reason="MODEL_NOT_FOUND", metadata={"name": model})
             version = self._set_version(conn, tenant, anchor_set)
             if version is None:
-                raise NotFound(f"anchor set {anchor_set!r} not found")
+                raise NotFound(f"anchor set {anchor_set!r} not found", reason="ANCHOR_SET_NOT_FOUND", metadata={"name": anchor_set})
             if ids is None:
                 deleted = blocks.delete_all(conn, tenant, anchor_set, model)
             else:

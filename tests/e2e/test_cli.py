@@ -291,10 +291,10 @@ def test_fit_cooperative_and_predict_commands(server, tmp_path: Path, rng):
     assert "MODEL=FILE.npz" in bad
 
 
-def test_methods_command_lists_every_method_and_parameter():
+def test_methods_command_lists_every_method_and_parameter(server):
     from convergent.server.align import methods
 
-    out = run("methods").stdout
+    out = run("methods", "--address", server.address).stdout  # the server's catalogue (ListMethods)
     for name in (*methods.PARAMS, *methods.OTHER_PARAMS):
         assert f"\n{name}: " in f"\n{out}", name
         for key, *_ in methods.describe(name):

@@ -103,7 +103,7 @@ def test_bad_federation_requests(client: Client, rng):
     ridge = client.fit_alignment("p", "q", anchor_set="s", method="ridge")
     with pytest.raises(errors.InvalidArgument, match="not a shared space"):
         client.fit_cooperative(space=ridge.id, anchor_set="s", teachers=["t"])
-    with pytest.raises(errors.FailedPrecondition, match="normalize=False"):
+    with pytest.raises(errors.FailedPrecondition, match="normalize set to false"):
         client.fit_cooperative(space=space.id, anchor_set="s", teachers=["tn"])
     with pytest.raises(errors.InvalidArgument, match="models of the shared space"):
         client.fit_cooperative(space=space.id, anchor_set="s", teachers=["p"])

@@ -87,7 +87,7 @@ def test_bad_dim(client: Client, server):
         ([header(ids=["a", "a"], vectors=f32(2, 4))], "appears twice"),
         ([header(anchor_set="no good", ids=["a"], vectors=f32(1, 4))], "invalid anchor set name"),
         ([header(ids=["a"], vectors=f32(1, 4), last=False), header(model="other", ids=["b"], vectors=f32(1, 4))], "another model"),
-        ([header(ids=["a"], vectors=f32(1, 4), last=False)], "cut short"),
+        ([header(ids=["a"], vectors=f32(1, 4), last=False, ends_with_last=True)], "cut short"),
         ([header(ids=["a"], vectors=f32(1, 4, 0.0))], "zero norm"),
     ],
 )
@@ -118,7 +118,7 @@ def test_changed_vector_already_exists_unless_overwrite(client: Client, rng):
     assert client.upload_anchors("m", anchor_set="s", ids=ids, vectors=X) == 6  # same: no-op
     Y = X.copy()
     Y[2] += 1
-    with pytest.raises(errors.AlreadyExists, match="overwrite=True"):
+    with pytest.raises(errors.AlreadyExists, match="set overwrite to true"):
         client.upload_anchors("m", anchor_set="s", ids=ids + ["g"], vectors=np.vstack([Y, X[:1] * 2]))
     assert client.count_anchors("m", anchor_set="s") == 6
     assert client.upload_anchors("m", anchor_set="s", ids=ids, vectors=Y, overwrite=True) == 6

@@ -114,6 +114,32 @@ def test_reflection_lists_services(start_server):
     assert {"convergent.v1.ModelService", "convergent.v1.AnchorService", "grpc.health.v1.Health"} <= services
 
 
+def test_reflection_answers_v1_as_well_as_v1alpha(start_server):
+    """grpcurl and Postman ask grpc.reflection.v1 first: it lists the services and hands out the
+    contract's descriptors (ListMethods included), byte for byte as v1alpha does."""
+    from google.protobuf import descriptor_pb2
+    from grpc_reflection.v1alpha import reflection_pb2  # v1's messages are the same fields
+
+    server = start_server(reflection=True)
+    with grpc.insecure_channel(server.address) as channel:
+        answers = {}
+        for version in ("v1", "v1alpha"):
+            call = channel.stream_stream(
+                f"/grpc.reflection.{version}.ServerReflection/ServerReflectionInfo",
+                request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+                response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+            )
+            requests = [reflection_pb2.ServerReflectionRequest(list_services=""),
+                        reflection_pb2.ServerReflectionRequest(file_containing_symbol="convergent.v1.InfoService")]
+            answers[version] = list(call(iter(requests), timeout=10))
+    listed, described = answers["v1"]
+    assert "convergent.v1.GalleryService" in {s.name for s in listed.list_services_response.service}
+    files = [descriptor_pb2.FileDescriptorProto.FromString(raw) for raw in described.file_descriptor_response.file_descriptor_proto]
+    info = next(f for f in files if f.name == "convergent/v1/info.proto")
+    assert "ListMethods" in {m.name for m in info.service[0].method}
+    assert [a.SerializeToString() for a in answers["v1"]] == [a.SerializeToString() for a in answers["v1alpha"]]
+
+
 def test_sdk_checks_arguments_before_sending(client: Client, rng):
     for bad in (-3, 0, 2.5, True, 2**32):
         with pytest.raises(errors.InvalidArgument, match="dim must be an integer"):

@@ -158,7 +158,7 @@ def test_verify_in_both_spaces_when_both_fits_exist(client: Client, two_models, 
     B = np.vstack([people @ R.T, rng.standard_normal((300, 16)) @ R.T]) + 0.3 * rng.standard_normal((600, 16))
     before = client.verify(a=A, a_model="a", b=B, b_model="b", far=1e-2)
     assert before.direction == "a_to_b" and "no fit 'b' -> 'a'" in before.direction_reason
-    with pytest.raises(errors.FailedPrecondition, match="direction='both' needs a fit 'b' -> 'a'"):
+    with pytest.raises(errors.FailedPrecondition, match="direction \"both\" needs a fit 'b' -> 'a'"):
         client.verify(a=A, a_model="a", b=B, b_model="b", far=1e-2, direction="both")
     with pytest.raises(errors.InvalidArgument, match="unknown direction 'sideways'"):
         client.verify(a=A, a_model="a", b=B, b_model="b", direction="sideways")

@@ -41,7 +41,7 @@ def test_auto_chooses_mlp_on_held_out_anchors_and_serves_its_formula(start_serve
     with Client(server.address, timeout=120) as client:
         _upload(client, X, Y)
         auto = client.fit_alignment("x", "y", anchor_set="s")
-        assert auto.method == "mlp" and auto.params["candidate"] == "mlp", auto.metrics
+        assert auto.method == "mlp" and auto.auto_winner == auto.params["candidate"] == "mlp", auto.metrics
         assert auto.metrics["auto.mlp.margin"] > auto.metrics["auto.ridge.margin"]
         ridge = client.fit_alignment("x", "y", anchor_set="s", method="ridge")
         Z_ridge = client.transform(Xt, source="x", fit_id=ridge.id)

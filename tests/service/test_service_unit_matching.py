@@ -39,7 +39,7 @@ def test_permutation_recovers_hidden_units(client: Client, rng):
     np.testing.assert_allclose(Z, Y[:5], atol=0.5)
     # auto sees that units correspond one to one and keeps the simplest map
     auto = client.fit_alignment("net1", "net2", anchor_set="s")
-    assert auto.params["candidate"] == "permutation", auto.metrics
+    assert auto.auto_winner == auto.params["candidate"] == "permutation", auto.metrics
 
 
 @pytest.mark.parametrize("method", ["semi_matching", "sparse", "spectral"])

@@ -209,9 +209,11 @@ def test_stream_header_rules(registry: Registry, rng):
 
 
 def test_stream_must_end_with_its_last_message(registry: Registry, rng):
+    """A stream that promised a last message (ends_with_last) must end with it; none may follow it."""
     registry.register_model(T, "a", dim=4)
     X = rng.standard_normal((4, 4))
-    cut = [UploadChunk("a", 0, "s", False, ["a", "b"], X[:2]), UploadChunk("", 0, "", False, ["c", "d"], X[2:])]
+    cut = [UploadChunk("a", 0, "s", False, ["a", "b"], X[:2], ends_with_last=True),
+           UploadChunk("", 0, "", False, ["c", "d"], X[2:])]
     with pytest.raises(InvalidInput, match="cut short"):
         registry.upload_anchors(T, iter(cut))
     after_last = [UploadChunk("a", 0, "s", False, ["a"], X[:1], last=True), UploadChunk("", 0, "", False, ["b"], X[1:2])]

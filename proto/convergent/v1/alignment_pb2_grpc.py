@@ -122,8 +122,8 @@ class AlignmentServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ExportFit(self, request, context):
-        """The fitted arrays by name (the names per method are listed in docs/alignment.md, "Exported
-        arrays"): float arrays as FLOAT64, index arrays as INT64.
+        """The fitted arrays by name (the names per method: docs/alignment.md, the method table's
+        "export_fit keys" column): float arrays as FLOAT64, index arrays as INT64.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -66,7 +66,9 @@ class AnchorServiceServicer:
         (it may then be empty: no ids, no vectors); no message may follow it. A stream whose first
         message sets ends_with_last=true and that ends without a last=true message was cut short
         (INVALID_ARGUMENT, nothing stored); without ends_with_last, the client's half-close ends the
-        stream (the 0.1 behaviour). A stream of no message at all is INVALID_ARGUMENT.
+        stream (the 0.1 behaviour; gRPC may then show a call cancelled or past its deadline to the
+        server as a half-close, so what was sent can be stored: set ends_with_last for
+        all-or-nothing). A stream of no message at all is INVALID_ARGUMENT.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
