@@ -160,6 +160,6 @@ class Cooperation:
         space_record = self.alignment.fits.get(tenant, record.params["space"])
         _, space = self.alignment._load(tenant, space_record.id, space_record)
         _, head = self.alignment._load(tenant, head_id, record)
-        views = [space.transform(m.name, prepare_vectors(m, v, f"{m.name} vectors")) for m, (_, _, v) in zip(models, parties)]
+        views = [space.transform(m.name, prepare_vectors(m, v, f"{m.name} vectors", field="parties.vectors")) for m, (_, _, v) in zip(models, parties)]
         P = head.fuse(views).astype(np.float32)
         return Prediction(P, names, FUSION_RULE if len(views) > 1 else "the head's softmax of the party's consensus coordinates")

@@ -333,7 +333,8 @@ class Galleries(Searching):
             model = check_model_version(self.store.get_model(tenant, model_name), version)
             fit = self._route(tenant, model, gallery_model)
             weight, source = route_weight(fit, model, gallery_model)
-            queries[model_name] = self._into(tenant, fit, prepare_vectors(model, vectors, f"{model_name} probes"), model, gallery_model)
+            probes = prepare_vectors(model, vectors, f"{model_name} probes", field="parties.vectors")
+            queries[model_name] = self._into(tenant, fit, probes, model, gallery_model)
             weights.append(PartyWeight(model_name, _route_name(fit), weight, source))
             if fit is not None:
                 mapped.append((model, fit))

@@ -136,7 +136,7 @@ class Searching(Routed):
         from convergent.server.inference.open_set import open_set_threshold
 
         if non_mated is not None:
-            _, top = self._search(tenant, plan, prepare_vectors(plan.probe_model, non_mated, "non_mated probes"), 1)
+            _, top = self._search(tenant, plan, prepare_vectors(plan.probe_model, non_mated, "non_mated probes", field="non_mated"), 1)
             searches = self.open_set.from_probes(top[:, 0] if top.size else np.zeros(0, np.float32))
         elif plan.fit is None:
             raise FailedPrecondition(

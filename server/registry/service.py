@@ -45,29 +45,23 @@ def l2_normalize_rows(vectors: np.ndarray, strict: bool = True, first_row: int =
     return (vectors / np.where(norms == 0, 1.0, norms)).astype(np.float32)
 
 
-def _field(what: str) -> str:
-    """The request field that ``what`` (how a message names the vectors) is."""
-    what = what.rsplit(": ", 1)[-1]  # "message 3: vectors"
-    if what.startswith("non_mated") or what in ("a", "b"):
-        return what.split()[0]
-    return "parties.vectors" if " " in what else "vectors"  # "<model> probes": a party's
-
-
-def prepare_vectors(model: ModelRecord, vectors: np.ndarray, what: str = "vectors", allow_empty: bool = False) -> np.ndarray:
+def prepare_vectors(model: ModelRecord, vectors: np.ndarray, what: str = "vectors", allow_empty: bool = False,
+                    field: str = "vectors") -> np.ndarray:
     """Caller's vectors of ``model`` checked (rows, dimension, finite) and, if the model says so,
-    L2-normalised: (n, model.dim) float32. Problems are :class:`InvalidInput`."""
+    L2-normalised: (n, model.dim) float32. Problems are :class:`InvalidInput` naming ``what`` in
+    words and ``field``, the request field that carried the vectors, in the error details."""
     if vectors.ndim != 2 or (vectors.shape[0] == 0 and not allow_empty):
-        raise InvalidInput(f"{what}: no rows given", reason="EMPTY_INPUT", field=_field(what))
+        raise InvalidInput(f"{what}: no rows given", reason="EMPTY_INPUT", field=field)
     if vectors.shape[1] != model.dim:
         raise InvalidInput(
             f"{what} have dimension {vectors.shape[1]}, model {model.name!r} has dimension {model.dim}",
-            reason="DIMENSION_MISMATCH", field=_field(what),
+            reason="DIMENSION_MISMATCH", field=field,
             metadata={"model": model.name, "expected": model.dim, "got": vectors.shape[1]},
         )
     try:
         check_finite(vectors, what)
     except WireError as exc:
-        raise InvalidInput(str(exc), reason=exc.reason, field=_field(what)) from None
+        raise InvalidInput(str(exc), reason=exc.reason, field=field) from None
     return l2_normalize_rows(vectors) if model.normalize else vectors.astype(np.float32)
 
 

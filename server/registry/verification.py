@@ -246,7 +246,7 @@ class Verification(Routed):
         if not (0.0 < far < 1.0):
             raise InvalidInput(f"far must be in (0, 1), got {far}", reason="VALUE_OUT_OF_RANGE", field="far")
         src, tgt = self._models(tenant, a_model, b_model)
-        A, B = prepare_vectors(src, a, "a"), prepare_vectors(tgt, b, "b")
+        A, B = prepare_vectors(src, a, "a", field="a"), prepare_vectors(tgt, b, "b", field="b")
         if len(A) != len(B):
             raise InvalidInput(f"a has {len(A)} rows and b {len(B)}: they must pair row by row", reason="LENGTH_MISMATCH",
                                field="b")
@@ -283,7 +283,7 @@ class Verification(Routed):
         """Store labelled pairs for (a_model, b_model); returns (n_genuine, n_impostor, route)."""
         src, tgt = self._models(tenant, a_model, b_model)
         fit = self._route(tenant, src, tgt)
-        A, B = prepare_vectors(src, a, "a"), prepare_vectors(tgt, b, "b")
+        A, B = prepare_vectors(src, a, "a", field="a"), prepare_vectors(tgt, b, "b", field="b")
         same = np.asarray(same, dtype=bool)
         if not (len(A) == len(B) == len(same)):
             raise InvalidInput(f"a, b and same must have the same length, got {len(A)}, {len(B)}, {len(same)}",

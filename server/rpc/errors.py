@@ -74,9 +74,10 @@ def failure_for(exc: BaseException) -> Failure:
         request_id = request_id_var.get()
         return Failure(code, f"internal error; the server log has the details under request id {request_id}",
                        reason="INTERNAL", metadata={"request_id": request_id})
-    default = next((getattr(cls, "default_reason", "") for cls, _ in STATUS_TABLE if isinstance(fault, cls)), "")
-    reason = getattr(fault, "reason", None) or default or "INVALID_INPUT"
-    return Failure(code, str(fault), reason, getattr(fault, "field", None), dict(getattr(fault, "metadata", None) or {}))
+    if not isinstance(fault, (errors.ConvergentError, WireError)):  # the table holds only these two families
+        raise TypeError(f"{type(fault).__name__} is in STATUS_TABLE but carries no reason")
+    metadata = fault.metadata if isinstance(fault, errors.ConvergentError) else {}
+    return Failure(code, str(fault), fault.reason, fault.field, dict(metadata))
 
 
 def status_message(failure: Failure) -> status_pb2.Status:

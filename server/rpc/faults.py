@@ -28,6 +28,10 @@ STORAGE_DAMAGED = (
 )
 
 
+def _storage_full() -> ResourceExhausted:
+    return ResourceExhausted(STORAGE_FULL, reason="STORAGE_FULL")
+
+
 def _driver_error(exc: BaseException) -> BaseException:
     """The DBAPI exception behind a SQLAlchemy one (``exc`` itself otherwise)."""
     return getattr(exc, "orig", None) or exc
@@ -40,16 +44,16 @@ def domain_error(exc: BaseException) -> BaseException:
     if sqlite_code is not None:
         primary = int(sqlite_code) & 0xFF  # extended codes carry the primary in the low byte
         if primary == SQLITE_FULL:
-            return ResourceExhausted(STORAGE_FULL, reason="STORAGE_FULL")
+            return _storage_full()
         if primary in (SQLITE_CORRUPT, SQLITE_NOTADB):
             return DataLoss(STORAGE_DAMAGED.format(detail=str(orig)))
     if "Could not decode to UTF-8" in str(orig):  # Python's sqlite3 reading text bytes a write never stored
         return DataLoss(STORAGE_DAMAGED.format(detail="a stored name is not valid UTF-8"))
     sqlstate = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
     if sqlstate == PG_DISK_FULL:
-        return ResourceExhausted(STORAGE_FULL, reason="STORAGE_FULL")
+        return _storage_full()
     if sqlstate in PG_DAMAGED:
         return DataLoss(STORAGE_DAMAGED.format(detail=sqlstate))
     if isinstance(orig, OSError) and orig.errno in (errno.ENOSPC, errno.EDQUOT):
-        return ResourceExhausted(STORAGE_FULL, reason="STORAGE_FULL")
+        return _storage_full()
     return exc
