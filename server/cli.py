@@ -3,7 +3,7 @@
 ``cli_base`` holds the apps and shared helpers; the commands register themselves on import:
 ``cli_data`` (models, anchors, fits), ``cli_inference`` (galleries, identify, verify),
 ``cli_federation`` (fit-cooperative, predict),
-``cli_server`` (serve, backup, keys, demo).
+``cli_server`` (serve, backup, keys, demo), ``cli_encryption`` (keygen, encrypt, key rotation, tenant delete).
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ import sys
 
 import typer
 
-from convergent.server import cli_data, cli_federation, cli_inference, cli_server  # importing them registers the commands
+from convergent.server import cli_data, cli_encryption, cli_federation, cli_inference, cli_server  # importing them registers the commands
 from convergent.server.cli_base import _DEBUG, app
 
-__all__ = ["app", "cli_data", "cli_federation", "cli_inference", "cli_server", "main"]
+__all__ = ["app", "cli_data", "cli_encryption", "cli_federation", "cli_inference", "cli_server", "main"]
 
 
 def main(argv: list[str] | None = None) -> None:

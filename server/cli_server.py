@@ -47,6 +47,9 @@ def serve(
         help="serve a store the start-up check finds damaged; its damaged objects answer DATA_LOSS [refuse]")] = None,
     startup_check: Annotated[Optional[str], typer.Option(
         help="full (every checksum, ~3 s per GB) or quick (structure and counts) check of the store at start [full]")] = None,
+    master_key_file: Annotated[Optional[Path], typer.Option(
+        help="master key file (mode 600, from `convergent keygen`): the store is encrypted at rest [off; or "
+        "CONVERGENT_MASTER_KEY]")] = None,
 ) -> None:
     """Run the gRPC server until SIGTERM/SIGINT (settings also from CONVERGENT_* variables)."""
     from pydantic import ValidationError
@@ -64,7 +67,7 @@ def serve(
         "tls_key": tls_key, "tls_client_ca": tls_client_ca, "max_vectors_per_tenant": max_vectors_per_tenant,
         "metrics_port": metrics_port, "database_url": database_url, "device": device,
         "gallery_backend": gallery_backend, "milvus_uri": milvus_uri, "allow_damaged": allow_damaged,
-        "startup_check": startup_check,
+        "startup_check": startup_check, "master_key_file": master_key_file,
         "max_streams": max_streams, "max_streams_per_client": max_streams_per_client,
         "stream_idle_seconds": stream_idle_seconds,
     }
@@ -179,7 +182,7 @@ def _key_store(data_dir: Path):  # noqa: ANN202
     from convergent.server.storage.key_store import KeyStore
     from convergent.server.storage.sql import SqlStore
 
-    store = SqlStore(ServerSettings(data_dir=data_dir).resolved_database_url())
+    store = SqlStore(ServerSettings(data_dir=data_dir).resolved_database_url(), locked_ok=True)  # API keys are not sealed
     return store, KeyStore(store.engine)
 
 

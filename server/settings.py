@@ -82,6 +82,29 @@ class ServerSettings(BaseSettings):
         "full", description="start-up check of the store: full (every checksum; ~3 s per GB) or quick (structure and counts)"
     )
 
+    master_key_file: Path | None = Field(
+        None, description="file holding the master key (mode 600) that wraps the tenants' data keys: the store is "
+        "encrypted at rest (docs/operations.md, 'Encryption at rest'); off if unset",
+    )
+    master_key: SecretStr | None = Field(
+        None, description="the master key itself (base64 or hex); environment only: CONVERGENT_MASTER_KEY",
+    )
+    keyring_file: Path | None = Field(
+        None, description="the tenants' keys of an encrypted store, sealed by the master key (default: keyring.json "
+        "in data_dir); keep a copy with the master key, apart from data backups",
+    )
+    data_key_max_age_days: float | None = Field(
+        None, gt=0, description="an encrypted store gives each tenant a new data key once its newest is this old, and "
+        "re-seals the tenant's rows under it in the background; off if unset (`convergent rotate-data-key` does it by hand)",
+    )
+    key_rotation_interval_seconds: float = Field(
+        10.0, gt=0, le=3600, description="how often the background re-sealing of an encrypted store looks for work",
+    )
+    milvus_with_encryption: Literal["refuse", "allow"] = Field(
+        "refuse", description="an encrypted store with gallery_backend=milvus: refuse to start (Milvus keeps the "
+        "vectors it searches in clear), or allow it knowingly",
+    )
+
     @model_validator(mode="after")
     def _tls_pairs(self) -> ServerSettings:
         if (self.tls_cert is None) != (self.tls_key is None):
@@ -89,6 +112,9 @@ class ServerSettings(BaseSettings):
         if self.tls_client_ca is not None and self.tls_cert is None:
             raise ValueError("tls_client_ca (mTLS) needs tls_cert and tls_key")
         return self
+
+    def resolved_keyring_file(self) -> Path:
+        return self.keyring_file or self.data_dir / "keyring.json"
 
     def resolved_milvus_uri(self) -> str:
         return self.milvus_uri or str((self.data_dir / "milvus.db").resolve())

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from convergent.server.errors import InvalidInput, NotFound, Unavailable
+from convergent.server.errors import DataLoss, InvalidInput, NotFound, Unavailable
 from convergent.server.records import ModelRecord
 from convergent.server.storage.protocols import Store
 
@@ -264,7 +264,11 @@ class PairStatistics:
         """The pair's statistics stored in the database, if they fit the models."""
         from convergent.server.align import PairedStats
 
-        stored = self.store.pair_stats.load(tenant, key[1:])
+        try:
+            stored = self.store.pair_stats.load(tenant, key[1:])
+        except DataLoss as exc:  # a cache of the anchors: computed from them again
+            log.error("stored statistics of %s are ignored: %s", key, exc)
+            return None
         if stored is None:
             return None
         data_version, n, arrays = stored

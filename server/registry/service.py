@@ -6,7 +6,6 @@ maps the raised :mod:`convergent.server.errors` to statuses.
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
@@ -14,6 +13,7 @@ import numpy as np
 
 from convergent.server.errors import ConvergentError, InvalidInput, ResourceExhausted, SpaceMismatch
 from convergent.server.registry import paging
+from convergent.server.registry.spool import Spool
 from convergent.server.records import ModelRecord, Page, UploadResult
 from convergent.server.settings import ServerSettings
 from convergent.server.storage.protocols import Store
@@ -200,13 +200,13 @@ class Registry:
             vectors = np.asarray(vectors, dtype="<f4")  # no copy when it is float32 already
             return l2_normalize_rows(vectors, first_row=first_row) if model.normalize else vectors
 
-        with tempfile.SpooledTemporaryFile(max_size=self.settings.spool_memory_bytes) as spool:
+        with Spool(self.settings.spool_memory_bytes, encrypted=self.store.encrypted) as spool:
             header, model, ids = read_vector_stream(
                 chunks, StreamRules("upload", "model or anchor set", "anchor id", InvalidInput),
                 self.settings.max_vectors_per_message, self.settings.max_id_length, open_header, same_header, prepare,
                 lambda vectors: spool.write(vectors.tobytes()),
             )
-            spool.seek(0)
+            spool.rewind()
             return self.store.write_anchors(
                 tenant, header.anchor_set, model, _read_back(spool, ids, model.dim), header.overwrite,
                 quota=self.settings.max_vectors_per_tenant, still_wanted=still_wanted,

@@ -30,7 +30,8 @@ from convergent.server.rpc.servicers import (
 )
 from convergent.server.rpc.streams import StreamGuard
 from convergent.server.settings import ServerSettings
-from convergent.server.storage import open_store
+from convergent.server.registry.key_rotation import KeyRotationWorker
+from convergent.server.storage import master_keys, open_store
 from convergent.server.storage.protocols import Store
 from convergent.v1 import (
     alignment_pb2,
@@ -75,6 +76,7 @@ class ConvergentServer:
         self.settings = settings
         self.port: int | None = None
         self.store: Store | None = None
+        self.key_rotation: KeyRotationWorker | None = None
         self._backend = Backend()
         self.metrics = Metrics()
         self._backend.metrics = self.metrics
@@ -121,6 +123,12 @@ class ConvergentServer:
         s = self.settings
         if not s.database_url:  # SQLite (and milvus-lite) live in the data folder
             _check_data_dir(s.data_dir)
+        master_key = master_keys.load(s.master_key_file, s.master_key.get_secret_value() if s.master_key else None)
+        if master_key is not None and s.gallery_backend == "milvus" and s.milvus_with_encryption == "refuse":
+            raise StartupError(
+                "the store is to be encrypted at rest, but Milvus keeps the vectors it searches in clear on its own "
+                "disk: use --gallery-backend local (the index lives in memory, built from the encrypted store), or "
+                "set CONVERGENT_MILVUS_WITH_ENCRYPTION=allow to accept clear templates in Milvus")
         address = _address(s.host, s.port)
         try:
             if s.tls_cert is not None:
@@ -144,8 +152,18 @@ class ConvergentServer:
         self._server.start()
         security = "mTLS" if s.tls_client_ca else "TLS" if s.tls_cert else "plaintext"
         log.info("listening on %s (%s, API keys %s)", self.address, security, "required" if s.auth_enabled() else "off")
-        self.store = open_store(s.resolved_database_url())
+        try:
+            self.store = open_store(s.resolved_database_url(), master_key, s.resolved_keyring_file() if master_key else None)
+        except StartupError:
+            self._server.stop(0)
+            raise
+        if master_key is not None:
+            log.info("the store is encrypted at rest (master key %s from %s, keyring %s)", master_key.key_id,
+                     master_key.source, s.resolved_keyring_file())
         self._check_store(self.store)
+        if self.store.encrypted:
+            self.key_rotation = KeyRotationWorker(self.store.rotation, s)
+            self.key_rotation.start()
         alignment = Alignment(self.store, s)
         bootstrap = load_bootstrap_keys(s.bootstrap_keys_file) if s.bootstrap_keys_file else None
         authenticator = Authenticator(s.auth_enabled(), self.store.keys, bootstrap)
@@ -192,6 +210,8 @@ class ConvergentServer:
         self._health.enter_graceful_shutdown()
         self._server.stop(grace).wait()
         self.metrics.stop()
+        if self.key_rotation is not None:
+            self.key_rotation.stop()
         self._backend.close()
         if self.store is not None:
             self.store.close()

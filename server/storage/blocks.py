@@ -1,9 +1,11 @@
 """Vectors in blocks: one row holds the float32 vectors of many items behind a per-item id index.
 
-A block row has key columns (which scope its ``block_id``), ``rows`` slots, ``live`` of them in
-use, ``vectors``: little-endian float32 (rows, dim) bytes, and ``checksum``: the CRC-32 of those
-bytes, written in the same statement and verified on every read (a mismatch is
-:class:`DataLoss` naming the object, never a silently different vector). ``ids_digest`` is the
+A block row has key columns (which scope its ``block_id``; the first is the tenant), ``rows``
+slots, ``live`` of them in use, ``vectors``: little-endian float32 (rows, dim) bytes (in an
+encrypted store sealed by :mod:`~convergent.server.storage.envelope`, ``key_version`` naming the
+data key), and ``checksum``: the CRC-32 of the stored bytes, written in the same statement and
+verified on every read (a mismatch, or a sealed block that fails its tag, is :class:`DataLoss`
+naming the object, never a silently different vector). ``ids_digest`` is the
 sum of :func:`slot_term` over the block's live slots (the id each slot belongs to, and for
 gallery items their enrolment number): kept by every insert and release, so a damaged id index
 (an id, block or slot that changed on disk) shows as a block whose ids no longer add up
@@ -27,6 +29,7 @@ import numpy as np
 import sqlalchemy as sa
 
 from convergent.server.errors import DataLoss
+from convergent.server.storage import envelope
 
 BLOCK_BYTES = 2 * 1024 * 1024  # vector bytes per block row at most (one row: 1 slot at least)
 ID_BATCH = 500  # ids / block ids per SELECT ... IN (...): far below every database's limit
@@ -71,6 +74,17 @@ class BlockTable:
                                + " (the stored bytes changed after they were written)")
         return data
 
+    def place(self, key: Sequence[object], block_id: int) -> envelope.Place:
+        """Where a block belongs, for the associated data of its sealed bytes (the tenant apart)."""
+        return (self.table.name, *key[1:], int(block_id))
+
+    def opened(self, conn: sa.Connection, key: Sequence[object], block_id: int, data: bytes, stored: int | None,
+               key_version: int | None) -> bytes:
+        """The clear vector bytes of a block read as (``data``, ``checksum``, ``key_version``)."""
+        data = self.verified(key, block_id, data, stored)
+        return envelope.of(conn).open(conn, str(key[0]), self.place(key, block_id), data, key_version,
+                                      lambda detail: self.damaged(key, f"its vector block {block_id}: {detail}"))
+
     def where(self, key: Sequence[object]) -> sa.ColumnElement:
         if len(key) != len(self.key):
             raise ValueError(f"{self.table.name} is keyed by {self.key}, got {tuple(key)}")
@@ -87,10 +101,10 @@ def fetch(conn: sa.Connection, blocks: BlockTable, key: Sequence[object], block_
     c = blocks.table.c
     wanted = sorted({int(b) for b in block_ids})
     for start in range(0, len(wanted), ID_BATCH):
-        query = sa.select(c.block_id, c.vectors, c.checksum).where(
+        query = sa.select(c.block_id, c.vectors, c.checksum, c.key_version).where(
             blocks.where(key), c.block_id.in_(wanted[start : start + ID_BATCH]))
-        for block_id, data, stored in conn.execute(query):
-            yield int(block_id), blocks.verified(key, int(block_id), data, stored)
+        for block_id, data, stored, key_version in conn.execute(query):
+            yield int(block_id), blocks.opened(conn, key, int(block_id), data, stored, key_version)
 
 
 def gather(
@@ -143,13 +157,15 @@ def insert(conn: sa.Connection, blocks: BlockTable, key: Sequence[object], first
     n = len(data) // row_bytes
     where: list[tuple[int, int]] = []
     block_id = first_block
+    sealer = envelope.of(conn)
     for start in range(0, n, per_block):
         rows = min(per_block, n - start)
-        chunk = data[start * row_bytes : (start + rows) * row_bytes]
+        chunk, key_version = sealer.seal(conn, str(key[0]), blocks.place(key, block_id),
+                                         data[start * row_bytes : (start + rows) * row_bytes])
         digest = sum(slot_term(ids[start + slot], slot, seqs[start + slot]) for slot in range(rows))
         conn.execute(blocks.table.insert().values(
             **dict(zip(blocks.key, key)), block_id=block_id, rows=rows, live=rows,
-            vectors=chunk, checksum=checksum(chunk), ids_digest=digest, **columns,
+            vectors=chunk, checksum=checksum(chunk), ids_digest=digest, key_version=key_version, **columns,
         ))
         where += [(block_id, slot) for slot in range(rows)]
         block_id += 1
@@ -159,8 +175,9 @@ def insert(conn: sa.Connection, blocks: BlockTable, key: Sequence[object], first
 def release(conn: sa.Connection, blocks: BlockTable, key: Sequence[object], slots: Iterable[tuple[int, int, int]]) -> None:
     """Zero the given (block, slot, :func:`slot_term` of the id that held it)s, whose ids were
     deleted or re-pointed already, and drop
-    blocks left without a live slot (a row's width is the block's bytes / its rows). A damaged
-    block is zeroed too (an erasure never fails on damage) but stays damaged: no checksum."""
+    blocks left without a live slot (a row's width is the block's clear bytes / its rows). A
+    damaged block is zeroed too (an erasure never fails on damage; a sealed one is scrubbed in
+    place, :func:`envelope.scrub`) but stays damaged: no checksum."""
     by_block: dict[int, list[int]] = defaultdict(list)
     terms: dict[int, int] = defaultdict(int)
     for block_id, slot, term in slots:
@@ -169,24 +186,36 @@ def release(conn: sa.Connection, blocks: BlockTable, key: Sequence[object], slot
     if not by_block:
         return
     c, scope = blocks.table.c, blocks.where(key)
+    sealer = envelope.of(conn)
     ids = sorted(by_block)
     for start in range(0, len(ids), ID_BATCH):
         rows = conn.execute(
-            sa.select(c.block_id, c.rows, c.live, c.vectors, c.checksum, c.ids_digest).where(
+            sa.select(c.block_id, c.rows, c.live, c.vectors, c.checksum, c.ids_digest, c.key_version).where(
                 scope, c.block_id.in_(ids[start : start + ID_BATCH]))
         ).all()
-        for block_id, count, live, data, stored, digest in rows:
-            intact = stored is not None and checksum(data) == int(stored)  # damaged bytes are never re-summed
+        for block_id, count, live, data, stored, digest, key_version in rows:
             freed = sorted(set(by_block[int(block_id)]))
             one = scope & (c.block_id == block_id)
             if live - len(freed) <= 0:
                 conn.execute(blocks.table.delete().where(one))
                 continue
-            row_bytes = len(data) // int(count)
-            buffer = bytearray(data)
+            row_bytes = envelope.clear_length(len(data), key_version) // int(count)
+            try:
+                buffer = bytearray(blocks.opened(conn, key, int(block_id), data, stored, key_version))
+                intact = True
+            except DataLoss:  # damaged bytes are never re-summed nor re-sealed: scrubbed where they lie
+                buffer, intact = bytearray(data), False
             zero = bytes(row_bytes)
             for slot in freed:
-                buffer[slot * row_bytes : (slot + 1) * row_bytes] = zero
+                if intact:
+                    buffer[slot * row_bytes : (slot + 1) * row_bytes] = zero
+                else:
+                    buffer = envelope.scrub(bytes(buffer), key_version, slot * row_bytes, (slot + 1) * row_bytes)
+            if intact:
+                vectors, key_version = sealer.seal(conn, str(key[0]), blocks.place(key, int(block_id)), bytes(buffer))
+            else:
+                vectors = bytes(buffer)
             conn.execute(blocks.table.update().where(one).values(
-                live=live - len(freed), vectors=bytes(buffer), checksum=checksum(bytes(buffer)) if intact else None,
+                live=live - len(freed), vectors=vectors, checksum=checksum(vectors) if intact else None,
+                key_version=key_version,
                 ids_digest=None if digest is None else int(digest) - terms[int(block_id)]))

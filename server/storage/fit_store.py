@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from convergent.server.errors import DataLoss, NotFound
 from convergent.server.records import FitRecord
 from convergent.server.storage.schema import fit_arrays, fits
-from convergent.server.storage import db
+from convergent.server.storage import db, envelope
 from convergent.server.storage.blocks import checksum
 
 _JSON_FIELDS = ("params", "metrics", "warnings")
@@ -25,12 +25,32 @@ def _record(row: sa.Row) -> FitRecord:
     return FitRecord(**data)
 
 
-def _verified(fit_id: str, row: sa.Row) -> bytes:
-    """A fit array's bytes if they match their CRC-32; :class:`DataLoss` naming the fit otherwise."""
+def _place(fit_id: str, name: str, dtype: str, shape: str) -> envelope.Place:
+    return ("fit_arrays", fit_id, name, dtype, shape)
+
+
+def _opened(conn: sa.Connection, tenant: str, fit_id: str, row: sa.Row) -> bytes:
+    """A fit array's clear bytes if they match their CRC-32 (and, sealed, their tag); :class:`DataLoss`
+    naming the fit otherwise."""
+    def damaged(detail: str) -> DataLoss:
+        return DataLoss(f"fit {fit_id!r} is damaged: its array {row.name!r} {detail}; it is not served. Fit the "
+                        "route again, or restore a backup (`convergent check --data-dir DIR` lists the damage)")
+
     if row.checksum is None or checksum(row.data) != row.checksum:
-        raise DataLoss(f"fit {fit_id!r} is damaged: its array {row.name!r} fails its checksum; it is not served. "
-                       "Fit the route again, or restore a backup (`convergent check --data-dir DIR` lists the damage)")
-    return row.data
+        raise damaged("fails its checksum")
+    return envelope.of(conn).open(conn, tenant, _place(fit_id, row.name, row.dtype, row.shape), row.data,
+                                  row.key_version, lambda detail: damaged(f"is unreadable: {detail}"))
+
+
+def _sealed_rows(conn: sa.Connection, tenant: str, fit_id: str, arrays: dict[str, np.ndarray]) -> list[dict]:
+    sealer, rows = envelope.of(conn), []
+    for name, array in arrays.items():
+        dtype, shape = _dtype_name(array), json.dumps(list(array.shape))
+        data, key_version = sealer.seal(conn, tenant, _place(fit_id, name, dtype, shape),
+                                        np.ascontiguousarray(array, dtype=dtype).tobytes())
+        rows.append({"fit_id": fit_id, "name": name, "dtype": dtype, "shape": shape, "data": data,
+                     "checksum": checksum(data), "key_version": key_version})
+    return rows
 
 
 class FitStore:
@@ -47,18 +67,7 @@ class FitStore:
         with db.write_connection(self.engine) as conn, conn.begin():
             conn.execute(fits.insert().values(tenant=tenant, state=json.dumps(state), **row))
             if arrays:
-                conn.execute(
-                    fit_arrays.insert(),
-                    [
-                        {
-                            "fit_id": record.id, "name": name, "dtype": _dtype_name(array),
-                            "shape": json.dumps(list(array.shape)),
-                            "data": (data := np.ascontiguousarray(array, dtype=_dtype_name(array)).tobytes()),
-                            "checksum": checksum(data),
-                        }
-                        for name, array in arrays.items()
-                    ],
-                )
+                conn.execute(fit_arrays.insert(), _sealed_rows(conn, tenant, record.id, arrays))
 
     def _row(self, conn: sa.Connection, tenant: str, fit_id: str) -> sa.Row:
         row = conn.execute(sa.select(fits).where(fits.c.tenant == tenant, fits.c.id == fit_id)).first()
@@ -75,7 +84,7 @@ class FitStore:
         with self.engine.connect() as conn, conn.begin():
             row = self._row(conn, tenant, fit_id)
             arrays = {
-                r.name: np.frombuffer(_verified(fit_id, r), dtype=r.dtype).reshape(json.loads(r.shape))
+                r.name: np.frombuffer(_opened(conn, tenant, fit_id, r), dtype=r.dtype).reshape(json.loads(r.shape))
                 for r in conn.execute(sa.select(fit_arrays).where(fit_arrays.c.fit_id == fit_id))
             }
         return _record(row), json.loads(row.state), arrays

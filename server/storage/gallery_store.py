@@ -15,7 +15,7 @@ import sqlalchemy as sa
 
 from convergent.server.errors import AlreadyExists, DataLoss, NotFound
 from convergent.server.records import BeforeCommit, GalleryChange, GalleryRecord, HoldAction
-from convergent.server.storage import blocks, db
+from convergent.server.storage import blocks, db, envelope
 from convergent.server.storage.guards import check_quota, ensure_wanted
 from convergent.server.storage.schema import calibrations, galleries, gallery_blocks, gallery_item_ids
 
@@ -45,11 +45,11 @@ def _read_items(conn: sa.Connection, tenant: str, name: str, dim: int, where: sa
     query = sa.select(_items.item_id, _items.block_id, _items.slot).where(_items_of(tenant, name))
     rows = conn.execute((query if where is None else query.where(where)).order_by(_items.seq)).all()
     if not dim and rows:
-        count, size = conn.execute(
-            sa.select(gallery_blocks.c.rows, sa.func.length(gallery_blocks.c.vectors))
+        count, size, key_version = conn.execute(
+            sa.select(gallery_blocks.c.rows, sa.func.length(gallery_blocks.c.vectors), gallery_blocks.c.key_version)
             .where(GALLERY_BLOCKS.where((tenant, name)), gallery_blocks.c.block_id == rows[0][1])
         ).one()
-        dim = int(size) // int(count) // 4
+        dim = envelope.clear_length(int(size), key_version) // int(count) // 4
     if where is None:  # the whole gallery: its id index must list what its record counts
         recorded = conn.execute(sa.select(galleries.c.size).where(galleries.c.tenant == tenant, galleries.c.name == name)).scalar()
         if recorded is not None and int(recorded) != len(rows):
@@ -258,14 +258,16 @@ class GalleryStore:
         a: np.ndarray, b: np.ndarray, same: np.ndarray,
     ) -> None:
         """Replace the labelled pairs of (a_model, b_model)."""
-        arrays = (np.ascontiguousarray(a, "<f4").tobytes(), np.ascontiguousarray(b, "<f4").tobytes(),
-                  np.ascontiguousarray(same, np.uint8).tobytes())
-        row = {
-            "a_version": a_version, "b_version": b_version, "n": len(same), "a": arrays[0], "b": arrays[1],
-            "same": arrays[2], "created_at": time.time(), "checksum": blocks.checksum(b"".join(arrays)),
-        }
+        clear = {"a": np.ascontiguousarray(a, "<f4").tobytes(), "b": np.ascontiguousarray(b, "<f4").tobytes(),
+                 "same": np.ascontiguousarray(same, np.uint8).tobytes()}
         key = (calibrations.c.tenant == tenant) & (calibrations.c.a_model == a_model) & (calibrations.c.b_model == b_model)
         with self._write() as conn:
+            sealer, row = envelope.of(conn), {}
+            for column, data in clear.items():
+                place = calibration_place(a_model, b_model, a_version, b_version, len(same), column)
+                row[column], row["key_version"] = sealer.seal(conn, tenant, place, data)
+            row.update(a_version=a_version, b_version=b_version, n=len(same), created_at=time.time(),
+                       checksum=blocks.checksum(row["a"] + row["b"] + row["same"]))
             conn.execute(calibrations.delete().where(key))
             conn.execute(calibrations.insert().values(tenant=tenant, a_model=a_model, b_model=b_model, **row))
 
@@ -277,11 +279,22 @@ class GalleryStore:
             row = conn.execute(sa.select(calibrations).where(
                 calibrations.c.tenant == tenant, calibrations.c.a_model == a_model, calibrations.c.b_model == b_model
             )).first()
-        if row is None or (row.a_version, row.b_version) != (a_version, b_version):
-            return None
-        if row.checksum is None or blocks.checksum(row.a + row.b + row.same) != row.checksum:
-            raise DataLoss(f"the labelled calibration pairs of ({a_model}, {b_model}) (tenant {tenant!r}) are damaged "
-                           "(they fail their checksum); they are not served. Upload them again, or restore a backup")
-        a = np.frombuffer(row.a, "<f4").reshape(row.n, d_a)
-        b = np.frombuffer(row.b, "<f4").reshape(row.n, d_b)
-        return a, b, np.frombuffer(row.same, np.uint8).astype(bool)
+            if row is None or (row.a_version, row.b_version) != (a_version, b_version):
+                return None
+            what = f"the labelled calibration pairs of ({a_model}, {b_model}) (tenant {tenant!r})"
+
+            def damaged(detail: str) -> DataLoss:
+                return DataLoss(f"{what} are damaged ({detail}); they are not served. Upload them again, or restore "
+                                "a backup")
+
+            if row.checksum is None or blocks.checksum(row.a + row.b + row.same) != row.checksum:
+                raise damaged("they fail their checksum")
+            sealer = envelope.of(conn)
+            a, b, same = (sealer.open(conn, tenant, calibration_place(a_model, b_model, a_version, b_version, row.n, column),
+                                      getattr(row, column), row.key_version, damaged) for column in ("a", "b", "same"))
+        return (np.frombuffer(a, "<f4").reshape(row.n, d_a), np.frombuffer(b, "<f4").reshape(row.n, d_b),
+                np.frombuffer(same, np.uint8).astype(bool))
+
+
+def calibration_place(a_model: str, b_model: str, a_version: int, b_version: int, n: int, column: str) -> envelope.Place:
+    return ("calibrations", a_model, b_model, int(a_version), int(b_version), int(n), column)

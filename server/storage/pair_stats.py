@@ -8,7 +8,8 @@ import time
 import numpy as np
 import sqlalchemy as sa
 
-from convergent.server.storage import db
+from convergent.server.errors import DataLoss
+from convergent.server.storage import db, envelope
 from convergent.server.storage.schema import anchor_sets, pair_stats
 
 # Larger statistics (d_x, d_y of several thousand) stay in memory only: a row this size is
@@ -27,6 +28,10 @@ def _where(tenant: str, key: PairKey) -> sa.ColumnElement:
     )
 
 
+def _place(key: PairKey, data_version: int, n: int, products: str) -> envelope.Place:
+    return ("pair_stats", *key, int(data_version), int(n), products)
+
+
 def delete_for_set(conn: sa.Connection, tenant: str, anchor_set: str) -> None:
     """Inside the transaction that deletes or replaces anchors of the set."""
     conn.execute(pair_stats.delete().where(pair_stats.c.tenant == tenant, pair_stats.c.anchor_set == anchor_set))
@@ -38,12 +43,18 @@ class PairStatsStore:
 
     def load(self, tenant: str, key: PairKey) -> tuple[int, int, dict[str, np.ndarray]] | None:
         """(data version, n, arrays) stored for the pair, or None."""
+        c = pair_stats.c
         with self.engine.connect() as conn:
-            row = conn.execute(sa.select(pair_stats.c.data_version, pair_stats.c.n, pair_stats.c.arrays)
+            row = conn.execute(sa.select(c.data_version, c.n, c.arrays, c.products, c.key_version)
                                .where(_where(tenant, key))).first()
-        if row is None:
-            return None
-        with np.load(io.BytesIO(row.arrays), allow_pickle=False) as npz:
+            if row is None:
+                return None
+            data = envelope.of(conn).open(
+                conn, tenant, _place(key, row.data_version, row.n, row.products), row.arrays, row.key_version,
+                lambda detail: DataLoss(f"the stored pair statistics of {key[1]} -> {key[3]} in anchor set {key[0]!r} "
+                                        f"(tenant {tenant!r}) are damaged: {detail}; delete and upload the set's "
+                                        "anchors again, or restore a backup"))
+        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
             return int(row.data_version), int(row.n), {name: npz[name] for name in npz.files}
 
     def save(self, tenant: str, key: PairKey, data_version: int, n: int, arrays: dict[str, np.ndarray],
@@ -67,10 +78,12 @@ class PairStatsStore:
                 return False
             conn.execute(pair_stats.delete().where(_where(tenant, key)))
             anchor_set, source, source_version, target, target_version = key
+            sealed, key_version = envelope.of(conn).seal(conn, tenant, _place(key, data_version, n, products),
+                                                         buffer.getvalue())
             conn.execute(pair_stats.insert().values(
                 tenant=tenant, anchor_set=anchor_set, source=source, source_version=source_version, target=target,
-                target_version=target_version, data_version=data_version, n=n, arrays=buffer.getvalue(),
-                products=products,
+                target_version=target_version, data_version=data_version, n=n, arrays=sealed,
+                products=products, key_version=key_version,
                 saved_at=time.time(),
             ))
         return True

@@ -88,6 +88,19 @@ class KeyStorage(Protocol):
     def audit_many(self, entries: Sequence[tuple[float, str, str, str, str, str, str]]) -> None: ...
 
 
+class StepReport(Protocol):
+    resealed: int
+    dropped_keys: list[tuple[str, int]]
+    damaged: list[str]
+
+
+class KeyRotationStorage(Protocol):
+    """Data-key rotation of an encrypted store (see ``key_rotation.KeyRotation``)."""
+
+    def rotate_older_than(self, max_age_s: float) -> list[tuple[str, int]]: ...
+    def step(self, rows: int = ..., grace_s: float = ...) -> StepReport: ...
+
+
 class Store(Protocol):
     """Models, anchors and the sub-stores of one database."""
 
@@ -95,6 +108,8 @@ class Store(Protocol):
     galleries: GalleryStorage
     keys: KeyStorage
     pair_stats: PairStatsStorage
+    encrypted: bool  # vectors and maps are encrypted at rest: nothing may reach a disk in clear
+    rotation: KeyRotationStorage
 
     def insert_model(self, tenant: str, name: str, dim: int, normalize: bool) -> ModelRecord: ...
     def get_model(self, tenant: str, name: str) -> ModelRecord: ...

@@ -66,6 +66,8 @@ anchor_blocks = sa.Table(
     # sum of blocks.slot_term(id, slot) over the live slots: what the id index must add up to
     sa.Column("checksum", sa.BigInteger, nullable=True),
     sa.Column("ids_digest", sa.BigInteger, nullable=True),
+    # the tenant's data key that sealed ``vectors`` (migration 0011; NULL: in clear). See envelope.
+    sa.Column("key_version", sa.Integer, nullable=True),
     sa.ForeignKeyConstraint(
         ["tenant", "model"], ["models.tenant", "models.name"], ondelete="CASCADE"
     ),
@@ -129,6 +131,7 @@ pair_stats = sa.Table(
     sa.Column("saved_at", sa.Float, nullable=False),
     # "full" (float64 X^T X, X^T Y, Y^T Y) or "cross" (sums, squares, X^T Y: unit matching)
     sa.Column("products", sa.String(8), nullable=False, server_default="full"),
+    sa.Column("key_version", sa.Integer, nullable=True),  # data key that sealed ``arrays`` (NULL: in clear)
     sa.ForeignKeyConstraint(
         ["tenant", "anchor_set"], ["anchor_sets.tenant", "anchor_sets.name"], ondelete="CASCADE"
     ),
@@ -167,6 +170,7 @@ fit_arrays = sa.Table(
     sa.Column("shape", sa.String(64), nullable=False),  # JSON list
     sa.Column("data", sa.LargeBinary, nullable=False),
     sa.Column("checksum", sa.BigInteger, nullable=True),  # CRC-32 of ``data`` (migration 0010)
+    sa.Column("key_version", sa.Integer, nullable=True),  # data key that sealed ``data`` (NULL: in clear)
 )
 
 galleries = sa.Table(
@@ -203,6 +207,7 @@ gallery_blocks = sa.Table(
     sa.Column("vectors", sa.LargeBinary, nullable=False),
     sa.Column("checksum", sa.BigInteger, nullable=True),  # CRC-32 of ``vectors``, as anchor_blocks
     sa.Column("ids_digest", sa.BigInteger, nullable=True),  # sum of slot_term(item, slot, seq), live slots
+    sa.Column("key_version", sa.Integer, nullable=True),  # data key that sealed ``vectors`` (NULL: in clear)
     sa.ForeignKeyConstraint(
         ["tenant", "gallery"], ["galleries.tenant", "galleries.name"], ondelete="CASCADE"
     ),
@@ -251,6 +256,30 @@ calibrations = sa.Table(
     sa.Column("same", sa.LargeBinary, nullable=False),
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("checksum", sa.BigInteger, nullable=True),  # CRC-32 of a + b + same (migration 0010)
+    sa.Column("key_version", sa.Integer, nullable=True),  # data key that sealed a, b and same (NULL: in clear)
+)
+
+# Data keys of envelope encryption (migration 0011): one random AES-256 key per (tenant,
+# version), stored only wrapped by the tenant's key-encryption key, which never lives here (it is
+# in the keyring; ``kek_id`` names the keyring). New data is sealed with the newest key not retired.
+data_keys = sa.Table(
+    "data_keys",
+    metadata,
+    sa.Column("tenant", sa.String(128), primary_key=True),
+    sa.Column("version", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("wrapped", sa.LargeBinary, nullable=False),
+    sa.Column("kek_id", sa.String(32), nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("retired_at", sa.Float, nullable=True),
+)
+
+# Settings of the store itself (migration 0011): name -> JSON. ``encryption``: the scheme and the
+# fingerprint of the key-encryption key; absent: the store is in clear.
+store_settings = sa.Table(
+    "store_settings",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("value", sa.Text, nullable=False),
 )
 
 # API keys: parties of a tenant (federation). Only a hash of the secret is stored.

@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 import sqlalchemy as sa
@@ -22,12 +23,14 @@ from convergent.server.records import (
     UploadResult,
 )
 from convergent.server.storage import anchor_blocks as blocks
-from convergent.server.storage import db
+from convergent.server.storage import db, envelope
 from convergent.server.storage.guards import check_quota, ensure_wanted, stored_vectors
 from convergent.server.storage.fit_store import FitStore
 from convergent.server.storage.gallery_store import GalleryStore
 from convergent.server.storage.integrity import Damage, DamagedObjects
+from convergent.server.storage.key_rotation import KeyRotation
 from convergent.server.storage.key_store import KeyStore
+from convergent.server.storage.master_keys import LocalMasterKey
 from convergent.server.storage.pair_stats import PairStatsStore, delete_for_set
 from convergent.server.storage.pairs import SqlPairReader
 from convergent.server.storage.schema import (
@@ -51,11 +54,15 @@ def _model_record(row: sa.Row) -> ModelRecord:
 
 class SqlStore:
     """Durable store of models and anchors behind SQLAlchemy Core."""
-
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, master_key: LocalMasterKey | None = None, keyring_file: Path | None = None,
+                 locked_ok: bool = False) -> None:
         self.url = url
         self.engine = db.create_engine(url)
         db.migrate(self.engine)
+        keyring_file = keyring_file or envelope.default_keyring_file(self.engine)
+        self.envelope = envelope.configure(self.engine, master_key, keyring_file, locked_ok)  # see envelope.configure
+        self.encrypted = self.envelope.encrypted  # stored vectors and maps are sealed (AES-256-GCM)
+        self.rotation = KeyRotation(self.engine, self.envelope)
         self.fits = FitStore(self.engine)
         self.galleries = GalleryStore(self.engine)
         self.keys = KeyStore(self.engine)

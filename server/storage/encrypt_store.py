@@ -1,0 +1,175 @@
+"""Encrypting a store in clear, in place (``convergent encrypt``): crash-safe and resumable.
+
+1. The store is checked (:func:`~convergent.server.storage.integrity.full_check`); damage is refused
+   (sealing damaged bytes would make their damage unreadable).
+2. ``store_settings.encryption`` is written with ``complete: false``: from here on a server
+   refuses the store until the encryption finishes (it would write new rows in clear).
+3. Every row in clear (``key_version`` NULL) of every sealed table is sealed, a few rows per
+   transaction: a crash leaves each row either in clear or sealed, never half, and a rerun goes
+   on with the rows still in clear.
+4. ``complete: true``; then the file is rewritten so that no page of it, nor of its WAL, still
+   holds the clear bytes (SQLite: ``VACUUM`` and a truncating checkpoint; PostgreSQL: ``VACUUM
+   FULL`` of the sealed tables, whose old files are unlinked). Copies outside the database
+   (backups taken before, PostgreSQL's WAL archive, the file system's freed blocks) are not
+   reached: docs/operations.md says so.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from convergent.server.errors import StartupError
+from convergent.server.storage import db, envelope
+from convergent.server.storage.blocks import checksum
+from convergent.server.storage.gallery_store import calibration_place
+from convergent.server.storage.keyring import Keyring
+from convergent.server.storage.master_keys import LocalMasterKey
+from convergent.server.storage.schema import (
+    anchor_blocks,
+    calibrations,
+    fit_arrays,
+    fits,
+    gallery_blocks,
+    pair_stats,
+    store_settings,
+)
+
+ROWS_PER_TRANSACTION = 8  # blocks are up to 2 MiB: a transaction of at most ~16 MiB
+
+
+@dataclass(frozen=True)
+class Sealed:
+    """One table of sealed bytes: its key columns, its byte columns, where a row's bytes belong."""
+
+    table: sa.Table
+    key: tuple[str, ...]
+    data: tuple[str, ...]
+    place: Callable[[sa.Row, str], envelope.Place]
+    tenant: Callable[[sa.Connection, sa.Row], str]
+
+
+def _block_place(table: sa.Table, key: tuple[str, ...]) -> Callable[[sa.Row, str], envelope.Place]:
+    return lambda row, _: (table.name, *(getattr(row, k) for k in key[1:-1]), int(row.block_id))
+
+
+def _fit_tenant(conn: sa.Connection, row: sa.Row) -> str:
+    return str(conn.execute(sa.select(fits.c.tenant).where(fits.c.id == row.fit_id)).scalar_one())
+
+
+SEALED = (
+    Sealed(anchor_blocks, ("tenant", "anchor_set", "model", "block_id"), ("vectors",),
+            _block_place(anchor_blocks, ("tenant", "anchor_set", "model", "block_id")), lambda _, r: r.tenant),
+    Sealed(gallery_blocks, ("tenant", "gallery", "block_id"), ("vectors",),
+            _block_place(gallery_blocks, ("tenant", "gallery", "block_id")), lambda _, r: r.tenant),
+    Sealed(fit_arrays, ("fit_id", "name"), ("data",),
+            lambda r, _: ("fit_arrays", r.fit_id, r.name, r.dtype, r.shape), _fit_tenant),
+    Sealed(pair_stats, ("tenant", "anchor_set", "source", "source_version", "target", "target_version"), ("arrays",),
+            lambda r, _: ("pair_stats", r.anchor_set, r.source, int(r.source_version), r.target, int(r.target_version),
+                          int(r.data_version), int(r.n), r.products), lambda _, r: r.tenant),
+    Sealed(calibrations, ("tenant", "a_model", "b_model"), ("a", "b", "same"),
+            lambda r, column: calibration_place(r.a_model, r.b_model, r.a_version, r.b_version, r.n, column),
+            lambda _, r: r.tenant),
+)
+
+
+@dataclass
+class EncryptReport:
+    sealed: dict[str, int]  # table -> rows sealed by this run
+    already: bool  # the store was encrypted (and complete) before this run
+    seconds: float
+
+
+def _in_clear(conn: sa.Connection, spec: Sealed) -> int:
+    return int(conn.execute(sa.select(sa.func.count()).select_from(spec.table)
+                            .where(spec.table.c.key_version.is_(None))).scalar())
+
+
+def _seal_some(conn: sa.Connection, spec: Sealed, sealer: envelope.Envelope, limit: int) -> int:
+    """Seal up to ``limit`` rows in clear of one table (the caller's transaction)."""
+    t = spec.table
+    rows = conn.execute(sa.select(t).where(t.c.key_version.is_(None)).order_by(*(t.c[k] for k in spec.key))
+                        .limit(limit)).all()
+    for row in rows:
+        tenant, values = spec.tenant(conn, row), {}
+        for column in spec.data:
+            values[column], values["key_version"] = sealer.seal(conn, tenant, spec.place(row, column), bytes(getattr(row, column)))
+        if "checksum" in t.c:
+            values["checksum"] = checksum(b"".join(values[column] for column in spec.data))
+        conn.execute(t.update().where(*(t.c[k] == getattr(row, k) for k in spec.key)).values(**values))
+    return len(rows)
+
+
+def _set(conn: sa.Connection, setting: dict) -> None:
+    conn.execute(store_settings.delete().where(store_settings.c.name == envelope.SETTING))
+    conn.execute(store_settings.insert().values(name=envelope.SETTING, value=json.dumps(setting)))
+
+
+def _scrub_free_pages(engine: sa.Engine) -> None:
+    """Rewrite the database so no free page or WAL frame keeps the bytes that were in clear."""
+    raw = engine.raw_connection()  # outside any transaction (VACUUM refuses to run in one)
+    try:
+        driver = raw.driver_connection
+        if engine.dialect.name == "sqlite":
+            for statement in ("PRAGMA wal_checkpoint(TRUNCATE)", "VACUUM", "PRAGMA wal_checkpoint(TRUNCATE)"):
+                driver.execute(statement)
+        else:
+            driver.rollback()
+            driver.autocommit = True
+            for spec in SEALED:
+                driver.execute(f"VACUUM FULL {spec.table.name}")
+            driver.autocommit = False
+    finally:
+        raw.close()
+
+
+def encrypt(engine: sa.Engine, master: LocalMasterKey, keyring_file: Path,
+            progress: Callable[[int, int], None] | None = None,
+            rows_per_transaction: int = ROWS_PER_TRANSACTION) -> EncryptReport:
+    """Seal every row in clear of the store on ``engine`` (migrated to head already) under data
+    keys wrapped by tenant keys of the keyring in ``keyring_file`` (created if missing),
+    ``rows_per_transaction`` rows at a time; ``progress(done, total)`` after every transaction.
+    Resumes an interrupted run; a store of another keyring is :class:`StartupError`."""
+    from convergent.server.storage.integrity import full_check
+
+    started = time.perf_counter()
+    with engine.connect() as conn:
+        setting = envelope.read_setting(conn)
+    provider = Keyring(keyring_file, master, create=setting is None)
+    if setting is not None and setting["keyring_id"] != provider.key_id:
+        raise StartupError(f"this store is encrypted under keyring {setting['keyring_id']}, not under the keyring "
+                           f"{keyring_file} ({provider.key_id})")
+    if setting is not None and setting.get("complete", True):
+        return EncryptReport({}, True, time.perf_counter() - started)
+    damage = full_check(engine)
+    if damage:
+        raise StartupError(f"the store is damaged ({damage[0]}; {len(damage)} findings): restore a backup or remove the "
+                           "damaged objects before encrypting (`convergent check --data-dir DIR` lists them)")
+    if setting is None:
+        setting = envelope.new_setting(provider.key_id, complete=False)
+        with db.write_connection(engine) as conn, conn.begin():
+            _set(conn, setting)
+    sealer = envelope.Envelope(provider, encrypted=True)
+    envelope.attach(engine, sealer)
+    with engine.connect() as conn:
+        total = sum(_in_clear(conn, spec) for spec in SEALED)
+    sealed, done = {spec.table.name: 0 for spec in SEALED}, 0
+    for spec in SEALED:
+        while True:
+            with db.write_connection(engine) as conn, conn.begin():
+                count = _seal_some(conn, spec, sealer, rows_per_transaction)
+            if not count:
+                break
+            sealed[spec.table.name] += count
+            done += count
+            if progress is not None:
+                progress(done, total)
+    with db.write_connection(engine) as conn, conn.begin():
+        _set(conn, {**setting, "complete": True})
+    _scrub_free_pages(engine)
+    return EncryptReport(sealed, False, time.perf_counter() - started)

@@ -1,0 +1,209 @@
+"""A real server encrypting at rest: a data folder and a backup tar of it hold no enrolled vector,
+anchor, calibration pair or exported map in clear (and the same search finds them in a store in
+clear); identify answers the same encrypted and in clear, and after a restart; `convergent serve`
+refuses a missing or wrong key, and a key given to a store in clear, with one clear line and no
+traceback; Milvus with encryption is refused unless allowed."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from convergent.client import Client
+from convergent.server.errors import StartupError
+from convergent.server.storage import backup as backups
+from convergent.server.storage import master_keys
+
+BIN = Path(sys.executable).with_name("convergent")
+DIM, N_ANCHORS, N_ITEMS = 32, 400, 300
+
+
+def _runs(vectors: np.ndarray) -> list[bytes]:
+    """Three 4-value runs of every row as stored (start, middle, end)."""
+    raw, width = np.ascontiguousarray(vectors), 4 * vectors.dtype.itemsize
+    return [r.tobytes()[i : i + width] for r in raw for i in (0, raw.shape[1] * raw.dtype.itemsize // 2, raw.shape[1] * raw.dtype.itemsize - width)]
+
+
+def _found(blob: bytes, vectors: np.ndarray) -> float:
+    runs = _runs(vectors)
+    return sum(blob.find(r) >= 0 for r in runs) / len(runs)
+
+
+def _federate(address: str, rng: np.random.Generator) -> dict:
+    """Anchors of a and b (b = a R + noise), an affine fit, a gallery of b, calibration pairs; identify."""
+    X = rng.standard_normal((N_ANCHORS, DIM)).astype(np.float32)
+    R = np.linalg.qr(rng.standard_normal((DIM, DIM)))[0].astype(np.float32)
+    Y = X @ R + 0.01 * rng.standard_normal((N_ANCHORS, DIM)).astype(np.float32)
+    gallery = Y[:N_ITEMS]
+    with Client(address, timeout=60) as c:
+        c.register_model("a", dim=DIM, normalize=False)  # stored bytes are the bytes sent
+        c.register_model("b", dim=DIM, normalize=False)
+        ids = [f"x{i}" for i in range(N_ANCHORS)]
+        c.upload_anchors("a", anchor_set="s", ids=ids, vectors=X)
+        c.upload_anchors("b", anchor_set="s", ids=ids, vectors=Y)
+        fit = c.fit_alignment("a", "b", anchor_set="s", method="ridge", seed=3)
+        W = c.export_fit(fit.id)
+        c.enroll(gallery="g", model="b", ids=[f"p{i}" for i in range(N_ITEMS)], vectors=gallery)
+        c.calibrate(X[:100], "a", Y[:100], "b", same=[i % 2 == 0 for i in range(100)])
+        found = c.identify(gallery="g", vectors=X[:50], model="a", k=5)
+    return {"anchors": X, "gallery": gallery, "W": next(v for k, v in W.items() if v.ndim == 2 and v.size >= DIM * DIM),
+            "pairs": X[:100], "ids": found.ids, "scores": np.asarray(found.scores)}
+
+
+def _folder_bytes(folder: Path) -> bytes:
+    return b"".join(p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file() and p.suffix != ".key")
+
+
+def _tar_bytes(path: Path) -> bytes:
+    with tarfile.open(path) as tar:
+        return b"".join(tar.extractfile(m).read() for m in tar.getmembers() if m.isfile())
+
+
+@pytest.mark.parametrize("encrypted", [False, True], ids=["in-clear", "encrypted"])
+def test_the_data_folder_and_its_backup_hold_no_template_in_clear(start_server, tmp_path, rng, encrypted):
+    data = tmp_path / "data"
+    keys = {"master_key_file": master_keys.write_new_key(tmp_path / "master.key") and tmp_path / "master.key"} if encrypted else {}
+    server = start_server(data_dir=data, **keys)
+    known = _federate(server.address, rng)
+    backup = tmp_path / "store.tar"
+    backups.backup_sqlite(backups.database_path(data), backup)  # while serving
+    server.stop(grace=1.0)
+    runs = {name: known[name] for name in ("anchors", "gallery", "pairs", "W")}
+    for where, blob in (("data folder", _folder_bytes(data)), ("backup", _tar_bytes(backup))):
+        seen = {name: _found(blob, vectors) for name, vectors in runs.items()}
+        if encrypted:
+            assert seen == dict.fromkeys(runs, 0.0), (where, seen)
+        else:  # the same search finds them in clear: it can fail
+            assert min(seen.values()) >= 0.95, (where, seen)
+
+
+def test_identify_answers_the_same_encrypted_in_clear_and_after_a_restart(start_server, tmp_path):
+    plain = start_server(data_dir=tmp_path / "plain")
+    key_file = tmp_path / "master.key"
+    master_keys.write_new_key(key_file)
+    sealed = start_server(data_dir=tmp_path / "sealed", master_key_file=key_file)
+    clear, encrypted = (_federate(s.address, np.random.default_rng(11)) for s in (plain, sealed))
+    assert encrypted["ids"] == clear["ids"]
+    np.testing.assert_allclose(encrypted["scores"], clear["scores"], rtol=0, atol=1e-6)  # same math, other threads
+    sealed.stop(grace=1.0)
+    again = start_server(data_dir=tmp_path / "sealed", master_key_file=key_file)
+    with Client(again.address, timeout=30) as c:
+        after = c.identify(gallery="g", vectors=clear["anchors"][:50], model="a", k=5)
+        assert c.export_fit(c.list_fits()[0].id).keys()
+    assert after.ids == encrypted["ids"]
+    np.testing.assert_array_equal(np.asarray(after.scores), encrypted["scores"])
+
+
+def _serve(data: Path, *flags: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    import os
+
+    return subprocess.run([str(BIN), "serve", "--port", "0", "--data-dir", str(data), *flags], capture_output=True,
+                          text=True, timeout=120, env={**os.environ, **(env or {})})
+
+
+def test_serve_refuses_a_missing_or_wrong_key_and_a_key_for_a_store_in_clear_in_one_line(start_server, tmp_path, rng):
+    key_file, other = tmp_path / "master.key", tmp_path / "other.key"
+    key, wrong = master_keys.write_new_key(key_file), master_keys.write_new_key(other)
+    data = tmp_path / "sealed"
+    server = start_server(data_dir=data, master_key_file=key_file)
+    with Client(server.address, timeout=20) as c:
+        c.register_model("m", dim=4, normalize=False)
+        c.enroll(gallery="g", model="m", ids=["i"], vectors=np.ones((1, 4), np.float32))
+    server.stop(grace=1.0)
+    cases = [
+        ((), None, "is encrypted (keyring "),
+        (("--master-key-file", str(other)), None, f"sealed by master key id {key.key_id}, not by the master key given "
+                                                  f"(id {wrong.key_id}"),
+        ((), {"CONVERGENT_MASTER_KEY": (tmp_path / "other.key").read_text().strip()}, "not by the master key given"),
+        (("--master-key-file", str(tmp_path / "missing.key")), None, "does not exist"),
+    ]
+    for flags, env, message in cases:
+        done = _serve(data, *flags, env=env)
+        assert done.returncode != 0 and message in done.stderr, (flags, done.stderr)
+        assert "Traceback" not in done.stderr
+    clear = tmp_path / "clear"
+    plain = start_server(data_dir=clear)
+    with Client(plain.address, timeout=20) as c:
+        c.register_model("m", dim=4, normalize=False)
+        c.enroll(gallery="g", model="m", ids=["i"], vectors=np.ones((1, 4), np.float32))
+    plain.stop(grace=1.0)
+    done = _serve(clear, "--master-key-file", str(key_file))
+    assert done.returncode != 0 and "holds vectors in clear" in done.stderr and "convergent encrypt" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_milvus_with_an_encrypted_store_is_refused_unless_allowed(start_server, tmp_path):
+    key_file = tmp_path / "master.key"
+    master_keys.write_new_key(key_file)
+    with pytest.raises(StartupError, match="Milvus keeps the vectors it searches in clear"):
+        start_server(master_key_file=key_file, gallery_backend="milvus", milvus_uri=str(tmp_path / "m.db"))
+
+
+def test_keygen_makes_a_private_key_file_and_never_overwrites_one(tmp_path):
+    out = tmp_path / "master.key"
+    made = subprocess.run([str(BIN), "keygen", "--out", str(out)], capture_output=True, text=True, timeout=60)
+    assert made.returncode == 0 and "created master key" in made.stdout, made.stderr
+    assert out.stat().st_mode & 0o777 == 0o600
+    key_id = master_keys.read_key_file(out).key_id
+    assert key_id in made.stdout
+    again = subprocess.run([str(BIN), "keygen", "--out", str(out)], capture_output=True, text=True, timeout=60)
+    assert again.returncode != 0 and "never overwritten" in again.stderr
+    assert master_keys.read_key_file(out).key_id == key_id
+
+
+def _sealed_rows(database: Path) -> tuple[int, int]:
+    """(sealed, all) rows of gallery_blocks, read as a plain SQLite reader would."""
+    import sqlite3
+
+    with sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=30) as conn:
+        return conn.execute("SELECT count(key_version), count(*) FROM gallery_blocks").fetchone()
+
+
+def test_convergent_encrypt_seals_a_store_in_place_survives_kill_9_and_resumes(start_server, tmp_path, rng):
+    import os
+    import signal
+    import time
+
+    from convergent.server.storage.sql import SqlStore
+
+    data = tmp_path / "data"
+    server = start_server(data_dir=data)
+    known = _federate(server.address, rng)
+    server.stop(grace=1.0)
+    store = SqlStore(f"sqlite:///{backups.database_path(data)}")  # 1,500 one-item blocks: a long migration
+    extra = rng.standard_normal((1500, DIM)).astype(np.float32)
+    store.galleries.enroll("default", "many", "b", 1, "exact", [([f"m{i}"], extra[i : i + 1]) for i in range(1500)])
+    store.close()
+    key_file = tmp_path / "master.key"
+    master_keys.write_new_key(key_file)
+    command = [str(BIN), "encrypt", "--data-dir", str(data), "--master-key-file", str(key_file), "--rows-per-transaction", "1"]
+    first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while _sealed_rows(backups.database_path(data))[0] < 200 and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert first.poll() is None, "the migration ended before it could be killed"
+    os.kill(first.pid, signal.SIGKILL)
+    first.wait()
+    sealed, total = _sealed_rows(backups.database_path(data))
+    assert 200 <= sealed < total
+    for flags, message in (((), "no master key was given"), (("--master-key-file", str(key_file)), "encryption was interrupted")):
+        refused = _serve(data, *flags)
+        assert refused.returncode != 0 and message in refused.stderr, refused.stderr
+    second = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0 and "encrypted the store" in second.stdout, second.stderr
+    assert _sealed_rows(backups.database_path(data)) == (total, total)
+    runs = {name: known[name] for name in ("anchors", "gallery", "pairs", "W")} | {"many": extra}
+    blob = _folder_bytes(data)
+    assert {name: _found(blob, v) for name, v in runs.items()} == dict.fromkeys(runs, 0.0)
+    again = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0 and "encrypted already" in again.stdout
+    served = start_server(data_dir=data, master_key_file=key_file)
+    with Client(served.address, timeout=30) as c:
+        after = c.identify(gallery="g", vectors=known["anchors"][:50], model="a", k=5)
+        assert c.identify(gallery="many", vectors=extra[:20], model="b", k=1).ids == [[f"m{i}"] for i in range(20)]
+    assert after.ids == known["ids"]
