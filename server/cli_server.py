@@ -50,6 +50,8 @@ def serve(
     master_key_file: Annotated[Optional[Path], typer.Option(
         help="master key file (mode 600, from `convergent keygen`): the store is encrypted at rest [off; or "
         "CONVERGENT_MASTER_KEY]")] = None,
+    keyring_file: Annotated[Optional[Path], typer.Option(help="the tenants' keys of an encrypted store [DATA_DIR/keyring.json]")] = None,
+    data_key_max_age_days: Annotated[Optional[float], typer.Option(help="rotate each tenant's data key at this age (encrypted store) [off]")] = None,
 ) -> None:
     """Run the gRPC server until SIGTERM/SIGINT (settings also from CONVERGENT_* variables)."""
     from pydantic import ValidationError
@@ -67,7 +69,8 @@ def serve(
         "tls_key": tls_key, "tls_client_ca": tls_client_ca, "max_vectors_per_tenant": max_vectors_per_tenant,
         "metrics_port": metrics_port, "database_url": database_url, "device": device,
         "gallery_backend": gallery_backend, "milvus_uri": milvus_uri, "allow_damaged": allow_damaged,
-        "startup_check": startup_check, "master_key_file": master_key_file,
+        "startup_check": startup_check, "master_key_file": master_key_file, "keyring_file": keyring_file,
+        "data_key_max_age_days": data_key_max_age_days,
         "max_streams": max_streams, "max_streams_per_client": max_streams_per_client,
         "stream_idle_seconds": stream_idle_seconds,
     }
@@ -120,6 +123,9 @@ def backup(
     rows = ", ".join(f"{t}={n}" for t, n in sorted(info.tables.items()))
     verb = "verified" if verify_only else "wrote"
     typer.echo(f"{verb} {info.path} ({info.size_bytes} bytes; schema {info.alembic_revision}; sha256 {info.sha256[:12]}…): {rows}")
+    if info.tables.get("store_settings"):
+        typer.echo("the store is encrypted: the backup holds sealed data and wrapped data keys only; restoring it needs "
+                   "the master key and the keyring (DATA_DIR/keyring.json), which it does not hold: keep them apart")
 
 
 @app.command()
@@ -175,6 +181,9 @@ def restore(
         _fail(exc)
     note = f"; the server migrates it from {info.alembic_revision} to {info.head_revision} at start-up" if info.needs_migration else ""
     typer.echo(f"restored {info.database_path} ({info.database_bytes} bytes){note}")
+    if info.tables.get("store_settings") and not (data_dir / "keyring.json").exists():
+        typer.echo(f"the store is encrypted: put its keyring at {data_dir / 'keyring.json'} (or give --keyring-file) and "
+                   "start the server with its master key")
 
 
 def _key_store(data_dir: Path):  # noqa: ANN202

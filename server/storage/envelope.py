@@ -36,8 +36,8 @@ import sqlalchemy as sa
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from convergent.server.errors import ConvergentError, StartupError
-from convergent.server.storage.master_keys import KEY_BYTES, KeyProvider, LocalMasterKey, TenantShredded
+from convergent.server.errors import ConvergentError, DataLoss, StartupError
+from convergent.server.storage.master_keys import KEY_BYTES, KeyProvider, LocalMasterKey, TenantShredded, WrongKey
 from convergent.server.storage.schema import data_keys, store_settings
 
 NONCE_BYTES = 12
@@ -130,6 +130,8 @@ class Envelope:
                 aead = self._unwrap(tenant, version, row.wrapped)
             except TenantShredded:  # a restored backup's key of a shredded tenant: a new tenant key, new data keys
                 return self.new_data_key(conn, tenant)
+            except WrongKey as exc:
+                raise DataLoss(f"tenant {tenant!r} cannot write sealed data: {exc}") from None
             with self._lock:
                 self._keys[(tenant, version)] = aead
                 self._active[tenant] = (version, time.monotonic())
@@ -173,6 +175,9 @@ class Envelope:
         except TenantShredded:
             raise damaged(f"tenant {tenant!r} has no key in the keyring (its keys were destroyed: crypto-shredded), so "
                           "its sealed bytes cannot be read") from None
+        except WrongKey:
+            raise damaged(f"its data key {version} does not open with tenant {tenant!r}'s key in the keyring: the "
+                          "tenant's key was destroyed since (crypto-shredded) and made anew, or the key was changed") from None
         with self._lock:
             self._keys[(tenant, version)] = aead
         return aead

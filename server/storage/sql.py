@@ -15,13 +15,7 @@ import numpy as np
 import sqlalchemy as sa
 
 from convergent.server.errors import AlreadyExists, NotFound, SpaceMismatch
-from convergent.server.records import (
-    AnchorSetRecord,
-    BeforeCommit,
-    ErasureReport,
-    ModelRecord,
-    UploadResult,
-)
+from convergent.server.records import AnchorSetRecord, BeforeCommit, ErasureReport, ModelRecord, UploadResult
 from convergent.server.storage import anchor_blocks as blocks
 from convergent.server.storage import db, envelope
 from convergent.server.storage.guards import check_quota, ensure_wanted, stored_vectors
@@ -33,14 +27,7 @@ from convergent.server.storage.key_store import KeyStore
 from convergent.server.storage.master_keys import LocalMasterKey
 from convergent.server.storage.pair_stats import PairStatsStore, delete_for_set
 from convergent.server.storage.pairs import SqlPairReader
-from convergent.server.storage.schema import (
-    anchor_blocks,
-    anchor_ids,
-    anchor_sets,
-    gallery_item_ids,
-    model_versions,
-    models,
-)
+from convergent.server.storage.schema import anchor_blocks, anchor_ids, anchor_sets, gallery_item_ids, model_versions, models
 
 ID_BATCH = blocks.ID_BATCH
 
@@ -54,6 +41,7 @@ def _model_record(row: sa.Row) -> ModelRecord:
 
 class SqlStore:
     """Durable store of models and anchors behind SQLAlchemy Core."""
+
     def __init__(self, url: str, master_key: LocalMasterKey | None = None, keyring_file: Path | None = None,
                  locked_ok: bool = False) -> None:
         self.url = url

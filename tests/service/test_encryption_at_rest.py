@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from convergent.client import Client
+from convergent.client import Client, errors
 from convergent.server.errors import StartupError
 from convergent.server.storage import backup as backups
 from convergent.server.storage import master_keys
@@ -207,3 +207,99 @@ def test_convergent_encrypt_seals_a_store_in_place_survives_kill_9_and_resumes(s
         after = c.identify(gallery="g", vectors=known["anchors"][:50], model="a", k=5)
         assert c.identify(gallery="many", vectors=extra[:20], model="b", k=1).ids == [[f"m{i}"] for i in range(20)]
     assert after.ids == known["ids"]
+
+
+def _rows_under(database: Path, version: int) -> int:
+    import sqlite3
+
+    with sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=30) as conn:
+        return sum(conn.execute(f"SELECT count(*) FROM {table} WHERE key_version = ?", (version,)).fetchone()[0]
+                   for table in ("anchor_blocks", "gallery_blocks", "fit_arrays", "pair_stats", "calibrations"))
+
+
+def test_data_key_rotation_while_serving_keeps_every_identify_answer(start_server, tmp_path, rng, monkeypatch):
+    import threading
+    import time
+
+    from convergent.server.storage import envelope
+
+    monkeypatch.setattr(envelope, "ACTIVE_KEY_TTL_S", 1.0)  # the server takes up the new key within 1 s
+    data, key_file = tmp_path / "data", tmp_path / "master.key"
+    master_keys.write_new_key(key_file)
+    server = start_server(data_dir=data, master_key_file=key_file, key_rotation_interval_seconds=0.2)
+    known = _federate(server.address, rng)
+    extra = rng.standard_normal((400, DIM)).astype(np.float32)
+    with Client(server.address, timeout=60) as c:
+        for i in range(0, 400, 10):  # 40 more blocks to re-seal
+            c.enroll(gallery="g2", model="b", ids=[f"e{j}" for j in range(i, i + 10)], vectors=extra[i : i + 10])
+        baseline = c.identify(gallery="g2", vectors=extra[::7], model="b", k=3)
+    database = backups.database_path(data)
+    before = _rows_under(database, 1)
+    stop, outcomes, written = threading.Event(), [], []
+
+    def load() -> None:
+        with Client(server.address, timeout=60) as c:
+            while not stop.is_set():
+                mapped = c.identify(gallery="g", vectors=known["anchors"][:50], model="a", k=5)
+                direct = c.identify(gallery="g2", vectors=extra[::7], model="b", k=3)
+                outcomes.append(mapped.ids == known["ids"] and np.array_equal(np.asarray(mapped.scores), known["scores"])
+                                and direct.ids == baseline.ids)
+                name = f"w{len(written)}"
+                c.enroll(gallery="g3", model="b", ids=[name], vectors=extra[len(written) % 400 : len(written) % 400 + 1])
+                written.append(name)
+
+    worker = threading.Thread(target=load)
+    worker.start()
+    try:
+        rotated = subprocess.run([str(BIN), "rotate-data-key", "default", "--data-dir", str(data), "--master-key-file",
+                                  str(key_file)], capture_output=True, text=True, timeout=120)
+        assert rotated.returncode == 0 and "data key 2 is the newest" in rotated.stdout, rotated.stderr
+        deadline = time.monotonic() + 60
+        while _rows_under(database, 1) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(0.5)  # writes go on under the new key
+    finally:
+        stop.set()
+        worker.join(60)
+    assert _rows_under(database, 1) == 0 and _rows_under(database, 2) >= before, (before, _rows_under(database, 2))
+    assert len(outcomes) >= 5 and all(outcomes), (len(outcomes), outcomes.count(False))
+    assert server.key_rotation is not None and server.key_rotation.resealed >= before - 5
+    server.stop(grace=1.0)
+    again = start_server(data_dir=data, master_key_file=key_file)
+    with Client(again.address, timeout=30) as c:
+        assert c.identify(gallery="g", vectors=known["anchors"][:50], model="a", k=5).ids == known["ids"]
+        assert c.count_gallery("g3") == len(written)
+        assert c.identify(gallery="g3", vectors=extra[:1], model="b", k=1).ids[0][0] in written
+
+
+def test_tenant_delete_destroys_the_key_first_and_a_backup_taken_before_reads_nothing_of_it(start_server, tmp_path, rng):
+    data, key_file = tmp_path / "data", tmp_path / "master.key"
+    master_keys.write_new_key(key_file)
+    server = start_server(data_dir=data, master_key_file=key_file)
+    known = _federate(server.address, rng)
+    made = subprocess.run([str(BIN), "backup", str(tmp_path / "before.tar"), "--data-dir", str(data)],
+                          capture_output=True, text=True, timeout=120)
+    assert made.returncode == 0 and "restoring it needs the master key and the keyring" in made.stdout, made.stderr
+    server.stop(grace=1.0)
+    command = [str(BIN), "tenant", "delete", "default", "--data-dir", str(data), "--master-key-file", str(key_file)]
+    dry = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert dry.returncode == 0 and "would delete tenant 'default' (2 models" in dry.stdout, dry.stderr
+    done = subprocess.run([*command, "--yes"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "its key is destroyed" in done.stdout, done.stderr
+    assert "default" not in (data / "keyring.json").read_text().split('"shredded"')[0]
+    after = start_server(data_dir=data, master_key_file=key_file)
+    with Client(after.address, timeout=30) as c:
+        assert c.list_models() == [] and c.list_galleries() == []
+    after.stop(grace=1.0)
+    restored = tmp_path / "restored"
+    back = subprocess.run([str(BIN), "restore", str(tmp_path / "before.tar"), "--data-dir", str(restored)],
+                          capture_output=True, text=True, timeout=120)
+    assert back.returncode == 0 and "put its keyring at" in back.stdout, back.stderr
+    (restored / "keyring.json").write_bytes((data / "keyring.json").read_bytes())  # the keyring as it is now
+    old = start_server(data_dir=restored, master_key_file=key_file)
+    with Client(old.address, timeout=30) as c:
+        assert [m.name for m in c.list_models()] == ["a", "b"]  # the rows came back: the vectors did not
+        with pytest.raises(errors.DataLoss, match="crypto-shredded"):
+            c.identify(gallery="g", vectors=known["anchors"][:5], model="a", k=1)
+        with pytest.raises(errors.DataLoss, match="crypto-shredded"):
+            c.export_fit(c.list_fits()[0].id)

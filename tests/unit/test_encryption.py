@@ -300,3 +300,99 @@ def test_encrypting_a_store_in_place_seals_every_row_and_leaves_no_clear_copy(da
         blob = _with_bytea_decoded(blob)
     runs = {"anchors": known["anchors"], "gallery": known["gallery"], "pairs": known["pairs"], "W": known["W"]}
     assert {name: found_in(blob, v) for name, v in runs.items()} == dict.fromkeys(runs, 0)
+
+
+def _versions(store: SqlStore) -> dict[str, set]:
+    """key_version values of every sealed table."""
+    from convergent.server.storage.encrypt_store import SEALED
+
+    with store.engine.connect() as conn:
+        return {spec.table.name: set(conn.execute(sa.select(spec.table.c.key_version).distinct()).scalars())
+                for spec in SEALED}
+
+
+def test_data_key_rotation_reseals_every_row_resumes_after_a_stop_and_destroys_the_old_key(database_url, tmp_path, rng, master):
+    keyring = tmp_path / "keyring.json"
+    store = SqlStore(database_url, master, keyring)
+    known = _fill(store, rng)
+    versions = _versions(store)
+    assert versions["pair_stats"] == set() and all(v == {1} for k, v in versions.items() if k != "pair_stats"), versions
+    assert store.rotation.rotate_data_key("t") == 2
+    first = store.rotation.step(rows=3)  # then the process "stops"
+    assert first.resealed == 3
+    store.close()
+    store = SqlStore(database_url, master, keyring)  # a new process goes on
+    new_rows = rng.standard_normal((5, DIM)).astype(np.float32)
+    store.galleries.enroll("t", "g", "b", 1, "exact", [([f"n{i}" for i in range(5)], new_rows)])  # sealed under 2
+    while not (report := store.rotation.step(rows=4, grace_s=0.0)).idle:
+        assert not report.damaged
+    assert all(v == {2} for k, v in _versions(store).items() if k != "pair_stats"), _versions(store)
+    assert [(r.tenant, r.version) for r in store.rotation.keys()] == [("t", 2)]  # key 1 destroyed
+    np.testing.assert_array_equal(store.galleries.items("t", "g", DIM)[2], np.vstack([known["gallery"], new_rows]))
+    np.testing.assert_array_equal(store.fits.load("t", "fit-t")[2]["W"], known["W"])
+    store.close()
+
+
+def test_a_retired_key_still_in_use_or_within_its_grace_is_kept(tmp_path, rng, master):
+    store = SqlStore(f"sqlite:///{tmp_path / 'db' / 'c.sqlite3'}", master)
+    _fill(store, rng)
+    store.rotation.rotate_data_key("t")
+    assert store.rotation.step(rows=10_000, grace_s=0.0).resealed > 0
+    assert store.rotation.step(grace_s=3600.0).dropped_keys == []  # nothing uses key 1, but it retired just now
+    assert store.rotation.step(grace_s=0.0).dropped_keys == [("t", 1)]
+    store.close()
+
+
+def test_master_key_rotation_rewraps_the_keyring_and_the_old_key_stops_opening_it(tmp_path, rng, master):
+    from convergent.server.storage.key_rotation import rotate_master_key
+
+    url = f"sqlite:///{tmp_path / 'db' / 'c.sqlite3'}"
+    store = SqlStore(url, master)
+    known = _fill(store, rng)
+    store.close()
+    keyring = tmp_path / "db" / "keyring.json"
+    before = keyring.read_bytes()
+    new = master_keys.write_new_key(tmp_path / "new.key")
+    rotate_master_key(keyring, master, new)
+    assert keyring.read_bytes() != before
+    with pytest.raises(StartupError, match=f"sealed by master key id {new.key_id}"):
+        SqlStore(url, master)
+    again = SqlStore(url, new)
+    assert again.galleries.items("t", "g", DIM)[2].tobytes() == known["gallery"].tobytes()
+    again.close()
+
+
+def test_a_deleted_tenants_data_is_unreadable_in_a_backup_taken_before(tmp_path, rng, master):
+    from convergent.server.storage import backup as backups
+    from convergent.server.storage.key_rotation import delete_tenant
+    from convergent.server.storage.keyring import Keyring
+
+    data = tmp_path / "data"
+    url = f"sqlite:///{data / 'convergent.sqlite3'}"
+    store = SqlStore(url, master)
+    kept, gone = _fill(store, rng, "t"), _fill(store, rng, "u")
+    store.close()
+    backup = tmp_path / "before.tar"
+    backups.backup_sqlite(data / "convergent.sqlite3", backup)
+    deleted = delete_tenant(store.engine, Keyring(data / "keyring.json", master), "u")
+    assert deleted["gallery_blocks"] == 2 and deleted["data_keys"] == 1 and deleted["fit_arrays"] == 2
+    restored = tmp_path / "restored"
+    backups.restore_sqlite(backup, restored)
+    shutil.copy(data / "keyring.json", restored / "keyring.json")  # the keyring kept apart, as it is now
+    old = SqlStore(f"sqlite:///{restored / 'convergent.sqlite3'}", master)
+    assert old.galleries.items("t", "g", DIM)[2].tobytes() == kept["gallery"].tobytes()
+    with pytest.raises(DataLoss, match="crypto-shredded"):
+        old.galleries.items("u", "g", DIM)
+    with pytest.raises(DataLoss, match="crypto-shredded"):
+        old.fits.load("u", "fit-u")
+    a, b = old.get_model("u", "a"), old.get_model("u", "b")
+    with pytest.raises(DataLoss, match="crypto-shredded"):
+        old.galleries.load_calibration("u", "a", a.version, DIM, "b", b.version, DIM)
+    with old.engine.connect() as conn, pytest.raises(DataLoss, match="crypto-shredded"):
+        model_vectors(conn, "u", "s", "a", DIM)
+    # a tenant of that name enrolled again gets a new key; the restored rows stay unreadable
+    old.galleries.enroll("u", "fresh", "b", b.version, "exact", [(["z"], gone["gallery"][:1])])
+    assert old.galleries.items("u", "fresh", DIM)[1] == ["z"]
+    with pytest.raises(DataLoss, match="crypto-shredded|fail authentication"):
+        old.galleries.items("u", "g", DIM)
+    old.close()
