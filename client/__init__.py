@@ -4,6 +4,8 @@ from convergent.client.client import Client
 from convergent.client.errors import ConvergentError
 from convergent.client.types import (
     AnchorSetInfo,
+    Atlas,
+    AtlasEntry,
     ErasureReport,
     FitInfo,
     GalleryInfo,
@@ -20,6 +22,8 @@ from convergent.client.types import (
 
 __all__ = [
     "AnchorSetInfo",
+    "Atlas",
+    "AtlasEntry",
     "Client",
     "ConvergentError",
     "ErasureReport",

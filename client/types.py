@@ -221,3 +221,51 @@ class ErasureReport:
     anchor_sets_changed: list[str]
     galleries_changed: list[str]
     stale_fits: list[str]
+
+
+@dataclass(frozen=True)
+class AtlasEntry:
+    """One ordered pair of an anchor set's atlas: the newest fit of ``source`` -> ``target`` on
+    the set (``fit_id`` "": none; ``stale``: the set or a model changed since) and its held-out
+    diagnostics, measured on ``n_heldout`` anchors the map was not fitted on (NaN: not measured).
+    ``top1``, ``cka``, ``mutual_knn``: higher is better; ``condition_number``: lower is better."""
+
+    source: str
+    target: str
+    n_pairs: int
+    fit_id: str
+    method: str
+    stale: bool
+    top1: float
+    cka: float
+    mutual_knn: float
+    condition_number: float
+    n_heldout: int
+
+    @property
+    def current(self) -> bool:
+        return bool(self.fit_id) and not self.stale
+
+
+@dataclass(frozen=True)
+class Atlas:
+    """The compatibility atlas of ``anchor_set`` at ``data_version``: ``entries`` for every
+    ordered pair of ``models`` (in the clustering's leaf order) and ``clusters``: models whose
+    average-linkage distance 1 - symmetric held-out top-1 is at most ``cluster_distance``."""
+
+    anchor_set: str
+    data_version: int
+    models: list[str]
+    entries: list[AtlasEntry]
+    clusters: list[list[str]]
+    cluster_distance: float
+
+    def entry(self, source: str, target: str) -> AtlasEntry:
+        for e in self.entries:
+            if (e.source, e.target) == (source, target):
+                return e
+        raise KeyError((source, target))
+
+    def missing(self) -> list[AtlasEntry]:
+        """Routes with no current fit (none, or stale), with anchors to fit them on."""
+        return [e for e in self.entries if not e.current and e.n_pairs > 0]

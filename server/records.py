@@ -77,6 +77,34 @@ class FitRecord(Record):
     stale: bool = False
 
 
+class AtlasEntry(Record):
+    """One ordered pair of an anchor set's atlas: the newest fit of source -> target on the set
+    (``fit_id`` empty: none) and its held-out diagnostics (NaN where none was measured)."""
+
+    source: str
+    target: str
+    n_pairs: int  # anchors of the set both models embedded
+    fit_id: str = ""
+    method: str = ""
+    stale: bool = False
+    top1: float = float("nan")
+    cka: float = float("nan")
+    mutual_knn: float = float("nan")
+    condition_number: float = float("nan")
+    n_heldout: int = 0
+
+
+class AtlasRecord(Record):
+    """The compatibility atlas of an anchor set (see ``server/align/atlas.py``)."""
+
+    anchor_set: str
+    data_version: int
+    models: list[str]  # in the clustering's leaf order
+    entries: list[AtlasEntry]
+    clusters: list[list[str]]
+    cluster_distance: float
+
+
 class GalleryRecord(Record):
     """A gallery: enrolled vectors of one model (version), searched with one index kind."""
 

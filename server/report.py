@@ -127,3 +127,39 @@ def text_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in table]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def plot_atlas(models: Sequence[str], top1: Mapping[tuple[str, str], float], path: Path, title: str,
+               marks: Mapping[tuple[str, str], str] | None = None) -> Path:
+    """Heatmap of held-out top-1 (row: source, column: target; NaN: no current fit, grey) with the
+    value in each cell and an optional mark (e.g. "stale"); PNG or SVG by ``path``'s suffix."""
+    plt = _pyplot()
+    m = len(models)
+    grid = np.full((m, m), np.nan)
+    for i, s in enumerate(models):
+        for j, t in enumerate(models):
+            if s != t:
+                grid[i, j] = top1.get((s, t), np.nan)
+    fig, ax = plt.subplots(figsize=(1.2 + 0.9 * m, 0.9 + 0.8 * m))
+    cmap = plt.get_cmap("viridis").copy()
+    cmap.set_bad("#dddddd")
+    image = ax.imshow(np.ma.masked_invalid(grid), vmin=0.0, vmax=1.0, cmap=cmap)
+    for i, s in enumerate(models):
+        for j, t in enumerate(models):
+            if s == t:
+                continue
+            value = grid[i, j]
+            label = "—" if not np.isfinite(value) else f"{value:.2f}"
+            mark = (marks or {}).get((s, t))
+            ax.text(j, i, label + (f"\n{mark}" if mark else ""), ha="center", va="center", fontsize=8,
+                    color="white" if np.isfinite(value) and value < 0.6 else "black")
+    ax.set_xticks(range(m), models, rotation=45, ha="right")
+    ax.set_yticks(range(m), models)
+    ax.set_xlabel("target (gallery model)")
+    ax.set_ylabel("source (probe model)")
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(image, ax=ax, label="held-out top-1 (higher is better)")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path

@@ -1,3 +1,3 @@
 """convergent: federated cross-model embedding alignment and inference over gRPC."""
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"

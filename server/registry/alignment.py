@@ -16,7 +16,7 @@ from collections import OrderedDict
 import numpy as np
 
 from convergent.server.errors import FailedPrecondition, InvalidInput, NotFitted, NotFound, ResourceExhausted, SpaceMismatch
-from convergent.server.records import FitRecord, ModelRecord, Page
+from convergent.server.records import AtlasRecord, FitRecord, ModelRecord, Page
 from convergent.server.registry.pair_stats import PairStatistics
 from convergent.server.registry.service import check_model_version, l2_normalize_rows, prepare_vectors, valid_name
 from convergent.server.registry import paging
@@ -165,8 +165,14 @@ class Alignment:
 
         return fit_shared(self, tenant, models, anchor_set, params)
 
+    def atlas(self, tenant: str, anchor_set: str) -> AtlasRecord:
+        """The compatibility atlas of a set (:func:`convergent.server.registry.atlas.atlas`)."""
+        from convergent.server.registry.atlas import atlas
+
+        return atlas(self, tenant, anchor_set)
+
     # ------------------------------------------------------------ reading fits
-    def _with_staleness(self, tenant: str, record: FitRecord) -> FitRecord:
+    def with_staleness(self, tenant: str, record: FitRecord) -> FitRecord:
         """The record with ``stale`` set: its anchor set or one of its models changed since."""
         version = self.store.anchor_set_version(tenant, record.anchor_set)
         expected = _model_versions(record)
@@ -180,13 +186,13 @@ class Alignment:
         return record.model_copy(update={"stale": stale})
 
     def get_fit(self, tenant: str, fit_id: str) -> FitRecord:
-        return self._with_staleness(tenant, self.fits.get(tenant, fit_id))
+        return self.with_staleness(tenant, self.fits.get(tenant, fit_id))
 
     def list_fits(self, tenant: str, page_size: int, page_token: str, source: str = "", target: str = "") -> Page:
         limit = paging.page_size(page_size, self.settings.default_page_size, self.settings.max_page_size)
         items = self.fits.list(tenant, paging.decode_token(page_token), limit + 1, source, target)
         page = paging.make_page(items, limit, key="id")
-        return page.model_copy(update={"items": tuple(self._with_staleness(tenant, r) for r in page.items)})
+        return page.model_copy(update={"items": tuple(self.with_staleness(tenant, r) for r in page.items)})
 
     def delete_fit(self, tenant: str, fit_id: str) -> None:
         self.fits.delete(tenant, fit_id)
@@ -225,7 +231,7 @@ class Alignment:
 
     def export(self, tenant: str, fit_id: str) -> tuple[FitRecord, dict[str, np.ndarray]]:
         record, estimator = self._load(tenant, fit_id)
-        return self._with_staleness(tenant, record), estimator.export()
+        return self.with_staleness(tenant, record), estimator.export()
 
     # ------------------------------------------------------------ routes and transform
     @staticmethod

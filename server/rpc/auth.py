@@ -39,7 +39,7 @@ METHOD_ROLES: dict[str, str] = {
     # server
     "GetServerInfo": "reader", "ListMethods": "reader", "GetUsage": "reader",
     # alignment
-    "FitAlignment": "party", "FitSharedSpace": "party", "GetFit": "reader", "ListFits": "reader",
+    "FitAlignment": "party", "FitSharedSpace": "party", "GetFit": "reader", "GetAtlas": "reader", "ListFits": "reader",
     "DeleteFit": "admin", "Transform": "reader", "ExportFit": "reader",
     "FitCooperative": "party", "Predict": "reader",
     # galleries and inference

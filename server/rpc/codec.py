@@ -14,7 +14,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 import convergent
 from convergent.server.registry.cooperation import Prediction
 from convergent.server.registry.galleries import EnrollChunk, FusedIdentifyResult, IdentifyResult
-from convergent.server.records import AnchorSetRecord, ErasureReport, FitRecord, GalleryRecord, ModelRecord, Page, UploadResult
+from convergent.server.records import (AnchorSetRecord, AtlasRecord, ErasureReport, FitRecord, GalleryRecord, ModelRecord, Page,
+                                       UploadResult)
 from convergent.server.registry.service import UploadChunk
 from convergent.server.registry.verification import VerificationReport, VerifyResult
 from convergent.server.rpc.auth import Principal
@@ -87,6 +88,15 @@ def fit_to_pb(record: FitRecord) -> alignment_pb2.Fit:
         stale=record.stale, created_at=timestamp(record.created_at), params=dict_to_struct(record.params),
         models=record.params.get("models", []) if record.method in ("shared", "cooperative") else [],
         auto_winner=str(record.params.get("candidate", "")) if record.requested_method == "auto" else "",
+    )
+
+
+def atlas_to_pb(record: AtlasRecord) -> alignment_pb2.GetAtlasResponse:
+    return alignment_pb2.GetAtlasResponse(
+        anchor_set=record.anchor_set, data_version=record.data_version, models=record.models,
+        entries=[alignment_pb2.AtlasEntry(**entry.model_dump()) for entry in record.entries],
+        clusters=[alignment_pb2.AtlasCluster(models=group) for group in record.clusters],
+        cluster_distance=record.cluster_distance,
     )
 
 

@@ -197,6 +197,9 @@ class AlignmentServicer(alignment_pb2_grpc.AlignmentServiceServicer):
     def GetFit(self, request, context):  # noqa: ANN001, N802
         return codec.fit_to_pb(self.backend.alignment.get_fit(context.tenant, request.id))
 
+    def GetAtlas(self, request, context):  # noqa: ANN001, N802
+        return codec.atlas_to_pb(self.backend.alignment.atlas(context.tenant, request.anchor_set))
+
     def ListFits(self, request, context):  # noqa: ANN001, N802
         page = self.backend.alignment.list_fits(
             context.tenant, request.page.page_size, request.page.page_token, request.source, request.target

@@ -89,12 +89,14 @@ class FitStore:
             }
         return _record(row), json.loads(row.state), arrays
 
-    def latest(self, tenant: str, source: str, target: str) -> FitRecord | None:
-        """The newest fit of the route source -> target, or None."""
+    def latest(self, tenant: str, source: str, target: str, anchor_set: str = "") -> FitRecord | None:
+        """The newest fit of the route source -> target (on ``anchor_set`` if given), or None."""
+        query = sa.select(fits).where(fits.c.tenant == tenant, fits.c.source == source, fits.c.target == target)
+        if anchor_set:
+            query = query.where(fits.c.anchor_set == anchor_set)
         with self.engine.connect() as conn:
             row = conn.execute(
-                sa.select(fits)
-                .where(fits.c.tenant == tenant, fits.c.source == source, fits.c.target == target)
+                query
                 .order_by(fits.c.created_at.desc(), fits.c.id.desc())
                 .limit(1)
             ).first()

@@ -313,13 +313,13 @@ class SqlStore:
             return self._counted(conn, tenant, anchor_set, model)
 
     def list_anchor_sets(
-        self, tenant: str, after: str, limit: int, model: str | None = None
+        self, tenant: str, after: str, limit: int, model: str | None = None, name: str | None = None
     ) -> list[AnchorSetRecord]:
-        """Anchor sets with name > ``after`` (optionally only those holding ``model``), by name."""
+        """Anchor sets with name > ``after`` (optionally only those holding ``model``, or the one ``name``), by name."""
         with self._read() as conn:
-            query = sa.select(anchor_sets).where(
-                anchor_sets.c.tenant == tenant, anchor_sets.c.name > after
-            )
+            query = sa.select(anchor_sets).where(anchor_sets.c.tenant == tenant, anchor_sets.c.name > after)
+            if name is not None:
+                query = query.where(anchor_sets.c.name == name)
             if model is not None:
                 query = query.where(
                     sa.exists().where(

@@ -11,6 +11,60 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class GetAtlasRequest(_message.Message):
+    __slots__ = ("anchor_set",)
+    ANCHOR_SET_FIELD_NUMBER: _ClassVar[int]
+    anchor_set: str
+    def __init__(self, anchor_set: _Optional[str] = ...) -> None: ...
+
+class AtlasEntry(_message.Message):
+    __slots__ = ("source", "target", "n_pairs", "fit_id", "method", "stale", "top1", "cka", "mutual_knn", "condition_number", "n_heldout")
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    N_PAIRS_FIELD_NUMBER: _ClassVar[int]
+    FIT_ID_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    STALE_FIELD_NUMBER: _ClassVar[int]
+    TOP1_FIELD_NUMBER: _ClassVar[int]
+    CKA_FIELD_NUMBER: _ClassVar[int]
+    MUTUAL_KNN_FIELD_NUMBER: _ClassVar[int]
+    CONDITION_NUMBER_FIELD_NUMBER: _ClassVar[int]
+    N_HELDOUT_FIELD_NUMBER: _ClassVar[int]
+    source: str
+    target: str
+    n_pairs: int
+    fit_id: str
+    method: str
+    stale: bool
+    top1: float
+    cka: float
+    mutual_knn: float
+    condition_number: float
+    n_heldout: int
+    def __init__(self, source: _Optional[str] = ..., target: _Optional[str] = ..., n_pairs: _Optional[int] = ..., fit_id: _Optional[str] = ..., method: _Optional[str] = ..., stale: _Optional[bool] = ..., top1: _Optional[float] = ..., cka: _Optional[float] = ..., mutual_knn: _Optional[float] = ..., condition_number: _Optional[float] = ..., n_heldout: _Optional[int] = ...) -> None: ...
+
+class AtlasCluster(_message.Message):
+    __slots__ = ("models",)
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    models: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, models: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class GetAtlasResponse(_message.Message):
+    __slots__ = ("anchor_set", "data_version", "models", "entries", "clusters", "cluster_distance")
+    ANCHOR_SET_FIELD_NUMBER: _ClassVar[int]
+    DATA_VERSION_FIELD_NUMBER: _ClassVar[int]
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    CLUSTERS_FIELD_NUMBER: _ClassVar[int]
+    CLUSTER_DISTANCE_FIELD_NUMBER: _ClassVar[int]
+    anchor_set: str
+    data_version: int
+    models: _containers.RepeatedScalarFieldContainer[str]
+    entries: _containers.RepeatedCompositeFieldContainer[AtlasEntry]
+    clusters: _containers.RepeatedCompositeFieldContainer[AtlasCluster]
+    cluster_distance: float
+    def __init__(self, anchor_set: _Optional[str] = ..., data_version: _Optional[int] = ..., models: _Optional[_Iterable[str]] = ..., entries: _Optional[_Iterable[_Union[AtlasEntry, _Mapping]]] = ..., clusters: _Optional[_Iterable[_Union[AtlasCluster, _Mapping]]] = ..., cluster_distance: _Optional[float] = ...) -> None: ...
+
 class FitCooperativeRequest(_message.Message):
     __slots__ = ("space", "anchor_set", "teachers", "params")
     SPACE_FIELD_NUMBER: _ClassVar[int]

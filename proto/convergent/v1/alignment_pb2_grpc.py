@@ -79,6 +79,11 @@ class AlignmentServiceStub:
                 request_serializer=convergent_dot_v1_dot_alignment__pb2.PredictRequest.SerializeToString,
                 response_deserializer=convergent_dot_v1_dot_alignment__pb2.PredictResponse.FromString,
                 _registered_method=True)
+        self.GetAtlas = channel.unary_unary(
+                '/convergent.v1.AlignmentService/GetAtlas',
+                request_serializer=convergent_dot_v1_dot_alignment__pb2.GetAtlasRequest.SerializeToString,
+                response_deserializer=convergent_dot_v1_dot_alignment__pb2.GetAtlasResponse.FromString,
+                _registered_method=True)
 
 
 class AlignmentServiceServicer:
@@ -157,6 +162,17 @@ class AlignmentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetAtlas(self, request, context):
+        """The compatibility atlas of an anchor set: for every ordered pair of models with anchors in
+        it, the newest fit of that route on the set and its held-out diagnostics (or that there is
+        none), and the models clustered by symmetric held-out top-1 (docs/alignment.md, "The
+        compatibility atlas"). Reads stored fits only, never fits: fit the missing routes first
+        (`convergent atlas --fit-missing` does, with progress).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AlignmentServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -204,6 +220,11 @@ def add_AlignmentServiceServicer_to_server(servicer, server):
                     servicer.Predict,
                     request_deserializer=convergent_dot_v1_dot_alignment__pb2.PredictRequest.FromString,
                     response_serializer=convergent_dot_v1_dot_alignment__pb2.PredictResponse.SerializeToString,
+            ),
+            'GetAtlas': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetAtlas,
+                    request_deserializer=convergent_dot_v1_dot_alignment__pb2.GetAtlasRequest.FromString,
+                    response_serializer=convergent_dot_v1_dot_alignment__pb2.GetAtlasResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -449,6 +470,33 @@ class AlignmentService:
             '/convergent.v1.AlignmentService/Predict',
             convergent_dot_v1_dot_alignment__pb2.PredictRequest.SerializeToString,
             convergent_dot_v1_dot_alignment__pb2.PredictResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetAtlas(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/convergent.v1.AlignmentService/GetAtlas',
+            convergent_dot_v1_dot_alignment__pb2.GetAtlasRequest.SerializeToString,
+            convergent_dot_v1_dot_alignment__pb2.GetAtlasResponse.FromString,
             options,
             channel_credentials,
             insecure,

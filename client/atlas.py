@@ -1,0 +1,42 @@
+"""The compatibility atlas: the SDK's part (numpy + gRPC only)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from convergent.client.types import Atlas, AtlasEntry, FitInfo
+from convergent.v1 import alignment_pb2
+
+
+class AtlasMixin:
+    """``atlas`` and ``fit_missing_routes`` (mixed into :class:`convergent.client.Client`)."""
+
+    _alignment: Any
+
+    def _call(self, method: Any, request: Any, timeout: float | None = None) -> Any: ...  # Client's
+    def fit_alignment(self, source: str, target: str, anchor_set: str, method: str = "auto", **params: Any) -> FitInfo: ...
+
+    def atlas(self, anchor_set: str) -> Atlas:
+        """Which models of ``anchor_set`` can stand in for which: every ordered pair's newest fit
+        on the set and its held-out diagnostics, and the models clustered by symmetric top-1.
+        Reads stored fits only (:meth:`fit_missing_routes` fits the rest)."""
+        r = self._call(self._alignment.GetAtlas, alignment_pb2.GetAtlasRequest(anchor_set=anchor_set))
+        entries = [AtlasEntry(source=e.source, target=e.target, n_pairs=e.n_pairs, fit_id=e.fit_id, method=e.method,
+                              stale=e.stale, top1=e.top1, cka=e.cka, mutual_knn=e.mutual_knn,
+                              condition_number=e.condition_number, n_heldout=e.n_heldout) for e in r.entries]
+        return Atlas(anchor_set=r.anchor_set, data_version=r.data_version, models=list(r.models), entries=entries,
+                     clusters=[list(c.models) for c in r.clusters], cluster_distance=r.cluster_distance)
+
+    def fit_missing_routes(self, anchor_set: str, method: str = "auto", max_routes: int | None = None,
+                           progress: Callable[[AtlasEntry, FitInfo], None] | None = None, **params: Any) -> list[FitInfo]:
+        """Fit (with ``method``) every route of the set's atlas that has no current fit, at most
+        ``max_routes`` of them; ``progress(entry, fit)`` after each. Returns the new fits."""
+        todo = self.atlas(anchor_set).missing()[: max_routes if max_routes is not None else None]
+        fits = []
+        for entry in todo:
+            fit = self.fit_alignment(entry.source, entry.target, anchor_set=anchor_set, method=method, **params)
+            fits.append(fit)
+            if progress is not None:
+                progress(entry, fit)
+        return fits
