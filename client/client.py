@@ -17,7 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from convergent.client import errors
 from convergent.client._convert import _count, _fit_info, _matrix, _model_info
-from convergent.client.atlas import AtlasMixin
+from convergent.client.overview import OverviewMixin
 from convergent.client.federation import FederationMixin
 from convergent.client.galleries import GalleryMixin
 from convergent.client.types import (
@@ -87,7 +87,7 @@ def _pem(value: bytes | str | None) -> bytes | None:
     return Path(value).read_bytes()
 
 
-class Client(GalleryMixin, FederationMixin, AtlasMixin):
+class Client(GalleryMixin, FederationMixin, OverviewMixin):
     """Connection to one convergent server.
 
     >>> with Client("127.0.0.1:50051") as c:

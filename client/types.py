@@ -269,3 +269,16 @@ class Atlas:
     def missing(self) -> list[AtlasEntry]:
         """Routes with no current fit (none, or stale), with anchors to fit them on."""
         return [e for e in self.entries if not e.current and e.n_pairs > 0]
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """Who (``key_id``) called ``method`` on ``target``, when (``at``: seconds since the Unix epoch),
+    and the ``outcome`` ("OK" or the status code's name)."""
+
+    at: float
+    key_id: str
+    method: str
+    target: str
+    outcome: str
+    request_id: str

@@ -12,10 +12,10 @@ import sys
 
 import typer
 
-from convergent.server import cli_atlas, cli_data, cli_encryption, cli_federation, cli_inference, cli_server  # importing them registers the commands
+from convergent.server import cli_atlas, cli_console, cli_data, cli_encryption, cli_federation, cli_inference, cli_server  # they register their commands
 from convergent.server.cli_base import _DEBUG, app
 
-__all__ = ["app", "cli_atlas", "cli_data", "cli_encryption", "cli_federation", "cli_inference", "cli_server", "main"]
+__all__ = ["app", "cli_atlas", "cli_console", "cli_data", "cli_encryption", "cli_federation", "cli_inference", "cli_server", "main"]
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -3,6 +3,7 @@ rotate-data-key, tenant delete (see docs/operations.md, "Encryption at rest").""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -32,11 +33,19 @@ def _master_key(master_key_file: Path | None):  # noqa: ANN202 - a LocalMasterKe
     return key
 
 
-def _settings(data_dir: Path, database_url: str | None, keyring_file: Path | None):  # noqa: ANN202
+def _settings(data_dir: Path, database_url: str | None, keyring_file: Path | None, offline: bool = True):  # noqa: ANN202
+    """The settings of the store these commands act on; ``offline``: refuse a SQLite store that
+    another process (a running server) has open. (On PostgreSQL, stopping every replica is the
+    operator's part.)"""
     from convergent.server.settings import ServerSettings
+    from convergent.server.storage import backup  # noqa: F401 - backup imports restore: load it first
+    from convergent.server.storage.restore import in_use
 
-    if database_url is None and not (data_dir / "convergent.sqlite3").is_file():
+    path = data_dir / "convergent.sqlite3"
+    if database_url is None and not path.is_file():
         _fail(f"no database in {data_dir}: is --data-dir the folder `convergent serve --data-dir` was given?", code=2)
+    if offline and database_url is None and in_use(path):
+        _fail(f"{path} is open in another process (a running server?): stop it first")
     return ServerSettings(data_dir=data_dir, database_url=database_url, keyring_file=keyring_file)
 
 
@@ -58,6 +67,8 @@ def encrypt(
 
     key = _master_key(master_key_file)
     settings = _settings(data_dir, database_url, keyring_file)
+    typer.echo(f"checking and sealing {settings.resolved_database_url()} (master key {key.key_id})…")
+    sys.stdout.flush()
     engine = db.create_engine(settings.resolved_database_url())
     try:
         db.migrate(engine)
@@ -100,8 +111,8 @@ def keygen(
 
 @app.command("rotate-master-key")
 def rotate_master_key(
+    new_master_key_file: Annotated[Path, typer.Option(help="the new master key (from `convergent keygen`)")],
     master_key_file: MasterKeyFile = None,
-    new_master_key_file: Annotated[Path, typer.Option(help="the new master key (from `convergent keygen`)")] = Path(),
     data_dir: DataDir = Path("./convergent-data"),
     keyring_file: KeyringFile = None,
 ) -> None:
@@ -142,13 +153,17 @@ def rotate_data_key(
     from convergent.server.storage.sql import SqlStore
 
     key = _master_key(master_key_file)
-    settings = _settings(data_dir, database_url, keyring_file)
+    settings = _settings(data_dir, database_url, keyring_file, offline=now)
     try:
         store = SqlStore(settings.resolved_database_url(), key, settings.resolved_keyring_file())
     except StartupError as exc:
         _fail(exc)
     if not store.encrypted:
         _fail("this store is in clear: encrypt it first (`convergent encrypt`)")
+    holders = {row.tenant for row in store.rotation.keys()}
+    unknown = [name for name in tenant if name not in holders]
+    if unknown:
+        _fail(f"no data key to rotate for tenant(s) {', '.join(map(repr, unknown))}: they have stored nothing sealed")
     for name in tenant:
         typer.echo(f"tenant {name!r}: data key {store.rotation.rotate_data_key(name)} is the newest now")
     if now:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 
@@ -129,10 +130,10 @@ def text_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     return "\n".join(lines)
 
 
-def plot_atlas(models: Sequence[str], top1: Mapping[tuple[str, str], float], path: Path, title: str,
-               marks: Mapping[tuple[str, str], str] | None = None) -> Path:
+def plot_atlas(models: Sequence[str], top1: Mapping[tuple[str, str], float], path: Path | IO[bytes], title: str,
+               marks: Mapping[tuple[str, str], str] | None = None, fmt: str | None = None) -> Path | IO[bytes]:
     """Heatmap of held-out top-1 (row: source, column: target; NaN: no current fit, grey) with the
-    value in each cell and an optional mark (e.g. "stale"); PNG or SVG by ``path``'s suffix."""
+    value in each cell and an optional mark (e.g. "stale"); PNG or SVG by ``path``'s suffix (or ``fmt``)."""
     plt = _pyplot()
     m = len(models)
     grid = np.full((m, m), np.nan)
@@ -160,6 +161,27 @@ def plot_atlas(models: Sequence[str], top1: Mapping[tuple[str, str], float], pat
     ax.set_title(title, fontsize=9)
     fig.colorbar(image, ax=ax, label="held-out top-1 (higher is better)")
     fig.tight_layout()
-    fig.savefig(path)
+    fig.savefig(path, format=fmt)
     plt.close(fig)
     return path
+
+
+def plot_operating_points(points: Sequence[tuple[float, float]], eer: float, out: IO[bytes], title: str,
+                          fmt: str = "svg") -> IO[bytes]:
+    """DET view of a verification calibration's operating points: false-reject rate (1 - TAR)
+    against the achieved false-accept rate (log axis; lower-left is better), with the EER point."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    far = [max(p[0], 1e-6) for p in points]
+    frr = [1.0 - p[1] for p in points]
+    ax.plot(far, frr, "o-", color="#2b6cb0", label="operating points (achieved FAR, 1 - TAR)")
+    if np.isfinite(eer):
+        ax.plot([eer], [eer], "s", color="#c05621", label=f"EER {eer:.3f}")
+    ax.set(xscale="log", xlabel="false-accept rate", ylabel="false-reject rate (1 - TAR)", title=title,
+           ylim=(0, 1.02), xlim=(1e-5, 1))
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8, loc="upper right")
+    fig.tight_layout()
+    fig.savefig(out, format=fmt)
+    plt.close(fig)
+    return out

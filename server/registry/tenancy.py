@@ -20,6 +20,10 @@ class Tenancy:
         self.galleries.forget_indexes(tenant, report.galleries_changed)
         return report
 
+    def audit_log(self, tenant: str, limit: int, max_limit: int) -> list:
+        """The tenant's newest ``limit`` (0: 100, at most ``max_limit``) audit entries, newest first."""
+        return self.store.keys.audit_entries(tenant, min(limit or 100, max_limit))
+
     def usage(self, tenant: str) -> int:
         """Vectors the tenant stores (anchors + gallery items)."""
         return self.store.stored_vectors(tenant)

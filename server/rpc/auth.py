@@ -37,7 +37,7 @@ METHOD_ROLES: dict[str, str] = {
     # anchors
     "UploadAnchors": "party", "CountAnchors": "reader", "ListAnchorSets": "reader", "DeleteAnchors": "admin",
     # server
-    "GetServerInfo": "reader", "ListMethods": "reader", "GetUsage": "reader",
+    "GetServerInfo": "reader", "ListMethods": "reader", "GetUsage": "reader", "ListAuditLog": "admin",
     # alignment
     "FitAlignment": "party", "FitSharedSpace": "party", "GetFit": "reader", "GetAtlas": "reader", "ListFits": "reader",
     "DeleteFit": "admin", "Transform": "reader", "ExportFit": "reader",

@@ -91,6 +91,12 @@ def fit_to_pb(record: FitRecord) -> alignment_pb2.Fit:
     )
 
 
+def audit_to_pb(rows: list) -> tenant_pb2.ListAuditLogResponse:
+    return tenant_pb2.ListAuditLogResponse(entries=[
+        tenant_pb2.AuditEntry(at=timestamp(r.at), key_id=r.key_id, method=r.method, target=r.target, outcome=r.outcome,
+                              request_id=r.request_id) for r in rows])
+
+
 def atlas_to_pb(record: AtlasRecord) -> alignment_pb2.GetAtlasResponse:
     return alignment_pb2.GetAtlasResponse(
         anchor_set=record.anchor_set, data_version=record.data_version, models=record.models,

@@ -310,6 +310,10 @@ class TenantServicer(tenant_pb2_grpc.TenantServiceServicer):
         report = self.backend.tenancy.erase(context.tenant, list(request.ids))
         return codec.erase_report_to_pb(report)
 
+    def ListAuditLog(self, request, context):  # noqa: ANN001, N802
+        rows = self.backend.tenancy.audit_log(context.tenant, request.limit, self.backend.registry.settings.max_page_size)
+        return codec.audit_to_pb(rows)
+
     def GetUsage(self, request, context):  # noqa: ANN001, N802, ARG002
         principal = context.principal
         return codec.usage_to_pb(principal, self.backend.tenancy.usage(principal.tenant),

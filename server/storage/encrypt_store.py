@@ -7,9 +7,10 @@
 3. Every row in clear (``key_version`` NULL) of every sealed table is sealed, a few rows per
    transaction: a crash leaves each row either in clear or sealed, never half, and a rerun goes
    on with the rows still in clear.
-4. ``complete: true``; then the file is rewritten so that no page of it, nor of its WAL, still
-   holds the clear bytes (SQLite: ``VACUUM`` and a truncating checkpoint; PostgreSQL: ``VACUUM
-   FULL`` of the sealed tables, whose old files are unlinked). Copies outside the database
+4. The file is rewritten so that no page of it, nor of its WAL, still holds the clear bytes
+   (SQLite: ``VACUUM`` and a truncating checkpoint; PostgreSQL: ``VACUUM FULL`` of the sealed
+   tables, whose old files are unlinked); only then ``complete: true`` (a crash before it: the
+   next run seals nothing more and scrubs again). Copies outside the database
    (backups taken before, PostgreSQL's WAL archive, the file system's freed blocks) are not
    reached: docs/operations.md says so.
 """
@@ -96,9 +97,9 @@ def _seal_some(conn: sa.Connection, spec: Sealed, sealer: envelope.Envelope, lim
     rows = conn.execute(sa.select(t).where(t.c.key_version.is_(None)).order_by(*(t.c[k] for k in spec.key))
                         .limit(limit)).all()
     for row in rows:
-        tenant, values = spec.tenant(conn, row), {}
-        for column in spec.data:
-            values[column], values["key_version"] = sealer.seal(conn, tenant, spec.place(row, column), bytes(getattr(row, column)))
+        tenant = spec.tenant(conn, row)
+        sealed, key_version = sealer.seal_many(conn, tenant, [(spec.place(row, c), bytes(getattr(row, c))) for c in spec.data])
+        values: dict = dict(zip(spec.data, sealed), key_version=key_version)
         if "checksum" in t.c:
             values["checksum"] = checksum(b"".join(values[column] for column in spec.data))
         conn.execute(t.update().where(*(t.c[k] == getattr(row, k) for k in spec.key)).values(**values))
@@ -117,7 +118,10 @@ def _scrub_free_pages(engine: sa.Engine) -> None:
         driver = raw.driver_connection
         if engine.dialect.name == "sqlite":
             for statement in ("PRAGMA wal_checkpoint(TRUNCATE)", "VACUUM", "PRAGMA wal_checkpoint(TRUNCATE)"):
-                driver.execute(statement)
+                busy = driver.execute(statement).fetchone()
+                if statement.startswith("PRAGMA") and busy and busy[0]:
+                    raise StartupError("another connection holds the database (a running server?): stop it and run "
+                                       "`convergent encrypt` again to finish")
         else:
             driver.rollback()
             driver.autocommit = True
@@ -169,7 +173,7 @@ def encrypt(engine: sa.Engine, master: LocalMasterKey, keyring_file: Path,
             done += count
             if progress is not None:
                 progress(done, total)
+    _scrub_free_pages(engine)  # before "complete": a crash here is finished by the next run, scrub included
     with db.write_connection(engine) as conn, conn.begin():
         _set(conn, {**setting, "complete": True})
-    _scrub_free_pages(engine)
     return EncryptReport(sealed, False, time.perf_counter() - started)

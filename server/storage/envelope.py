@@ -36,8 +36,9 @@ import sqlalchemy as sa
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from convergent.server.errors import ConvergentError, DataLoss, StartupError
-from convergent.server.storage.master_keys import KEY_BYTES, KeyProvider, LocalMasterKey, TenantShredded, WrongKey
+from convergent.server.errors import ConvergentError, DataLoss, FailedPrecondition, StartupError
+from convergent.server.storage.master_keys import (KEY_BYTES, KeyProvider, LocalMasterKey, MasterKeyChanged, TenantShredded,
+                                                   WrongKey)
 from convergent.server.storage.schema import data_keys, store_settings
 
 NONCE_BYTES = 12
@@ -130,6 +131,8 @@ class Envelope:
                 aead = self._unwrap(tenant, version, row.wrapped)
             except TenantShredded:  # a restored backup's key of a shredded tenant: a new tenant key, new data keys
                 return self.new_data_key(conn, tenant)
+            except MasterKeyChanged:
+                raise
             except WrongKey as exc:
                 raise DataLoss(f"tenant {tenant!r} cannot write sealed data: {exc}") from None
             with self._lock:
@@ -172,6 +175,8 @@ class Envelope:
                           "key table was damaged), so its sealed bytes cannot be read")
         try:
             aead = self._unwrap(tenant, version, wrapped)
+        except MasterKeyChanged as exc:
+            raise FailedPrecondition(f"cannot open data of tenant {tenant!r}: {exc}") from None
         except TenantShredded:
             raise damaged(f"tenant {tenant!r} has no key in the keyring (its keys were destroyed: crypto-shredded), so "
                           "its sealed bytes cannot be read") from None
@@ -193,11 +198,22 @@ class Envelope:
     # ------------------------------------------------------------------ bytes
     def seal(self, conn: sa.Connection, tenant: str, place: Place, data: bytes) -> tuple[bytes, int | None]:
         """(bytes to store, their ``key_version``) for clear ``data`` that belongs at ``place``."""
+        sealed, version = self.seal_many(conn, tenant, [(place, data)])
+        return sealed[0], version
+
+    def seal_many(self, conn: sa.Connection, tenant: str, items: Sequence[tuple[Place, bytes]]) -> tuple[list[bytes], int | None]:
+        """Several byte columns of one row, all under the same data key: (sealed bytes, key_version)."""
         if not self.encrypted:
-            return data, None
-        version, aead = self._sealing_key(conn, tenant)
-        nonce = secrets.token_bytes(NONCE_BYTES)
-        return nonce + aead.encrypt(nonce, data, associated_data(tenant, place, version)), version
+            return [data for _, data in items], None
+        try:
+            version, aead = self._sealing_key(conn, tenant)
+        except MasterKeyChanged as exc:
+            raise FailedPrecondition(f"cannot seal data for tenant {tenant!r}: {exc}") from None
+        out = []
+        for place, data in items:
+            nonce = secrets.token_bytes(NONCE_BYTES)
+            out.append(nonce + aead.encrypt(nonce, data, associated_data(tenant, place, version)))
+        return out, version
 
     def open(self, conn: sa.Connection, tenant: str, place: Place, stored: bytes, key_version: int | None,
              damaged: Callable[[str], ConvergentError]) -> bytes:
@@ -208,6 +224,8 @@ class Envelope:
                 raise damaged("its bytes are in clear in an encrypted store (written around the encryption, or "
                               "replaced)")
             return stored
+        if len(stored) < OVERHEAD:
+            raise damaged(f"its sealed bytes are {len(stored)} bytes long, shorter than a nonce and a tag")
         aead = self._opening_key(conn, tenant, int(key_version), damaged)
         try:
             return aead.decrypt(bytes(stored[:NONCE_BYTES]), bytes(stored[NONCE_BYTES:]),

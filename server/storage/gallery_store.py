@@ -262,10 +262,10 @@ class GalleryStore:
                  "same": np.ascontiguousarray(same, np.uint8).tobytes()}
         key = (calibrations.c.tenant == tenant) & (calibrations.c.a_model == a_model) & (calibrations.c.b_model == b_model)
         with self._write() as conn:
-            sealer, row = envelope.of(conn), {}
-            for column, data in clear.items():
-                place = calibration_place(a_model, b_model, a_version, b_version, len(same), column)
-                row[column], row["key_version"] = sealer.seal(conn, tenant, place, data)
+            sealed, key_version = envelope.of(conn).seal_many(conn, tenant, [
+                (calibration_place(a_model, b_model, a_version, b_version, len(same), column), data)
+                for column, data in clear.items()])
+            row: dict = dict(zip(clear, sealed), key_version=key_version)
             row.update(a_version=a_version, b_version=b_version, n=len(same), created_at=time.time(),
                        checksum=blocks.checksum(row["a"] + row["b"] + row["same"]))
             conn.execute(calibrations.delete().where(key))

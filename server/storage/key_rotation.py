@@ -86,6 +86,7 @@ class KeyRotation:
         retired = [r for r in self.keys() if r.retired_at is not None]
         for tenant in sorted({r.tenant for r in retired}):
             versions = [r.version for r in retired if r.tenant == tenant]
+            self.sealer.forget(tenant)  # seal under the newest key in the database, not a cached retired one
             for spec in SEALED:
                 with db.write_connection(self.engine) as conn, conn.begin():
                     report.resealed += self._reseal(conn, spec, tenant, versions, rows - report.resealed, report)
@@ -119,10 +120,13 @@ class KeyRotation:
                 stored = b"".join(bytes(getattr(row, column)) for column in spec.data)
                 if "checksum" in t.c and (row.checksum is None or checksum(stored) != row.checksum):
                     raise ConvergentError("fails its checksum")
-                for column in spec.data:
-                    clear = self.sealer.open(conn, tenant, spec.place(row, column), bytes(getattr(row, column)),
-                                             row.key_version, ConvergentError)
-                    values[column], values["key_version"] = self.sealer.seal(conn, tenant, spec.place(row, column), clear)
+                clear = [(spec.place(row, column), self.sealer.open(conn, tenant, spec.place(row, column),
+                                                                    bytes(getattr(row, column)), row.key_version,
+                                                                    ConvergentError)) for column in spec.data]
+                sealed, version = self.sealer.seal_many(conn, tenant, clear)
+                if version in versions:  # the newest key is retired too (rotated meanwhile): next step
+                    return done
+                values = dict(zip(spec.data, sealed), key_version=version)
             except ConvergentError as exc:  # damaged: left for `convergent check` and a restore
                 report.damaged.append(f"{t.name} {tuple(getattr(row, k) for k in spec.key)}: {exc}")
                 continue

@@ -38,6 +38,7 @@ from convergent.server.storage.master_keys import (
     KEY_BYTES,
     NONCE_BYTES,
     LocalMasterKey,
+    MasterKeyChanged,
     TenantShredded,
     WrongKey,
     _context,
@@ -94,19 +95,30 @@ class Keyring:
             contents = json.loads(self.path.read_text())
         except (OSError, ValueError) as exc:
             raise StartupError(f"cannot read the keyring {self.path}: {exc}") from None
-        if contents.get("format") != FORMAT or contents.get("format_version") != FORMAT_VERSION:
+        if not isinstance(contents, dict) or contents.get("format") != FORMAT or contents.get("format_version") != FORMAT_VERSION:
             raise StartupError(f"{self.path} is not a convergent keyring of format {FORMAT_VERSION}")
         try:
-            self.master.open(base64.b64decode(contents["check"]), _tenant_context(contents["keyring_id"], ""))
+            check = base64.b64decode(contents["check"], validate=True)
+            keyring_id, tenants, shredded = str(contents["keyring_id"]), contents["tenants"], contents["shredded"]
+            if not isinstance(tenants, dict) or not isinstance(shredded, dict):
+                raise ValueError("tenants and shredded must be objects")
+        except (KeyError, ValueError, TypeError) as exc:
+            raise StartupError(f"the keyring {self.path} is damaged ({exc}): restore it from its copy") from None
+        try:
+            self.master.open(check, _tenant_context(keyring_id, ""))
         except InvalidTag:
-            raise WrongKey(f"the keyring {self.path} is sealed by master key id {contents['master_key_id']}, not by the "
-                           f"master key given (id {self.master.key_id}, from {self.master.source})") from None
+            known = getattr(self, "_contents", None)  # None while the constructor reads the file
+            changed = known is not None and known.get("keyring_id") == keyring_id
+            kind = MasterKeyChanged if changed else WrongKey
+            raise kind(f"the keyring {self.path} is sealed by master key id {contents.get('master_key_id')}, not by the "
+                       f"master key {'this process holds' if changed else 'given'} (id {self.master.key_id}, from "
+                       f"{self.master.source}){'; restart with the new master key' if changed else ''}") from None
         return contents
 
     def _write(self, contents: dict) -> None:
         """Replace the file atomically and durably (the caller holds the lock)."""
-        temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as out:
             json.dump(contents, out, indent=1)
             out.flush()
@@ -157,6 +169,8 @@ class Keyring:
         return b"\x02" + nonce + self._tenant_key(tenant, create=True).encrypt(nonce, data_key, _context(tenant, version))
 
     def unwrap(self, tenant: str, version: int, wrapped: bytes) -> bytes:
+        if wrapped[:1] != b"\x02":
+            raise WrongKey(f"the data key {version} of tenant {tenant!r} is wrapped in a format this convergent does not know")
         aead = self._tenant_key(tenant, create=False)
         try:
             return aead.decrypt(wrapped[1 : 1 + NONCE_BYTES], wrapped[1 + NONCE_BYTES :], _context(tenant, version))

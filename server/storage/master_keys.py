@@ -63,6 +63,11 @@ class WrongKey(StartupError):
     """A wrapped key does not open with the key-encryption key given."""
 
 
+class MasterKeyChanged(WrongKey):
+    """The keyring was sealed again by another master key since this process opened it (a
+    rotation while serving): restart with the new key."""
+
+
 class TenantShredded(Exception):
     """The tenant's key-encryption key was destroyed: its data keys cannot be unwrapped."""
 

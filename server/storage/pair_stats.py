@@ -29,7 +29,9 @@ def _where(tenant: str, key: PairKey) -> sa.ColumnElement:
 
 
 def _place(key: PairKey, data_version: int, n: int, products: str) -> envelope.Place:
-    return ("pair_stats", *key, int(data_version), int(n), products)
+    anchor_set, source, source_version, target, target_version = key
+    return ("pair_stats", anchor_set, source, int(source_version), target, int(target_version), int(data_version), int(n),
+            products)
 
 
 def delete_for_set(conn: sa.Connection, tenant: str, anchor_set: str) -> None:

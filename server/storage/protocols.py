@@ -86,6 +86,7 @@ class KeyStorage(Protocol):
     def get(self, key_id: str): ...  # noqa: ANN201 - a row with tenant, role, secret_sha256, revoked_at
     def revoke(self, key_id: str) -> None: ...
     def audit_many(self, entries: Sequence[tuple[float, str, str, str, str, str, str]]) -> None: ...
+    def audit_entries(self, tenant: str | None = None, limit: int = 100) -> builtins.list: ...  # rows, newest first
 
 
 class StepReport(Protocol):

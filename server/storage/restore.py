@@ -38,7 +38,7 @@ def _known_revision(revision: str) -> bool:
         return False
 
 
-def _in_use(path: Path) -> bool:
+def in_use(path: Path) -> bool:
     """True if another connection (any process, this one included) has the database open.
 
     An exclusive-locking-mode connection cannot take its lock while any other connection holds
@@ -83,7 +83,7 @@ def restore_sqlite(backup: Path, data_dir: Path, force: bool = False) -> Restore
             f"{target.parent} already holds a database ({target.name}); "
             "restoring would replace it: pass force=True (--force) to overwrite it"
         )
-    if target.exists() and _in_use(target):
+    if target.exists() and in_use(target):
         raise RestoreRefused(f"{target} is in use (is a server running on {target.parent}?); stop it first")
     target.parent.mkdir(parents=True, exist_ok=True)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import tarfile
+from contextlib import closing
 from pathlib import Path
 
 import numpy as np
@@ -160,7 +161,7 @@ def _sealed_rows(database: Path) -> tuple[int, int]:
     """(sealed, all) rows of gallery_blocks, read as a plain SQLite reader would."""
     import sqlite3
 
-    with sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=30) as conn:
+    with closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=30)) as conn:  # closed: not held open
         return conn.execute("SELECT count(key_version), count(*) FROM gallery_blocks").fetchone()
 
 
@@ -183,6 +184,7 @@ def test_convergent_encrypt_seals_a_store_in_place_survives_kill_9_and_resumes(s
     master_keys.write_new_key(key_file)
     command = [str(BIN), "encrypt", "--data-dir", str(data), "--master-key-file", str(key_file), "--rows-per-transaction", "1"]
     first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert b"checking and sealing" in first.stdout.readline()  # past its check that no one else has the file open
     deadline = time.monotonic() + 60
     while _sealed_rows(backups.database_path(data))[0] < 200 and first.poll() is None and time.monotonic() < deadline:
         time.sleep(0.005)
@@ -212,7 +214,7 @@ def test_convergent_encrypt_seals_a_store_in_place_survives_kill_9_and_resumes(s
 def _rows_under(database: Path, version: int) -> int:
     import sqlite3
 
-    with sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=30) as conn:
+    with closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=30)) as conn:  # closed: not held open
         return sum(conn.execute(f"SELECT count(*) FROM {table} WHERE key_version = ?", (version,)).fetchone()[0]
                    for table in ("anchor_blocks", "gallery_blocks", "fit_arrays", "pair_stats", "calibrations"))
 

@@ -22,23 +22,30 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x63onvergent/v1/tenant.proto\x12\rconvergent.v1\"\x1b\n\x0c\x45raseRequest\x12\x0b\n\x03ids\x18\x01 \x03(\t\"\x93\x01\n\rEraseResponse\x12\x17\n\x0f\x61nchors_deleted\x18\x01 \x01(\x04\x12\x1d\n\x15gallery_items_deleted\x18\x02 \x01(\x04\x12\x1b\n\x13\x61nchor_sets_changed\x18\x03 \x03(\t\x12\x19\n\x11galleries_changed\x18\x04 \x03(\t\x12\x12\n\nstale_fits\x18\x05 \x03(\t\"\x11\n\x0fGetUsageRequest\"b\n\x05Usage\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x16\n\x0estored_vectors\x18\x02 \x01(\x04\x12\x13\n\x0bmax_vectors\x18\x03 \x01(\x04\x12\x0c\n\x04role\x18\x04 \x01(\t\x12\x0e\n\x06key_id\x18\x05 \x01(\t2\x95\x01\n\rTenantService\x12\x42\n\x05\x45rase\x12\x1b.convergent.v1.EraseRequest\x1a\x1c.convergent.v1.EraseResponse\x12@\n\x08GetUsage\x12\x1e.convergent.v1.GetUsageRequest\x1a\x14.convergent.v1.Usageb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x63onvergent/v1/tenant.proto\x12\rconvergent.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"$\n\x13ListAuditLogRequest\x12\r\n\x05limit\x18\x01 \x01(\r\"\x89\x01\n\nAuditEntry\x12&\n\x02\x61t\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06key_id\x18\x02 \x01(\t\x12\x0e\n\x06method\x18\x03 \x01(\t\x12\x0e\n\x06target\x18\x04 \x01(\t\x12\x0f\n\x07outcome\x18\x05 \x01(\t\x12\x12\n\nrequest_id\x18\x06 \x01(\t\"B\n\x14ListAuditLogResponse\x12*\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x19.convergent.v1.AuditEntry\"\x1b\n\x0c\x45raseRequest\x12\x0b\n\x03ids\x18\x01 \x03(\t\"\x93\x01\n\rEraseResponse\x12\x17\n\x0f\x61nchors_deleted\x18\x01 \x01(\x04\x12\x1d\n\x15gallery_items_deleted\x18\x02 \x01(\x04\x12\x1b\n\x13\x61nchor_sets_changed\x18\x03 \x03(\t\x12\x19\n\x11galleries_changed\x18\x04 \x03(\t\x12\x12\n\nstale_fits\x18\x05 \x03(\t\"\x11\n\x0fGetUsageRequest\"b\n\x05Usage\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x16\n\x0estored_vectors\x18\x02 \x01(\x04\x12\x13\n\x0bmax_vectors\x18\x03 \x01(\x04\x12\x0c\n\x04role\x18\x04 \x01(\t\x12\x0e\n\x06key_id\x18\x05 \x01(\t2\xee\x01\n\rTenantService\x12\x42\n\x05\x45rase\x12\x1b.convergent.v1.EraseRequest\x1a\x1c.convergent.v1.EraseResponse\x12@\n\x08GetUsage\x12\x1e.convergent.v1.GetUsageRequest\x1a\x14.convergent.v1.Usage\x12W\n\x0cListAuditLog\x12\".convergent.v1.ListAuditLogRequest\x1a#.convergent.v1.ListAuditLogResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'convergent.v1.tenant_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ERASEREQUEST']._serialized_start=45
-  _globals['_ERASEREQUEST']._serialized_end=72
-  _globals['_ERASERESPONSE']._serialized_start=75
-  _globals['_ERASERESPONSE']._serialized_end=222
-  _globals['_GETUSAGEREQUEST']._serialized_start=224
-  _globals['_GETUSAGEREQUEST']._serialized_end=241
-  _globals['_USAGE']._serialized_start=243
-  _globals['_USAGE']._serialized_end=341
-  _globals['_TENANTSERVICE']._serialized_start=344
-  _globals['_TENANTSERVICE']._serialized_end=493
+  _globals['_LISTAUDITLOGREQUEST']._serialized_start=78
+  _globals['_LISTAUDITLOGREQUEST']._serialized_end=114
+  _globals['_AUDITENTRY']._serialized_start=117
+  _globals['_AUDITENTRY']._serialized_end=254
+  _globals['_LISTAUDITLOGRESPONSE']._serialized_start=256
+  _globals['_LISTAUDITLOGRESPONSE']._serialized_end=322
+  _globals['_ERASEREQUEST']._serialized_start=324
+  _globals['_ERASEREQUEST']._serialized_end=351
+  _globals['_ERASERESPONSE']._serialized_start=354
+  _globals['_ERASERESPONSE']._serialized_end=501
+  _globals['_GETUSAGEREQUEST']._serialized_start=503
+  _globals['_GETUSAGEREQUEST']._serialized_end=520
+  _globals['_USAGE']._serialized_start=522
+  _globals['_USAGE']._serialized_end=620
+  _globals['_TENANTSERVICE']._serialized_start=623
+  _globals['_TENANTSERVICE']._serialized_end=861
 # @@protoc_insertion_point(module_scope)

@@ -44,6 +44,11 @@ class TenantServiceStub:
                 request_serializer=convergent_dot_v1_dot_tenant__pb2.GetUsageRequest.SerializeToString,
                 response_deserializer=convergent_dot_v1_dot_tenant__pb2.Usage.FromString,
                 _registered_method=True)
+        self.ListAuditLog = channel.unary_unary(
+                '/convergent.v1.TenantService/ListAuditLog',
+                request_serializer=convergent_dot_v1_dot_tenant__pb2.ListAuditLogRequest.SerializeToString,
+                response_deserializer=convergent_dot_v1_dot_tenant__pb2.ListAuditLogResponse.FromString,
+                _registered_method=True)
 
 
 class TenantServiceServicer:
@@ -64,6 +69,15 @@ class TenantServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListAuditLog(self, request, context):
+        """The newest entries of the tenant's audit log (admin keys only): who called identify, verify,
+        a delete, a removal or an erasure, when, on what, and the outcome. Entries are written in the
+        background: the last second's calls may not be listed yet.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TenantServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -76,6 +90,11 @@ def add_TenantServiceServicer_to_server(servicer, server):
                     servicer.GetUsage,
                     request_deserializer=convergent_dot_v1_dot_tenant__pb2.GetUsageRequest.FromString,
                     response_serializer=convergent_dot_v1_dot_tenant__pb2.Usage.SerializeToString,
+            ),
+            'ListAuditLog': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAuditLog,
+                    request_deserializer=convergent_dot_v1_dot_tenant__pb2.ListAuditLogRequest.FromString,
+                    response_serializer=convergent_dot_v1_dot_tenant__pb2.ListAuditLogResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -132,6 +151,33 @@ class TenantService:
             '/convergent.v1.TenantService/GetUsage',
             convergent_dot_v1_dot_tenant__pb2.GetUsageRequest.SerializeToString,
             convergent_dot_v1_dot_tenant__pb2.Usage.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAuditLog(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/convergent.v1.TenantService/ListAuditLog',
+            convergent_dot_v1_dot_tenant__pb2.ListAuditLogRequest.SerializeToString,
+            convergent_dot_v1_dot_tenant__pb2.ListAuditLogResponse.FromString,
             options,
             channel_credentials,
             insecure,

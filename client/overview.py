@@ -1,18 +1,19 @@
-"""The compatibility atlas: the SDK's part (numpy + gRPC only)."""
+"""What an operator reads: the compatibility atlas and the audit log (the SDK's part; gRPC only)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
 
-from convergent.client.types import Atlas, AtlasEntry, FitInfo
-from convergent.v1 import alignment_pb2
+from convergent.client.types import Atlas, AtlasEntry, AuditEntry, FitInfo
+from convergent.v1 import alignment_pb2, tenant_pb2
 
 
-class AtlasMixin:
-    """``atlas`` and ``fit_missing_routes`` (mixed into :class:`convergent.client.Client`)."""
+class OverviewMixin:
+    """``atlas``, ``fit_missing_routes`` and ``audit_log`` (mixed into :class:`convergent.client.Client`)."""
 
     _alignment: Any
+    _tenant: Any
 
     def _call(self, method: Any, request: Any, timeout: float | None = None) -> Any: ...  # Client's
     def fit_alignment(self, source: str, target: str, anchor_set: str, method: str = "auto", **params: Any) -> FitInfo: ...
@@ -40,3 +41,10 @@ class AtlasMixin:
             if progress is not None:
                 progress(entry, fit)
         return fits
+
+    def audit_log(self, limit: int = 100) -> list[AuditEntry]:
+        """The newest ``limit`` entries of the tenant's audit log, newest first (admin keys only:
+        PermissionDenied otherwise). Entries are written in the background, within about a second."""
+        r = self._call(self._tenant.ListAuditLog, tenant_pb2.ListAuditLogRequest(limit=int(limit)))
+        return [AuditEntry(at=e.at.seconds + e.at.nanos / 1e9, key_id=e.key_id, method=e.method, target=e.target,
+                           outcome=e.outcome, request_id=e.request_id) for e in r.entries]
