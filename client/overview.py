@@ -30,16 +30,17 @@ class OverviewMixin:
                      clusters=[list(c.models) for c in r.clusters], cluster_distance=r.cluster_distance)
 
     def fit_missing_routes(self, anchor_set: str, method: str = "auto", max_routes: int | None = None,
-                           progress: Callable[[AtlasEntry, FitInfo], None] | None = None, **params: Any) -> list[FitInfo]:
+                           progress: Callable[[AtlasEntry, FitInfo, int, int], None] | None = None,
+                           **params: Any) -> list[FitInfo]:
         """Fit (with ``method``) every route of the set's atlas that has no current fit, at most
-        ``max_routes`` of them; ``progress(entry, fit)`` after each. Returns the new fits."""
-        todo = self.atlas(anchor_set).missing()[: max_routes if max_routes is not None else None]
+        ``max_routes`` of them; ``progress(entry, fit, done, total)`` after each. Returns the new fits."""
+        todo = self.atlas(anchor_set).missing()[:max_routes]
         fits = []
         for entry in todo:
             fit = self.fit_alignment(entry.source, entry.target, anchor_set=anchor_set, method=method, **params)
             fits.append(fit)
             if progress is not None:
-                progress(entry, fit)
+                progress(entry, fit, len(fits), len(todo))
         return fits
 
     def audit_log(self, limit: int = 100) -> list[AuditEntry]:

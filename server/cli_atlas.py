@@ -34,11 +34,12 @@ def atlas(
         if fit_missing:
             from tqdm.auto import tqdm
 
-            todo = client.atlas(anchor_set).missing()[:max_routes]
-            with tqdm(total=len(todo), desc="fitting missing routes", unit="route") as bar:
-                for entry in todo:
-                    client.fit_alignment(entry.source, entry.target, anchor_set=anchor_set, method=method)
-                    bar.update()
+            with tqdm(desc="fitting missing routes", unit="route") as bar:
+                def advance(entry: object, fit: object, done: int, total: int) -> None:
+                    bar.total = total
+                    bar.update(done - bar.n)
+
+                client.fit_missing_routes(anchor_set, method=method, max_routes=max_routes, progress=advance)
         result = client.atlas(anchor_set)
     if not result.entries:
         _fail(f"anchor set {anchor_set!r} holds anchors of {len(result.models)} model(s): an atlas needs two")

@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse
 from starlette.routing import Route
 
-from convergent.client import Client, errors
+from convergent.client import Client, Usage, errors
 from convergent.server.console_pages import TEMPLATES
 
 NAV = [("/", "overview"), ("/models", "models & anchors"), ("/fits", "fits"), ("/atlas", "atlas"),
@@ -52,7 +52,8 @@ def make_app(client: Client, server: str) -> Starlette:
 
     def page(name: str, active: str, title: str, status: int = 200, **values: object) -> HTMLResponse:
         try:
-            usage = client.usage()
+            known = values.get("usage")  # the overview has read it already
+            usage = known if isinstance(known, Usage) else client.usage()
             who = f"tenant {usage.tenant}, {usage.role} key {usage.key_id or '(authentication off)'}"
         except errors.ConvergentError:
             who = "key not accepted"

@@ -205,12 +205,8 @@ def release(conn: sa.Connection, blocks: BlockTable, key: Sequence[object], slot
                 intact = True
             except DataLoss:  # damaged bytes are never re-summed nor re-sealed: scrubbed where they lie
                 buffer, intact = bytearray(data), False
-            zero = bytes(row_bytes)
-            for slot in freed:
-                if intact:
-                    buffer[slot * row_bytes : (slot + 1) * row_bytes] = zero
-                else:
-                    buffer = envelope.scrub(bytes(buffer), key_version, slot * row_bytes, (slot + 1) * row_bytes)
+            for slot in freed:  # clear bytes; of a damaged block, the stored bytes where the slot lies
+                envelope.scrub(buffer, None if intact else key_version, slot * row_bytes, (slot + 1) * row_bytes)
             if intact:
                 vectors, key_version = sealer.seal(conn, str(key[0]), blocks.place(key, int(block_id)), bytes(buffer))
             else:

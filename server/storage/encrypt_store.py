@@ -27,8 +27,11 @@ import sqlalchemy as sa
 
 from convergent.server.errors import StartupError
 from convergent.server.storage import db, envelope
-from convergent.server.storage.blocks import checksum
-from convergent.server.storage.gallery_store import calibration_place
+from convergent.server.storage.blocks import BlockTable, checksum
+from convergent.server.storage.anchor_blocks import ANCHOR_BLOCKS
+from convergent.server.storage.fit_store import array_place
+from convergent.server.storage.gallery_store import GALLERY_BLOCKS, calibration_place
+from convergent.server.storage.pair_stats import stats_place
 from convergent.server.storage.keyring import Keyring
 from convergent.server.storage.master_keys import LocalMasterKey
 from convergent.server.storage.schema import (
@@ -54,9 +57,16 @@ class Sealed:
     place: Callable[[sa.Row, str], envelope.Place]
     tenant: Callable[[sa.Connection, sa.Row], str]
 
+    def rewrite(self, conn: sa.Connection, row: sa.Row, sealed: list[bytes], key_version: int | None) -> None:
+        """Store ``sealed`` (one per byte column, under ``key_version``) in ``row``, its checksum with them."""
+        values: dict = dict(zip(self.data, sealed), key_version=key_version)
+        if "checksum" in self.table.c:
+            values["checksum"] = checksum(b"".join(sealed))
+        conn.execute(self.table.update().where(*(self.table.c[k] == getattr(row, k) for k in self.key)).values(**values))
 
-def _block_place(table: sa.Table, key: tuple[str, ...]) -> Callable[[sa.Row, str], envelope.Place]:
-    return lambda row, _: (table.name, *(getattr(row, k) for k in key[1:-1]), int(row.block_id))
+
+def _block_place(blocks: BlockTable) -> Callable[[sa.Row, str], envelope.Place]:
+    return lambda row, _: blocks.place([getattr(row, k) for k in blocks.key], row.block_id)
 
 
 def _fit_tenant(conn: sa.Connection, row: sa.Row) -> str:
@@ -64,15 +74,13 @@ def _fit_tenant(conn: sa.Connection, row: sa.Row) -> str:
 
 
 SEALED = (
-    Sealed(anchor_blocks, ("tenant", "anchor_set", "model", "block_id"), ("vectors",),
-            _block_place(anchor_blocks, ("tenant", "anchor_set", "model", "block_id")), lambda _, r: r.tenant),
-    Sealed(gallery_blocks, ("tenant", "gallery", "block_id"), ("vectors",),
-            _block_place(gallery_blocks, ("tenant", "gallery", "block_id")), lambda _, r: r.tenant),
+    Sealed(anchor_blocks, (*ANCHOR_BLOCKS.key, "block_id"), ("vectors",), _block_place(ANCHOR_BLOCKS), lambda _, r: r.tenant),
+    Sealed(gallery_blocks, (*GALLERY_BLOCKS.key, "block_id"), ("vectors",), _block_place(GALLERY_BLOCKS), lambda _, r: r.tenant),
     Sealed(fit_arrays, ("fit_id", "name"), ("data",),
-            lambda r, _: ("fit_arrays", r.fit_id, r.name, r.dtype, r.shape), _fit_tenant),
+            lambda r, _: array_place(r.fit_id, r.name, r.dtype, r.shape), _fit_tenant),
     Sealed(pair_stats, ("tenant", "anchor_set", "source", "source_version", "target", "target_version"), ("arrays",),
-            lambda r, _: ("pair_stats", r.anchor_set, r.source, int(r.source_version), r.target, int(r.target_version),
-                          int(r.data_version), int(r.n), r.products), lambda _, r: r.tenant),
+            lambda r, _: stats_place((r.anchor_set, r.source, r.source_version, r.target, r.target_version),
+                                     r.data_version, r.n, r.products), lambda _, r: r.tenant),
     Sealed(calibrations, ("tenant", "a_model", "b_model"), ("a", "b", "same"),
             lambda r, column: calibration_place(r.a_model, r.b_model, r.a_version, r.b_version, r.n, column),
             lambda _, r: r.tenant),
@@ -98,11 +106,8 @@ def _seal_some(conn: sa.Connection, spec: Sealed, sealer: envelope.Envelope, lim
                         .limit(limit)).all()
     for row in rows:
         tenant = spec.tenant(conn, row)
-        sealed, key_version = sealer.seal_many(conn, tenant, [(spec.place(row, c), bytes(getattr(row, c))) for c in spec.data])
-        values: dict = dict(zip(spec.data, sealed), key_version=key_version)
-        if "checksum" in t.c:
-            values["checksum"] = checksum(b"".join(values[column] for column in spec.data))
-        conn.execute(t.update().where(*(t.c[k] == getattr(row, k) for k in spec.key)).values(**values))
+        spec.rewrite(conn, row, *sealer.seal_many(conn, tenant, [(spec.place(row, c), bytes(getattr(row, c)))
+                                                                   for c in spec.data]))
     return len(rows)
 
 

@@ -39,7 +39,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from convergent.server.errors import ConvergentError, DataLoss, FailedPrecondition, StartupError
 from convergent.server.storage.master_keys import (KEY_BYTES, KeyProvider, LocalMasterKey, MasterKeyChanged, TenantShredded,
                                                    WrongKey)
-from convergent.server.storage.schema import data_keys, store_settings
+from convergent.server.storage.schema import data_keys, metadata, store_settings
 
 NONCE_BYTES = 12
 TAG_BYTES = 16
@@ -71,13 +71,11 @@ def clear_length(stored: int, key_version: int | None) -> int:
     return stored if key_version is None else stored - OVERHEAD
 
 
-def scrub(stored: bytes, key_version: int | None, start: int, end: int) -> bytearray:
-    """``stored`` with the bytes of clear range [start, end) overwritten by zeros, without the key:
-    the data key's keystream alone is left there. (For erasing slots of a damaged block.)"""
+def scrub(stored: bytearray, key_version: int | None, start: int, end: int) -> None:
+    """Overwrite, in place and without the key, the stored bytes of clear range [start, end) with
+    zeros: the data key's keystream alone is left there. (For erasing slots of a damaged block.)"""
     offset = 0 if key_version is None else NONCE_BYTES
-    out = bytearray(stored)
-    out[offset + start : offset + end] = bytes(end - start)
-    return out
+    stored[offset + start : offset + end] = bytes(end - start)
 
 
 def read_setting(conn: sa.Connection) -> dict | None:
@@ -249,11 +247,14 @@ def of(conn: sa.Connection) -> Envelope:
     return _BY_ENGINE.get(conn.engine, PLAIN)
 
 
-SEALED_TABLES = ("anchor_blocks", "gallery_blocks", "fit_arrays", "pair_stats", "calibrations")
+def sealed_tables() -> list[sa.Table]:
+    """The tables whose bytes an encrypted store seals: those with a ``key_version`` column."""
+    return [table for table in metadata.sorted_tables if "key_version" in table.c]
 
 
 def _holds_sealable_rows(conn: sa.Connection) -> bool:
-    return any(conn.execute(sa.text(f"SELECT 1 FROM {name} LIMIT 1")).first() is not None for name in SEALED_TABLES)
+    return any(conn.execute(sa.select(sa.literal(1)).select_from(table).limit(1)).first() is not None
+               for table in sealed_tables())
 
 
 def configure(engine: sa.Engine, master: LocalMasterKey | None, keyring_file: Path | None,

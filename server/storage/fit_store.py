@@ -25,7 +25,8 @@ def _record(row: sa.Row) -> FitRecord:
     return FitRecord(**data)
 
 
-def _place(fit_id: str, name: str, dtype: str, shape: str) -> envelope.Place:
+def array_place(fit_id: str, name: str, dtype: str, shape: str) -> envelope.Place:
+    """Where a fit array belongs (the associated data of its sealed bytes)."""
     return ("fit_arrays", fit_id, name, dtype, shape)
 
 
@@ -38,7 +39,7 @@ def _opened(conn: sa.Connection, tenant: str, fit_id: str, row: sa.Row) -> bytes
 
     if row.checksum is None or checksum(row.data) != row.checksum:
         raise damaged("fails its checksum")
-    return envelope.of(conn).open(conn, tenant, _place(fit_id, row.name, row.dtype, row.shape), row.data,
+    return envelope.of(conn).open(conn, tenant, array_place(fit_id, row.name, row.dtype, row.shape), row.data,
                                   row.key_version, lambda detail: damaged(f"is unreadable: {detail}"))
 
 
@@ -46,7 +47,7 @@ def _sealed_rows(conn: sa.Connection, tenant: str, fit_id: str, arrays: dict[str
     sealer, rows = envelope.of(conn), []
     for name, array in arrays.items():
         dtype, shape = _dtype_name(array), json.dumps(list(array.shape))
-        data, key_version = sealer.seal(conn, tenant, _place(fit_id, name, dtype, shape),
+        data, key_version = sealer.seal(conn, tenant, array_place(fit_id, name, dtype, shape),
                                         np.ascontiguousarray(array, dtype=dtype).tobytes())
         rows.append({"fit_id": fit_id, "name": name, "dtype": dtype, "shape": shape, "data": data,
                      "checksum": checksum(data), "key_version": key_version})

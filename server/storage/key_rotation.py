@@ -115,7 +115,6 @@ class KeyRotation:
                              .order_by(*(t.c[k] for k in spec.key)).limit(max(limit, 0))).all()
         done = 0
         for row in found:
-            values: dict = {}
             try:
                 stored = b"".join(bytes(getattr(row, column)) for column in spec.data)
                 if "checksum" in t.c and (row.checksum is None or checksum(stored) != row.checksum):
@@ -126,13 +125,10 @@ class KeyRotation:
                 sealed, version = self.sealer.seal_many(conn, tenant, clear)
                 if version in versions:  # the newest key is retired too (rotated meanwhile): next step
                     return done
-                values = dict(zip(spec.data, sealed), key_version=version)
             except ConvergentError as exc:  # damaged: left for `convergent check` and a restore
                 report.damaged.append(f"{t.name} {tuple(getattr(row, k) for k in spec.key)}: {exc}")
                 continue
-            if "checksum" in t.c:
-                values["checksum"] = checksum(b"".join(values[column] for column in spec.data))
-            conn.execute(t.update().where(*(t.c[k] == getattr(row, k) for k in spec.key)).values(**values))
+            spec.rewrite(conn, row, sealed, version)
             done += 1
         return done
 

@@ -28,7 +28,8 @@ def _where(tenant: str, key: PairKey) -> sa.ColumnElement:
     )
 
 
-def _place(key: PairKey, data_version: int, n: int, products: str) -> envelope.Place:
+def stats_place(key: PairKey, data_version: int, n: int, products: str) -> envelope.Place:
+    """Where a pair's stored statistics belong (the associated data of their sealed bytes)."""
     anchor_set, source, source_version, target, target_version = key
     return ("pair_stats", anchor_set, source, int(source_version), target, int(target_version), int(data_version), int(n),
             products)
@@ -52,7 +53,7 @@ class PairStatsStore:
             if row is None:
                 return None
             data = envelope.of(conn).open(
-                conn, tenant, _place(key, row.data_version, row.n, row.products), row.arrays, row.key_version,
+                conn, tenant, stats_place(key, row.data_version, row.n, row.products), row.arrays, row.key_version,
                 lambda detail: DataLoss(f"the stored pair statistics of {key[1]} -> {key[3]} in anchor set {key[0]!r} "
                                         f"(tenant {tenant!r}) are damaged: {detail}; delete and upload the set's "
                                         "anchors again, or restore a backup"))
@@ -80,7 +81,7 @@ class PairStatsStore:
                 return False
             conn.execute(pair_stats.delete().where(_where(tenant, key)))
             anchor_set, source, source_version, target, target_version = key
-            sealed, key_version = envelope.of(conn).seal(conn, tenant, _place(key, data_version, n, products),
+            sealed, key_version = envelope.of(conn).seal(conn, tenant, stats_place(key, data_version, n, products),
                                                          buffer.getvalue())
             conn.execute(pair_stats.insert().values(
                 tenant=tenant, anchor_set=anchor_set, source=source, source_version=source_version, target=target,

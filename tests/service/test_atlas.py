@@ -41,8 +41,8 @@ def test_models_of_known_structure_cluster_as_built_and_the_numbers_are_the_fits
         assert len(empty.entries) == 12 and len(empty.missing()) == 12 and all(not e.fit_id for e in empty.entries)
         assert sorted(len(g) for g in empty.clusters) == [1, 1, 1, 1]  # nothing measured: nothing is close
         seen = []
-        fits = c.fit_missing_routes("s", method="procrustes", progress=lambda entry, fit: seen.append((entry.source, entry.target)))
-        assert len(fits) == len(seen) == 12
+        fits = c.fit_missing_routes("s", method="procrustes", progress=lambda entry, fit, done, total: seen.append((entry.source, entry.target, done, total)))
+        assert len(fits) == len(seen) == 12 and [s[2:] for s in seen] == [(k, 12) for k in range(1, 13)]
         atlas = c.atlas("s")
         assert atlas.missing() == [] and atlas.data_version == empty.data_version
         assert sorted(map(sorted, atlas.clusters)) == [["a", "b", "c"], ["z"]]

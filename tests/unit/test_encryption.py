@@ -202,9 +202,11 @@ def test_erasure_zeroes_a_sealed_slot(database_url, tmp_path, rng, master):
 
 def test_scrub_overwrites_the_clear_range_of_sealed_bytes_without_the_key():
     sealed = bytes(range(256)) * 2
-    out = envelope.scrub(sealed, 1, 16, 32)
+    out = bytearray(sealed)
+    envelope.scrub(out, 1, 16, 32)
     assert out[envelope.NONCE_BYTES + 16 : envelope.NONCE_BYTES + 32] == bytes(16)
     assert out[: envelope.NONCE_BYTES + 16] == sealed[: envelope.NONCE_BYTES + 16]
+    assert out[envelope.NONCE_BYTES + 32 :] == sealed[envelope.NONCE_BYTES + 32 :]
 
 
 def test_a_rolled_back_first_write_leaves_no_data_key_and_the_next_write_reads_back(tmp_path, rng, master):
