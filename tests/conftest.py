@@ -14,6 +14,20 @@ from convergent.server.rpc.app import ConvergentServer
 from convergent.server.settings import ServerSettings
 
 
+def stored_runs(vectors: np.ndarray) -> list[bytes]:
+    """Three 4-value runs of every row as they would be stored (start, middle, end): what a search
+    of a file for templates in clear looks for."""
+    raw = np.ascontiguousarray(vectors)
+    row_bytes, width = raw.shape[1] * raw.dtype.itemsize, 4 * raw.dtype.itemsize
+    return [r.tobytes()[i : i + width] for r in raw for i in (0, row_bytes // 2, row_bytes - width)]
+
+
+def runs_found(blob: bytes, vectors: np.ndarray) -> float:
+    """The share of ``vectors``' stored runs that appear in ``blob`` (0.0: none of them)."""
+    runs = stored_runs(vectors)
+    return sum(blob.find(r) >= 0 for r in runs) / len(runs)
+
+
 def make_settings(data_dir: Path, **overrides: object) -> ServerSettings:
     return ServerSettings(host="127.0.0.1", port=0, data_dir=data_dir, workers=4, **overrides)
 

@@ -19,20 +19,10 @@ from convergent.client import Client, errors
 from convergent.server.errors import StartupError
 from convergent.server.storage import backup as backups
 from convergent.server.storage import master_keys
+from tests.conftest import runs_found
 
 BIN = Path(sys.executable).with_name("convergent")
 DIM, N_ANCHORS, N_ITEMS = 32, 400, 300
-
-
-def _runs(vectors: np.ndarray) -> list[bytes]:
-    """Three 4-value runs of every row as stored (start, middle, end)."""
-    raw, width = np.ascontiguousarray(vectors), 4 * vectors.dtype.itemsize
-    return [r.tobytes()[i : i + width] for r in raw for i in (0, raw.shape[1] * raw.dtype.itemsize // 2, raw.shape[1] * raw.dtype.itemsize - width)]
-
-
-def _found(blob: bytes, vectors: np.ndarray) -> float:
-    runs = _runs(vectors)
-    return sum(blob.find(r) >= 0 for r in runs) / len(runs)
 
 
 def _federate(address: str, rng: np.random.Generator) -> dict:
@@ -76,7 +66,7 @@ def test_the_data_folder_and_its_backup_hold_no_template_in_clear(start_server, 
     server.stop(grace=1.0)
     runs = {name: known[name] for name in ("anchors", "gallery", "pairs", "W")}
     for where, blob in (("data folder", _folder_bytes(data)), ("backup", _tar_bytes(backup))):
-        seen = {name: _found(blob, vectors) for name, vectors in runs.items()}
+        seen = {name: runs_found(blob, vectors) for name, vectors in runs.items()}
         if encrypted:
             assert seen == dict.fromkeys(runs, 0.0), (where, seen)
         else:  # the same search finds them in clear: it can fail
@@ -201,7 +191,7 @@ def test_convergent_encrypt_seals_a_store_in_place_survives_kill_9_and_resumes(s
     assert _sealed_rows(backups.database_path(data)) == (total, total)
     runs = {name: known[name] for name in ("anchors", "gallery", "pairs", "W")} | {"many": extra}
     blob = _folder_bytes(data)
-    assert {name: _found(blob, v) for name, v in runs.items()} == dict.fromkeys(runs, 0.0)
+    assert {name: runs_found(blob, v) for name, v in runs.items()} == dict.fromkeys(runs, 0.0)
     again = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert again.returncode == 0 and "encrypted already" in again.stdout
     served = start_server(data_dir=data, master_key_file=key_file)
